@@ -1,0 +1,127 @@
+"""`nucleograph db start|stop|status|migrate` and `nucleograph cypher`."""
+
+from __future__ import annotations
+
+import argparse
+
+import neo4j
+
+from db import console, local, queries as q, schema
+from db.driver import open_driver
+from nucleograph.config import Settings
+from nucleograph.output import emit_json, format_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    db = sub.add_parser("db", help="start, stop, inspect and migrate the Neo4j database")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    p = dbsub.add_parser("start", help="start the local Neo4j (no-op if it runs) and apply migrations")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_start)
+    p = dbsub.add_parser("stop", help="stop the local Neo4j cleanly")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stop)
+    p = dbsub.add_parser("status", help="server version, store size, node and relationship counts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = dbsub.add_parser("migrate", help="apply schema migrations (idempotent)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_migrate)
+
+    c = sub.add_parser("cypher", help="run a Cypher query (read-only unless --write)")
+    c.add_argument("query")
+    c.add_argument("--param", action="append", metavar="NAME=VALUE", help="a query parameter (JSON or text)")
+    c.add_argument("--write", action="store_true", help="run in a write transaction")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--limit", type=int, default=None, help="stop after this many rows")
+    c.set_defaults(func=cmd_cypher)
+
+
+def cmd_start(args, settings: Settings) -> int:
+    info = {"uri": settings.neo4j_uri}
+    if settings.is_local:
+        info.update(local.start(settings))
+    driver = open_driver(settings)
+    try:
+        info["migrations"] = schema.migrate(driver, database=settings.neo4j_database)
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(info)
+    elif info.get("started"):
+        print(f"Neo4j started at {settings.neo4j_uri} (pid {info['pid']}, {info['seconds']} s)")
+    else:
+        print(f"Neo4j already running at {settings.neo4j_uri}")
+    return 0
+
+
+def cmd_stop(args, settings: Settings) -> int:
+    stopped = local.stop(settings)
+    if args.json:
+        emit_json({"stopped": stopped})
+    else:
+        print("Neo4j stopped" if stopped else "Neo4j was not running")
+    return 0
+
+
+def server_status(driver: neo4j.Driver, settings: Settings) -> dict:
+    db = settings.neo4j_database
+    comps, _, _ = driver.execute_query(q.SERVER_COMPONENTS, database_=db, routing_=neo4j.RoutingControl.READ)
+    counts, _, _ = driver.execute_query(q.COUNTS, database_=db, routing_=neo4j.RoutingControl.READ)
+    labels, _, _ = driver.execute_query(q.LABEL_COUNTS, database_=db, routing_=neo4j.RoutingControl.READ)
+    kernel = next((c for c in comps if c["name"] == "Neo4j Kernel"), comps[0])
+    return {
+        "uri": settings.neo4j_uri,
+        "version": kernel["versions"][0],
+        "edition": kernel["edition"],
+        "store_bytes": local.store_size(settings),
+        "pid": local.read_pid(settings) if settings.is_local else None,
+        "nodes": counts[0]["nodes"],
+        "relationships": counts[0]["relationships"],
+        "labels": {r["label"]: r["n"] for r in labels},
+        "schema_version": schema.current_version(driver, database=db),
+    }
+
+
+def cmd_status(args, settings: Settings) -> int:
+    driver = open_driver(settings)
+    try:
+        info = server_status(driver, settings)
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(info)
+    else:
+        print(f"Neo4j {info['version']} {info['edition']} at {info['uri']}")
+        print(f"store: {info['store_bytes'] / 1e6:.1f} MB   nodes: {info['nodes']}   relationships: {info['relationships']}")
+        print(f"schema version: {info['schema_version']}   labels: {info['labels']}")
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    driver = open_driver(settings)
+    try:
+        info = schema.migrate(driver, database=settings.neo4j_database)
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(info)
+    else:
+        print(f"schema version {info['from']} -> {info['to']} ({info['applied']} migration(s) applied)")
+    return 0
+
+
+def cmd_cypher(args, settings: Settings) -> int:
+    params = console.parse_params(args.param)
+    driver = open_driver(settings)
+    try:
+        columns, rows = console.run_cypher(
+            driver, args.query, params, database=settings.neo4j_database, write=args.write, limit=args.limit
+        )
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(rows)
+    else:
+        print(format_table(columns, rows))
+    return 0

@@ -1,0 +1,105 @@
+"""Run, ingest and job records in SQL (SQLAlchemy): SQLite under NUCLEOGRAPH_HOME by default,
+any SQLAlchemy URL (e.g. ``postgresql+psycopg2://...``) through ``NUCLEOGRAPH_SQL_URL``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from nucleograph.config import Settings
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class IngestRecord(Base):
+    """One attempt to ingest one image into one cohort."""
+
+    __tablename__ = "ingest_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cohort: Mapped[str] = mapped_column(String(200), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    image_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    label: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    status: Mapped[str] = mapped_column(String(20))  # stored | unchanged | replaced | failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    detector: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    params_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    nuclei: Mapped[int] = mapped_column(Integer, default=0)
+    edges: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ModelRunRecord(Base):
+    """One training run: model, hyperparameters, data version, metrics, checkpoint."""
+
+    __tablename__ = "model_runs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    data_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The SQL engine for the run records, with tables created if missing."""
+    url = settings.sql_url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # concurrent ingest workers write records too
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def add_record(engine: Engine, record: Base) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(record)
+
+
+def ingest_records(engine: Engine, *, cohort: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    stmt = select(IngestRecord).order_by(IngestRecord.id.desc()).limit(limit)
+    if cohort is not None:
+        stmt = stmt.where(IngestRecord.cohort == cohort)
+    with Session(engine) as session:
+        return [_as_dict(r) for r in session.scalars(stmt)]
+
+
+def _as_dict(row: Base) -> dict[str, Any]:
+    out = {}
+    for col in row.__table__.columns:
+        value = getattr(row, col.name)
+        out[col.name] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

@@ -6,7 +6,8 @@ import argparse
 
 import neo4j
 
-from db import console, local, queries as q, schema
+from db import console, local, schema
+from db import queries as q
 from db.driver import open_driver
 from nucleograph.config import Settings
 from nucleograph.output import emit_json, format_table

@@ -1,0 +1,44 @@
+# nucleograph: two commands do all set-up on a fresh machine.
+#   make demo   start Neo4j, synthesize a cohort, ingest, train, explain, open the dashboard
+#   make test   install everything, start Neo4j (the tests do), run the whole test suite
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEMO    ?= .nucleograph/demo
+N       ?= 20
+MODEL   ?= rsf-attention
+
+.PHONY: install system-deps test demo lint clean-state
+
+install: $(STAMP)
+
+# Java 17 + Maven run the local Neo4j; install them only where they are missing (Debian/Ubuntu, root).
+system-deps:
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing Java 17 and Maven for the local Neo4j"; \
+	  apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless maven; }
+
+$(STAMP): pyproject.toml | system-deps
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+demo: install
+	$(BIN)/nucleograph db start
+	$(BIN)/nucleograph synth breast --n $(N) --out $(DEMO)/breast
+	$(BIN)/nucleograph ingest $(DEMO)/breast --cohort demo-breast --workers 2
+	$(BIN)/nucleograph train --cohort demo-breast --model $(MODEL) --json > $(DEMO)/run.json
+	$(BIN)/nucleograph explain --run $$($(BIN)/python -c "import json,sys; print(json.load(open('$(DEMO)/run.json'))['run_id'])") --cohort demo-breast
+	$(BIN)/nucleograph dashboard
+
+clean-state:
+	-$(BIN)/nucleograph db stop
+	rm -rf .nucleograph

@@ -1,0 +1,215 @@
+"""Writing nucleus graphs to Neo4j and reading them back in bulk.
+
+An image is written in ONE managed write transaction (batched ``UNWIND`` statements inside it):
+it is stored completely or not at all, and a dropped connection is retried by the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import neo4j
+import numpy as np
+
+from db import queries as q
+
+BATCH = 10_000
+READ_BATCH = 16
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    image_id: str
+    status: str  # stored | replaced | unchanged | linked
+    nuclei: int
+    edges: int
+
+
+def _clean(value: Any) -> Any:
+    """numpy scalars as Python values; NaN/inf (undefined measurements) as null."""
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def nucleus_rows(image_id: str, nuclei: dict[str, np.ndarray], feature_names: list[str]) -> list[dict[str, Any]]:
+    """One property map per nucleus: every measured column plus ``features`` (the model vector)."""
+    n = len(nuclei["nucleus_id"])
+    columns = {k: np.asarray(v) for k, v in nuclei.items()}
+    feats = np.stack([np.asarray(nuclei[c], dtype=np.float64) for c in feature_names], axis=1) if n else np.zeros((0, 0))
+    feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
+    rows = []
+    for i in range(n):
+        nid = int(columns["nucleus_id"][i])
+        row = {k: _clean(v[i]) for k, v in columns.items() if k != "nucleus_id"}
+        row.update(uid=f"{image_id}:{nid}", image_id=image_id, nid=nid, features=feats[i].tolist())
+        rows.append(row)
+    return rows
+
+
+def edge_rows(image_id: str, nuclei: dict[str, np.ndarray], edges: dict[str, np.ndarray]) -> list[list[Any]]:
+    """``[uid_a, uid_b, weight, dist]`` per unordered pair (src/dst are row indices into ``nuclei``)."""
+    ids = np.asarray(nuclei["nucleus_id"])
+    src, dst = np.asarray(edges["src"]), np.asarray(edges["dst"])
+    w, d = np.asarray(edges["weight"], dtype=float), np.asarray(edges["dist"], dtype=float)
+    return [
+        [f"{image_id}:{int(ids[a])}", f"{image_id}:{int(ids[b])}", float(wi), float(di)]
+        for a, b, wi, di in zip(src, dst, w, d, strict=True)
+    ]
+
+
+def image_props(graph, *, params, feature_names: list[str], task: str | None) -> dict[str, Any]:
+    record = graph.record
+    meta = {k: (str(v) if v is not None else None) for k, v in (record.meta or {}).items()}
+    return {
+        "path": str(record.path),
+        "label": record.label,
+        "patient": record.patient,
+        "mpp": record.mpp,
+        "width": graph.width,
+        "height": graph.height,
+        "detector": params.detector,
+        "params_key": params.key(),
+        "params": json.dumps({**params.__dict__, "threshold_px": graph.threshold_px}, sort_keys=True),
+        "n_nuclei": graph.n_nuclei,
+        "n_edges": graph.n_edges,
+        "feature_names": feature_names,
+        "meta": json.dumps(meta, sort_keys=True),
+        "task": task,
+    }
+
+
+def image_state(driver: neo4j.Driver, image_id: str, cohort: str, *, database: str) -> dict[str, Any]:
+    records, _, _ = driver.execute_query(
+        q.IMAGE_STATE, image_id=image_id, cohort=cohort, database_=database, routing_=neo4j.RoutingControl.READ
+    )
+    return dict(records[0])
+
+
+def store_image_graph(
+    driver: neo4j.Driver, graph, *, cohort: str, params, feature_names: list[str], database: str,
+    task: str | None = None, batch: int = BATCH,
+) -> StoreResult:
+    """Store ``graph`` (an :class:`ingest.pipeline.ImageGraph`) in ``cohort``, atomically.
+
+    Same file and same parameters already stored: nothing changes (``unchanged``, or ``linked`` when
+    only the cohort membership was new). Same file with new parameters: the old nuclei are deleted
+    and the new ones written in the same transaction (``replaced``).
+    """
+    state = image_state(driver, graph.image_id, cohort, database=database)
+    current = _if_current(driver, state, graph.image_id, cohort, params.key(), task=task, database=database)
+    if current is not None:
+        return current
+    replace = state["params_key"] is not None
+    nodes = nucleus_rows(graph.image_id, graph.nuclei, feature_names)
+    rels = edge_rows(graph.image_id, graph.nuclei, graph.edges)
+    props = image_props(graph, params=params, feature_names=feature_names, task=task)
+    # Cohort first, in its own transaction: MERGE on a constrained key is safe under concurrency.
+    driver.execute_query(q.MERGE_COHORT, cohort=cohort, task=task, database_=database)
+
+    def work(tx: neo4j.ManagedTransaction) -> None:
+        if replace:
+            tx.run(q.DELETE_IMAGE_NUCLEI_TX, image_id=graph.image_id).consume()
+        tx.run(q.UPSERT_IMAGE, image_id=graph.image_id, props=props, cohort=cohort).consume()
+        for chunk in _chunks(nodes, batch):
+            tx.run(q.CREATE_NUCLEI, image_id=graph.image_id, rows=chunk).consume()
+        for chunk in _chunks(rels, batch):
+            tx.run(q.CREATE_NEAR, rows=chunk).consume()
+
+    with driver.session(database=database) as session:
+        session.execute_write(work)
+    return StoreResult(graph.image_id, "replaced" if replace else "stored", graph.n_nuclei, graph.n_edges)
+
+
+def if_current(
+    driver: neo4j.Driver, image_id: str, cohort: str, params_key: str, *, database: str, task: str | None = None
+) -> StoreResult | None:
+    """The stored result when ``image_id`` is already stored with ``params_key`` (linking it to
+    ``cohort`` if needed), else None: lets a re-run skip detection for unchanged images."""
+    state = image_state(driver, image_id, cohort, database=database)
+    return _if_current(driver, state, image_id, cohort, params_key, task=task, database=database)
+
+
+def _if_current(driver, state, image_id, cohort, params_key, *, task, database) -> StoreResult | None:
+    if state["params_key"] != params_key:
+        return None
+    if not state["in_cohort"]:
+        driver.execute_query(q.MERGE_COHORT, cohort=cohort, task=task, database_=database)
+        driver.execute_query(q.LINK_IMAGE_COHORT, image_id=image_id, cohort=cohort, database_=database)
+        return StoreResult(image_id, "linked", state["n_nuclei"], state["n_edges"])
+    return StoreResult(image_id, "unchanged", state["n_nuclei"], state["n_edges"])
+
+
+def _chunks(rows: list, size: int) -> Iterator[list]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def cohort_images(driver: neo4j.Driver, cohort: str, *, database: str) -> list[dict[str, Any]]:
+    records, _, _ = driver.execute_query(
+        q.COHORT_IMAGES, cohort=cohort, database_=database, routing_=neo4j.RoutingControl.READ
+    )
+    return [dict(r) for r in records]
+
+
+def cohort_counts(driver: neo4j.Driver, cohort: str, *, database: str) -> dict[str, int]:
+    """Images, nuclei and NEAR edges actually stored for ``cohort`` (counted, not read from summaries)."""
+    records, _, _ = driver.execute_query(
+        q.COHORT_COUNTS_STORED, cohort=cohort, database_=database, routing_=neo4j.RoutingControl.READ
+    )
+    r = records[0]
+    return {"images": int(r["images"]), "nuclei": int(r["nuclei"] or 0), "edges": int(r["edges"] or 0)}
+
+
+def cohort_fingerprint(driver: neo4j.Driver, cohort: str, *, database: str) -> str:
+    """A hash of the cohort's images, their ingest parameters and labels: the data version."""
+    import hashlib
+
+    records, _, _ = driver.execute_query(
+        q.COHORT_FINGERPRINT, cohort=cohort, database_=database, routing_=neo4j.RoutingControl.READ
+    )
+    return hashlib.sha256("\n".join(records[0]["keys"]).encode()).hexdigest()[:16]
+
+
+def read_graphs(
+    driver: neo4j.Driver, image_ids: Iterable[str], *, database: str, batch: int = READ_BATCH
+) -> Iterator[dict[str, Any]]:
+    """Yield each image's graph as arrays, one query per batch of images (lists, not a row per edge).
+
+    Each item has ``id, label, patient, path, feature_names, nids (N,), features (N, F), centroids (N, 2),
+    src, dst (E,) as row indices, weight, dist (E,)``.
+    """
+    ids = list(image_ids)
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        with driver.session(database=database, default_access_mode=neo4j.READ_ACCESS) as session:
+            records = session.execute_read(lambda tx, c=chunk: list(tx.run(q.READ_GRAPHS, ids=c)))
+        by_id = {r["id"]: r for r in records}
+        for image_id in chunk:
+            if image_id in by_id:
+                yield _as_arrays(by_id[image_id])
+
+
+def _as_arrays(r) -> dict[str, Any]:
+    nids = np.asarray(r["nids"], dtype=np.int64)
+    n_feat = len(r["feature_names"] or [])
+    features = np.asarray(r["features"], dtype=np.float32).reshape(len(nids), n_feat)
+    index = {int(nid): i for i, nid in enumerate(nids)}
+    src = np.fromiter((index[int(a)] for a in r["src"]), dtype=np.int64, count=len(r["src"]))
+    dst = np.fromiter((index[int(b)] for b in r["dst"]), dtype=np.int64, count=len(r["dst"]))
+    return {
+        "id": r["id"], "label": r["label"], "patient": r["patient"], "path": r["path"],
+        "feature_names": list(r["feature_names"] or []), "nids": nids, "features": features,
+        "centroids": np.stack([np.asarray(r["xs"], dtype=np.float32), np.asarray(r["ys"], dtype=np.float32)], axis=1)
+        if len(nids) else np.zeros((0, 2), np.float32),
+        "src": src, "dst": dst,
+        "weight": np.asarray(r["weight"], dtype=np.float32), "dist": np.asarray(r["dist"], dtype=np.float32),
+    }

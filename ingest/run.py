@@ -1,0 +1,174 @@
+"""Ingesting many images: detection in parallel worker processes, one writer to Neo4j.
+
+Each image is processed independently; a bad file is recorded as failed (in the SQL ingest
+records, with its error) and the batch goes on. Nothing is written for an image unless its whole
+graph is written (see :func:`db.store.store_image_graph`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import neo4j
+from neo4j import exceptions as neo4j_exc
+
+from db import records as rec
+from db import store
+from db.driver import translate_errors
+from ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
+from ingest.readers import ImageRecord
+from nucleograph.config import Settings
+from nucleograph.errors import DatabaseError, NucleographError
+
+_WORKER_UNET = None
+
+
+def _init_worker(detector: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    global _WORKER_UNET  # one model per worker process, loaded once
+    if detector == "unet":
+        from ingest.unet import load_unet
+
+        _WORKER_UNET = load_unet()
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _process(record: ImageRecord, params: IngestParams) -> ImageGraph:
+    return process_image(record, params, unet=_WORKER_UNET)
+
+
+@dataclass
+class IngestSummary:
+    cohort: str
+    images: int = 0
+    ok: int = 0
+    failed: int = 0
+    stored: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    linked: int = 0  # already stored with the same parameters, newly added to this cohort
+    nuclei: int = 0
+    edges: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def ingest_records(
+    records: list[ImageRecord], *, cohort: str, params: IngestParams, settings: Settings, driver: neo4j.Driver,
+    workers: int = 1, progress: bool = False, task: str | None = None,
+) -> IngestSummary:
+    """Ingest ``records`` into ``cohort``; return the summary (per-image outcomes are in SQL)."""
+    t0 = time.perf_counter()
+    engine = rec.open_engine(settings)
+    summary = IngestSummary(cohort=cohort, images=len(records))
+    names = feature_names()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), desc=f"ingest {cohort}", unit="image")
+
+    def finish(record: ImageRecord, graph: ImageGraph | None, error: Exception | None,
+               result: store.StoreResult | None = None) -> None:
+        started = time.perf_counter()
+        entry = rec.IngestRecord(
+            cohort=cohort, path=str(record.path), label=record.label, detector=params.detector,
+            params_key=params.key(),
+        )
+        if error is None and result is None:
+            try:
+                with translate_errors(settings):
+                    result = store.store_image_graph(
+                        driver, graph, cohort=cohort, params=params, feature_names=names,
+                        database=settings.neo4j_database, task=task,
+                    )
+            except (DatabaseError, neo4j_exc.ServiceUnavailable):
+                raise  # the database is gone: stop the batch; nothing partial was written
+            except neo4j_exc.Neo4jError as exc:
+                error = DatabaseError(f"{record.path}: Neo4j refused the graph: {exc}")
+        if error is None:
+            summary.ok += 1
+            setattr(summary, result.status, getattr(summary, result.status) + 1)
+            summary.nuclei += result.nuclei
+            summary.edges += result.edges
+            entry.image_id, entry.status = result.image_id, result.status
+            entry.nuclei, entry.edges = result.nuclei, result.edges
+            timings = graph.timings if graph is not None else {}
+            entry.timings = {**{k: round(v, 4) for k, v in timings.items()},
+                             "store": round(time.perf_counter() - started, 4)}
+            entry.seconds = sum(entry.timings.values())
+        else:
+            summary.failed += 1
+            message = str(error) if isinstance(error, NucleographError) else f"{record.path}: {type(error).__name__}: {error}"
+            summary.failures.append({"path": str(record.path), "error": message})
+            entry.status, entry.error = "failed", message
+        rec.add_record(engine, entry)
+        if bar is not None:
+            bar.update(1)
+
+    def already_stored(record: ImageRecord) -> bool:
+        """Finish ``record`` without detection when the same file is stored with the same parameters."""
+        try:
+            image_id = content_hash(Path(record.path))
+        except NucleographError as exc:
+            finish(record, None, exc)
+            return True
+        with translate_errors(settings):
+            result = store.if_current(driver, image_id, cohort, params.key(), database=settings.neo4j_database,
+                                      task=task)
+        if result is None:
+            return False
+        finish(record, None, None, result)
+        return True
+
+    if params.detector == "unet":
+        from ingest.unet import load_unet
+
+        load_unet()  # fail fast, before any worker starts, when the weights are missing or broken
+    todo = [r for r in records if not already_stored(r)]
+    try:
+        if workers <= 1:
+            if params.detector == "unet":
+                _init_worker(params.detector, torch_threads())
+            for record in todo:
+                try:
+                    graph, error = _process(record, params), None
+                except Exception as exc:  # recorded per image; the batch goes on
+                    graph, error = None, exc
+                finish(record, graph, error)
+        else:
+            ctx = mp.get_context("spawn")  # torch and fork do not mix
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(params.detector, 1)) as pool:
+                pending: dict[Future, ImageRecord] = {}
+                queue = list(todo)
+                while queue or pending:
+                    while queue and len(pending) < 2 * workers:  # bounded: graphs wait in memory
+                        record = queue.pop(0)
+                        pending[pool.submit(_process, record, params)] = record
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        record = pending.pop(fut)
+                        exc = fut.exception()
+                        finish(record, None if exc else fut.result(), exc)
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.dispose()
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    return summary

@@ -1,0 +1,153 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from ingest.synth import (
+    MANIFEST_COLUMNS,
+    MPP,
+    NUCLEI_COLUMNS,
+    ROLES,
+    TASKS,
+    synthesize_cohort,
+    synthesize_image,
+)
+
+
+def _tile(task, label, seed=0, size=(512, 512)):
+    return synthesize_image(task, label, rng=np.random.default_rng(seed), size=size)
+
+
+def _mean_degree(nuclei, radius=100.0):
+    pts = nuclei[["centroid_x", "centroid_y"]].to_numpy()
+    return np.mean([len(n) - 1 for n in cKDTree(pts).query_ball_point(pts, radius)])
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_image_dtype_shape_and_roles(task):
+    for label in TASKS[task]:
+        tile = _tile(task, label, size=(640, 512))
+        assert tile.image.shape == (512, 640, 3) and tile.image.dtype == np.uint8
+        assert tile.mask.shape == (512, 640) and tile.mask.dtype == np.int32
+        assert list(tile.nuclei.columns) == list(NUCLEI_COLUMNS)
+        assert set(tile.nuclei.role) <= set(ROLES[task])
+
+
+@pytest.mark.parametrize("task,label", [(t, lab) for t in sorted(TASKS) for lab in TASKS[t]])
+def test_mask_matches_nuclei_table(task, label):
+    tile = _tile(task, label)
+    ids = tile.nuclei.nucleus_id.to_numpy()
+    assert np.array_equal(np.unique(tile.mask[tile.mask > 0]), ids)
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    index = list(ids)
+    com = np.array(ndimage.center_of_mass(np.ones_like(tile.mask), tile.mask, index))
+    np.testing.assert_allclose(com[:, 1], tile.nuclei.centroid_x, atol=1.0)
+    np.testing.assert_allclose(com[:, 0], tile.nuclei.centroid_y, atol=1.0)
+    areas = ndimage.sum_labels(np.ones_like(tile.mask), tile.mask, index)
+    np.testing.assert_array_equal(areas, tile.nuclei.area)
+    # separate instances: no two labels touch, so a classical detector can split them
+    grown = ndimage.grey_dilation(tile.mask, size=3)
+    edge = (tile.mask > 0) & (grown != tile.mask)
+    assert not edge.any()
+
+
+def test_nuclei_are_darker_than_tissue():
+    tile = _tile("breast", "InSitu")
+    grey = tile.image.mean(axis=2)
+    assert grey[tile.mask > 0].mean() < grey[tile.mask == 0].mean() - 40
+
+
+def test_same_rng_same_tile():
+    a, b = _tile("prostate", "Gleason4", seed=7), _tile("prostate", "Gleason4", seed=7)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    pd.testing.assert_frame_equal(a.nuclei, b.nuclei)
+    assert not np.array_equal(a.image, _tile("prostate", "Gleason4", seed=8).image)
+
+
+def test_cohort_layout_and_manifest(tmp_path):
+    manifest = synthesize_cohort("prostate", n_per_class=3, out_dir=tmp_path, seed=1, size=(256, 256))
+    assert manifest == tmp_path / "manifest.csv"
+    df = pd.read_csv(manifest)
+    assert list(df.columns) == list(MANIFEST_COLUMNS)
+    assert len(df) == 6 and df.groupby("label").size().to_dict() == {"Gleason3": 3, "Gleason4": 3}
+    assert (df.mpp == MPP).all() and (df.task == "prostate").all()
+    # 2-3 tiles per synthetic patient, and a patient never spans classes
+    assert df.groupby("patient").size().isin([1, 2, 3]).all()
+    assert (df.groupby("patient").label.nunique() == 1).all()
+    assert df.patient.nunique() < len(df)
+    row = df.iloc[0]
+    assert row.path == "images/Gleason3/prostate_Gleason3_0000.png"
+    assert row["mask"] == "masks/Gleason3/prostate_Gleason3_0000.png"
+    assert row.nuclei == "nuclei/Gleason3/prostate_Gleason3_0000.csv"
+    for _, r in df.iterrows():
+        image = np.asarray(Image.open(tmp_path / r.path))
+        assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+        mask_img = Image.open(tmp_path / r["mask"])
+        assert mask_img.mode.startswith("I")
+        mask = np.asarray(mask_img).astype(np.int64)
+        nuclei = pd.read_csv(tmp_path / r.nuclei)
+        assert list(nuclei.columns) == list(NUCLEI_COLUMNS)
+        assert mask.max() == len(nuclei) and np.array_equal(np.unique(mask[mask > 0]), nuclei.nucleus_id)
+
+
+def test_cohort_is_byte_identical_and_partial(tmp_path):
+    a = synthesize_cohort("breast", n_per_class=2, out_dir=tmp_path / "a", seed=3, size=(256, 256))
+    b = synthesize_cohort("breast", n_per_class=2, out_dir=tmp_path / "b", seed=3, size=(256, 256))
+    c = synthesize_cohort("breast", n_per_class=1, out_dir=tmp_path / "c", seed=3, size=(256, 256))
+    files = sorted(p.relative_to(a.parent) for p in a.parent.rglob("*") if p.is_file())
+    assert len(files) == 1 + 3 * 4
+    for rel in files:
+        assert (a.parent / rel).read_bytes() == (b.parent / rel).read_bytes()
+    # a tile's seed depends on (seed, task, label, k) only, so a smaller cohort is a prefix
+    for rel in sorted(p.relative_to(c.parent) for p in c.parent.rglob("*.png")):
+        assert (c.parent / rel).read_bytes() == (a.parent / rel).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"task": "lung"}, r"unknown task 'lung'.*breast.*prostate"),
+        ({"n_per_class": 0}, "n_per_class must be an integer >= 1"),
+        ({"size": (100, 512)}, "too small"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+    ],
+)
+def test_cohort_bad_arguments(tmp_path, kwargs, match):
+    args = {"task": "breast", "n_per_class": 1, "out_dir": tmp_path} | kwargs
+    with pytest.raises(ValueError, match=match):
+        synthesize_cohort(args.pop("task"), **args)
+
+
+def test_image_bad_arguments():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"unknown label 'Gleason3' for task 'breast'.*InSitu.*Invasive"):
+        synthesize_image("breast", "Gleason3", rng=rng)
+    with pytest.raises(ValueError, match="unknown task"):
+        synthesize_image("colon", "InSitu", rng=rng)
+    with pytest.raises(ValueError, match="too small"):
+        synthesize_image("prostate", "Gleason3", rng=rng, size=(255, 1024))
+    with pytest.raises(ValueError, match=r"\(width, height\) pair"):
+        synthesize_image("prostate", "Gleason3", rng=rng, size=512)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_only_arrangement_separates_classes(task):
+    """Default-size tiles: counts and nuclear size match across classes, neighbourhoods do not."""
+    first, second = TASKS[task]
+    stats = {}
+    for label in (first, second):
+        tiles = [synthesize_image(task, label, rng=np.random.default_rng(s)) for s in (11, 12)]
+        stats[label] = {
+            "count": np.mean([len(t.nuclei) for t in tiles]),
+            "area": np.mean([t.nuclei.area.mean() for t in tiles]),
+            "degree": [_mean_degree(t.nuclei) for t in tiles],
+        }
+    a, b = stats[first], stats[second]
+    assert abs(a["count"] - b["count"]) / a["count"] < 0.05
+    assert abs(a["area"] - b["area"]) / a["area"] < 0.03
+    # the more crowded class (ducts, cribriform sheets) is crowded in every tile
+    assert min(a["degree"] + b["degree"]) > 5
+    assert abs(np.mean(a["degree"]) - np.mean(b["degree"])) > 1.5
+    assert (min(a["degree"]) > max(b["degree"])) or (min(b["degree"]) > max(a["degree"]))

@@ -105,7 +105,7 @@ READ_GRAPHS = (
     "  RETURN collect(a.nid) AS src, collect(b.nid) AS dst, collect(r.weight) AS weight, collect(r.dist) AS dist "
     "} "
     "RETURN i.id AS id, i.label AS label, i.patient AS patient, i.path AS path, i.feature_names AS feature_names, "
-    "nids, features, xs, ys, src, dst, weight, dist"
+    "i.params AS params, nids, features, xs, ys, src, dst, weight, dist"
 )
 COHORT_FINGERPRINT = (
     "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
@@ -113,3 +113,63 @@ COHORT_FINGERPRINT = (
     "RETURN collect(i.id + ':' + i.params_key + ':' + coalesce(i.label, '')) AS keys"
 )
 DELETE_COHORT_LINKS = "MATCH (:Cohort {name: $cohort})<-[r:IN_COHORT]-(:Image) DELETE r"
+
+# --- model runs -------------------------------------------------------------------------------------
+CREATE_MODEL_RUN = (
+    "MATCH (c:Cohort {name: $cohort}) "
+    "MERGE (r:ModelRun {id: $run_id}) SET r += $props, r.created_at = coalesce(r.created_at, datetime()) "
+    "MERGE (r)-[:TRAINED_ON]->(c)"
+)
+WRITE_PREDICTIONS = (
+    "MATCH (r:ModelRun {id: $run_id}) "
+    "UNWIND $rows AS row "
+    "MATCH (i:Image {id: row.image_id}) "
+    "MERGE (r)-[p:PREDICTED]->(i) SET p += row.props"
+)
+MODEL_RUNS = (
+    "MATCH (r:ModelRun) WHERE $cohort IS NULL OR r.cohort = $cohort "
+    "RETURN r {.*, created_at: toString(r.created_at)} AS run ORDER BY r.created_at DESC"
+)
+MODEL_RUN = "MATCH (r:ModelRun {id: $run_id}) RETURN r {.*, created_at: toString(r.created_at)} AS run"
+RUN_PREDICTIONS = (
+    "MATCH (r:ModelRun {id: $run_id})-[p:PREDICTED]->(i:Image) "
+    "RETURN i.id AS image_id, i.path AS path, i.label AS label, p.pred AS pred, p.prob AS prob, "
+    "p.probs AS probs, p.split AS split ORDER BY i.id"
+)
+
+# --- explanations -----------------------------------------------------------------------------------
+# Scores live on the nuclei as one property per (run, method): the name is built by
+# db.runs.score_property from a generated run id and an allow-listed method, never from user text.
+MERGE_EXPLANATION = (
+    "MATCH (r:ModelRun {id: $run_id}) "
+    "MERGE (e:Explanation {key: $key}) "
+    "SET e.run_id = $run_id, e.method = $method, e.hops = $hops, e.property = $property, "
+    "e.updated_at = datetime(), e.images = coalesce(e.images, []) "
+    "MERGE (e)-[:OF_RUN]->(r)"
+)
+WRITE_SCORES = (
+    "UNWIND $rows AS row "
+    "MATCH (n:Nucleus {uid: row[0]}) SET n[$property] = row[1]"
+)
+MARK_EXPLAINED = (
+    "MATCH (e:Explanation {key: $key}) "
+    "SET e.images = [x IN e.images WHERE NOT x IN $image_ids] + $image_ids"
+)
+EXPLANATIONS = (
+    "MATCH (e:Explanation) WHERE $run_id IS NULL OR e.run_id = $run_id "
+    "RETURN e.key AS key, e.run_id AS run_id, e.method AS method, e.hops AS hops, e.property AS property, "
+    "size(e.images) AS images ORDER BY e.run_id, e.method"
+)
+IMAGE_SCORES = (
+    "MATCH (i:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "RETURN n.nid AS nid, n.centroid_x AS x, n.centroid_y AS y, n[$property] AS score ORDER BY n.nid"
+)
+SCORES_EXPORT = (
+    "MATCH (e:Explanation {key: $key}) "
+    "MATCH (i:Image)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "WHERE i.id IN e.images AND ($image_ids IS NULL OR i.id IN $image_ids) "
+    "RETURN i.id AS image_id, i.path AS path, i.label AS label, n.nid AS nucleus_id, "
+    "n.centroid_x AS centroid_x, n.centroid_y AS centroid_y, n[e.property] AS score "
+    "ORDER BY i.id, n.nid"
+)
+NUCLEUS_AREAS = "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) RETURN n.area AS area ORDER BY n.nid"

@@ -207,9 +207,17 @@ def _as_arrays(r) -> dict[str, Any]:
     dst = np.fromiter((index[int(b)] for b in r["dst"]), dtype=np.int64, count=len(r["dst"]))
     return {
         "id": r["id"], "label": r["label"], "patient": r["patient"], "path": r["path"],
+        "threshold_px": float(json.loads(r["params"] or "{}").get("threshold_px", 100.0)),
         "feature_names": list(r["feature_names"] or []), "nids": nids, "features": features,
         "centroids": np.stack([np.asarray(r["xs"], dtype=np.float32), np.asarray(r["ys"], dtype=np.float32)], axis=1)
         if len(nids) else np.zeros((0, 2), np.float32),
         "src": src, "dst": dst,
         "weight": np.asarray(r["weight"], dtype=np.float32), "dist": np.asarray(r["dist"], dtype=np.float32),
     }
+
+
+def nucleus_areas(driver: neo4j.Driver, image_id: str, *, database: str) -> np.ndarray:
+    """Areas of an image's nuclei, in nucleus-id order (as :func:`read_graphs` returns them)."""
+    records, _, _ = driver.execute_query(q.NUCLEUS_AREAS, image_id=image_id, database_=database,
+                                         routing_=neo4j.RoutingControl.READ)
+    return np.asarray([r["area"] or 0.0 for r in records], dtype=float)

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except NucleographError as exc:
         print(f"nucleograph: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `nucleograph scores ... | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("nucleograph: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,218 @@
+"""`nucleograph train | experiment | runs | explain | scores | render`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+from db import runs as db_runs
+from db.driver import open_driver
+from nucleograph.config import Settings
+from nucleograph.errors import InputError
+from nucleograph.output import emit_json, format_table
+
+MODELS = ["rsf", "rsf-edge", "rsf-attention", "mlp"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a graph network on a cohort stored in Neo4j")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--model", choices=MODELS, default="rsf")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--folds", type=int, default=1, help="stratified k-fold cross-validation (default: one split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patience", type=int, default=10, help="early stopping on validation loss (0: off)")
+    p.add_argument("--resume", metavar="RUN", default=None, help="continue a crashed run from its last checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("experiment", help="reproduce a table of the paper")
+    p.add_argument("table", choices=["table2"])
+    p.add_argument("--cohort", action="append", required=True, help="a cohort (repeat for several)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--models", default="rsf,rsf-edge,rsf-attention,mlp")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("runs", help="list model runs")
+    p.add_argument("--cohort", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("explain", help="per-nucleus importance for a run, written to Neo4j")
+    p.add_argument("--run", required=True)
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
+    p.add_argument("--cohort", default=None, help="explain the run's images of this cohort (default: all)")
+    p.add_argument("--image", action="append", default=None, help="an image id (repeat)")
+    p.add_argument("--target", type=int, default=None, help="class index to explain (default: predicted)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("scores", help="export per-nucleus scores")
+    p.add_argument("--run", required=True)
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
+    p.add_argument("--image", action="append", default=None)
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--out", default="-", help="file (default: standard output)")
+    p.set_defaults(func=cmd_scores)
+
+    p = sub.add_parser("render", help="draw a run's per-nucleus importance over the image")
+    p.add_argument("--image", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
+    p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_render)
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
+def cmd_train(args, settings: Settings) -> int:
+    from gnn.service import train_cohort
+
+    driver = open_driver(settings)
+    try:
+        out = train_cohort(driver, settings, args.cohort, model=args.model, epochs=args.epochs, lr=args.lr,
+                           folds=args.folds, seed=args.seed, batch_size=args.batch_size,
+                           patience=args.patience or None, resume_run=args.resume, progress=_progress(args))
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(out)
+    else:
+        m = out["metrics"]
+        print(f"run {out['run_id']}: {out['model']} ({out['n_parameters']} parameters) on {out['n_images']} graphs "
+              f"in {out['seconds']} s")
+        print("test: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "balanced_accuracy", "roc_auc", "f1")
+                                   if k in m))
+    return 0
+
+
+def cmd_experiment(args, settings: Settings) -> int:
+    from gnn.experiment import table2
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = sorted(set(models) - set(MODELS))
+    if bad:
+        raise InputError(f"unknown model(s) {bad}: choose from {', '.join(MODELS)}")
+    driver = open_driver(settings)
+    try:
+        out = table2(driver, settings, args.cohort, models=models, folds=args.folds, epochs=args.epochs,
+                     seed=args.seed, progress=_progress(args))
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(out)
+    else:
+        print(out["markdown"])
+    return 0
+
+
+def cmd_runs(args, settings: Settings) -> int:
+    driver = open_driver(settings)
+    try:
+        rows = db_runs.list_runs(driver, cohort=args.cohort, database=settings.neo4j_database)
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(rows)
+    else:
+        cols = ["id", "cohort", "model", "status", "accuracy", "roc_auc", "n_parameters", "created_at"]
+        print(format_table(cols, rows))
+    return 0
+
+
+def cmd_explain(args, settings: Settings) -> int:
+    from db import store
+    from gnn.service import explain_run
+
+    driver = open_driver(settings)
+    try:
+        image_ids = args.image
+        if args.cohort and not image_ids:
+            image_ids = [r["id"] for r in store.cohort_images(driver, args.cohort, database=settings.neo4j_database)]
+            if not image_ids:
+                raise InputError(f"cohort {args.cohort!r} has no images")
+        out = explain_run(driver, settings, args.run, method=args.method, hops=args.hops, image_ids=image_ids,
+                          target=args.target, progress=_progress(args))
+    finally:
+        driver.close()
+    if args.json:
+        emit_json(out)
+    else:
+        print(f"{out['method']} scores of run {out['run_id']} written to {out['images']} images as "
+              f"Nucleus.{out['property']} in {out['seconds']} s" +
+              (f"; skipped {len(out['skipped'])}" if out["skipped"] else ""))
+    return 0
+
+
+def cmd_scores(args, settings: Settings) -> int:
+    key = db_runs.explanation_key(args.run, args.method, args.hops)
+    driver = open_driver(settings)
+    try:
+        rows = db_runs.export_scores(driver, key, image_ids=args.image, database=settings.neo4j_database)
+    finally:
+        driver.close()
+    if not rows:
+        raise InputError(f"no {args.method} scores for run {args.run}: run `nucleograph explain --run {args.run} "
+                         f"--method {args.method}` first")
+    fh = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
+    try:
+        if args.format == "json":
+            import json
+
+            json.dump(rows, fh, indent=1)
+            fh.write("\n")
+        else:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if fh is not sys.stdout:
+            fh.close()
+    return 0
+
+
+def cmd_render(args, settings: Settings) -> int:
+    import numpy as np
+
+    from db import store
+    from gnn.render import render_importance
+    from ingest.readers import read_image
+
+    prop = db_runs.score_property(args.run, args.method, args.hops)
+    db = settings.neo4j_database
+    driver = open_driver(settings)
+    try:
+        graphs = list(store.read_graphs(driver, [args.image], database=db))
+        if not graphs:
+            raise InputError(f"no image {args.image!r} in Neo4j (`nucleograph cypher 'MATCH (i:Image) RETURN i.id'`)")
+        scores = db_runs.image_scores(driver, args.image, prop, database=db)
+        run = db_runs.get_run(driver, args.run, database=db)
+        preds = {p["image_id"]: p for p in db_runs.predictions(driver, args.run, database=db)}
+        areas = store.nucleus_areas(driver, args.image, database=db)
+    finally:
+        driver.close()
+    g = graphs[0]
+    s = np.array([r["score"] if r["score"] is not None else np.nan for r in scores], dtype=float)
+    if np.all(np.isnan(s)):
+        raise InputError(f"image {args.image} has no {args.method} scores for run {args.run}: run "
+                         f"`nucleograph explain --run {args.run} --method {args.method} --image {args.image}`")
+    pred = preds.get(args.image, {})
+    title = (f"{g['label']} | {run.get('model') if run else args.run} predicts {pred.get('pred')} "
+             f"(p={pred.get('prob', float('nan')):.2f}) | {args.method}")
+    radii = np.sqrt(np.maximum(areas, 1.0) / np.pi)
+    out = render_importance(read_image(g["path"]), g["centroids"], radii, s, args.out,
+                            edges=(g["src"], g["dst"]) if args.edges else None, title=title)
+    print(f"wrote {out}")
+    return 0

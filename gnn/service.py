@@ -1,0 +1,271 @@
+"""Training and explaining on cohorts stored in Neo4j: the glue between db/ and the gnn models.
+
+``load_cohort`` reads a cohort's graphs in bulk and caches them on disk, keyed by the cohort's
+content (image ids, ingest parameters and labels), so a second run skips the database.
+``train_cohort`` records each run in SQL and as a ``(:ModelRun)`` in Neo4j with every image's
+prediction; ``explain_run`` writes per-nucleus scores back to the nuclei.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dgl
+import numpy as np
+import torch
+from sqlalchemy.orm import Session
+
+from db import records as rec
+from db import runs as db_runs
+from db import store
+from gnn.data import edge_channels, to_dgl
+from nucleograph.config import Settings
+from nucleograph.errors import InputError, ModelError
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class CohortData:
+    cohort: str
+    graphs: list[dgl.DGLGraph]
+    labels: np.ndarray  # class index per graph
+    class_names: list[str]
+    image_ids: list[str]
+    groups: list[str | None]
+    data_version: str
+    skipped: list[str]  # image ids without nuclei (no graph to classify)
+    from_cache: bool = False
+
+
+def graph_from_arrays(g: dict[str, Any]) -> dgl.DGLGraph:
+    """A DGL graph from :func:`db.store.read_graphs` arrays (edge channels from the distances)."""
+    return to_dgl(
+        g["features"], g["src"], g["dst"], edge_channels(g["dist"], max_distance=g.get("threshold_px", 100.0)),
+        centroids=g["centroids"], nucleus_ids=g["nids"],
+    )
+
+
+def load_cohort(driver, settings: Settings, cohort: str, *, cache: bool = True, progress: bool = False) -> CohortData:
+    """Read every labelled graph of ``cohort`` (cached on disk by the cohort's content hash)."""
+    db = settings.neo4j_database
+    images = [r for r in store.cohort_images(driver, cohort, database=db)]
+    if not images:
+        raise InputError(f"cohort {cohort!r} has no images in Neo4j: ingest some with "
+                         f"`nucleograph ingest PATH --cohort {cohort}`")
+    version = store.cohort_fingerprint(driver, cohort, database=db)
+    cache_file = settings.home / "cache" / f"graphs-{CACHE_VERSION}-{version}.bin"
+    meta_file = cache_file.with_suffix(".json")
+    if cache and cache_file.exists() and meta_file.exists():
+        graphs, _ = dgl.load_graphs(str(cache_file))
+        meta = json.loads(meta_file.read_text())
+        return CohortData(cohort, graphs, np.asarray(meta["labels"], dtype=np.int64), meta["class_names"],
+                          meta["image_ids"], meta["groups"], version, meta["skipped"], from_cache=True)
+    labelled = [r for r in images if r["label"] is not None]
+    class_names = sorted({r["label"] for r in labelled})
+    graphs, labels, ids, groups, skipped = [], [], [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(labelled), desc=f"read {cohort}", unit="graph")
+    for g in store.read_graphs(driver, [r["id"] for r in labelled], database=db):
+        if bar is not None:
+            bar.update(1)
+        if len(g["nids"]) == 0:
+            skipped.append(g["id"])
+            continue
+        graphs.append(graph_from_arrays(g))
+        labels.append(class_names.index(g["label"]))
+        ids.append(g["id"])
+        groups.append(g["patient"])
+    if bar is not None:
+        bar.close()
+    data = CohortData(cohort, graphs, np.asarray(labels, dtype=np.int64), class_names, ids, groups, version, skipped)
+    if cache and graphs:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        dgl.save_graphs(str(tmp), graphs)
+        tmp.replace(cache_file)
+        meta_file.write_text(json.dumps({"labels": data.labels.tolist(), "class_names": class_names,
+                                         "image_ids": ids, "groups": groups, "skipped": skipped}))
+    return data
+
+
+def new_run_id() -> str:
+    return "r" + uuid.uuid4().hex[:10]
+
+
+def _summary_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def train_cohort(
+    driver, settings: Settings, cohort: str, *, model: str = "rsf", epochs: int = 50, lr: float = 0.01,
+    folds: int = 1, seed: int = 0, batch_size: int = 8, patience: int | None = 10, resume_run: str | None = None,
+    progress: bool = False, model_kwargs: dict | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``cohort`` and record the run; returns the run id, metrics and paths.
+
+    With ``folds > 1``, stratified k-fold cross-validation (grouped by patient when known): the test
+    metrics are averaged over folds and each image's prediction comes from the fold that held it out.
+    ``resume_run`` continues a crashed run from its last checkpoint (same id and settings).
+    """
+    from gnn.train import kfold, train_model
+
+    data = load_cohort(driver, settings, cohort, progress=progress)
+    if len(set(data.labels.tolist())) < 2:
+        raise InputError(f"cohort {cohort!r} has only the class(es) {data.class_names}: training needs two; "
+                         "ingest images of the other class or use a cohort that has both")
+    engine = rec.open_engine(settings)
+    params = {"model": model, "epochs": epochs, "lr": lr, "folds": folds, "seed": seed, "batch_size": batch_size,
+              "patience": patience, "model_kwargs": model_kwargs or {}}
+    if resume_run is not None:
+        with Session(engine) as session:
+            row = session.get(rec.ModelRunRecord, resume_run)
+            if row is None:
+                raise InputError(f"no run {resume_run!r} to resume; `nucleograph runs` lists them")
+            params = dict(row.params)
+        run_id = resume_run
+    else:
+        run_id = new_run_id()
+        rec.add_record(engine, rec.ModelRunRecord(id=run_id, cohort=cohort, model=model, params=params,
+                                                  data_version=data.data_version, status="running"))
+    run_dir = settings.home / "runs" / run_id
+    groups = data.groups if all(g is not None for g in data.groups) else None
+    common = dict(model_name=params["model"], epochs=params["epochs"], lr=params["lr"], seed=params["seed"],
+                  batch_size=params["batch_size"], patience=params["patience"], progress=progress,
+                  model_kwargs=params["model_kwargs"] or None)
+    t0 = time.perf_counter()
+    try:
+        if params["folds"] > 1:
+            results = kfold(data.graphs, data.labels, k=params["folds"], groups=groups, checkpoint_dir=run_dir, **common)
+        else:
+            results = [train_model(data.graphs, data.labels, groups=groups, checkpoint_dir=run_dir / "fold0", **common)]
+    except Exception as exc:
+        with Session(engine) as session, session.begin():
+            row = session.get(rec.ModelRunRecord, run_id)
+            row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    seconds = time.perf_counter() - t0
+
+    fold_metrics = [_summary_metrics(r.metrics) for r in results]
+    keys = sorted(set().union(*fold_metrics)) if fold_metrics else []
+    metrics: dict[str, Any] = {k: float(np.mean([m[k] for m in fold_metrics if k in m])) for k in keys}
+    if len(results) > 1:
+        metrics.update({f"{k}_std": float(np.std([m[k] for m in fold_metrics if k in m])) for k in keys})
+    metrics["folds"] = [r.metrics for r in results]
+    # one prediction per image: from the fold that held it out (single split: the one model, all images)
+    rows, fold_of = [], {}
+    for f, r in enumerate(results):
+        test_idx = set(np.asarray(r.split["test"]).tolist()) if len(results) > 1 else None
+        split_name = {int(i): s for s in ("train", "val", "test") for i in np.asarray(r.split[s]).tolist()}
+        for i, image_id in enumerate(data.image_ids):
+            if test_idx is not None and i not in test_idx:
+                continue
+            probs = r.proba[i].astype(float).tolist()
+            fold_of[image_id] = f
+            rows.append({"image_id": image_id, "props": {
+                "pred": data.class_names[int(r.predictions[i])], "prob": float(max(probs)), "probs": probs,
+                "split": split_name.get(i, "train"), "fold": f}})
+    checkpoints = [str(r.checkpoint_path) for r in results]
+    history = results[0].history
+    props = {
+        "model": params["model"], "epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
+        "folds": params["folds"], "n_parameters": results[0].n_parameters, "data_version": data.data_version,
+        "class_names": data.class_names, "checkpoints": checkpoints, "n_images": len(data.graphs),
+        "seconds": round(seconds, 2), "status": "finished", "metrics": metrics, "history": history,
+        **{k: v for k, v in metrics.items() if isinstance(v, float)},
+    }
+    db = settings.neo4j_database
+    db_runs.save_run(driver, run_id=run_id, cohort=cohort, props=props, database=db)
+    db_runs.save_predictions(driver, run_id, rows, database=db)
+    with Session(engine) as session, session.begin():
+        row = session.get(rec.ModelRunRecord, run_id)
+        row.status, row.metrics, row.history = "finished", metrics, history
+        row.checkpoint = json.dumps(checkpoints)
+        row.finished_at = dt.datetime.now(dt.timezone.utc)
+    engine.dispose()
+    return {"run_id": run_id, "cohort": cohort, "model": params["model"], "n_parameters": results[0].n_parameters,
+            "n_images": len(data.graphs), "skipped_empty": data.skipped, "data_version": data.data_version,
+            "from_cache": data.from_cache, "seconds": round(seconds, 2), "metrics": metrics,
+            "checkpoints": checkpoints}
+
+
+def load_run_models(driver, settings: Settings, run_id: str) -> tuple[dict[str, Any], list]:
+    """The run's record and its fold models (eval mode); clear errors when either is gone."""
+    from gnn.train import load_checkpoint
+
+    run = db_runs.get_run(driver, run_id, database=settings.neo4j_database)
+    if run is None:
+        raise InputError(f"no model run {run_id!r} in Neo4j: `nucleograph runs` lists them")
+    models = []
+    for path in run.get("checkpoints") or []:
+        if not Path(path).exists():
+            raise ModelError(f"run {run_id}'s checkpoint {path} is gone: retrain with "
+                             f"`nucleograph train --cohort {run.get('cohort')} --model {run.get('model')}`")
+        model, _scaler, _config = load_checkpoint(path)
+        model.eval()
+        models.append(model)
+    if not models:
+        raise ModelError(f"run {run_id} has no checkpoint (status {run.get('status')}); retrain it")
+    return run, models
+
+
+def explain_run(
+    driver, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
+    image_ids: list[str] | None = None, target: int | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j."""
+    from gnn.explain import attention_scores, occlusion
+
+    if method not in db_runs.METHODS:
+        raise InputError(f"unknown method {method!r}: choose one of {', '.join(db_runs.METHODS)}")
+    run, models = load_run_models(driver, settings, run_id)
+    if method == "attention" and run.get("model") != "rsf-attention":
+        raise InputError(f"run {run_id} is a {run.get('model')} model: attention scores need an rsf-attention run "
+                         "(use --method occlusion for any model)")
+    db = settings.neo4j_database
+    cohort_ids = [r["id"] for r in store.cohort_images(driver, run["cohort"], database=db)]
+    if image_ids:
+        outside = sorted(set(image_ids) - set(cohort_ids))
+        if outside:
+            raise InputError(f"image(s) {', '.join(outside)} are not in the run's cohort {run['cohort']!r}")
+        todo = list(image_ids)
+    else:
+        todo = cohort_ids
+    fold_of = {p["image_id"]: p.get("fold", 0) for p in db_runs.predictions(driver, run_id, database=db)}
+    prop = db_runs.score_property(run_id, method, hops)
+    done, skipped = [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"explain {run_id} {method}", unit="image")
+    t0 = time.perf_counter()
+    for g in store.read_graphs(driver, todo, database=db):
+        if bar is not None:
+            bar.update(1)
+        if len(g["nids"]) == 0:
+            skipped.append({"image_id": g["id"], "reason": "no nuclei"})
+            continue
+        model = models[min(int(fold_of.get(g["id"], 0) or 0), len(models) - 1)]
+        graph = graph_from_arrays(g)
+        with torch.no_grad():
+            if method == "attention":
+                scores = attention_scores(model, graph)
+            else:
+                scores = occlusion(model, graph, hops=hops, target=target)
+        db_runs.save_scores(driver, run_id=run_id, method=method, hops=hops, image_id=g["id"], nids=g["nids"],
+                            scores=np.asarray(scores, dtype=float), database=db)
+        done.append(g["id"])
+    if bar is not None:
+        bar.close()
+    return {"run_id": run_id, "method": method, "hops": hops if method == "occlusion" else None, "property": prop,
+            "images": len(done), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}

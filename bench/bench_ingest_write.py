@@ -1,0 +1,110 @@
+"""Neo4j write throughput of the ingest path against a bare UNWIND ... CREATE of the same rows.
+
+Both write the same nucleus and edge rows (from one real synthetic 2048x1536 image, given a fresh
+image id per repetition) to the same server, in the same batch size, one transaction per image;
+the bare version has the same uniqueness constraint on its key so its MATCHes are indexed too.
+Prints rows/s for both and the ratio (target: ingest >= 0.7 of bare).
+
+    ./.venv/bin/python bench/bench_ingest_write.py [--reps 6] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from db import local, schema, store
+from db.driver import open_driver
+from ingest.pipeline import IngestParams, feature_names, process_image
+from ingest.readers import discover
+from ingest.synth import synthesize_cohort
+from nucleograph.config import Settings
+
+BARE_NODES = "UNWIND $rows AS row CREATE (n:BareNucleus) SET n = row"
+BARE_EDGES = (
+    "UNWIND $rows AS row MATCH (a:BareNucleus {uid: row[0]}), (b:BareNucleus {uid: row[1]}) "
+    "CREATE (a)-[:BARE_NEAR {weight: row[2], dist: row[3]}]->(b)"
+)
+BARE_CONSTRAINT = "CREATE CONSTRAINT bare_uid IF NOT EXISTS FOR (n:BareNucleus) REQUIRE n.uid IS UNIQUE"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-write-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = Path(".nucleograph/test/launcher").resolve()
+    (work / "home").mkdir()
+    if launcher.exists():
+        (work / "home" / "launcher").symlink_to(launcher, target_is_directory=True)
+    settings = Settings.from_env({"NUCLEOGRAPH_HOME": str(work / "home"), "NEO4J_URI": f"bolt://127.0.0.1:{port}"})
+    local.start(settings)
+    try:
+        driver = open_driver(settings)
+        db = settings.neo4j_database
+        schema.migrate(driver, database=db)
+        driver.execute_query(BARE_CONSTRAINT, database_=db)
+        synthesize_cohort("breast", n_per_class=1, out_dir=work / "synth", seed=0)
+        record = discover([work / "synth"])[0]
+        params = IngestParams()
+        graph = process_image(record, params)
+        names = feature_names()
+        n_rows = graph.n_nuclei + graph.n_edges
+        driver.execute_query("MERGE (:Cohort {name: 'bench'})", database_=db)
+
+        def ingest_once(k: int) -> float:
+            g = copy.copy(graph)
+            g.image_id = f"bench{k:011d}"
+            t = time.perf_counter()
+            store.store_image_graph(driver, g, cohort="bench", params=params, feature_names=names, database=db)
+            return time.perf_counter() - t
+
+        def bare_once(k: int) -> float:
+            image_id = f"bare{k:012d}"
+            t = time.perf_counter()
+            nodes = store.nucleus_rows(image_id, graph.nuclei, names)
+            rels = store.edge_rows(image_id, graph.nuclei, graph.edges)
+
+            def work_tx(tx):
+                for start in range(0, len(nodes), store.BATCH):
+                    tx.run(BARE_NODES, rows=nodes[start : start + store.BATCH]).consume()
+                for start in range(0, len(rels), store.BATCH):
+                    tx.run(BARE_EDGES, rows=rels[start : start + store.BATCH]).consume()
+
+            with driver.session(database=db) as session:
+                session.execute_write(work_tx)
+            return time.perf_counter() - t
+
+        ingest_once(-1), bare_once(-1)  # warm-up: query plans, page cache
+        t_ingest, t_bare = [], []
+        for k in range(args.reps):  # interleaved, so drift hits both alike
+            t_ingest.append(ingest_once(k))
+            t_bare.append(bare_once(k))
+        tot_i, tot_b = sum(t_ingest), sum(t_bare)
+        out = {
+            "nuclei_per_image": graph.n_nuclei, "edges_per_image": graph.n_edges, "reps": args.reps,
+            "ingest_rows_per_s": round(n_rows * args.reps / tot_i), "bare_rows_per_s": round(n_rows * args.reps / tot_b),
+            "ingest_s_per_image": round(tot_i / args.reps, 3), "bare_s_per_image": round(tot_b / args.reps, 3),
+            "ratio_ingest_over_bare": round(tot_b / tot_i, 3),
+        }
+        driver.close()
+    finally:
+        local.stop(settings)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:>24}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,9 @@ def open_driver(settings: Settings, *, verify: bool = True) -> neo4j.Driver:
         settings.neo4j_uri,
         auth=(settings.neo4j_user, settings.password()),
         max_connection_pool_size=16,
+        # managed transactions (all of ingest's writes) are retried this long when the connection
+        # drops or the server restarts; then the error reaches the caller
+        max_transaction_retry_time=settings.retry_seconds,
         connection_acquisition_timeout=60,
         # Server notifications (e.g. "label does not exist yet") are hints for interactive use, not
         # warnings for a pipeline; the console reports query errors itself.

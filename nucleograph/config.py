@@ -32,6 +32,8 @@ class Settings:
         ``NUCLEOGRAPH_SQL_URL``: any SQLAlchemy URL; default a SQLite file under ``home``.
     heap, pagecache : str
         ``NUCLEOGRAPH_NEO4J_HEAP`` (1g) and ``NUCLEOGRAPH_NEO4J_PAGECACHE`` (512m) for the local Neo4j.
+    retry_seconds : float
+        ``NUCLEOGRAPH_NEO4J_RETRY_SECONDS`` (60): how long a write is retried while Neo4j is unreachable.
     """
 
     home: Path
@@ -42,6 +44,7 @@ class Settings:
     sql_url: str = ""
     heap: str = "1g"
     pagecache: str = "512m"
+    retry_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -64,6 +67,7 @@ class Settings:
             sql_url=sql_url,
             heap=env.get("NUCLEOGRAPH_NEO4J_HEAP") or "1g",
             pagecache=env.get("NUCLEOGRAPH_NEO4J_PAGECACHE") or "512m",
+            retry_seconds=float(env.get("NUCLEOGRAPH_NEO4J_RETRY_SECONDS") or 60.0),
         )
 
     @property

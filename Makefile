@@ -13,11 +13,12 @@ MODEL   ?= rsf-attention
 
 install: $(STAMP)
 
-# Java 17 + Maven run the local Neo4j; install them only where they are missing (Debian/Ubuntu, root).
+# Java 17 + Maven run the local Neo4j; PostgreSQL's server binaries let the tests cover the
+# production SQL path. Installed only where missing (Debian/Ubuntu, as root).
 system-deps:
-	@command -v java >/dev/null && command -v mvn >/dev/null || { \
-	  echo "installing Java 17 and Maven for the local Neo4j"; \
-	  apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	@command -v java >/dev/null && command -v mvn >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Java 17, Maven and PostgreSQL"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends openjdk-17-jdk-headless maven postgresql; }
 
 $(STAMP): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

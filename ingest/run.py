@@ -99,6 +99,13 @@ def ingest_records(
                     )
             except (DatabaseError, neo4j_exc.ServiceUnavailable):
                 raise  # the database is gone: stop the batch; nothing partial was written
+            except neo4j_exc.ConstraintError:
+                # another ingest (a scheduler, a second worker) stored the same image at the same
+                # moment; our transaction was rolled back whole, so theirs is the stored graph
+                result = store.if_current(driver, graph.image_id, cohort, params.key(),
+                                          database=settings.neo4j_database, task=task)
+                if result is None:
+                    error = DatabaseError(f"{record.path}: stored concurrently with other parameters; ingest again")
             except neo4j_exc.Neo4jError as exc:
                 error = DatabaseError(f"{record.path}: Neo4j refused the graph: {exc}")
         if error is None:

@@ -1,0 +1,323 @@
+"""Nucleus instance segmentation: one interface, two methods.
+
+:func:`detect_nuclei` returns an instance label image (0 = background, 1..N = nuclei) from
+either a classical hematoxylin watershed or a small U-Net (:mod:`ingest.unet`).
+:func:`detect_slide` runs either over a whole slide, tile by tile, and returns one feature
+table in slide coordinates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.filters import threshold_otsu
+from skimage.segmentation import watershed
+
+from .stain import hematoxylin_od
+
+__all__ = [
+    "DETECTION_METHODS",
+    "detect_nuclei",
+    "detect_slide",
+    "filter_labels",
+    "match_centroids",
+    "split_instances",
+]
+
+DETECTION_METHODS = ("watershed", "unet")
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3) (RGB); got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise TypeError(
+            f"image must be uint8 RGB; got dtype {image.dtype} (read it with ingest.readers.read_image)"
+        )
+    return image
+
+
+def detect_nuclei(
+    image: np.ndarray,
+    *,
+    method: str = "watershed",
+    model=None,
+    min_area: int = 30,
+    max_area: int | None = 5000,
+    min_distance: int = 6,
+    sigma: float = 2.0,
+    threshold: float | None = None,
+    min_od: float = 0.3,
+    tile: int = 512,
+    overlap: int = 64,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Segment nuclei in an RGB H&E image.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 ndarray
+        RGB image, e.g. from :func:`ingest.readers.read_image`.
+    method : {"watershed", "unet"}
+        ``"watershed"``: hematoxylin optical density -> Gaussian smoothing -> threshold
+        (Otsu over stained pixels, at least ``min_od``) -> fill holes -> distance transform
+        -> :func:`skimage.feature.peak_local_max` markers -> :func:`skimage.segmentation.watershed`.
+        ``"unet"``: :class:`ingest.unet.UNet` foreground and distance maps, tiled, then
+        watershed on the predicted distance.
+    model : ingest.unet.UNet, optional
+        Network for ``method="unet"``; default :func:`ingest.unet.load_unet` (shipped weights).
+    min_area, max_area : int, optional
+        Objects outside [min_area, max_area] pixels are dropped (``max_area=None``: no limit).
+    min_distance : int, optional
+        Minimum distance in pixels between two nucleus centres (marker spacing).
+    sigma : float, optional
+        Gaussian smoothing of the hematoxylin channel, in pixels (watershed only).
+    threshold : float, optional
+        Hematoxylin OD above which a pixel is nuclear; default Otsu (watershed only).
+    min_od : float, optional
+        Lower bound on the automatic threshold, so a blank or stroma-only image yields no
+        nuclei instead of Otsu splitting noise (watershed only).
+    tile, overlap : int, optional
+        Tiled inference window and overlap in pixels (unet only).
+    device : str, optional
+        Torch device for ``method="unet"``.
+
+    Returns
+    -------
+    labels : (H, W) int32 ndarray
+        0 for background, 1..N for nuclei (consecutive; the order is deterministic but arbitrary).
+    """
+    image = _check_image(image)
+    if method not in DETECTION_METHODS:
+        raise ValueError(f"method must be one of {DETECTION_METHODS}; got {method!r}")
+    if min_area < 1:
+        raise ValueError(f"min_area must be >= 1 pixel; got {min_area}")
+    if max_area is not None and max_area < min_area:
+        raise ValueError(f"max_area ({max_area}) must be >= min_area ({min_area}) or None")
+    if min_distance < 1:
+        raise ValueError(f"min_distance must be >= 1 pixel; got {min_distance}")
+    if image.size == 0 or int(image.max()) - int(image.min()) < 8:
+        # A flat image (blank glass, black frame, padding) has no nuclei; the U-Net would
+        # otherwise be asked about inputs far from anything it was trained on.
+        return np.zeros(image.shape[:2], np.int32)
+    if method == "watershed":
+        labels = _watershed(image, min_distance=min_distance, sigma=sigma, threshold=threshold, min_od=min_od)
+    else:
+        from .unet import load_unet, predict_maps
+
+        net = load_unet() if model is None else model
+        prob, dist = predict_maps(net, image, tile=tile, overlap=overlap, device=device)
+        labels = split_instances(prob > 0.5, dist, min_distance=min_distance, smooth=1.0)
+    return filter_labels(labels, min_area=min_area, max_area=max_area)
+
+
+def _watershed(image, *, min_distance, sigma, threshold, min_od) -> np.ndarray:
+    h = hematoxylin_od(image)
+    if sigma > 0:
+        h = ndi.gaussian_filter(h, sigma)
+    if threshold is None:
+        stained = h[h > 0.5 * min_od]
+        if stained.size < 2 or np.ptp(stained) < 1e-3:
+            return np.zeros(h.shape, np.int32)
+        threshold = max(float(threshold_otsu(stained)), min_od)
+    mask = ndi.binary_fill_holes(h > threshold)
+    # Opening removes one-pixel bridges between touching nuclei and thin stained fibres.
+    mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
+    dist = ndi.distance_transform_edt(mask).astype(np.float32)
+    return split_instances(mask, dist, min_distance=min_distance, smooth=1.0)
+
+
+def split_instances(
+    mask: np.ndarray, dist: np.ndarray, *, min_distance: int = 4, smooth: float = 1.0
+) -> np.ndarray:
+    """Split a foreground mask into instances by watershed on a distance map.
+
+    Parameters
+    ----------
+    mask : (H, W) bool ndarray
+        Foreground.
+    dist : (H, W) float ndarray
+        Distance-like map, highest at object centres.
+    min_distance : int, optional
+        Minimum distance between two markers, in pixels.
+    smooth : float, optional
+        Gaussian sigma applied to ``dist`` before finding peaks; suppresses split nuclei
+        caused by jagged outlines.
+
+    Returns
+    -------
+    labels : (H, W) int32 ndarray
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    d = ndi.gaussian_filter(dist.astype(np.float32), smooth) if smooth > 0 else dist.astype(np.float32)
+    components, n = ndi.label(mask)
+    peaks = peak_local_max(d, min_distance=min_distance, labels=components, exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    # Components without a peak (flat plateaus) still get one marker each.
+    has_peak = np.zeros(n + 1, bool)
+    has_peak[components[tuple(peaks.T)]] = True
+    missing = np.flatnonzero(~has_peak[1:]) + 1
+    if missing.size:
+        centres = ndi.maximum_position(d, components, missing)
+        for k, (r, c) in enumerate(centres, start=len(peaks) + 1):
+            markers[r, c] = k
+    return watershed(-d, markers, mask=mask).astype(np.int32)
+
+
+def filter_labels(labels: np.ndarray, *, min_area: int = 1, max_area: int | None = None) -> np.ndarray:
+    """Drop objects outside [min_area, max_area] pixels and renumber the rest 1..N.
+
+    Returns
+    -------
+    labels : (H, W) int32 ndarray
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D; got shape {labels.shape}")
+    areas = np.bincount(labels.ravel())
+    keep = areas >= min_area
+    if max_area is not None:
+        keep &= areas <= max_area
+    keep[0] = False
+    lut = np.zeros(areas.size, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def detect_slide(
+    path: str | Path,
+    *,
+    method: str = "watershed",
+    tile: int = 2048,
+    overlap: int = 128,
+    level: int = 0,
+    max_tiles: int | None = None,
+    min_tissue: float = 0.05,
+    progress: bool = False,
+    **detect_kwargs,
+) -> dict[str, np.ndarray]:
+    """Detect and measure nuclei over a whole slide, tile by tile.
+
+    Tiles overlap by ``overlap`` pixels; a nucleus is kept by the tile in whose core (the
+    tile minus half the overlap on each shared side) its centroid lies, so nuclei on tile
+    borders are counted once and measured whole as long as they are smaller than
+    ``overlap / 2``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Whole slide (SVS, pyramidal TIFF, ...).
+    method : {"watershed", "unet"}
+    tile, overlap, level, max_tiles
+        See :func:`ingest.readers.iter_slide_tiles`.
+    min_tissue : float, optional
+        Skip tiles whose fraction of non-white pixels is below this (background glass).
+    progress : bool, optional
+        Show a tqdm progress bar.
+    **detect_kwargs
+        Passed to :func:`detect_nuclei`.
+
+    Returns
+    -------
+    features : dict of str to ndarray
+        :func:`ingest.features.nucleus_features` columns with ``centroid_x``/``centroid_y`` in
+        slide pixels at ``level`` and ``nucleus_id`` renumbered 1..N across the slide.
+    """
+    from .features import concat_features, nucleus_features
+    from .readers import iter_slide_tiles, slide_info
+
+    if overlap < 0 or overlap >= tile:
+        raise ValueError(f"overlap must be in [0, tile); got overlap={overlap}, tile={tile}")
+    levels = slide_info(path)["level_dimensions"]
+    if not 0 <= level < len(levels):
+        raise ValueError(f"level must be in [0, {len(levels)}) for {path}; got {level}")
+    width, height = levels[level]
+    step = tile - overlap
+    n_tiles = -(-max(width - overlap, 1) // step) * -(-max(height - overlap, 1) // step)
+    tiles = iter_slide_tiles(path, tile=tile, overlap=overlap, level=level, max_tiles=max_tiles)
+    if progress:
+        from tqdm import tqdm
+
+        tiles = tqdm(
+            tiles, total=min(n_tiles, max_tiles or n_tiles), desc=f"nuclei {Path(path).name}", unit="tile"
+        )
+    half = overlap / 2.0
+    parts = []
+    for x0, y0, rgb in tiles:
+        if (rgb.min(axis=-1) < 220).mean() < min_tissue:
+            continue
+        labels = detect_nuclei(rgb, method=method, **detect_kwargs)
+        feats = nucleus_features(rgb, labels)
+        cx, cy = feats["centroid_x"], feats["centroid_y"]
+        h, w = rgb.shape[:2]
+        lo_x = half if x0 > 0 else -np.inf
+        lo_y = half if y0 > 0 else -np.inf
+        hi_x = w - half if x0 + w < width else np.inf
+        hi_y = h - half if y0 + h < height else np.inf
+        keep = (cx >= lo_x) & (cx < hi_x) & (cy >= lo_y) & (cy < hi_y)
+        part = {k: v[keep] for k, v in feats.items()}
+        part["centroid_x"] = part["centroid_x"] + x0
+        part["centroid_y"] = part["centroid_y"] + y0
+        parts.append(part)
+    out = concat_features(parts)
+    out["nucleus_id"] = np.arange(1, out["nucleus_id"].size + 1, dtype=out["nucleus_id"].dtype)
+    return out
+
+
+def match_centroids(pred, true, *, radius: float = 8.0) -> dict[str, float]:
+    """Score detected against true nuclei by one-to-one centroid matching.
+
+    Pairs closer than ``radius`` are matched by minimum total distance (Hungarian algorithm,
+    :func:`scipy.optimize.linear_sum_assignment`); each nucleus matches at most once.
+
+    Parameters
+    ----------
+    pred, true : (N, 2) and (M, 2) array_like
+        Centroids (x, y) in pixels.
+    radius : float, optional
+        Largest distance of a match, in pixels.
+
+    Returns
+    -------
+    scores : dict
+        ``tp``, ``fp``, ``fn`` (int), ``precision``, ``recall``, ``f1`` (float; 1.0 when both
+        sets are empty) and ``mean_dist`` of the matches.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial import cKDTree
+
+    pred = np.asarray(pred, np.float64).reshape(-1, 2)
+    true = np.asarray(true, np.float64).reshape(-1, 2)
+    tp, dists = 0, np.zeros(0)
+    if len(pred) and len(true):
+        sparse = cKDTree(true).sparse_distance_matrix(cKDTree(pred), radius, output_type="coo_matrix")
+        if sparse.nnz:
+            # Only rows/columns with a candidate take part; a large cost marks impossible pairs.
+            rows, r_inv = np.unique(sparse.row, return_inverse=True)
+            cols, c_inv = np.unique(sparse.col, return_inverse=True)
+            big = 1e6 * (radius + 1.0)
+            cost = np.full((len(rows), len(cols)), big)
+            cost[r_inv, c_inv] = sparse.data
+            i, j = linear_sum_assignment(cost)
+            ok = cost[i, j] <= radius
+            tp, dists = int(ok.sum()), cost[i, j][ok]
+    fp, fn = len(pred) - tp, len(true) - tp
+    precision = tp / len(pred) if len(pred) else float(len(true) == 0)
+    recall = tp / len(true) if len(true) else float(len(pred) == 0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "mean_dist": float(dists.mean()) if len(dists) else float("nan"),
+    }

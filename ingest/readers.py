@@ -1,0 +1,622 @@
+"""Read H&E images and whole slides, and discover the images of a cohort.
+
+Every error a user can cause with an input file is an :class:`nucleograph.errors.InputError`
+whose message names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nucleograph.errors import InputError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "MIN_SIDE",
+    "SLIDE_EXTENSIONS",
+    "ImageRecord",
+    "discover",
+    "is_slide",
+    "iter_slide_tiles",
+    "read_image",
+    "slide_info",
+    "to_rgb8",
+]
+
+#: Largest image :func:`read_image` decodes by default: 2**27 pixels (e.g. 11,585 x 11,585),
+#: about 400 MB as RGB. Larger images are whole slides: read them tile by tile with
+#: :func:`iter_slide_tiles`, or pass ``max_pixels=`` explicitly.
+DEFAULT_MAX_PIXELS = 2**27
+#: Smallest accepted side in pixels; a nucleus is about 10-20 px wide at 20x.
+MIN_SIDE = 32
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+SLIDE_EXTENSIONS = frozenset({".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide"})
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# Folders that hold annotations next to images; never scanned for images.
+_MASK_DIRS = frozenset({"masks", "mask", "labels", "annotations", "maps"})
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def to_rgb8(array: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Convert a decoded image array to (H, W, 3) uint8 RGB.
+
+    Grayscale is replicated to three channels; an alpha channel is composited on white;
+    16-bit (and other integer) images are scaled from their dtype's full range; float
+    images are taken as [0, 1] when their maximum is at most 1, else as [0, 255].
+
+    Parameters
+    ----------
+    array : ndarray
+        Shape (H, W), (H, W, 1), (H, W, 2) (gray + alpha), (H, W, 3) or (H, W, 4).
+    name : str, optional
+        What to call the array in error messages (usually the file name).
+
+    Returns
+    -------
+    rgb : (H, W, 3) uint8 ndarray
+    """
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4):
+        raise InputError(
+            f"{name}: unsupported image shape {np.asarray(array).shape}; expected (H, W), (H, W, 3) "
+            "or (H, W, 4). Save it as an RGB PNG or TIFF."
+        )
+    a = _scale_to_unit(a, name=name)  # float32 in [0, 1]
+    channels = a.shape[-1]
+    if channels in (2, 4):
+        color, alpha = a[..., :-1], a[..., -1:]
+        a = color * alpha + (1.0 - alpha)  # composite on white: background reads as glass
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.rint(a * 255.0).astype(np.uint8)
+
+
+def _scale_to_unit(a: np.ndarray, *, name: str) -> np.ndarray:
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        if info.min < 0:
+            a = np.clip(a, 0, None)
+        return (a.astype(np.float32) / np.float32(info.max)).clip(0.0, 1.0)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise InputError(f"{name}: image contains NaN or infinite values; re-export it as 8-bit RGB.")
+        a = a.astype(np.float32)
+        top = float(a.max()) if a.size else 0.0
+        return (a if top <= 1.0 else a / 255.0).clip(0.0, 1.0)
+    raise InputError(f"{name}: unsupported pixel type {a.dtype}; re-export it as 8-bit RGB.")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(
+            f"{path}: no such file; check the path (relative paths are resolved from {Path.cwd()})."
+        )
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image; use ingest.readers.discover() for folders.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes); re-copy or re-export the image.")
+
+
+def _is_tiff(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) in _TIFF_MAGIC
+
+
+def _check_size(path: Path, height: int, width: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        raise InputError(
+            f"{path}: {width}x{height} pixels exceeds max_pixels={max_pixels} (a decompression bomb "
+            "or a whole slide). Read slides tile by tile with ingest.readers.iter_slide_tiles(), or "
+            "pass read_image(..., max_pixels=N) with a larger N if you trust the file."
+        )
+    if min(height, width) < MIN_SIDE:
+        raise InputError(
+            f"{path}: image is too small ({width}x{height} pixels); nucleograph needs at least "
+            f"{MIN_SIDE}x{MIN_SIDE}. Check that this is the image and not a thumbnail or icon."
+        )
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a PNG, JPEG, BMP or TIFF file as (H, W, 3) uint8 RGB.
+
+    The format is taken from the file's content, not its extension. Grayscale becomes RGB,
+    RGBA is composited on white and 16-bit images are scaled to 8 bits (see :func:`to_rgb8`).
+
+    Parameters
+    ----------
+    path : str or Path
+        Image file.
+    max_pixels : int or None, optional
+        Refuse images with more pixels than this before decoding them (decompression-bomb
+        guard). ``None`` disables the check for TIFF; PNG/JPEG above Pillow's own limit
+        (``PIL.Image.MAX_IMAGE_PIXELS`` x 2) are always refused.
+
+    Returns
+    -------
+    image : (H, W, 3) uint8 ndarray
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        Missing, empty, unreadable or truncated file; too many pixels; smaller than 32x32.
+    """
+    path = Path(path)
+    _check_file(path)
+    if _is_tiff(path):
+        array = _read_tiff(path, max_pixels)
+    else:
+        array = _read_pil(path, max_pixels)
+    return to_rgb8(array, name=str(path))
+
+
+def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, series.shape
+            height, width = shape[axes.index("Y")], shape[axes.index("X")]
+            _check_size(path, height, width, max_pixels)
+            array = series.asarray()
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise InputError(
+            f"{path}: cannot decode TIFF ({type(exc).__name__}: {exc}); the file is truncated or "
+            "corrupt. Re-copy or re-export it."
+        ) from exc
+    # Keep the first plane of any extra leading dimension (pages, time, z); bring samples last.
+    # A channel axis 'C' of 3-4 planes (e.g. ImageJ stacks) is colour, like tifffile's 'S'.
+    colour = "S" if "S" in axes else ("C" if "C" in axes and shape[axes.index("C")] in (3, 4) else "")
+    keep = [ax for ax in axes if ax in "YX" or ax == colour]
+    index = tuple(slice(None) if ax in keep else 0 for ax in axes)
+    array = array[index]
+    if colour and keep.index(colour) != len(keep) - 1:
+        array = np.moveaxis(array, keep.index(colour), -1)
+    return array
+
+
+def _read_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own max_pixels below; Pillow's warning would duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                _check_size(path, height, width, max_pixels)
+                im.load()
+                return _pil_to_array(im)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"{path}: {exc}. Convert it to a tiled pyramidal TIFF and read it with "
+            "ingest.readers.iter_slide_tiles()."
+        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise InputError(
+            f"{path}: not a readable image (supported: PNG, JPEG, BMP, TIFF; whole slides via "
+            "iter_slide_tiles). Check the file type or re-export it."
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(
+            f"{path}: cannot decode image ({exc}); the file is truncated or corrupt. Re-copy or re-export it."
+        ) from exc
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    elif mode == "I":
+        # 32-bit integer container, used by Pillow for 16-bit PNG; values are 16-bit.
+        a = np.asarray(im)
+        return (
+            a.clip(0, 65535).astype(np.uint16) if a.max(initial=0) > 255 else a.clip(0, 255).astype(np.uint8)
+        )
+    return np.asarray(im)
+
+
+# ----------------------------------------------------------------------------- slides
+
+
+def is_slide(path: str | Path) -> bool:
+    """True for whole-slide files: a slide extension (.svs, .ndpi, ...) or a tiled pyramidal TIFF.
+
+    A plain TIFF such as a BACH 2048x1536 image is not a slide; read it with :func:`read_image`.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in SLIDE_EXTENSIONS:
+        return True
+    if suffix not in (".tif", ".tiff") or not path.is_file() or path.stat().st_size == 0:
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            series = tif.series[0]
+            return bool(page.is_tiled) and (
+                len(series.levels) > 1 or page.shape[0] * page.shape[1] > DEFAULT_MAX_PIXELS
+            )
+    except Exception:  # unreadable files are reported by read_image, which callers try next
+        return False
+
+
+def _open_slide(path: Path):
+    _check_file(path)
+    try:
+        import tiffslide
+
+        return tiffslide.TiffSlide(path)
+    except Exception as tiff_exc:
+        try:
+            import openslide  # needs the libopenslide shared library
+
+            return openslide.OpenSlide(str(path))
+        except Exception:
+            raise InputError(
+                f"{path}: cannot open as a whole slide ({type(tiff_exc).__name__}: {tiff_exc}). "
+                "tiffslide reads SVS and pyramidal TIFF; for other formats install OpenSlide "
+                "(`pip install openslide-bin`)."
+            ) from tiff_exc
+
+
+def slide_info(path: str | Path) -> dict:
+    """Level sizes and microns per pixel of a whole slide.
+
+    Returns
+    -------
+    info : dict
+        ``level_dimensions`` (list of (width, height)), ``level_downsamples`` (list of float)
+        and ``mpp`` (float or None, microns per pixel at level 0).
+    """
+    path = Path(path)
+    slide = _open_slide(path)
+    try:
+        props = slide.properties
+        mpp = props.get("tiffslide.mpp-x") or props.get("openslide.mpp-x")
+        return {
+            "level_dimensions": [tuple(map(int, d)) for d in slide.level_dimensions],
+            "level_downsamples": [float(d) for d in slide.level_downsamples],
+            "mpp": float(mpp) if mpp not in (None, "") else None,
+        }
+    finally:
+        slide.close()
+
+
+def iter_slide_tiles(
+    path: str | Path,
+    *,
+    tile: int = 2048,
+    overlap: int = 0,
+    level: int = 0,
+    max_tiles: int | None = None,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Read a whole slide as a grid of RGB tiles, row by row.
+
+    Parameters
+    ----------
+    path : str or Path
+        SVS, pyramidal TIFF or another format tiffslide (or OpenSlide, if installed) reads.
+    tile : int, optional
+        Tile side in pixels at ``level``.
+    overlap : int, optional
+        Pixels each tile shares with its right and lower neighbours (tiles step by
+        ``tile - overlap``), so objects on a border appear whole in one of them.
+    level : int, optional
+        Pyramid level; 0 is full resolution.
+    max_tiles : int or None, optional
+        Stop after this many tiles.
+
+    Yields
+    ------
+    x0, y0 : int
+        Top-left corner of the tile in ``level`` pixel coordinates; add them to tile
+        coordinates to get slide coordinates.
+    tile : (h, w, 3) uint8 ndarray
+        RGB pixels, composited on white; edge tiles are smaller than ``tile``.
+    """
+    if tile < MIN_SIDE:
+        raise ValueError(f"tile must be at least {MIN_SIDE} pixels; got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile); got overlap={overlap}, tile={tile}")
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be a positive integer or None; got {max_tiles}")
+    path = Path(path)
+    slide = _open_slide(path)
+    try:
+        if not 0 <= level < slide.level_count:
+            raise ValueError(f"level must be in [0, {slide.level_count}) for {path}; got {level}")
+        width, height = slide.level_dimensions[level]
+        down = float(slide.level_downsamples[level])
+        step = tile - overlap
+        count = 0
+        for y0 in range(0, height, step):
+            for x0 in range(0, width, step):
+                w, h = min(tile, width - x0), min(tile, height - y0)
+                region = slide.read_region((int(round(x0 * down)), int(round(y0 * down))), level, (w, h))
+                yield x0, y0, to_rgb8(np.asarray(region), name=str(path))
+                count += 1
+                if max_tiles is not None and count >= max_tiles:
+                    return
+                if x0 + tile >= width:
+                    break
+            if y0 + tile >= height:
+                break
+    finally:
+        slide.close()
+
+
+# ----------------------------------------------------------------------------- cohorts
+
+
+@dataclass
+class ImageRecord:
+    """One image of a cohort.
+
+    Attributes
+    ----------
+    path : Path
+        Absolute path of the image or slide.
+    label : str or None
+        Class label (e.g. ``"Invasive"``); None when unknown.
+    patient : str or None
+        Patient or case id, for patient-level splits.
+    mpp : float or None
+        Microns per pixel, when known.
+    meta : dict
+        Any other manifest columns. ``mask`` and ``nuclei`` columns are resolved to absolute
+        paths against the manifest's folder, like ``path``.
+    """
+
+    path: Path
+    label: str | None
+    patient: str | None = None
+    mpp: float | None = None
+    meta: dict = field(default_factory=dict)
+
+
+_REQUIRED = ("path", "label")
+_PATH_COLUMNS = ("mask", "nuclei")
+_LABEL_KEY_COLUMNS = ("path", "image", "filename", "file", "name")
+
+
+def _is_image_file(p: Path) -> bool:
+    return (
+        p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS | SLIDE_EXTENSIONS
+    )
+
+
+def _images_under(folder: Path) -> list[Path]:
+    found = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if any(part.lower() in _MASK_DIRS for part in rel[:-1]):
+            continue
+        if _is_image_file(p):
+            found.append(p.resolve())
+    return sorted(found)
+
+
+def _read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict]]:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(
+            f"{csv_path}: cannot read CSV ({exc}); save it as UTF-8 comma-separated text."
+        ) from exc
+    return columns, rows
+
+
+def _read_manifest(csv_path: Path) -> list[ImageRecord]:
+    csv_path = csv_path.resolve()
+    columns, rows = _read_csv_rows(csv_path)
+    missing = [c for c in _REQUIRED if c not in columns]
+    if missing:
+        raise InputError(
+            f"{csv_path}: manifest is missing required column(s) {missing}; found {columns}. "
+            "A manifest needs a header row with path,label[,patient,mpp]."
+        )
+    base = csv_path.parent
+    records = []
+    for lineno, row in enumerate(rows, start=2):
+        if not row.get("path"):
+            raise InputError(f"{csv_path}, line {lineno}: empty path; fill it in or delete the row.")
+        path = (base / row["path"]).resolve()
+        if not path.is_file():
+            raise InputError(
+                f"{csv_path}, line {lineno}: image {row['path']!r} not found (looked for {path}); "
+                "paths are relative to the manifest's folder."
+            )
+        mpp = None
+        if row.get("mpp"):
+            try:
+                mpp = float(row["mpp"])
+            except ValueError:
+                mpp = math.nan
+            if not (math.isfinite(mpp) and mpp > 0):
+                raise InputError(
+                    f"{csv_path}, line {lineno}: mpp must be a positive number (microns per pixel); "
+                    f"got {row['mpp']!r}."
+                )
+        meta = {k: v for k, v in row.items() if k not in ("path", "label", "patient", "mpp")}
+        for key in _PATH_COLUMNS:
+            if meta.get(key):
+                meta[key] = (base / meta[key]).resolve()
+        records.append(
+            ImageRecord(
+                path=path,
+                label=row.get("label") or None,
+                patient=row.get("patient") or None,
+                mpp=mpp,
+                meta=meta,
+            )
+        )
+    return records
+
+
+def _labels_table(csv_path: Path) -> dict[str, str]:
+    """Map image keys (relative path, file name and stem) to labels from a labels CSV."""
+    columns, rows = _read_csv_rows(csv_path)
+    key_col = next((c for c in _LABEL_KEY_COLUMNS if c in columns), None)
+    if key_col is None or "label" not in columns:
+        raise InputError(
+            f"{csv_path}: a labels file needs a 'label' column and one of {list(_LABEL_KEY_COLUMNS)}; "
+            f"found {columns}."
+        )
+    table = {}
+    for row in rows:
+        key = row.get(key_col, "")
+        if key and row.get("label"):
+            table[key] = row["label"]
+            table[Path(key).name] = row["label"]
+            table[Path(key).stem] = row["label"]
+    return table
+
+
+def _discover_dir(folder: Path) -> list[ImageRecord]:
+    folder = folder.resolve()
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        return _read_manifest(manifest)
+    images_dir = folder / "images"
+    if images_dir.is_dir():
+        # Gleason2018-style images/ + masks/: images only; labels from labels.csv if present.
+        labels_csv = folder / "labels.csv"
+        if not labels_csv.is_file():
+            return _discover_class_folders(images_dir)
+        table = _labels_table(labels_csv)
+        records = []
+        for p in _images_under(images_dir):
+            rel = p.relative_to(images_dir)
+            label = (
+                table.get(str(rel))
+                or table.get(str(Path("images") / rel))
+                or table.get(p.name)
+                or table.get(p.stem)
+            )
+            records.append(ImageRecord(path=p, label=label))
+        return records
+    return _discover_class_folders(folder)
+
+
+def _discover_class_folders(folder: Path) -> list[ImageRecord]:
+    records = [
+        ImageRecord(path=p.resolve(), label=None) for p in sorted(folder.iterdir()) if _is_image_file(p)
+    ]
+    for sub in sorted(folder.iterdir()):
+        if not sub.is_dir() or sub.name.startswith(".") or sub.name.lower() in _MASK_DIRS:
+            continue
+        records.extend(ImageRecord(path=p, label=sub.name) for p in _images_under(sub))
+    return records
+
+
+def discover(
+    paths: str | Path | Iterable[str | Path], *, classes: Iterable[str] | None = None
+) -> list[ImageRecord]:
+    """Find the images of a cohort and their labels.
+
+    Each path may be
+
+    * an image or slide file (label None);
+    * a CSV manifest with columns ``path,label[,patient,mpp]`` (other columns go to
+      ``meta``; relative paths are resolved against the CSV's folder);
+    * a folder holding ``manifest.csv`` (used as above);
+    * a folder with ``images/`` (and e.g. ``masks/``), Gleason2018-style: images are read
+      from ``images/`` only, labelled from a ``labels.csv`` beside it (columns ``label`` and
+      one of path/image/filename/file/name) or else from class sub-folders of ``images/``;
+    * a folder with one sub-folder per class (BACH: ``Benign/ InSitu/ Invasive/ Normal/``),
+      labelled by folder name; images directly inside the folder get label None;
+    * a flat folder of images (label None).
+
+    Folders named masks/labels/annotations are never scanned for images.
+
+    Parameters
+    ----------
+    paths : path or iterable of paths
+    classes : iterable of str, optional
+        Keep only images with these labels.
+
+    Returns
+    -------
+    records : list of ImageRecord
+        Sorted by path; duplicates removed.
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        A path does not exist, a manifest lacks columns or names missing files, nothing is
+        found, or a requested class has no images.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    records: list[ImageRecord] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder; check the path.")
+        if p.is_dir():
+            found = _discover_dir(p)
+        elif p.suffix.lower() == ".csv":
+            found = _read_manifest(p)
+        elif _is_image_file(p):
+            found = [ImageRecord(path=p.resolve(), label=None)]
+        else:
+            raise InputError(
+                f"{p}: not an image, slide, CSV manifest or folder (image extensions: "
+                f"{sorted(IMAGE_EXTENSIONS | SLIDE_EXTENSIONS)})."
+            )
+        if not found:
+            raise InputError(
+                f"{p}: no images found (looked for {sorted(IMAGE_EXTENSIONS | SLIDE_EXTENSIONS)}); "
+                "check the folder or give a manifest.csv."
+            )
+        records.extend(found)
+    seen: set[Path] = set()
+    unique = []
+    for r in sorted(records, key=lambda r: str(r.path)):
+        if r.path not in seen:
+            seen.add(r.path)
+            unique.append(r)
+    if classes is not None:
+        wanted = list(classes)
+        present = sorted({r.label for r in unique if r.label is not None})
+        absent = [c for c in wanted if c not in present]
+        if absent:
+            raise InputError(f"classes {absent} have no images; labels found: {present}. Fix --classes.")
+        unique = [r for r in unique if r.label in set(wanted)]
+    return unique

@@ -1,0 +1,148 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ingest.detect import detect_nuclei, match_centroids
+from ingest.features import nucleus_features
+from ingest.unet import DEFAULT_WEIGHTS, UNet, distance_target, load_unet, predict_maps, train_unet
+from nucleograph.errors import InputError, ModelError
+
+
+@pytest.fixture(scope="module")
+def net():
+    return load_unet()
+
+
+def test_shipped_weights_are_small(net):
+    assert DEFAULT_WEIGHTS.is_file()
+    assert DEFAULT_WEIGHTS.stat().st_size < 2 * 1024 * 1024
+    assert not net.training
+    assert (DEFAULT_WEIGHTS.parent / "README.md").is_file()
+
+
+def test_forward_shape():
+    torch.manual_seed(0)
+    out = UNet(width=4, depth=2)(torch.rand(2, 3, 64, 48))
+    assert out.shape == (2, 2, 64, 48)
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (300, 200), (700, 530)])
+def test_predict_maps_any_size(net, shape):
+    img = np.random.default_rng(0).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    prob, dist = predict_maps(net, img, tile=384, overlap=64)
+    assert prob.shape == shape and dist.shape == shape
+    assert prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
+
+
+def test_tiles_do_not_show(net):
+    synth = pytest.importorskip("ingest.synth")
+    img = synth.synthesize_image("breast", "InSitu", rng=np.random.default_rng(5), size=(512, 384)).image
+    tiled, _ = predict_maps(net, img, tile=192, overlap=64)
+    whole, _ = predict_maps(net, img, tile=640, overlap=64)
+    assert np.mean(np.abs(tiled - whole)) < 0.02
+    assert np.mean((tiled > 0.5) == (whole > 0.5)) > 0.99
+
+
+def test_predict_maps_arguments(net):
+    img = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        predict_maps(net, img, tile=100)
+    with pytest.raises(ValueError, match="overlap must be even"):
+        predict_maps(net, img, tile=128, overlap=7)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        predict_maps(net, img.astype(np.float32))
+
+
+def test_unet_detects_synthetic_nuclei(net):
+    synth = pytest.importorskip("ingest.synth")
+    # Seed 2024 is not among the training images (cohort seed 101, see weights/README.md).
+    tile = synth.synthesize_image("breast", "Invasive", rng=np.random.default_rng(2024), size=(512, 512))
+    labels = detect_nuclei(tile.image, method="unet", model=net)
+    f = nucleus_features(tile.image, labels)
+    scores = match_centroids(
+        np.c_[f["centroid_x"], f["centroid_y"]], tile.nuclei[["centroid_x", "centroid_y"]].to_numpy()
+    )
+    assert scores["f1"] > 0.8, scores
+
+
+def test_distance_target():
+    mask = np.zeros((30, 40), np.int32)
+    mask[5:15, 5:15] = 1
+    mask[5:15, 15:25] = 2  # touches 1
+    d = distance_target(mask)
+    assert d.dtype == np.float32 and d.max() == pytest.approx(1.0)
+    assert (d[mask == 0] == 0).all()
+    assert d[10, 14] < 0.5 and d[10, 15] < 0.5  # the shared border is low
+    assert d[9, 9] == pytest.approx(1.0, abs=0.25)
+
+
+def _write_pair(images: Path, masks: Path, name: str, *, binary=False, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.full((64, 64, 3), 230, np.uint8)
+    mask = np.zeros((64, 64), np.uint16)
+    for k in range(1, 5):
+        r, c = rng.integers(10, 54, size=2)
+        mask[r - 4 : r + 4, c - 4 : c + 4] = k
+    img[mask > 0] = (60, 40, 140)
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(images / f"{name}.png")
+    Image.fromarray(((mask > 0) * 255).astype(np.uint8) if binary else mask).save(masks / f"{name}.png")
+
+
+def test_train_unet_roundtrip(tmp_path):
+    _write_pair(tmp_path / "img" / "A", tmp_path / "msk" / "A", "x1")
+    _write_pair(tmp_path / "img" / "B", tmp_path / "msk" / "B", "x2", binary=True, seed=1)
+    out = tmp_path / "w" / "u.pt"
+    hist = train_unet(
+        tmp_path / "img",
+        tmp_path / "msk",
+        out=out,
+        epochs=2,
+        steps_per_epoch=2,
+        patch=32,
+        batch_size=2,
+        width=4,
+        depth=2,
+    )
+    assert hist["images"] == 2 and len(hist["loss"]) == 2 and np.isfinite(hist["loss"]).all()
+    net = load_unet(out)
+    assert (net.width, net.depth) == (4, 2)
+    labels = detect_nuclei(np.full((64, 64, 3), 230, np.uint8), method="unet", model=net)
+    assert labels.shape == (64, 64)
+
+
+def test_train_unet_is_seeded(tmp_path):
+    _write_pair(tmp_path / "img", tmp_path / "msk", "x1")
+    kw = dict(epochs=1, steps_per_epoch=2, patch=32, batch_size=2, width=4, depth=2, seed=3)
+    a = train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "a.pt", **kw)
+    b = train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "b.pt", **kw)
+    assert a["loss"] == b["loss"]
+
+
+def test_train_unet_unmatched(tmp_path):
+    _write_pair(tmp_path / "img", tmp_path / "msk", "x1")
+    _write_pair(tmp_path / "img", tmp_path / "other", "x2")
+    with pytest.raises(InputError, match=r"1 image\(s\) have no mask .*x2\.png"):
+        train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "u.pt", epochs=1, patch=32)
+
+
+def test_train_unet_bad_folders(tmp_path):
+    with pytest.raises(InputError, match="images folder not found"):
+        train_unet(tmp_path / "nope", tmp_path, out=tmp_path / "u.pt")
+    _write_pair(tmp_path / "img", tmp_path / "msk", "x1")
+    with pytest.raises(InputError, match="smaller than patch=128"):
+        train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "u.pt", epochs=1, patch=128)
+    with pytest.raises(ValueError, match="patch must be a positive multiple of 8"):
+        train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "u.pt", patch=30)
+
+
+def test_load_unet_errors(tmp_path):
+    with pytest.raises(InputError, match=r"missing\.pt: U-Net weights not found"):
+        load_unet(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match=r"junk\.pt: not a nucleograph U-Net checkpoint"):
+        load_unet(tmp_path / "junk.pt")

@@ -1,0 +1,272 @@
+"""`nucleograph scheduler` against the real test Neo4j and real SQL (SQLite and PostgreSQL): files
+dropped into a watched folder are ingested once, also with two schedulers, beside a manual ingest and
+across a SIGKILL; retraining trains once per trigger and explains the run; failures are retried and
+reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from jobs_helpers import drop, wait_for
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import jobs as jobs_db
+from db import records as rec
+from db import store
+from ingest.pipeline import IngestParams
+from ingest.readers import ImageRecord
+from ingest.run import ingest_records
+from nucleograph import scheduler as sch
+from nucleograph.cli import main
+from nucleograph.config import Settings
+
+pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
+
+FAST = ["--interval", "0.5", "--poll", "0.5", "--settle", "0.2", "--lease", "3", "--backoff", "0.5"]
+
+
+def _engine(env):
+    return sch.open_engine(Settings.from_env(env))
+
+
+def _files(engine, cohort):
+    return jobs_db.watched_files(engine, cohort=cohort)
+
+
+def _done(engine, cohort, n):
+    rows = _files(engine, cohort)
+    return len(rows) == n and all(r["status"] == "done" for r in rows)
+
+
+def _clean_counts(driver, settings, images, cohort):
+    """The counts of a clean, single ingest of the same files (into a cohort of its own)."""
+    records = [ImageRecord(path=p, label=label) for p, label in images]
+    summary = ingest_records(records, cohort=cohort, params=IngestParams(), settings=settings, driver=driver)
+    assert summary.failed == 0
+    return store.cohort_counts(driver, cohort, database=settings.neo4j_database)
+
+
+def _counts(driver, settings, cohort):
+    return store.cohort_counts(driver, cohort, database=settings.neo4j_database)
+
+
+def _remote_env(env: dict[str, str], settings: Settings) -> dict[str, str]:
+    """The same server under a name that is not a loopback literal (as `bolt://neo4j:7687` in
+    docker-compose), so the code takes its remote path: no local server management, password from
+    NEO4J_PASSWORD."""
+    host = socket.gethostname()
+    try:
+        socket.create_connection((host, settings.neo4j_port), timeout=5).close()
+    except OSError as exc:
+        pytest.fail(f"this host's name {host!r} does not reach the test Neo4j on port {settings.neo4j_port} "
+                    f"({exc}); map it to 127.0.0.1 in /etc/hosts")
+    out = dict(env)
+    out["NEO4J_URI"] = f"neo4j://{host}:{settings.neo4j_port}"
+    out["NEO4J_PASSWORD"] = settings.password()
+    assert not Settings.from_env(out).is_local
+    return out
+
+
+# SQLite with the local server; PostgreSQL with a remote-style NEO4J_URI, as docker-compose runs it
+@pytest.mark.parametrize(("sql_url", "remote"), [("sqlite", False), ("postgresql", True)],
+                         ids=["sqlite-local-uri", "postgresql-remote-uri"], indirect=["sql_url"])
+def test_dropped_files_are_ingested_once(remote, sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path,
+                                         driver, neo4j_settings, unique_name):
+    env = _remote_env(scheduler_env, neo4j_settings) if remote else scheduler_env
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    images = fresh_images(4)
+    engine = _engine(env)
+    p = start_scheduler(["--watch", str(watch), "--cohort", unique_name, *FAST], env)
+    drop(images[:2], watch)
+    wait_for(lambda: _done(engine, unique_name, 2), timeout=90, what="the first two files", procs=[p])
+    drop(images[2:], watch)
+    # the same content again under another name, and a file already ingested, touched: nothing new
+    drop([(images[0][0], "Other")], watch)
+    os.utime(watch / images[1][1] / images[1][0].name)
+    wait_for(lambda: _done(engine, unique_name, 4), timeout=90, what="all four files", procs=[p])
+    wait_for(lambda: jobs_db.job_history(engine, status="succeeded", limit=5), timeout=10, what="a finished run")
+    assert p.stop() == 0, p.output()
+
+    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(driver, neo4j_settings, unique_name) == clean and clean["images"] == 4
+    rows = _files(engine, unique_name)
+    assert sorted(r["outcome"] for r in rows) == ["stored"] * 4 and all(r["attempts"] == 1 for r in rows)
+    with Session(engine) as s:  # one ingest record per file: nothing was ingested twice
+        paths = s.scalars(select(rec.IngestRecord.path).where(rec.IngestRecord.cohort == unique_name)).all()
+    assert len(paths) == 4
+    labels = {r["label"] for r in store.cohort_images(driver, unique_name, database=neo4j_settings.neo4j_database)}
+    assert labels == {"InSitu", "Invasive"}
+    assert "remote" not in p.output() or remote
+    engine.dispose()
+
+
+def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+    watch = tmp_path / "watch"
+    images = fresh_images(6)
+    drop(images, watch)
+    engine = _engine(scheduler_env)
+    args = ["--watch", str(watch), "--cohort", unique_name, *FAST]
+    first = start_scheduler(args, scheduler_env)
+
+    def mid_ingest():
+        rows = _files(engine, unique_name)
+        return any(r["status"] == "done" for r in rows) and any(r["status"] == "claimed" for r in rows)
+
+    wait_for(mid_ingest, timeout=90, what="the first file done and another one claimed", procs=[first],
+             interval=0.05)
+    first.kill9()
+    before = _files(engine, unique_name)
+    assert len([r for r in before if r["status"] == "done"]) < 6
+
+    second = start_scheduler(args, scheduler_env)
+    wait_for(lambda: _done(engine, unique_name, 6), timeout=120, what="all files after the restart", procs=[second])
+    # the killed run shows in the history as lost once its heartbeat is stale
+    wait_for(lambda: jobs_db.job_history(engine, status="lost"), timeout=20, what="the killed run marked lost",
+             procs=[second])
+    assert second.stop() == 0
+
+    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(driver, neo4j_settings, unique_name) == clean and clean["images"] == 6
+    rows = _files(engine, unique_name)
+    assert len({r["content_hash"] for r in rows}) == 6
+    taken_over = [r for r in rows if r["attempts"] == 2]
+    assert taken_over, "the claim the killed scheduler held was not taken over"
+    engine.dispose()
+
+
+def test_two_schedulers_at_once_ingest_once_and_train_once(
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    images = fresh_images(6)
+    engine = _engine(scheduler_env)
+    args = ["--watch", str(watch), "--cohort", unique_name, *FAST, "--retrain-min-new", "6",
+            "--retrain-interval", "1", "--epochs", "2"]
+    a = start_scheduler(args, scheduler_env)
+    b = start_scheduler(args, scheduler_env)
+    drop(images, watch)
+    wait_for(lambda: _done(engine, unique_name, 6), timeout=120, what="all six files", procs=[a, b])
+
+    def trained():
+        trig = jobs_db.triggers(engine, cohort=unique_name)
+        return trig if trig and all(t["status"] == "done" for t in trig) else None
+
+    [trigger] = wait_for(trained, timeout=150, what="the retraining and its explanation", procs=[a, b])
+    # a few more scheduler ticks: nothing new may start
+    wait_for(lambda: len(jobs_db.job_history(engine, job_id=f"{unique_name}-retrain", status="succeeded")) >= 4,
+             timeout=30, what="more retrain checks", procs=[a, b])
+    assert a.stop() == 0 and b.stop() == 0
+
+    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(driver, neo4j_settings, unique_name) == clean
+    rows = _files(engine, unique_name)
+    assert len(rows) == 6 and all(r["attempts"] == 1 for r in rows)
+    owners = {r["owner"] for r in rows}
+    assert len(jobs_db.triggers(engine, cohort=unique_name)) == 1
+    assert trigger["trigger_id"].startswith("data:") and trigger["n_labelled"] == 6
+    with Session(engine) as s:
+        runs = s.scalars(select(rec.ModelRunRecord).where(rec.ModelRunRecord.cohort == unique_name)).all()
+    assert [(r.id, r.status) for r in runs] == [(trigger["run_id"], "finished")]
+    assert trigger["result"]["explain"]["images"] == 6
+    from db import runs as db_runs
+
+    assert [r["id"] for r in db_runs.list_runs(driver, cohort=unique_name, database=neo4j_settings.neo4j_database)] \
+        == [trigger["run_id"]]
+    assert owners  # (which scheduler took which file is up to the race)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_manual_ingest_beside_the_scheduler_duplicates_nothing(
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+    watch = tmp_path / "watch"
+    images = fresh_images(6)
+    dropped = drop(images, watch)
+    engine = _engine(scheduler_env)
+    p = start_scheduler(["--watch", str(watch), "--cohort", unique_name, *FAST], scheduler_env)
+    settings = Settings.from_env(scheduler_env)
+    manual: dict = {}
+
+    def run_manual():
+        records = [ImageRecord(path=d.resolve(), label=label) for d, (_, label) in zip(dropped, images, strict=True)]
+        manual["summary"] = ingest_records(records, cohort=unique_name, params=IngestParams(), settings=settings,
+                                           driver=driver)
+
+    t = threading.Thread(target=run_manual)
+    t.start()
+    t.join(timeout=120)
+    wait_for(lambda: _done(engine, unique_name, 6), timeout=120, what="the scheduler's ledger", procs=[p])
+    assert p.stop() == 0
+    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(driver, neo4j_settings, unique_name) == clean and clean["images"] == 6
+    assert manual["summary"].ok + manual["summary"].failed == 6
+    engine.dispose()
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_failures_are_retried_with_backoff_reported_and_abandoned(
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+    watch = tmp_path / "watch"
+    good = drop(fresh_images(1), watch)
+    (good[0].parent / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    engine = _engine(scheduler_env)
+    p = start_scheduler(["--watch", str(watch), "--cohort", unique_name, *FAST, "--max-attempts", "3"],
+                        scheduler_env)
+
+    def settled():
+        rows = {Path(r["path"]).name: r for r in _files(engine, unique_name)}
+        return rows if rows.get("broken.png", {}).get("status") == "abandoned" and len(rows) == 2 else None
+
+    rows = wait_for(settled, timeout=90, what="the broken file abandoned", procs=[p])
+    assert p.stop() == 0
+    broken = rows["broken.png"]
+    assert broken["attempts"] == 3 and "broken.png" in broken["error"]
+    assert rows[good[0].name]["status"] == "done"
+    failed = jobs_db.job_history(engine, job_id=f"{unique_name}-watch", status="failed")
+    assert len(failed) >= 3 and all("broken.png" in r["error"] for r in failed)
+    assert _counts(driver, neo4j_settings, unique_name)["images"] == 1
+    engine.dispose()
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_cli_jobs_add_list_run_now_history_remove(sql_url, test_environ, monkeypatch, fresh_images, tmp_path,
+                                                  unique_name, capsys, driver):
+    monkeypatch.setenv("NUCLEOGRAPH_SQL_URL", sql_url)
+    watch = tmp_path / "watch"
+    drop(fresh_images(2), watch)
+    job = f"{unique_name}-w"
+    assert main(["jobs", "add", "watch", "--id", job, "--cohort", unique_name, "--watch", str(watch),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "watch"
+    assert main(["jobs", "add", "retrain", "--id", f"{unique_name}-r", "--cohort", unique_name,
+                 "--cron", "0 3 * * *", "--epochs", "2"]) == 0
+    assert main(["jobs", "add", "watch", "--id", job, "--cohort", unique_name, "--watch", str(watch)]) == 1
+    capsys.readouterr()
+    assert main(["jobs", "list", "--json"]) == 0
+    listed = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
+    assert set(listed) == {job, f"{unique_name}-r"}
+    assert listed[f"{unique_name}-r"]["next_run"].endswith("03:00:00+00:00")
+
+    assert main(["jobs", "run-now", job, "--settle", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ingested"] == 2 and result["outcomes"] == {"stored": 2}
+    assert main(["jobs", "run-now", job, "--settle", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ingested"] == 0
+    assert main(["jobs", "history", "--job", job, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert [(h["trigger"], h["status"]) for h in history] == [("manual", "succeeded")] * 2
+    assert main(["jobs", "files", "--cohort", unique_name]) == 0
+    assert "(2 rows)" in capsys.readouterr().out
+    assert main(["jobs", "remove", job]) == 0
+    assert main(["jobs", "remove", job]) == 1
+    assert "no job" in capsys.readouterr().err
+    assert main(["jobs", "add", "retrain", "--id", "x", "--cohort", unique_name]) == 1
+    assert "exactly one of --min-new" in capsys.readouterr().err

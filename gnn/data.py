@@ -79,9 +79,13 @@ def to_dgl(node_feats, src, dst, edge_feats, *, centroids=None, nucleus_ids=None
     """
     x = np.asarray(node_feats, dtype=np.float32)
     if x.ndim != 2:
-        raise InputError(f"node_feats must have shape (N, F), got {x.shape}; reshape a single feature to (N, 1)")
+        raise InputError(
+            f"node_feats must have shape (N, F), got {x.shape}; reshape a single feature to (N, 1)"
+        )
     if not np.all(np.isfinite(x)):
-        raise InputError("node_feats contain NaN or inf; impute or drop those nuclei before building the graph")
+        raise InputError(
+            "node_feats contain NaN or inf; impute or drop those nuclei before building the graph"
+        )
     n = x.shape[0]
     s = np.asarray(src, dtype=np.int64).reshape(-1)
     d = np.asarray(dst, dtype=np.int64).reshape(-1)
@@ -95,10 +99,14 @@ def to_dgl(node_feats, src, dst, edge_feats, *, centroids=None, nucleus_ids=None
     if s.size and (s.min() < 0 or d.min() < 0 or s.max() >= n or d.max() >= n):
         raise InputError(f"edge endpoints must lie in [0, {n}); some src/dst index no node")
     if np.any(s == d):
-        raise InputError("self-loops are not allowed (RSF has its own W_0 self term); drop pairs with src == dst")
+        raise InputError(
+            "self-loops are not allowed (RSF has its own W_0 self term); drop pairs with src == dst"
+        )
     lo, hi = np.minimum(s, d), np.maximum(s, d)
     if s.size and np.unique(lo * n + hi).size != s.size:
-        raise InputError("a pair of nuclei is given twice (as (i, j) and (j, i) or repeated); give each pair once")
+        raise InputError(
+            "a pair of nuclei is given twice (as (i, j) and (j, i) or repeated); give each pair once"
+        )
     if not np.all(np.isfinite(e)):
         raise InputError("edge_feats contain NaN or inf")
     g = dgl.graph((np.concatenate([s, d]), np.concatenate([d, s])), num_nodes=n, idtype=torch.int64)
@@ -260,7 +268,9 @@ def stratified_kfold(labels, k: int = 5, groups=None, *, seed: int = 0):
     else:
         inv, units = _group_labels(y, groups)
     if units.size < k:
-        raise InputError(f"cannot make {k} folds from {units.size} {'groups' if groups is not None else 'samples'}")
+        raise InputError(
+            f"cannot make {k} folds from {units.size} {'groups' if groups is not None else 'samples'}"
+        )
     fold_of = np.empty(units.size, dtype=np.int64)
     offset = 0
     for c in np.unique(units):
@@ -272,5 +282,7 @@ def stratified_kfold(labels, k: int = 5, groups=None, *, seed: int = 0):
     folds = []
     for f in range(k):
         test_mask = fold_of[inv] == f
-        folds.append((np.flatnonzero(~test_mask).astype(np.int64), np.flatnonzero(test_mask).astype(np.int64)))
+        folds.append(
+            (np.flatnonzero(~test_mask).astype(np.int64), np.flatnonzero(test_mask).astype(np.int64))
+        )
     return folds

@@ -1,0 +1,281 @@
+"""Graph classifiers of the seed paper (Table I) and an MLP baseline.
+
+Architectures (``c = conv_feats``, ``p = pool_sizes``, ``f = fc_feats``; defaults give ~300k parameters):
+
+``rsf``            VConv1(c1) - VConv2(c2) - Pool1(p1) - VConv3(c3) - Pool2(p2) - FC1(f1) - FC2(f2) - FC3(C)
+``rsf-edge``       as ``rsf`` with EdgeConv1 after Pool1, EdgeConv2 after VConv3 and EdgeConv3 after Pool2;
+                   EdgeConv1/2 feed the next vertex convolution / pooling, and the channels of EdgeConv3
+                   (``(L, p2, p2)``) are flattened into FC1 next to the pooled node features, since
+                   nothing else follows Pool2.
+``rsf-attention``  as ``rsf`` with a per-nucleus sigmoid gate (:class:`gnn.layers.NodeAttention`) on VConv2.
+``mlp``            MLP on the mean of the standardised node features concatenated with log(nucleus count).
+
+Each vertex convolution is followed by batch norm and ReLU. Batch norm before Pool1 runs on the node
+rows of the batched sparse graph (so padding never enters its statistics); after Pool1 every graph
+has exactly ``p1`` nodes, so dense tensors carry no padding.
+
+Models take *raw* node features: the :class:`gnn.data.FeatureScaler` fitted on the training graphs is
+stored in the model's buffers (``set_scaler``) and applied first, so checkpoints, predictions and
+explanations cannot forget it.
+"""
+
+from __future__ import annotations
+
+import dgl
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nucleograph.errors import InputError, ModelError
+
+from .data import FeatureScaler
+from .keys import EFEAT, FEAT
+from .layers import (
+    DenseEdgeFeatureConv,
+    DenseGraphEmbedPooling,
+    DenseRSFConv,
+    GraphEmbedPooling,
+    NodeAttention,
+    RSFConv,
+)
+
+MODEL_NAMES = ("rsf", "rsf-edge", "rsf-attention", "mlp")
+
+
+class GraphClassifier(nn.Module):
+    """Base class: input checks and the stored feature scaler."""
+
+    def __init__(self, in_feats: int, edge_channels: int, n_classes: int):
+        super().__init__()
+        if n_classes < 2:
+            raise ModelError(f"n_classes must be at least 2, got {n_classes}")
+        self.in_feats = in_feats
+        self.edge_channels = edge_channels
+        self.n_classes = n_classes
+        self.register_buffer("feat_mean", torch.zeros(in_feats))
+        self.register_buffer("feat_std", torch.ones(in_feats))
+
+    def set_scaler(self, scaler: FeatureScaler) -> None:
+        """Store a fitted scaler; the model standardises raw features with it from now on."""
+        mean = torch.as_tensor(scaler.mean, dtype=self.feat_mean.dtype)
+        std = torch.as_tensor(scaler.std, dtype=self.feat_std.dtype)
+        if mean.shape != self.feat_mean.shape:
+            raise ModelError(f"scaler has {mean.numel()} features, the model {self.in_feats}")
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std)
+
+    def scaler(self) -> FeatureScaler:
+        return FeatureScaler(
+            self.feat_mean.cpu().float().numpy().copy(), self.feat_std.cpu().float().numpy().copy()
+        )
+
+    def input_features(self, graph) -> torch.Tensor:
+        """Check ``graph`` and return its standardised node features ``(N, in_feats)``."""
+        counts = graph.batch_num_nodes()
+        if counts.numel() == 0 or bool((counts == 0).any()):
+            empty = torch.nonzero(counts == 0).flatten().tolist() if counts.numel() else [0]
+            raise InputError(
+                f"graph(s) {empty} of the batch have no nuclei: an image without nuclei cannot be classified; "
+                "drop it from the cohort (or check the nucleus detector's threshold)"
+            )
+        if FEAT not in graph.ndata:
+            raise InputError(
+                f"the graph has no node features under ndata[{FEAT!r}]; build it with gnn.data.to_dgl"
+            )
+        feat = graph.ndata[FEAT]
+        if feat.dim() != 2 or feat.shape[1] != self.in_feats:
+            raise InputError(
+                f"node features have shape {tuple(feat.shape)}, the model expects (N, {self.in_feats}); "
+                "use the feature set the model was trained on"
+            )
+        if EFEAT not in graph.edata and self.edge_channels and graph.num_edges() > 0:
+            raise InputError(
+                f"the graph has no edge channels under edata[{EFEAT!r}]; build it with gnn.data.to_dgl"
+            )
+        return (feat.to(self.feat_mean.dtype) - self.feat_mean) / self.feat_std
+
+    def edge_features(self, graph) -> torch.Tensor:
+        """Edge channels ``(E, L)`` in the model's dtype (empty when the graph has no edges)."""
+        dtype = self.feat_mean.dtype
+        if graph.num_edges() == 0 and EFEAT not in graph.edata:
+            # DGL drops edge schemes when the last edge is removed (e.g. by dgl.remove_nodes)
+            return torch.zeros(0, self.edge_channels, dtype=dtype)
+        efeat = graph.edata[EFEAT]
+        if efeat.dim() == 1:
+            efeat = efeat.unsqueeze(-1)
+        return efeat.to(dtype)
+
+
+def _dense_bn(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm over all node rows of a ``(B, N, F)`` tensor (no padding after the first pooling)."""
+    return bn(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+class RSFNet(GraphClassifier):
+    """The RSF model of Table I, optionally with edge convolutions or node attention.
+
+    Parameters
+    ----------
+    in_feats : int
+    edge_channels : int
+        ``L``.
+    n_classes : int
+    conv_feats : (int, int, int)
+        Widths of VConv1, VConv2, VConv3.
+    pool_sizes : (int, int)
+        Pooled nodes of Pool1 and Pool2.
+    fc_feats : (int, int)
+        Widths of FC1 and FC2 (FC3 outputs ``n_classes``).
+    edge : bool
+        Add the three edge convolutions (``rsf-edge``).
+    attention : bool
+        Gate VConv2's output with per-nucleus attention (``rsf-attention``).
+    edge_activation : {"sigmoid", "relu"}
+
+    Shapes
+    ------
+    forward(graph) with ``graph`` a batched DGL graph of ``B`` images -> logits ``(B, n_classes)``.
+    """
+
+    def __init__(
+        self,
+        in_feats: int,
+        edge_channels: int,
+        n_classes: int = 2,
+        *,
+        conv_feats=(64, 128, 96),
+        pool_sizes=(32, 8),
+        fc_feats=(256, 64),
+        edge: bool = False,
+        attention: bool = False,
+        edge_activation: str = "sigmoid",
+    ):
+        super().__init__(in_feats, edge_channels, n_classes)
+        if edge_channels < 1:
+            raise ModelError("RSF models need at least one edge channel")
+        c1, c2, c3 = conv_feats
+        p1, p2 = pool_sizes
+        f1, f2 = fc_feats
+        self.conv_feats, self.pool_sizes, self.fc_feats = (
+            tuple(conv_feats),
+            tuple(pool_sizes),
+            tuple(fc_feats),
+        )
+        self.use_edge, self.use_attention = edge, attention
+        L = edge_channels
+        self.vconv1 = RSFConv(in_feats, c1, L)
+        self.bn1 = nn.BatchNorm1d(c1)
+        self.vconv2 = RSFConv(c1, c2, L)
+        self.bn2 = nn.BatchNorm1d(c2)
+        self.attention = NodeAttention(c2) if attention else None
+        self.pool1 = GraphEmbedPooling(c2, p1, L)
+        self.edge1 = DenseEdgeFeatureConv(c2, L, activation=edge_activation) if edge else None
+        self.vconv3 = DenseRSFConv(c2, c3, L)
+        self.bn3 = nn.BatchNorm1d(c3)
+        self.edge2 = DenseEdgeFeatureConv(c3, L, activation=edge_activation) if edge else None
+        self.pool2 = DenseGraphEmbedPooling(c3, p2, L)
+        self.edge3 = DenseEdgeFeatureConv(c3, L, activation=edge_activation) if edge else None
+        fc_in = p2 * c3 + (L * p2 * p2 if edge else 0)
+        self.fc1 = nn.Linear(fc_in, f1)
+        self.fc2 = nn.Linear(f1, f2)
+        self.fc3 = nn.Linear(f2, n_classes)
+
+    def reset_parameters(self):
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"edge={self.use_edge}, attention={self.use_attention}"
+
+    def node_embeddings(self, graph):
+        """Node states entering Pool1.
+
+        Returns ``h2`` ``(N, c2)`` (after VConv2, batch norm, ReLU and, for ``rsf-attention``, the gate)
+        and the attention scores ``(N,)`` (None without attention).
+        """
+        feat = self.input_features(graph)
+        efeat = self.edge_features(graph)
+        h = F.relu(self.bn1(self.vconv1(graph, feat, efeat)))
+        h = F.relu(self.bn2(self.vconv2(graph, h, efeat)))
+        scores = None
+        if self.attention is not None:
+            h, scores = self.attention(graph, h)
+        return h, scores
+
+    def head(self, v: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """Everything after Pool1: ``v`` ``(B, p1, c2)``, ``adj`` ``(B, L, p1, p1)`` -> logits ``(B, C)``."""
+        if self.edge1 is not None:
+            adj = self.edge1(adj, v)
+        v = F.relu(_dense_bn(self.bn3, self.vconv3(adj, v)))
+        if self.edge2 is not None:
+            adj = self.edge2(adj, v)
+        v, adj = self.pool2(adj, v)
+        x = v.flatten(1)
+        if self.edge3 is not None:
+            x = torch.cat([x, self.edge3(adj, v).flatten(1)], 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+    def forward(self, graph) -> torch.Tensor:
+        h, _ = self.node_embeddings(graph)
+        efeat = self.edge_features(graph)
+        v, adj = self.pool1(graph, h, efeat)
+        return self.head(v, adj)
+
+
+class MeanMLP(GraphClassifier):
+    """Baseline: MLP on ``[mean of standardised node features, log(nucleus count)]``.
+
+    Shapes
+    ------
+    forward(graph) with ``B`` images -> logits ``(B, n_classes)``.
+    """
+
+    def __init__(self, in_feats: int, edge_channels: int = 0, n_classes: int = 2, *, hidden=(128, 64)):
+        super().__init__(in_feats, edge_channels, n_classes)
+        layers, width = [], in_feats + 1
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, n_classes))
+        self.mlp = nn.Sequential(*layers)
+        self.hidden = tuple(hidden)
+
+    def reset_parameters(self):
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def forward(self, graph) -> torch.Tensor:
+        feat = self.input_features(graph)
+        with graph.local_scope():
+            graph.ndata["_std"] = feat
+            mean = dgl.mean_nodes(graph, "_std")
+        logn = torch.log(graph.batch_num_nodes().to(feat.dtype)).unsqueeze(1)
+        return self.mlp(torch.cat([mean, logn], 1))
+
+
+def build_model(
+    name: str, *, in_feats: int, edge_channels: int, n_classes: int = 2, **kwargs
+) -> GraphClassifier:
+    """Build one of :data:`MODEL_NAMES` (``"rsf"``, ``"rsf-edge"``, ``"rsf-attention"``, ``"mlp"``).
+
+    Extra keyword arguments go to :class:`RSFNet` (``conv_feats``, ``pool_sizes``, ``fc_feats``,
+    ``edge_activation``) or :class:`MeanMLP` (``hidden``).
+    """
+    if name == "mlp":
+        return MeanMLP(in_feats, edge_channels, n_classes, **kwargs)
+    if name == "rsf":
+        return RSFNet(in_feats, edge_channels, n_classes, **kwargs)
+    if name == "rsf-edge":
+        return RSFNet(in_feats, edge_channels, n_classes, edge=True, **kwargs)
+    if name == "rsf-attention":
+        return RSFNet(in_feats, edge_channels, n_classes, attention=True, **kwargs)
+    raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

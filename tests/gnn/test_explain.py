@@ -1,0 +1,76 @@
+import dgl
+import numpy as np
+import pytest
+import torch
+from gnn_synth import make_graph
+
+from gnn.data import to_dgl
+from gnn.explain import attention_scores, occlusion, occlusion_naive
+from gnn.models import MODEL_NAMES, build_model
+from nucleograph.errors import InputError, ModelError
+
+
+def _model(name, rng):
+    torch.manual_seed(0)
+    m = (
+        build_model(
+            name, in_feats=4, edge_channels=2, conv_feats=(16, 16, 16), pool_sizes=(8, 4), fc_feats=(32, 16)
+        )
+        if name != "mlp"
+        else build_model(name, in_feats=4, edge_channels=2)
+    )
+    m.train()  # non-trivial batch-norm running statistics
+    with torch.no_grad():
+        for _ in range(3):
+            m(dgl.batch([make_graph(30, clustered=True, rng=rng), make_graph(30, clustered=False, rng=rng)]))
+    return m.eval()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_fast_occlusion_equals_naive(name, hops, rng):
+    m = _model(name, rng)
+    g = make_graph(24, clustered=True, rng=rng)
+    naive = occlusion_naive(m, g, hops=hops)
+    fast = occlusion(m, g, hops=hops, batch_size=16)
+    assert naive.shape == (24,)
+    assert np.abs(naive - fast).max() <= 1e-5
+    assert not m.training
+
+
+@pytest.mark.parametrize("name", ["rsf", "rsf-edge"])
+def test_occlusion_edge_cases(name, rng):
+    m = _model(name, rng)
+    graphs = [
+        to_dgl(
+            rng.normal(size=(3, 4)), [0, 1], [1, 2], np.array([[0.9, 0.8], [0.5, 0.3]])
+        ),  # emptied by hops>=1
+        to_dgl(rng.normal(size=(4, 4)), [], [], np.zeros((0, 2))),  # isolated nuclei
+        to_dgl(rng.normal(size=(6, 4)), [0, 1, 3], [1, 2, 4], np.full((3, 2), 0.5)),  # edges vanish
+    ]
+    for g in graphs:
+        for hops in (0, 1, 3):
+            assert np.abs(occlusion_naive(m, g, hops=hops) - occlusion(m, g, hops=hops)).max() <= 1e-5
+    # a graph fully removed scores against the uniform prior
+    p0 = torch.softmax(m(graphs[0]), 1)[0].max().item()
+    assert occlusion(m, graphs[0], hops=2)[1] == pytest.approx(p0 - 0.5, abs=1e-6)
+
+
+def test_occlusion_target_and_errors(rng):
+    m = _model("rsf", rng)
+    g = make_graph(20, clustered=False, rng=rng)
+    s0, s1 = occlusion(m, g, target=0), occlusion(m, g, target=1)
+    assert np.allclose(s0, -s1, atol=1e-6)  # two classes: probabilities sum to one
+    with pytest.raises(InputError, match="out of range"):
+        occlusion(m, g, target=5)
+    with pytest.raises(InputError, match="one image"):
+        occlusion(m, dgl.batch([g, g]))
+
+
+def test_attention_scores(rng):
+    m = _model("rsf-attention", rng)
+    g = make_graph(25, clustered=True, rng=rng)
+    s = attention_scores(m, g)
+    assert s.shape == (25,) and ((s > 0) & (s < 1)).all()
+    with pytest.raises(ModelError, match="rsf-attention"):
+        attention_scores(_model("rsf", rng), g)

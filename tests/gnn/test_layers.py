@@ -1,0 +1,109 @@
+import dgl
+import pytest
+import torch
+from gnn_synth import make_graph
+
+from gnn.dense import to_dense
+from gnn.keys import EFEAT, FEAT
+from gnn.layers import (
+    DenseEdgeFeatureConv,
+    DenseGraphEmbedPooling,
+    DenseRSFConv,
+    EdgeFeatureConv,
+    GraphEmbedPooling,
+    NodeAttention,
+    RSFConv,
+    dense_graph_embed_pool,
+)
+from nucleograph.errors import InputError
+
+
+@pytest.fixture
+def batch(rng):
+    return dgl.batch([make_graph(30, clustered=True, rng=rng), make_graph(12, clustered=False, rng=rng)])
+
+
+@pytest.mark.parametrize(("fin", "fout"), [(4, 8), (8, 3)])  # aggregate-first and project-first
+def test_rsf_conv_matches_dense(batch, fin, fout):
+    torch.manual_seed(0)
+    x = torch.randn(batch.num_nodes(), fin)
+    conv = RSFConv(fin, fout, 2)
+    dense = DenseRSFConv(fin, fout, 2)
+    dense.load_state_dict(conv.state_dict())
+    adj, xd, mask = to_dense(batch, x)
+    out = conv(batch, x)
+    ref = dense(adj, xd)[mask]
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert set(batch.ndata) == {FEAT, "centroid", "nucleus_id"}  # nothing leaked
+    assert "W_0" not in repr(conv) and "edge_channels=2" in repr(conv)
+
+
+def test_rsf_conv_formula_on_tiny_graph():
+    g = dgl.graph(([0, 1], [1, 0]))
+    g.edata[EFEAT] = torch.tensor([[0.5], [0.5]])
+    conv = RSFConv(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[2.0]], [[3.0]]]))
+        conv.bias.fill_(1.0)
+    out = conv(g, torch.tensor([[1.0], [10.0]]))
+    assert out.flatten().tolist() == [2 * 1 + 3 * 0.5 * 10 + 1, 2 * 10 + 3 * 0.5 * 1 + 1]
+
+
+def test_rsf_conv_wrong_channels_message(batch):
+    with pytest.raises(InputError, match="edge_channels"):
+        RSFConv(4, 4, 3)(batch, batch.ndata[FEAT])
+
+
+def test_pooling_matches_dense_and_is_convex(batch):
+    torch.manual_seed(0)
+    pool = GraphEmbedPooling(4, 5, 2)
+    dense = DenseGraphEmbedPooling(4, 5, 2)
+    dense.load_state_dict(pool.state_dict())
+    x = batch.ndata[FEAT]
+    v, a, s = pool(batch, x, return_assignment=True)
+    assert v.shape == (2, 5, 4) and a.shape == (2, 2, 5, 5)
+    counts = batch.batch_num_nodes().tolist()
+    for col_sum in torch.split(s, counts):
+        assert torch.allclose(col_sum.sum(0), torch.ones(5), atol=1e-5)  # softmax over each graph's nodes
+    adj, xd, mask = to_dense(batch, x)
+    vd, ad, _ = dense(adj, xd, mask, return_assignment=True)
+    assert torch.allclose(v, vd, atol=1e-5) and torch.allclose(a, ad, atol=1e-5)
+
+
+def test_dense_pool_masks_padding_with_minus_inf():
+    adj = torch.zeros(1, 1, 3, 3)
+    feat = torch.tensor([[[1.0], [3.0], [100.0]]])
+    logits = torch.zeros(1, 3, 1)
+    v, _, s = dense_graph_embed_pool(adj, feat, logits, torch.tensor([[True, True, False]]))
+    assert s[0, 2, 0] == 0 and v.item() == pytest.approx(2.0)
+
+
+def test_edge_conv_sparse_matches_dense_and_keeps_pattern(batch):
+    torch.manual_seed(0)
+    conv = EdgeFeatureConv(4, 2, activation="relu")
+    dense = DenseEdgeFeatureConv(4, 2, activation="relu")
+    dense.load_state_dict(conv.state_dict())
+    x = batch.ndata[FEAT]
+    out = conv(batch, x)
+    assert out.shape == (batch.num_edges(), 2) and (out >= 0).all()
+    adj, xd, mask = to_dense(batch, x)
+    ad = dense(adj, xd)
+    src, dst = batch.edges()
+    counts = batch.batch_num_nodes()
+    gid = torch.repeat_interleave(torch.arange(2), counts)
+    local = torch.arange(batch.num_nodes()) - (torch.cumsum(counts, 0) - counts)[gid]
+    assert torch.allclose(ad[gid[dst], :, local[dst], local[src]], out, atol=1e-5)
+    assert ((adj != 0).any(1, keepdim=True) | (ad == 0)).all()  # no new edges
+
+
+def test_edge_conv_rejects_unknown_activation():
+    with pytest.raises(InputError, match="activation"):
+        EdgeFeatureConv(4, 2, activation="tanh")
+
+
+def test_attention_gates_and_returns_scores():
+    att = NodeAttention(6)
+    x = torch.randn(10, 6)
+    y, s = att(None, x)
+    assert s.shape == (10,) and ((s > 0) & (s < 1)).all()
+    assert torch.allclose(y, x * s[:, None])

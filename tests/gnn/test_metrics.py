@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from gnn.metrics import (
+    accuracy,
+    balanced_accuracy,
+    classification_metrics,
+    confusion_matrix,
+    f1_score,
+    roc_auc,
+)
+
+
+def test_metrics_known_values():
+    y = [0, 0, 0, 1, 1]
+    p = [0, 0, 1, 1, 0]
+    assert confusion_matrix(y, p).tolist() == [[2, 1], [1, 1]]
+    assert accuracy(y, p) == pytest.approx(0.6)
+    assert balanced_accuracy(y, p) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert f1_score(y, p) == pytest.approx(0.5)
+
+
+def test_auc_with_ties_and_perfect():
+    assert roc_auc([0, 1], [[0.9, 0.1], [0.1, 0.9]]) == 1.0
+    assert roc_auc([0, 1, 0, 1], np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert roc_auc([0, 0, 1], [0.1, 0.4, 0.35]) == pytest.approx(0.5)
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_classification_metrics_dict():
+    out = classification_metrics([0, 1, 2], np.eye(3))
+    assert (
+        out["accuracy"] == 1.0
+        and out["roc_auc"] == 1.0
+        and out["confusion_matrix"] == np.eye(3, dtype=int).tolist()
+    )

@@ -190,7 +190,7 @@ def train_cohort(
         row = session.get(rec.ModelRunRecord, run_id)
         row.status, row.metrics, row.history = "finished", metrics, history
         row.checkpoint = json.dumps(checkpoints)
-        row.finished_at = dt.datetime.now(dt.timezone.utc)
+        row.finished_at = dt.datetime.now(dt.UTC)
     engine.dispose()
     return {"run_id": run_id, "cohort": cohort, "model": params["model"], "n_parameters": results[0].n_parameters,
             "n_images": len(data.graphs), "skipped_empty": data.skipped, "data_version": data.data_version,

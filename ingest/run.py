@@ -7,7 +7,9 @@ graph is written (see :func:`db.store.store_image_graph`).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -28,8 +30,35 @@ from nucleograph.errors import DatabaseError, NucleographError
 _WORKER_UNET = None
 
 
-def _init_worker(detector: str, threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Make a worker end when the ingest process that started it dies, even by kill -9.
+
+    Linux delivers SIGKILL to the worker on its parent's death (prctl PR_SET_PDEATHSIG); elsewhere a
+    daemon thread notices that the worker was re-parented. Without this, orphaned workers would
+    outlive a killed ingest and keep its output pipes open.
+    """
+    import ctypes
+    import signal
+    import threading
+
+    with contextlib.suppress(OSError):  # not Linux: the watchdog below covers it
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watchdog() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(detector: str, threads: int, parent: int | None = None) -> None:
     import torch
+
+    if parent is not None:
+        _die_with_parent(parent)
 
     torch.set_num_threads(threads)
     global _WORKER_UNET  # one model per worker process, loaded once
@@ -83,6 +112,19 @@ def ingest_records(
 
         bar = tqdm(total=len(records), desc=f"ingest {cohort}", unit="image")
 
+    def _store_with_retry(graph: ImageGraph, attempts: int = 3) -> store.StoreResult:
+        # The connection can drop during COMMIT (Neo4j killed or restarted): the driver cannot know
+        # whether the transaction committed and raises IncompleteCommit instead of retrying. Storing
+        # again is safe: it first checks the stored state, so a committed graph is found unchanged.
+        def once() -> store.StoreResult:
+            return store.store_image_graph(driver, graph, cohort=cohort, params=params, feature_names=names,
+                                           database=settings.neo4j_database, task=task)
+
+        for _ in range(attempts - 1):
+            with contextlib.suppress(neo4j_exc.IncompleteCommit):
+                return once()
+        return once()
+
     def finish(record: ImageRecord, graph: ImageGraph | None, error: Exception | None,
                result: store.StoreResult | None = None) -> None:
         started = time.perf_counter()
@@ -93,10 +135,7 @@ def ingest_records(
         if error is None and result is None:
             try:
                 with translate_errors(settings):
-                    result = store.store_image_graph(
-                        driver, graph, cohort=cohort, params=params, feature_names=names,
-                        database=settings.neo4j_database, task=task,
-                    )
+                    result = _store_with_retry(graph)
             except (DatabaseError, neo4j_exc.ServiceUnavailable):
                 raise  # the database is gone: stop the batch; nothing partial was written
             except neo4j_exc.ConstraintError:
@@ -161,7 +200,7 @@ def ingest_records(
         else:
             ctx = mp.get_context("spawn")  # torch and fork do not mix
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(params.detector, 1)) as pool:
+                                     initargs=(params.detector, 1, os.getpid())) as pool:
                 pending: dict[Future, ImageRecord] = {}
                 queue = list(todo)
                 while queue or pending:

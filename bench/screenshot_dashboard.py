@@ -1,0 +1,184 @@
+"""Headless Chromium screenshots of every dashboard page, each checked for a Streamlit exception.
+
+Starts ``nucleograph dashboard`` on a free port (against the Neo4j that the environment names),
+drives Debian's ``chromium`` (``apt-get install -y chromium``) over the DevTools protocol, waits
+until the page has finished running, saves ``<out>/<page>.png`` and reads the page's DOM for
+Streamlit's exception box (``data-testid="stException"``). The Cypher page is shot twice: as
+opened, and after clicking Run on its first library query (results drawn over the image).
+
+    NUCLEOGRAPH_HOME=/tmp/dashbench NEO4J_URI=bolt://127.0.0.1:7690 \\
+        .venv/bin/python bench/screenshot_dashboard.py --cohort bench --out /tmp/nucleograph-screenshots
+
+Exits 1 when any page shows an exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from websockets.sync.client import connect
+
+PAGES = ("cohorts", "explorer", "patterns", "models", "cypher")
+URL_PATH = {"cohorts": ""}  # the default page lives at "/"; its url_path is not a route
+# Streamlit marks a running script on <div data-testid="stStatusWidget">; the app is idle when the
+# app view exists and no status widget shows "Running".
+_STATE_JS = """(() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const running = !!document.querySelector('[data-testid="stStatusWidget"] [data-testid="stStatusWidgetRunningIcon"]')
+      || /Running/.test((document.querySelector('[data-testid="stStatusWidget"]') || {}).innerText || '');
+  const skeleton = !!document.querySelector('[data-testid="stSkeleton"], [data-testid="stAppSkeleton"]');
+  const main = document.querySelector('[data-testid="stMain"], section.main');
+  return JSON.stringify({
+    app: !!app, running, skeleton,
+    text: main ? main.innerText.length : 0,
+    exceptions: [...document.querySelectorAll('[data-testid="stException"]')].map(e => e.innerText.slice(0, 500)),
+    errors: [...document.querySelectorAll('[data-testid="stAlertContentError"]')].map(e => e.innerText.slice(0, 300)),
+    plots: document.querySelectorAll('.js-plotly-plot').length,
+  });
+})()"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"nothing answered at {url} within {timeout:.0f} s")
+
+
+class Tab:
+    """A minimal DevTools-protocol client for one browser tab."""
+
+    def __init__(self, ws_url: str):
+        self.ws = connect(ws_url, max_size=None, open_timeout=20).__enter__()
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, js: str):
+        return self.call("Runtime.evaluate", expression=js, returnByValue=True)["result"].get("value")
+
+    def state(self) -> dict:
+        return json.loads(self.eval(_STATE_JS))
+
+    def settle(self, timeout: float = 60.0, quiet: float = 1.5) -> tuple[dict, float]:
+        """Wait until the script has run and the page stopped changing; return its state and seconds."""
+        t0 = time.monotonic()
+        last, since = None, time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            s = self.state()
+            key = (s["text"], s["plots"], s["running"], s["skeleton"])
+            if key != last:
+                last, since = key, time.monotonic()
+            elif s["app"] and not s["running"] and not s["skeleton"] and s["text"] > 0 and time.monotonic() - since >= quiet:
+                return s, since - t0
+            time.sleep(0.25)
+        return self.state(), time.monotonic() - t0
+
+    def screenshot(self, path: Path) -> None:
+        height = self.eval("Math.max(document.body.scrollHeight, "
+                           "(document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight)")
+        height = int(min(max(height or 1200, 900), 4000))
+        self.call("Emulation.setDeviceMetricsOverride", width=1600, height=height, deviceScaleFactor=1, mobile=False)
+        time.sleep(0.8)  # let Plotly re-layout for the new viewport
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+        path.write_bytes(base64.b64decode(data))
+        self.call("Emulation.setDeviceMetricsOverride", width=1600, height=1200, deviceScaleFactor=1, mobile=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cohort", default=None, help="cohort to select (default: the first)")
+    p.add_argument("--out", default="/tmp/nucleograph-screenshots")
+    p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
+    p.add_argument("--pages", default=",".join(PAGES), help="comma-separated subset of " + ", ".join(PAGES))
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    port, cdp_port = _free_port(), _free_port()
+    app = subprocess.Popen([sys.executable, "-m", "nucleograph.cli", "dashboard", "--port", str(port)],
+                           env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    profile = tempfile.mkdtemp(prefix="nucleograph-chromium-")
+    browser = None
+    results = []
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", 90)
+        browser = subprocess.Popen(
+            [args.chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1600,1200", f"--remote-debugging-port={cdp_port}", f"--user-data-dir={profile}",
+             "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_http(f"http://127.0.0.1:{cdp_port}/json/version", 30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{cdp_port}/json/list", timeout=5) as r:
+            target = next(t for t in json.loads(r.read()) if t["type"] == "page")
+        tab = Tab(target["webSocketDebuggerUrl"])
+        tab.call("Page.enable")
+        tab.call("Runtime.enable")
+        query = f"?cohort={urllib.parse.quote(args.cohort)}" if args.cohort else ""
+        for page in [x.strip() for x in args.pages.split(",") if x.strip()]:
+            tab.call("Page.navigate", url=f"http://127.0.0.1:{port}/{URL_PATH.get(page, page)}{query}")
+            state, seconds = tab.settle()
+            path = out / f"{page}.png"
+            tab.screenshot(path)
+            results.append({"page": page, "png": str(path), "seconds": round(seconds, 2), **state})
+            if page == "cypher":
+                tab.eval("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Run').click()")
+                state, seconds = tab.settle()
+                path = out / "cypher-run.png"
+                tab.screenshot(path)
+                results.append({"page": "cypher (after Run)", "png": str(path), "seconds": round(seconds, 2), **state})
+        tab.ws.close()
+    finally:
+        if browser is not None:
+            browser.terminate()
+            browser.wait(timeout=20)
+        app.terminate()
+        app.wait(timeout=20)
+        shutil.rmtree(profile, ignore_errors=True)
+
+    bad = [r for r in results if r["exceptions"]]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            flag = "EXCEPTION" if r["exceptions"] else ("error box" if r["errors"] else "ok")
+            print(f"{r['page']:20s} {flag:10s} {r['plots']} plot(s)  settled {r['seconds']:5.1f} s  {r['png']}")
+            for e in r["exceptions"] + r["errors"]:
+                print(f"    {e.splitlines()[0] if e else e}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

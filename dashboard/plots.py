@@ -1,0 +1,149 @@
+"""Plotly figures for the dashboard pages (pure functions: data in, figure out)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+COLOUR_SCALES = ("Viridis", "Inferno", "Turbo", "RdBu_r", "Cividis")
+CLASS_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
+
+
+def overlay(
+    meta: dict, nuclei: pd.DataFrame, *, source: str | None, src=None, dst=None, colour: str | None = "score",
+    colour_title: str = "importance", colour_scale: str = "Viridis", highlight: list[int] | None = None,
+    selected: int | None = None, height: int = 720,
+) -> go.Figure:
+    """The image with its nuclei as points (coloured by ``colour`` when it has values) and NEAR edges.
+
+    SVG traces, not WebGL: a few thousand nuclei draw fast either way, and Streamlit dropped a WebGL
+    line trace over a layout image in headless Chromium. Coordinates stay in full-resolution pixels; the (possibly downsampled) image, a data URI, is stretched to the
+    image's width and height underneath. Each point carries its nid as ``customdata`` for selection.
+    """
+    width, height_px = float(meta.get("width") or 1), float(meta.get("height") or 1)
+    fig = go.Figure()
+    if source is not None:
+        fig.add_layout_image(
+            source=source, xref="x", yref="y", x=0, y=0, sizex=width, sizey=height_px,
+            sizing="stretch", layer="below", opacity=1.0,
+        )
+    if src is not None and len(src):
+        ok = ~(pd.isna(src) | pd.isna(dst))
+        s, d = np.asarray(src[ok], dtype=np.int64), np.asarray(dst[ok], dtype=np.int64)
+        xs, ys = nuclei["x"].to_numpy(), nuclei["y"].to_numpy()
+        # one trace for all edges, segments separated by gaps (None: JSON null survives every encoder)
+        ex = np.column_stack([xs[s], xs[d], np.full(len(s), np.nan)]).ravel().astype(object)
+        ey = np.column_stack([ys[s], ys[d], np.full(len(s), np.nan)]).ravel().astype(object)
+        ex[2::3] = None
+        ey[2::3] = None
+        fig.add_trace(go.Scatter(x=ex.tolist(), y=ey.tolist(), mode="lines", hoverinfo="skip", name="NEAR edges",
+                                   line=dict(color="rgba(25,25,60,0.45)", width=1)))
+    values = nuclei[colour] if colour and colour in nuclei and nuclei[colour].notna().any() else None
+    marker = dict(size=7, line=dict(color="black", width=0.5))
+    if values is not None:
+        marker.update(color=values, colorscale=colour_scale, showscale=True,
+                      colorbar=dict(title=dict(text=colour_title, side="right"), thickness=14))
+        hover = "nucleus %{customdata[0]}<br>score %{customdata[1]:.4g}<br>area %{customdata[2]:.0f}<extra></extra>"
+        custom = np.column_stack([nuclei["nid"], values, nuclei["area"]])
+    else:
+        marker.update(color="#39ff14")
+        hover = "nucleus %{customdata[0]}<br>area %{customdata[1]:.0f}<extra></extra>"
+        custom = np.column_stack([nuclei["nid"], nuclei["area"]])
+    fig.add_trace(go.Scatter(x=nuclei["x"], y=nuclei["y"], mode="markers", marker=marker, customdata=custom,
+                               hovertemplate=hover, name="nuclei"))
+    if highlight:
+        sub = nuclei[nuclei["nid"].isin(highlight)]
+        fig.add_trace(go.Scatter(x=sub["x"], y=sub["y"], mode="markers", hoverinfo="skip", name="neighbours",
+                                 marker=dict(size=13, color="rgba(0,0,0,0)", line=dict(color="cyan", width=2))))
+    if selected is not None:
+        sub = nuclei[nuclei["nid"] == selected]
+        fig.add_trace(go.Scatter(x=sub["x"], y=sub["y"], mode="markers", hoverinfo="skip", name="selected",
+                                 marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(color="magenta", width=3))))
+    _image_axes(fig, width, height_px, height)
+    return fig
+
+
+def points_over_image(meta: dict, points: pd.DataFrame, *, source: str | None, label: str = "result",
+                      height: int = 600) -> go.Figure:
+    """Console results drawn over their image: the result nuclei as rings."""
+    width, height_px = float(meta.get("width") or 1), float(meta.get("height") or 1)
+    fig = go.Figure()
+    if source is not None:
+        fig.add_layout_image(source=source, xref="x", yref="y", x=0, y=0, sizex=width,
+                             sizey=height_px, sizing="stretch", layer="below")
+    fig.add_trace(go.Scatter(
+        x=points["x"], y=points["y"], mode="markers", name=label, customdata=points[["nid"]],
+        hovertemplate="nucleus %{customdata[0]}<extra></extra>",
+        marker=dict(size=11, color="rgba(255,0,255,0.35)", line=dict(color="magenta", width=2)),
+    ))
+    _image_axes(fig, width, height_px, height)
+    return fig
+
+
+def _image_axes(fig: go.Figure, width: float, height_px: float, height: int) -> None:
+    fig.update_xaxes(range=[0, width], showgrid=False, zeroline=False, visible=False, constrain="domain")
+    fig.update_yaxes(range=[height_px, 0], showgrid=False, zeroline=False, visible=False, scaleanchor="x",
+                     scaleratio=1, constrain="domain")
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=10, b=0), showlegend=False, dragmode="pan",
+                      plot_bgcolor="#222")
+
+
+def confusion(cm: np.ndarray, names: list[str], *, title: str = "") -> go.Figure:
+    """A confusion-matrix heatmap: rows true class, columns predicted, counts and row shares as text."""
+    row = cm.sum(1, keepdims=True)
+    share = np.divide(cm, row, out=np.zeros(cm.shape, dtype=float), where=row > 0)
+    text = [[f"{cm[i, j]}<br>({share[i, j]:.0%})" for j in range(cm.shape[1])] for i in range(cm.shape[0])]
+    fig = go.Figure(go.Heatmap(z=share, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
+                               zmin=0, zmax=1, showscale=False, hovertemplate="true %{y}<br>pred %{x}<extra></extra>"))
+    fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis_title="predicted", yaxis_title="true")
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def curves(history: list[dict], *, title: str = "") -> go.Figure:
+    """Training curves: losses on the left axis, validation accuracy on the right."""
+    h = pd.DataFrame(history)
+    fig = go.Figure()
+    for col, name in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+        if col in h:
+            fig.add_trace(go.Scatter(x=h["epoch"], y=h[col], mode="lines+markers", name=name))
+    if "val_accuracy" in h:
+        fig.add_trace(go.Scatter(x=h["epoch"], y=h["val_accuracy"], mode="lines+markers", name="validation accuracy",
+                                 yaxis="y2", line=dict(dash="dot")))
+    fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="epoch",
+                      yaxis=dict(title="loss"),
+                      yaxis2=dict(title="accuracy", overlaying="y", side="right", range=[0, 1.02]),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def boxes(stats: pd.DataFrame, *, x: str, group: str, title: str = "", y_title: str = "") -> go.Figure:
+    """Box plots from precomputed five-number summaries (see :func:`dashboard.data.box_stats`)."""
+    fig = go.Figure()
+    for i, (name, sub) in enumerate(stats.groupby(group, sort=True)):
+        fig.add_trace(go.Box(
+            x=sub[x], q1=sub["q1"], median=sub["median"], q3=sub["q3"], lowerfence=sub["lowerfence"],
+            upperfence=sub["upperfence"], name=str(name), marker_color=CLASS_COLOURS[i % len(CLASS_COLOURS)],
+            boxpoints=False,
+        ))
+    fig.update_layout(boxmode="group", title=title, height=300, margin=dict(l=10, r=10, t=40, b=10),
+                      yaxis_title=y_title, legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def effect_heatmap(effects: pd.DataFrame, labels: dict[str, str], *, title: str = "") -> go.Figure:
+    """Standardised difference of the top-k nuclei from all nuclei: features x classes."""
+    table = effects.pivot(index="feature", columns="label", values="d")
+    table = table.reindex([f for f in labels if f in table.index])
+    text = table.map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
+    lim = float(np.nanmax(np.abs(table.to_numpy()))) if table.notna().any().any() else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=table.to_numpy(), x=[str(c) for c in table.columns], y=[labels[f] for f in table.index], text=text.to_numpy(),
+        texttemplate="%{text}", colorscale="RdBu_r", zmid=0, zmin=-lim, zmax=lim,
+        colorbar=dict(title=dict(text="SD", side="right"), thickness=12),
+        hovertemplate="%{y} · %{x}<br>top-k − all: %{z:.2f} SD<extra></extra>",
+    ))
+    fig.update_layout(title=title, height=340, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -1,0 +1,84 @@
+"""Models: the cohort's runs with their metrics, confusion matrices and training curves."""
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import data, plots
+
+settings, driver = data.connect()
+uri, db = settings.neo4j_uri, settings.neo4j_database
+st.title("Models")
+
+cohort = st.session_state.get("cohort")
+if cohort is None:
+    st.info("No cohorts yet: ingest images with `nucleograph ingest PATH --cohort NAME`.")
+    st.stop()
+runs = data.runs(driver, uri, db, cohort)
+recorded = data.sql_runs(data.engine(settings), settings.sql_url, cohort)
+unfinished = recorded[~recorded["id"].isin([r["id"] for r in runs])] if not recorded.empty else recorded
+if not unfinished.empty:
+    with st.expander(f"{len(unfinished)} run(s) recorded in SQL that did not finish", expanded=False):
+        st.dataframe(unfinished, hide_index=True)
+if not runs:
+    st.info(f"No finished model runs for cohort {cohort} yet: `nucleograph train --cohort {cohort}`.")
+    st.stop()
+
+METRICS = ["accuracy", "balanced_accuracy", "roc_auc", "f1"]
+table = pd.DataFrame([
+    {"id": r["id"], "model": r.get("model"), "created": r.get("created_at", "")[:19],
+     **{m: r.get(m) for m in METRICS}, "folds": r.get("folds"), "epochs": r.get("epochs"),
+     "images": r.get("n_images"), "parameters": r.get("n_parameters"), "seconds": r.get("seconds")}
+    for r in runs
+])
+st.dataframe(table, hide_index=True, column_config={
+    m: st.column_config.ProgressColumn(m.replace("_", " "), min_value=0.0, max_value=1.0, format="%.3f")
+    for m in METRICS})
+
+by_id = {r["id"]: r for r in runs}
+c1, c2 = st.columns([3, 2])
+run_id = c1.selectbox("Run", list(by_id), key="models_run",
+                      format_func=lambda i: f"{i} · {by_id[i].get('model')} · {by_id[i].get('created_at', '')[:19]}")
+split = c2.radio("Confusion matrix of", ["test", "val", "train", "all"], horizontal=True, key="models_split",
+                 help="test: held-out images (summed over folds); the others count stored predictions")
+run = by_id[run_id]
+cols = st.columns(len(METRICS))
+for col, m in zip(cols, METRICS, strict=True):
+    value = run.get(m)
+    std = run.get(f"{m}_std")
+    col.metric(m.replace("_", " "), "–" if value is None else f"{value:.3f}",
+               None if std is None else f"± {std:.3f} over folds", delta_color="off")
+
+preds = data.run_predictions(driver, uri, db, run_id)
+left, right = st.columns(2)
+with left:
+    cm = data.confusion(run, preds, split=split)
+    if cm is None:
+        st.info(f"No {split} predictions stored for this run.")
+    else:
+        st.plotly_chart(plots.confusion(cm[0], cm[1], title=f"Confusion matrix ({split}, n = {int(cm[0].sum())})"),
+                        key="confusion")
+with right:
+    history = run.get("history") or []
+    if history:
+        st.plotly_chart(plots.curves(history, title="Training curves (fold 1)"), key="curves")
+    else:
+        st.info("This run recorded no training history.")
+
+compare = st.multiselect("Overlay validation curves of runs", list(by_id), default=[run_id], key="models_compare")
+if compare:
+    fig = go.Figure()
+    for rid in compare:
+        h = pd.DataFrame(by_id[rid].get("history") or [])
+        if not h.empty and "val_accuracy" in h:
+            fig.add_trace(go.Scatter(x=h["epoch"], y=h["val_accuracy"], mode="lines+markers",
+                                     name=f"{rid} ({by_id[rid].get('model')})"))
+    fig.update_layout(height=300, margin=dict(t=40, b=10), title="Validation accuracy", xaxis_title="epoch",
+                      yaxis=dict(range=[0, 1.02]))
+    st.plotly_chart(fig, key="compare")
+
+with st.expander(f"Predictions of {run_id} ({len(preds)} images)"):
+    st.dataframe(preds.assign(correct=preds["label"] == preds["pred"]), hide_index=True,
+                 column_config={"prob": st.column_config.NumberColumn(format="%.3f")})
+with st.expander("Run parameters"):
+    st.json({k: v for k, v in run.items() if k not in {"history", "metrics"}}, expanded=False)

@@ -1,0 +1,163 @@
+"""An AppTest per dashboard page against a small ingested, trained and explained cohort in the real
+local Neo4j; the console refuses writes and changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from apptest_helpers import assert_clean, open_page
+
+from db import store
+
+pytestmark = pytest.mark.neo4j
+
+
+def _plotly_charts(at):
+    return at.get("plotly_chart")
+
+
+def test_cohorts_page_counts_what_is_stored(dash_cohort, test_environ, driver):
+    at = open_page("cohorts", dash_cohort["name"])
+    assert_clean(at)
+    counts = store.cohort_counts(driver, dash_cohort["name"], database=test_environ.neo4j_database)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["images"] == str(counts["images"]) == str(dash_cohort["images"])
+    assert metrics["nuclei"] == f"{counts['nuclei']:,}"
+    assert metrics["edges"] == f"{counts['edges']:,}"
+    assert metrics["classes"] == "2" and metrics["detector"] == "watershed"
+    assert len(_plotly_charts(at)) == 4
+    assert any("stored" in m.value for m in at.markdown)  # SQL ingest records by status
+
+
+def test_explorer_colours_by_importance_and_inspects_a_nucleus(dash_cohort, test_environ, driver):
+    at = open_page("explorer", dash_cohort["name"])
+    assert_clean(at)
+    assert at.session_state["explorer_expl"] is not None  # an explanation is chosen by default
+    assert not at.info or all("no scores" not in i.value for i in at.info)
+    assert len(_plotly_charts(at)) == 1
+    image_id = at.session_state["explorer_image"]
+    pred = next(m for m in at.metric if m.label.startswith(f"run {dash_cohort['run_id']}"))
+    assert pred.value.split()[0] in {"InSitu", "Invasive"}
+
+    rows, _, _ = driver.execute_query(
+        "MATCH (:Image {id: $i})-[:HAS_NUCLEUS]->(n:Nucleus) WITH n, COUNT { (n)-[:NEAR]-() } AS d "
+        "WHERE d > 0 RETURN n.nid AS nid, d ORDER BY d DESC LIMIT 1",
+        i=image_id, database_=test_environ.neo4j_database)
+    nid, degree = rows[0]["nid"], rows[0]["d"]
+    at.selectbox(key="explorer_nid").set_value(nid).run()
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["degree"] == str(degree)
+    assert metrics["score"] != "–"
+    neighbours = at.dataframe[-1].value
+    assert len(neighbours) == degree and list(neighbours["dist"]) == sorted(neighbours["dist"])
+
+    at.toggle(key="explorer_edges").set_value(False).run()
+    at.selectbox(key="explorer_expl").set_value(None).run()
+    assert_clean(at)
+
+
+def test_explorer_without_runs_says_so(dash_cohort, test_environ):
+    at = open_page("explorer", dash_cohort["bare"])
+    assert_clean(at)
+    infos = " ".join(i.value for i in at.info)
+    assert "No explanations" in infos and "No model run" in infos
+    assert len(_plotly_charts(at)) == 1  # the image and its nuclei, coloured by area
+
+
+def test_patterns_compares_top_k_with_all_and_two_methods(dash_cohort, test_environ):
+    at = open_page("patterns", dash_cohort["name"])
+    assert_clean(at)
+    assert len(_plotly_charts(at)) == 5  # effects, boxes, by degree, by density, where
+    other = [o for o in at.selectbox(key="patterns_b").options if o != "nothing"]
+    assert len(other) == 1  # occlusion and attention of one run
+    at.selectbox(key="patterns_b").select_index(1).run()
+    at.slider(key="patterns_k").set_value(5).run()
+    assert_clean(at)
+    assert any(h.value == "Agreement of A and B" for h in at.header)
+    jaccard = next(m for m in at.metric if "Jaccard" in m.label)
+    assert 0.0 <= float(jaccard.value) <= 1.0
+    assert len(_plotly_charts(at)) == 8  # two concept panels, position plots, overlap
+
+
+def test_patterns_without_explanations_says_so(dash_cohort, test_environ):
+    at = open_page("patterns", dash_cohort["bare"])
+    assert_clean(at)
+    assert "No explanations" in at.info[0].value
+
+
+def test_models_page_shows_metrics_confusion_and_curves(dash_cohort, test_environ):
+    at = open_page("models", dash_cohort["name"])
+    assert_clean(at)
+    assert at.session_state["models_run"] == dash_cohort["run_id"]
+    assert {"accuracy", "balanced accuracy", "roc auc", "f1"} <= {m.label for m in at.metric}
+    charts = _plotly_charts(at)
+    assert len(charts) == 3  # confusion, curves, overlay
+    confusion = json.loads(charts[0].proto.spec)["data"][0]
+    cells = [int(t.split("<br>")[0]) for row in confusion["text"] for t in row]
+    assert sum(cells) == dash_cohort["images"]  # two folds: every image is held out once
+    at.radio(key="models_split").set_value("all").run()
+    assert_clean(at)
+
+
+def test_models_without_runs_says_so(dash_cohort, test_environ):
+    at = open_page("models", dash_cohort["bare"])
+    assert_clean(at)
+    assert "No finished model runs" in at.info[0].value
+
+
+def test_cypher_library_query_draws_nuclei_over_the_image(dash_cohort, test_environ):
+    at = open_page("cypher", dash_cohort["name"])
+    assert_clean(at)
+    at.selectbox(key="cypher_example").set_value("Most connected nuclei of an image").run()
+    params = json.loads(at.text_area(key="cypher_params").value)
+    assert params["image_id"] in dash_cohort["image_ids"]
+    at.button(key="cypher_run").click().run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert len(table) == params["limit"] and list(table["degree"]) == sorted(table["degree"], reverse=True)
+    assert len(_plotly_charts(at)) == 1
+    assert any("result nuclei drawn over image" in c.value for c in at.caption)
+
+
+def test_cypher_score_query_uses_an_explanation_property(dash_cohort, test_environ):
+    at = open_page("cypher", dash_cohort["name"])
+    at.selectbox(key="cypher_example").set_value("Top-scored nuclei of an image").run()
+    params = json.loads(at.text_area(key="cypher_params").value)
+    assert params["property"].startswith(f"imp_{dash_cohort['run_id']}_")
+    at.button(key="cypher_run").click().run()
+    assert_clean(at)
+    scores = list(at.dataframe[0].value["score"])
+    assert len(scores) == params["limit"] and scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("query", [
+    "CREATE (:DashEvil {x: 1}) RETURN 1",
+    "MATCH (n:Nucleus) SET n.dash_evil = 1 RETURN count(n)",
+    "MATCH (i:Image) DETACH DELETE i",
+    "MERGE (:DashEvil {x: 2})",
+])
+def test_cypher_console_refuses_writes_and_changes_nothing(dash_cohort, test_environ, driver, query):
+    db = test_environ.neo4j_database
+    before, _, _ = driver.execute_query(
+        "MATCH (n) RETURN count(n) AS nodes, COUNT { ()-[]->() } AS rels, "
+        "COUNT { (m:Nucleus) WHERE m.dash_evil IS NOT NULL } AS marked", database_=db)
+    at = open_page("cypher", dash_cohort["name"])
+    at.text_area(key="cypher_query").set_value(query)
+    at.text_area(key="cypher_params").set_value("{}")
+    at.button(key="cypher_run").click().run()
+    assert not at.exception
+    assert at.error and "refused" in at.error[0].value
+    after, _, _ = driver.execute_query(
+        "MATCH (n) RETURN count(n) AS nodes, COUNT { ()-[]->() } AS rels, "
+        "COUNT { (m:Nucleus) WHERE m.dash_evil IS NOT NULL } AS marked", database_=db)
+    assert dict(after[0]) == dict(before[0]) and after[0]["marked"] == 0
+
+
+def test_cypher_bad_parameters_are_reported(dash_cohort, test_environ):
+    at = open_page("cypher", dash_cohort["name"])
+    at.text_area(key="cypher_params").set_value("{not json")
+    at.button(key="cypher_run").click().run()
+    assert not at.exception
+    assert "not valid JSON" in at.error[0].value

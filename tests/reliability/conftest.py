@@ -1,0 +1,72 @@
+"""Fixtures for fault tests: a private Neo4j per test that may be killed, and a 50-image cohort."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from db import local, schema
+from db.driver import open_driver
+from ingest.synth import synthesize_cohort
+from nucleograph.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_neo4j(neo4j_settings, tmp_path):
+    """A Neo4j of this test alone (its own store and port), so killing it disturbs no other test."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "launcher").symlink_to(neo4j_settings.home / "launcher", target_is_directory=True)
+    env = {"NUCLEOGRAPH_HOME": str(home), "NEO4J_URI": f"bolt://127.0.0.1:{free_port()}",
+           "NUCLEOGRAPH_NEO4J_HEAP": "512m", "NUCLEOGRAPH_NEO4J_PAGECACHE": "128m"}
+    settings = Settings.from_env(env)
+    local.start(settings)
+    driver = open_driver(settings)
+    schema.migrate(driver, database=settings.neo4j_database)
+    driver.close()
+    yield settings, env
+    if local.read_pid(settings) is not None:
+        local.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def fifty_images(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fifty")
+    synthesize_cohort("prostate", n_per_class=25, out_dir=out, seed=123, size=(320, 320))
+    return out
+
+
+@pytest.fixture
+def run_cli():
+    """Start ``nucleograph ARGS`` as its own process (so it can be killed with -9)."""
+    procs = []
+
+    def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        full_env = dict(os.environ)
+        full_env.pop("NEO4J_PASSWORD", None)  # the private server's generated password file is used
+        full_env.update(env, PYTHONUNBUFFERED="1")
+        exe = shutil.which("nucleograph", path=str(Path(sys.executable).parent)) or "nucleograph"
+        proc = subprocess.Popen([exe, *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -194,7 +194,6 @@ DASH_COHORT_IMAGES = (
 )
 
 # --- one image --------------------------------------------------------------------------------------
-# One query, parallel lists: the nuclei (ordered by nid), their scores and the NEAR edges as nid pairs.
 # One query, lists not rows: the nuclei as [nid, x, y, area, score] (ordered by nid; a list per nucleus
 # because collect() drops nulls and a missing score must stay a hole) and the NEAR edges as nid pairs.
 DASH_IMAGE_GRAPH = (

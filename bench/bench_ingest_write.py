@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ from db.driver import open_driver
 from ingest.pipeline import IngestParams, feature_names, process_image
 from ingest.readers import discover
 from ingest.synth import synthesize_cohort
-from nucleograph.config import Settings
 
 BARE_NODES = "UNWIND $rows AS row CREATE (n:BareNucleus) SET n = row"
 BARE_EDGES = (
@@ -39,16 +37,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-write-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launcher = Path(".nucleograph/test/launcher").resolve()
-    (work / "home").mkdir()
-    if launcher.exists():
-        (work / "home" / "launcher").symlink_to(launcher, target_is_directory=True)
-    settings = Settings.from_env({"NUCLEOGRAPH_HOME": str(work / "home"), "NEO4J_URI": f"bolt://127.0.0.1:{port}"})
-    local.start(settings)
-    try:
+    with local.temporary_server(launcher_from=Path(".nucleograph/test/launcher")) as (settings, _env):
         driver = open_driver(settings)
         db = settings.neo4j_database
         schema.migrate(driver, database=db)
@@ -97,8 +86,6 @@ def main() -> None:
             "ratio_ingest_over_bare": round(tot_b / tot_i, 3),
         }
         driver.close()
-    finally:
-        local.stop(settings)
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,17 +45,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    home = work / "home"
-    home.mkdir()
-    launcher = Path(".nucleograph/test/launcher").resolve()
-    if launcher.exists():
-        (home / "launcher").symlink_to(launcher, target_is_directory=True)
-    env = {"NUCLEOGRAPH_HOME": str(home), "NEO4J_URI": f"bolt://127.0.0.1:{port}"}
-    settings = Settings.from_env(env)
-    local.start(settings)
+    with local.temporary_server(launcher_from=Path(".nucleograph/test/launcher"), heap="1g") as (settings, env):
+        out = run(args, work, settings, env)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:>26}: {v}")
+
+
+def run(args, work: Path, settings: Settings, env: dict[str, str]) -> dict:
     driver = open_driver(settings)
     db = settings.neo4j_database
     schema.migrate(driver, database=db)
@@ -138,7 +136,6 @@ def main() -> None:
     stored = [store.cohort_counts(driver, f"load-{k}", database=db) for k in range(4)]
     distinct = driver.execute_query("MATCH (i:Image) RETURN count(i) AS c", database_=db)[0][0]["c"]
     driver.close()
-    local.stop(settings)
 
     def pct(values: list[float]) -> dict[str, float]:
         a = np.asarray(values) * 1000
@@ -163,11 +160,7 @@ def main() -> None:
             {"images": s["ok"], "nuclei": s["nuclei"], "edges": s["edges"]} == c for s, c in zip(summaries, stored, strict=False)
         ],
     }
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        for k, v in out.items():
-            print(f"{k:>26}: {v}")
+    return out
 
 
 if __name__ == "__main__":

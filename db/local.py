@@ -221,3 +221,34 @@ def store_size(settings: Settings) -> int:
     if not settings.is_local or not data.exists():
         return 0
     return sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def temporary_server(*, launcher_from: Path | None = None, heap: str = "512m", pagecache: str = "128m"):
+    """A throwaway local Neo4j (own store, free loopback port) for benchmarks and fault tests.
+
+    Yields ``(settings, env)``: the settings, and the environment variables that point a
+    ``nucleograph`` subprocess at it. ``launcher_from`` reuses an already built launcher folder.
+    Stops the server and deletes its store on exit.
+    """
+    import socket
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="nucleograph-neo4j-"))
+    home = work / "home"
+    home.mkdir()
+    if launcher_from is not None and Path(launcher_from).exists():
+        (home / "launcher").symlink_to(Path(launcher_from).resolve(), target_is_directory=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"NUCLEOGRAPH_HOME": str(home), "NEO4J_URI": f"bolt://127.0.0.1:{port}",
+           "NUCLEOGRAPH_NEO4J_HEAP": heap, "NUCLEOGRAPH_NEO4J_PAGECACHE": pagecache}
+    settings = Settings.from_env(env)
+    start(settings)
+    try:
+        yield settings, env
+    finally:
+        if read_pid(settings) is not None:
+            stop(settings)
+        shutil.rmtree(work, ignore_errors=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,33 +13,18 @@ import pytest
 from db import local, schema
 from db.driver import open_driver
 from ingest.synth import synthesize_cohort
-from nucleograph.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def private_neo4j(neo4j_settings, tmp_path):
+def private_neo4j(neo4j_settings):
     """A Neo4j of this test alone (its own store and port), so killing it disturbs no other test."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "launcher").symlink_to(neo4j_settings.home / "launcher", target_is_directory=True)
-    env = {"NUCLEOGRAPH_HOME": str(home), "NEO4J_URI": f"bolt://127.0.0.1:{free_port()}",
-           "NUCLEOGRAPH_NEO4J_HEAP": "512m", "NUCLEOGRAPH_NEO4J_PAGECACHE": "128m"}
-    settings = Settings.from_env(env)
-    local.start(settings)
-    driver = open_driver(settings)
-    schema.migrate(driver, database=settings.neo4j_database)
-    driver.close()
-    yield settings, env
-    if local.read_pid(settings) is not None:
-        local.stop(settings)
+    with local.temporary_server(launcher_from=neo4j_settings.home / "launcher") as (settings, env):
+        driver = open_driver(settings)
+        schema.migrate(driver, database=settings.neo4j_database)
+        driver.close()
+        yield settings, env
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dgl
-import dgl.function as fn
 import torch
 from torch import nn
 
 from nucleograph.errors import InputError
 
-from ..keys import TMP_E, TMP_H, TMP_LOGIT, TMP_M
+from ..keys import TMP_LOGIT
 from .rsf import DenseRSFConv, RSFConv, _check_efeat
+from .spmm import weighted_sums
 
 
 def to_dense_batch(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -78,10 +78,7 @@ class GraphEmbedPooling(nn.Module):
         with graph.local_scope():
             graph.ndata[TMP_LOGIT] = logits
             assign = dgl.softmax_nodes(graph, TMP_LOGIT)  # softmax over the nodes of each graph
-            graph.srcdata[TMP_H] = assign.unsqueeze(1)  # (N, 1, K)
-            graph.edata[TMP_E] = efeat.unsqueeze(-1)  # (E, L, 1)
-            graph.update_all(fn.u_mul_e(TMP_H, TMP_E, TMP_M), fn.sum(TMP_M, TMP_H))
-            a_s = graph.dstdata[TMP_H]  # (N, L, K) = A_l S
+        a_s = weighted_sums(graph, efeat, assign)  # (N, L, K) = A_l S
         s_pad = to_dense_batch(assign, counts)  # (B, Nmax, K)
         v_pad = to_dense_batch(feat, counts)  # (B, Nmax, F)
         as_pad = to_dense_batch(a_s.reshape(a_s.shape[0], -1), counts)  # (B, Nmax, L*K)

@@ -3,13 +3,13 @@ neural networks"), sparse on a DGL graph and dense on padded adjacency tensors."
 
 from __future__ import annotations
 
-import dgl.function as fn
 import torch
 from torch import nn
 
 from nucleograph.errors import InputError
 
-from ..keys import EFEAT, TMP_E, TMP_H, TMP_M
+from ..keys import EFEAT
+from .spmm import weighted_sums
 
 
 def _check_efeat(graph, efeat, edge_channels: int) -> torch.Tensor:
@@ -77,22 +77,17 @@ class RSFConv(nn.Module):
         if feat.shape[-1] != self.in_feats:
             raise InputError(f"RSFConv expects {self.in_feats} input features, got {feat.shape[-1]}")
         efeat = _check_efeat(graph, efeat, self.edge_channels)
-        with graph.local_scope():
-            graph.edata[TMP_E] = efeat.unsqueeze(-1)  # (E, L, 1)
-            if self.in_feats > self.out_feats:
-                # project first, like DGL's GraphConv: fewer channels travel along the edges
-                w = self.weight.transpose(0, 1).reshape(self.in_feats, -1)  # (F, (L+1)*O), one GEMM
-                proj = (feat @ w).view(-1, self.edge_channels + 1, self.out_feats)  # (N, L+1, O)
-                graph.srcdata[TMP_H] = proj[:, 1:]
-                graph.update_all(fn.u_mul_e(TMP_H, TMP_E, TMP_M), fn.sum(TMP_M, TMP_H))
-                rst = proj[:, 0] + graph.dstdata[TMP_H].sum(1)
-            else:
-                graph.srcdata[TMP_H] = feat.unsqueeze(1)  # (N, 1, F)
-                graph.update_all(fn.u_mul_e(TMP_H, TMP_E, TMP_M), fn.sum(TMP_M, TMP_H))
-                full = torch.cat([feat.unsqueeze(1), graph.dstdata[TMP_H]], 1)  # (N, L+1, F)
-                rst = full.reshape(
-                    full.shape[0], (self.edge_channels + 1) * self.in_feats
-                ) @ self.weight.reshape(-1, self.out_feats)
+        if self.in_feats > self.out_feats:
+            # project first, like DGL's GraphConv: fewer channels travel along the edges
+            w = self.weight.transpose(0, 1).reshape(self.in_feats, -1)  # (F, (L+1)*O), one GEMM
+            proj = (feat @ w).view(-1, self.edge_channels + 1, self.out_feats)  # (N, L+1, O)
+            rst = proj[:, 0] + weighted_sums(graph, efeat, proj[:, 1:]).sum(1)
+        else:
+            agg = weighted_sums(graph, efeat, feat)  # (N, L, F)
+            full = torch.cat([feat.unsqueeze(1), agg], 1)  # (N, L+1, F)
+            rst = full.reshape(full.shape[0], (self.edge_channels + 1) * self.in_feats) @ self.weight.reshape(
+                -1, self.out_feats
+            )
         if self.bias is not None:
             rst = rst + self.bias
         return rst

@@ -37,6 +37,32 @@ def _csr(indptr, indices, values, shape) -> torch.Tensor:
         return torch.sparse_csr_tensor(indptr, indices, values, size=shape)
 
 
+_CACHE_ATTR = "_nucleograph_csr"
+
+
+def _adjacency(graph, efeat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per channel ``(A_l, A_l^T)`` as CSR matrices, cached on the graph for this edge tensor.
+
+    The layers of one forward pass reuse the same matrices; an in-place change of the edge tensor
+    (its version counter) or another tensor rebuilds them.
+    """
+    cache = graph.__dict__.get(_CACHE_ATTR)
+    # identity, not address: the entry keeps its tensor alive, so a freed address cannot alias it
+    if cache is not None and cache[0] is efeat and cache[1] == efeat._version:
+        return cache[2]
+    n_dst, n_src = graph.num_dst_nodes(), graph.num_src_nodes()
+    in_ptr, in_src, in_eid = graph.adj_tensors("csc")  # rows = destinations: A
+    out_ptr, out_dst, out_eid = graph.adj_tensors("csr")  # rows = sources: A^T
+    in_vals, out_vals = efeat[in_eid.long()], efeat[out_eid.long()]
+    mats = [
+        (_csr(in_ptr, in_src, in_vals[:, ch].contiguous(), (n_dst, n_src)),
+         _csr(out_ptr, out_dst, out_vals[:, ch].contiguous(), (n_src, n_dst)))
+        for ch in range(efeat.shape[1])
+    ]
+    graph.__dict__[_CACHE_ATTR] = (efeat, efeat._version, mats)
+    return mats
+
+
 def weighted_sums(graph, efeat: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
     """Sum each node's in-neighbours' features weighted by every edge channel.
 
@@ -54,17 +80,11 @@ def weighted_sums(graph, efeat: torch.Tensor, feat: torch.Tensor) -> torch.Tenso
     torch.Tensor, shape (N, L, F)
         ``out[:, l] = A_l @ X_l``.
     """
-    n_ch = efeat.shape[1]
     if efeat.requires_grad or graph.num_edges() == 0:
         return _message_passing(graph, efeat, feat)
-    n_dst, n_src = graph.num_dst_nodes(), graph.num_src_nodes()
-    in_ptr, in_src, in_eid = graph.adj_tensors("csc")  # rows = destinations: A
-    out_ptr, out_dst, out_eid = graph.adj_tensors("csr")  # rows = sources: A^T
-    in_vals, out_vals = efeat[in_eid.long()], efeat[out_eid.long()]
+    mats = _adjacency(graph, efeat)
     parts = []
-    for ch in range(n_ch):
-        a = _csr(in_ptr, in_src, in_vals[:, ch].contiguous(), (n_dst, n_src))
-        a_t = _csr(out_ptr, out_dst, out_vals[:, ch].contiguous(), (n_src, n_dst))
+    for ch, (a, a_t) in enumerate(mats):
         x = feat if feat.dim() == 2 else feat[:, ch]
         parts.append(_CSRMatMul.apply(a, a_t, x.contiguous()))
     return torch.stack(parts, 1)

@@ -68,6 +68,8 @@ def render_importance(
     cbar.set_label("relative importance (score / 99th percentile of |score|)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
+    # JPEG for figures meant to be shared small; PNG (lossless) otherwise
+    extra = {"pil_kwargs": {"quality": 85}} if out.suffix.lower() in (".jpg", ".jpeg") else {}
+    fig.savefig(out, bbox_inches="tight", **extra)
     plt.close(fig)
     return out

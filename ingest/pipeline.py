@@ -95,8 +95,10 @@ def content_hash(path: Path, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
-def process_image(record: ImageRecord, params: IngestParams, *, unet=None) -> ImageGraph:
+def process_image(record: ImageRecord, params: IngestParams, *, unet=None, image_id: str | None = None) -> ImageGraph:
     """Turn one image or slide into an :class:`ImageGraph` (pure: touches no database).
+
+    ``image_id`` is the file's :func:`content_hash` when the caller has it already.
 
     Raises
     ------
@@ -111,7 +113,7 @@ def process_image(record: ImageRecord, params: IngestParams, *, unet=None) -> Im
     path = Path(record.path)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    image_id = content_hash(path)
+    image_id = image_id or content_hash(path)
     if params.threshold_unit == "um" and not record.mpp:
         raise InputError(
             f"{path}: the edge threshold is in microns but the image's microns-per-pixel is unknown; "

@@ -74,8 +74,8 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _process(record: ImageRecord, params: IngestParams) -> ImageGraph:
-    return process_image(record, params, unet=_WORKER_UNET)
+def _process(record: ImageRecord, params: IngestParams, image_id: str) -> ImageGraph:
+    return process_image(record, params, unet=_WORKER_UNET, image_id=image_id)
 
 
 @dataclass
@@ -167,33 +167,34 @@ def ingest_records(
         if bar is not None:
             bar.update(1)
 
-    def already_stored(record: ImageRecord) -> bool:
-        """Finish ``record`` without detection when the same file is stored with the same parameters."""
+    def to_process(record: ImageRecord) -> str | None:
+        """The image id when ``record`` needs detection; None when it is finished already (stored
+        with the same parameters, or unreadable)."""
         try:
             image_id = content_hash(Path(record.path))
         except NucleographError as exc:
             finish(record, None, exc)
-            return True
+            return None
         with translate_errors(settings):
             result = store.if_current(driver, image_id, cohort, params.key(), database=settings.neo4j_database,
                                       task=task)
         if result is None:
-            return False
+            return image_id
         finish(record, None, None, result)
-        return True
+        return None
 
     if params.detector == "unet":
         from ingest.unet import load_unet
 
         load_unet()  # fail fast, before any worker starts, when the weights are missing or broken
-    todo = [r for r in records if not already_stored(r)]
+    todo = [(r, image_id) for r in records if (image_id := to_process(r)) is not None]
     try:
         if workers <= 1:
             if params.detector == "unet":
                 _init_worker(params.detector, torch_threads())
-            for record in todo:
+            for record, image_id in todo:
                 try:
-                    graph, error = _process(record, params), None
+                    graph, error = _process(record, params, image_id), None
                 except Exception as exc:  # recorded per image; the batch goes on
                     graph, error = None, exc
                 finish(record, graph, error)
@@ -205,8 +206,8 @@ def ingest_records(
                 queue = list(todo)
                 while queue or pending:
                     while queue and len(pending) < 2 * workers:  # bounded: graphs wait in memory
-                        record = queue.pop(0)
-                        pending[pool.submit(_process, record, params)] = record
+                        record, image_id = queue.pop(0)
+                        pending[pool.submit(_process, record, params, image_id)] = record
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         record = pending.pop(fut)

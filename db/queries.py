@@ -44,10 +44,6 @@ LINK_IMAGE_COHORT = (
 )
 # Replacing an image's graph deletes its nuclei (and their NEAR edges) in the same transaction
 # that writes the new ones, so readers see the old graph or the new one, never a mix.
-DELETE_IMAGE_NUCLEI = (
-    "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) "
-    "CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS"
-)
 DELETE_IMAGE_NUCLEI_TX = "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) DETACH DELETE n"
 UPSERT_IMAGE = (
     "MERGE (i:Image {id: $image_id}) "
@@ -64,11 +60,6 @@ CREATE_NEAR = (
     "MATCH (a:Nucleus {uid: row[0]}), (b:Nucleus {uid: row[1]}) "
     "CREATE (a)-[:NEAR {weight: row[2], dist: row[3]}]->(b)"
 )
-IMAGE_COUNTS = (
-    "MATCH (i:Image {id: $image_id}) "
-    "RETURN COUNT { (i)-[:HAS_NUCLEUS]->() } AS nuclei, "
-    "COUNT { (i)-[:HAS_NUCLEUS]->()-[:NEAR]->() } AS edges"
-)
 COHORT_COUNTS_STORED = (
     "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
     "RETURN count(i) AS images, "
@@ -80,10 +71,6 @@ COHORT_IMAGES = (
     "RETURN i.id AS id, i.path AS path, i.label AS label, i.patient AS patient, i.n_nuclei AS n_nuclei, "
     "i.n_edges AS n_edges, i.width AS width, i.height AS height, i.detector AS detector, i.params_key AS params_key "
     "ORDER BY i.id"
-)
-COHORTS = (
-    "MATCH (c:Cohort) "
-    "RETURN c.name AS name, c.task AS task, COUNT { (c)<-[:IN_COHORT]-(:Image) } AS images ORDER BY c.name"
 )
 IMAGE_BY_ID = (
     "MATCH (i:Image {id: $image_id}) "
@@ -112,7 +99,6 @@ COHORT_FINGERPRINT = (
     "WITH i ORDER BY i.id "
     "RETURN collect(i.id + ':' + i.params_key + ':' + coalesce(i.label, '')) AS keys"
 )
-DELETE_COHORT_LINKS = "MATCH (:Cohort {name: $cohort})<-[r:IN_COHORT]-(:Image) DELETE r"
 
 # --- model runs -------------------------------------------------------------------------------------
 CREATE_MODEL_RUN = (

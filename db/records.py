@@ -4,7 +4,6 @@ any SQLAlchemy URL (e.g. ``postgresql+psycopg2://...``) through ``NUCLEOGRAPH_SQ
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +98,3 @@ def _as_dict(row: Base) -> dict[str, Any]:
         value = getattr(row, col.name)
         out[col.name] = value.isoformat() if isinstance(value, dt.datetime) else value
     return out
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

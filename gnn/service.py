@@ -162,7 +162,7 @@ def train_cohort(
         metrics.update({f"{k}_std": float(np.std([m[k] for m in fold_metrics if k in m])) for k in keys})
     metrics["folds"] = [r.metrics for r in results]
     # one prediction per image: from the fold that held it out (single split: the one model, all images)
-    rows, fold_of = [], {}
+    rows = []
     for f, r in enumerate(results):
         test_idx = set(np.asarray(r.split["test"]).tolist()) if len(results) > 1 else None
         split_name = {int(i): s for s in ("train", "val", "test") for i in np.asarray(r.split[s]).tolist()}
@@ -170,7 +170,6 @@ def train_cohort(
             if test_idx is not None and i not in test_idx:
                 continue
             probs = r.proba[i].astype(float).tolist()
-            fold_of[image_id] = f
             rows.append({"image_id": image_id, "props": {
                 "pred": data.class_names[int(r.predictions[i])], "prob": float(max(probs)), "probs": probs,
                 "split": split_name.get(i, "train"), "fold": f}})

@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    MetaData,
     String,
     Text,
     and_,
@@ -37,6 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from db.records import create_schema
 
 # statuses of a claimable item (a watched file or a retraining trigger)
 CLAIMED = "claimed"  # someone works on it; the lease says until when
@@ -137,12 +140,10 @@ class JobLock(JobsBase):
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
-def create_tables(engine: Engine) -> None:
-    """Create the scheduler's tables if missing (idempotent; safe when several processes race)."""
-    try:
-        JobsBase.metadata.create_all(engine)
-    except IntegrityError:  # PostgreSQL: two processes creating the same table at once
-        JobsBase.metadata.create_all(engine)
+def create_tables(engine: Engine, *extra: MetaData) -> None:
+    """Create the scheduler's tables (and ``extra`` ones, e.g. APScheduler's job store) if missing:
+    idempotent, and serialised between processes that start together (see ``create_schema``)."""
+    create_schema(engine, JobsBase.metadata, *extra)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:

@@ -7,7 +7,19 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -75,8 +87,31 @@ def open_engine(settings: Settings) -> Engine:
             cur.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    create_schema(engine, Base.metadata)
     return engine
+
+
+# Any fixed 64-bit number, the same in every nucleograph process sharing a database.
+_SCHEMA_LOCK_KEY = 0x6E75636C656F
+
+
+def create_schema(engine: Engine, *metadatas: MetaData) -> None:
+    """Create the tables of ``metadatas`` that are missing, safely when several processes start at once.
+
+    ``create_all`` checks, then creates: two processes starting together against PostgreSQL can both
+    see a table missing and the second ``CREATE TABLE`` fails on the catalogue's unique index. Here the
+    check and the creation run in one transaction holding a PostgreSQL advisory lock, so they are
+    serialised and the second process finds the tables made (DDL is transactional in PostgreSQL).
+    SQLite: Python's driver opens no transaction for a SELECT or DDL by itself, so the same race
+    exists there; ``BEGIN IMMEDIATE`` takes the database's write lock for check and creation.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        for metadata in metadatas:
+            metadata.create_all(conn)
 
 
 def add_record(engine: Engine, record: Base) -> None:

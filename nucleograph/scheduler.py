@@ -236,7 +236,9 @@ def new_owner() -> str:
 def open_engine(settings: Settings) -> Engine:
     """The run-records engine with the scheduler's tables created."""
     engine = rec.open_engine(settings)
-    jobs_db.create_tables(engine)
+    # APScheduler's job store would create its table on start() with the same check-then-create race
+    # as create_all: make it here, under the schema lock, so start() finds it.
+    jobs_db.create_tables(engine, SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE).jobs_t.metadata)
     return engine
 
 

@@ -141,3 +141,23 @@ def test_history_records_runs_and_reaps_lost_ones(engine):
     lost, done = jobs_db.job_history(engine, job_id="j")
     assert lost["status"] == "lost" and "killed" in lost["error"]
     assert done["status"] == "succeeded" and done["result"] == {"ingested": 2} and done["seconds"] >= 0
+
+
+def test_processes_starting_together_create_the_tables_once(sql_url, tmp_path):
+    """Schedulers, `jobs` commands and ingest workers start together against a fresh database: every
+    one of them opens it (run records, scheduler tables and APScheduler's job store) without error."""
+    settings = Settings.from_env({"NUCLEOGRAPH_HOME": str(tmp_path), "NUCLEOGRAPH_SQL_URL": sql_url})
+    n = 12
+    barrier = threading.Barrier(n)
+
+    def open_one(_):
+        barrier.wait()
+        eng = sch.open_engine(settings)
+        try:
+            return sch.list_jobs(eng)
+        finally:
+            eng.dispose()
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(open_one, range(n)))
+    assert results == [[]] * n

@@ -25,6 +25,8 @@ small dense head for many occlusions at once. It computes in float64, with batch
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import dgl
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from torch.nn import functional as F
 from nucleograph.errors import InputError, ModelError
 
 from .keys import EFEAT
+from .layers.spmm import _csr
 from .models import GraphClassifier, RSFNet
 
 
@@ -213,78 +216,192 @@ def _bn_eval(bn, x):
     return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
-def _conv_rows(conv, x_rows, sel, e_src, e_dst, e_a, proj_rows=None):
-    """An RSF convolution's output on the rows ``sel`` only, from their in-edges.
-
-    ``x_rows`` ``(R, F)`` inputs of the ball rows; edges ``e_src -> e_dst`` (row indices, ``e_dst``
-    already as positions in ``sel``) with channels ``e_a`` ``(E', L)``. ``proj_rows`` ``(R, L+1, O)``
-    holds ``x W`` when the layer projects first (as :class:`gnn.layers.RSFConv` does for in > out).
-    """
-    L = conv.edge_channels
-    if proj_rows is not None:
-        agg = x_rows.new_zeros(sel.numel(), L, conv.out_feats)
-        agg.index_add_(0, e_dst, e_a.unsqueeze(-1) * proj_rows[e_src, 1:])
-        out = proj_rows[sel, 0] + agg.sum(1)
-    else:
-        agg = x_rows.new_zeros(sel.numel(), L, conv.in_feats)
-        agg.index_add_(0, e_dst, e_a.unsqueeze(-1) * x_rows[e_src].unsqueeze(1))
-        full = torch.cat([x_rows[sel].unsqueeze(1), agg], 1)
-        out = full.reshape(sel.numel(), (L + 1) * conv.in_feats) @ conv.weight.reshape(-1, conv.out_feats)
-    return out if conv.bias is None else out + conv.bias
-
-
 def _project(conv, x):
     return (x @ conv.weight.transpose(0, 1).reshape(conv.in_feats, -1)).view(
         -1, conv.edge_channels + 1, conv.out_feats
     )
 
 
-def _layer_edges(t, hops, d, rem, rows, r_src, r_dst, a_loc):
-    """Rows with ``hops < d <= hops + t`` and their in-edges from rows that are not removed."""
-    sel = np.flatnonzero(~rem & (d <= hops + t))
-    pos = np.full(rows, -1, dtype=np.int64)
-    pos[sel] = np.arange(sel.size)
-    k = (pos[r_dst] >= 0) & ~rem[r_src]
-    return (
-        torch.from_numpy(sel),
-        torch.from_numpy(r_src[k]),
-        torch.from_numpy(pos[r_dst[k]]),
-        a_loc[torch.from_numpy(k)],
-    )
+class _Balls:
+    """The ``reach``-hop ball of every nucleus, as ``(center, node, hop distance)`` triplets grouped by
+    center (one bounded BFS per chunk of centers, so memory stays ``chunk x N``)."""
+
+    def __init__(self, adj, reach: int, chunk: int = 256):
+        n = adj.shape[0]
+        parts = []
+        for start in range(0, n, chunk):
+            centers = np.arange(start, min(n, start + chunk))
+            dist = dijkstra(adj, directed=True, unweighted=True, limit=reach + 0.5, indices=centers)
+            occ, node = np.nonzero(dist <= reach)
+            parts.append((occ + start, node, dist[occ, node].astype(np.int64)))
+        self.center = np.concatenate([p[0] for p in parts])
+        self.node = np.concatenate([p[1] for p in parts])
+        self.d = np.concatenate([p[2] for p in parts])
+        self.count = np.bincount(self.center, minlength=n)
+        self.start = np.cumsum(self.count) - self.count
+
+    def size(self, within: int) -> np.ndarray:
+        """Per center, the nodes at most ``within`` hops away."""
+        return np.bincount(self.center[self.d <= within], minlength=self.count.size)
+
+    def rows(self, centers: np.ndarray):
+        """The triplets of ``centers`` as ``(occ, node, d)``, ``occ`` the position in ``centers``,
+        sorted by hop distance (so "at most k hops" is a prefix of the rows)."""
+        cnt = self.count[centers]
+        occ = np.repeat(np.arange(centers.size), cnt)
+        idx = np.repeat(self.start[centers] - (np.cumsum(cnt) - cnt), cnt) + np.arange(occ.size)
+        by_d = np.argsort(self.d[idx], kind="stable")
+        idx = idx[by_d]
+        return occ[by_d], self.node[idx], self.d[idx]
 
 
-def _pad(where, t_):
-    """Rows of several occlusions into a zero-padded ``(b, M, ...)`` tensor."""
-    b, m_max, occ, pos = where
-    out = t_.new_zeros((b, m_max) + tuple(t_.shape[1:]))
-    out[occ, pos] = t_
+def _in_edges(rows, n_out, n_in):
+    """In-edges of rows ``:n_out`` coming from rows ``:n_in``, as CSR arrays ``(ptr, cols, vals (L, E))``
+    (numpy; columns are -1 for neighbours outside the balls, which are never kept)."""
+    end = rows.ptr[n_out]
+    cols = rows.cols[:end]
+    keep = np.flatnonzero((cols >= 0) & (cols < n_in))
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(rows.row_of[keep], minlength=n_out))])
+    return ptr, cols[keep], np.ascontiguousarray(rows.vals[keep].T), (n_out, n_in)
+
+
+def _csr_mats(arrays, dtype=None):
+    """Torch CSR matrices, one per channel, from :func:`_in_edges` arrays."""
+    ptr, cols, vals, shape = arrays
+    p, c = torch.from_numpy(ptr), torch.from_numpy(cols)
+    out = []
+    for v in vals:
+        v = torch.from_numpy(v)
+        out.append(_csr(p, c, v if dtype is None else v.to(dtype), shape))
     return out
+
+
+def _delta_conv(conv, pre_rows, delta, mats):
+    """An RSF convolution's pre-activation on rows ``:n_out`` after its input changed by ``delta`` on rows
+    ``:n_in`` (``n_in <= n_out``): ``pre + delta W_0 + sum_l A_l delta W_l``, the convolution being linear.
+    ``pre_rows`` ``(n_out, O)`` the cached pre-activation (updated in place and returned), ``mats`` the
+    in-edges from the changed rows. Like :class:`gnn.layers.RSFConv`, it sums along the edges before
+    the weights when the layer widens and after them when it narrows."""
+    w = conv.weight  # (L+1, F, O)
+    out = pre_rows
+    out[: delta.shape[0]] += delta @ w[0]
+    if conv.in_feats > conv.out_feats:
+        for ch, a in enumerate(mats):
+            out += a @ (delta @ w[ch + 1])
+    else:
+        agg = torch.cat([a @ delta for a in mats], 1)  # (n_out, L F)
+        out += agg @ w[1:].reshape(-1, conv.out_feats)
+    return out
+
+
+def _group_positions(occ: np.ndarray, b: int):
+    """Where rows belonging to occlusions ``occ`` go in a ``(b, M)`` padded layout: ``(b, flat
+    positions, M)``, ``M`` the largest group."""
+    counts = np.bincount(occ, minlength=b)
+    idx = np.argsort(occ, kind="stable")
+    pos = np.empty(occ.size, dtype=np.int64)
+    pos[idx] = np.arange(occ.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    m_max = int(counts.max()) if occ.size else 0
+    return b, torch.from_numpy(occ * m_max + pos), m_max
+
+
+class _BatchRows:
+    """Index arrays of one batch of occlusions (numpy only, so a helper thread can build the next
+    batch's while the current one computes).
+
+    Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls sorted by hop distance ``d``;
+    ``n_rem``, ``n1``, ``n2``, ``n3``: rows with ``d <= hops``, ``hops + 1``, ``hops + 2``, ``hops + 3``.
+    Edges: the in-edges of every row as CSR (``ptr``, ``cols`` (-1 outside the balls), ``vals``),
+    which on a symmetric graph are its out-edges with the same channels.
+    """
+
+    def __init__(self, centers, balls, hops, csr, efeat, nz, total_nz, rowmap):
+        indptr, out_dst, order = csr
+        n = indptr.size - 1
+        self.centers = centers
+        b = self.b = centers.size
+        occ, node, d = balls.rows(centers)
+        self.occ, self.node = occ, node
+        self.n_rem, self.n1, self.n2, self.n3 = (
+            int(v) for v in np.searchsorted(d, np.arange(hops, hops + 4), side="right")
+        )
+        n_rem, n1, n2, n3 = self.n_rem, self.n1, self.n2, self.n3
+        rowmap[occ, node] = np.arange(n3)
+        deg = indptr[node + 1] - indptr[node]
+        self.ptr = np.concatenate([[0], np.cumsum(deg)])
+        self.row_of = np.repeat(np.arange(n3), deg)
+        slot = np.repeat(indptr[node] - self.ptr[:-1], deg) + np.arange(self.ptr[-1])
+        self.cols = rowmap[occ[self.row_of], out_dst[slot]]
+        rowmap[occ, node] = -1
+        eid = order[slot]
+        self.vals = efeat[eid]
+        # the sparse products of the three convolutions and of A dE
+        self.layers = [_in_edges(self, n1, n_rem), _in_edges(self, n2, n1), _in_edges(self, n3, n2)]
+        self.all_edges = _in_edges(self, n3, n3)
+        self.where = _group_positions(occ, b)
+        self.n_nodes, self.ball_rows = n, np.bincount(occ, minlength=b)
+        self.changed = _group_positions(occ[n_rem:n2], b)
+        self.node_pad = np.full(b * self.where[2], n, dtype=np.int64)
+        self.node_pad[self.where[1].numpy()] = node
+        self.empty = np.bincount(occ[:n_rem], minlength=b) == n  # the whole graph removed
+        # channels with no edge left (exactly zero in the model). A removed set touches at most the
+        # sum of its degrees in directed edges per direction: count exactly only where that could
+        # reach a channel's total.
+        self.left = np.ones((b, nz.shape[1]), dtype=bool)
+        reach_rem = 2 * np.bincount(occ[:n_rem], weights=deg[:n_rem], minlength=b)
+        maybe = np.flatnonzero(reach_rem >= total_nz.min())
+        if maybe.size:
+            out_rem = self.row_of < n_rem  # directed edges leaving a removed row (= entering it)
+            both = out_rem & (self.cols >= 0) & (self.cols < n_rem)
+            nz_e = nz[eid]
+            occ_e = occ[self.row_of]
+            for ch in range(nz.shape[1]):
+                touched = np.bincount(occ_e[out_rem], weights=nz_e[out_rem, ch], minlength=b)
+                inside = np.bincount(occ_e[both], weights=nz_e[both, ch], minlength=b)
+                self.left[maybe, ch] = (total_nz[ch] - (2 * touched - inside))[maybe] > 0.5
+
+
+def _rows(t_, index):
+    """``t_[index]`` for a 1-d index (``index_select``: several times faster than advanced indexing)."""
+    return torch.index_select(t_, 0, index)
+
+
+def _pad(where, t_, fill=0):
+    """Rows of several occlusions into a ``(b, M, ...)`` tensor padded with ``fill``."""
+    b, flat, m_max = where
+    out = t_.new_full((b * m_max,) + tuple(t_.shape[1:]), fill)
+    out.index_copy_(0, flat, t_)
+    return out.view((b, m_max) + tuple(t_.shape[1:]))
 
 
 def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.ndarray:
     """Fast exact occlusion for RSF models on symmetric graphs (see the module docstring).
 
-    Node layers run in the model's dtype and recompute changed rows from all their remaining
-    in-neighbours (no subtraction, so no cancellation); the pooling sums are corrected in float64.
+    Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls, sorted by hop distance, so the
+    rows each layer changes are a prefix. The three node convolutions are linear before their batch
+    norm, so each updates its cached pre-activation by the change of its input, propagated along the
+    balls' edges as sparse products. The pooling sums are corrected from their float64 totals; the
+    correction products run in float32 unless, for some cluster, the mass that changes exceeds the mass
+    that remains (then the product's float32 rounding could exceed the model's own), and then in
+    float64. Occlusions with similar ball sizes are batched together, so little padding is wasted.
     """
     n = graph.num_nodes()
-    n_classes = m.n_classes
     L = m.edge_channels
     K = m.pool1.n_clusters
     x = m.input_features(graph)
     efeat = m.edge_features(graph)
     src, dst = (t.numpy() for t in graph.edges())
 
-    # full-graph pass (the same layers as model.forward), caching pre-pool activations
-    h1 = F.relu(_bn_eval(m.bn1, m.vconv1(graph, x, efeat)))
-    h2 = F.relu(_bn_eval(m.bn2, m.vconv2(graph, h1, efeat)))
+    # full-graph pass (the same layers as model.forward), caching pre-activations and activations
+    pre1 = m.vconv1(graph, x, efeat)
+    h1 = F.relu(_bn_eval(m.bn1, pre1))
+    pre2 = m.vconv2(graph, h1, efeat)
+    h2 = F.relu(_bn_eval(m.bn2, pre2))
     if m.attention is not None:
         h2, _ = m.attention(None, h2)
     z = m.pool1.embed(graph, h2, efeat)  # (N, K)
     p0 = torch.softmax(m(graph).double(), 1)[0].numpy()
     c = _target(p0, target)
-    pool_conv = m.pool1.embed
-    proj3 = _project(pool_conv, h2) if pool_conv.in_feats > pool_conv.out_feats else None
 
     zd, h2d, ed = z.double(), h2.double(), efeat.double()
     shift = zd.max(0).values
@@ -295,104 +412,116 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     if len(src):
         ae.index_add_(0, torch.from_numpy(dst), ed.unsqueeze(-1) * e[torch.from_numpy(src)].unsqueeze(1))
     t_full = torch.einsum("ic,ild->cld", e, ae)  # (K, L, K): E^T A_l E
+    f2 = h2.shape[1]
+    # per node [H | A E], with a zero row at index n for padding
+    table = torch.cat([torch.cat([h2d, ae.reshape(n, L * K)], 1), h2d.new_zeros(1, f2 + L * K)])
+    tables = {torch.float64: table, torch.float32: table.float()}
+    cache = (x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables)
 
-    adj = csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
+    # out-edges by source; on a symmetric graph they are also the in-edges, with the same channels
     order = np.argsort(src, kind="stable")
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
-    out_dst = dst[order]
-    nz = (efeat != 0).numpy()
+    csr = (np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order], order)
+    efeat_np = efeat.numpy()
+    nz = efeat_np != 0
     total_nz = nz.sum(0)
-    reach = hops + 4  # rows whose value changes (<= hops + 3) and their in-neighbours
+    reach = hops + 3  # rows whose value changes
+    balls = _Balls(csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), reach)
+    by_size = np.argsort(balls.count, kind="stable")
+    rowmap = np.full((min(batch_size, n), n), -1, dtype=np.int64)
+
+    def prepare(start):
+        if start >= n:
+            return None
+        return _BatchRows(by_size[start:start + batch_size], balls, hops, csr, efeat_np, nz, total_nz, rowmap)
+
     scores = np.empty(n)
-    for start in range(0, n, batch_size):
-        centers = np.arange(start, min(n, start + batch_size))
-        b = centers.size
-        dist = dijkstra(adj, directed=True, unweighted=True, limit=reach + 0.5, indices=centers)
-        occ, node = np.nonzero(dist <= reach)
-        d = dist[occ, node].astype(np.int64)
-        rows = occ.size
-        rowmap = np.full((b, n), -1, dtype=np.int64)
-        rowmap[occ, node] = np.arange(rows)
-        deg = indptr[node + 1] - indptr[node]
-        rep = np.repeat(np.arange(rows), deg)
-        slot = np.repeat(indptr[node], deg) + np.arange(rep.size) - np.repeat(np.cumsum(deg) - deg, deg)
-        r_dst = rowmap[occ[rep], out_dst[slot]]
-        keep = r_dst >= 0
-        r_src, r_dst, eid = rep[keep], r_dst[keep], order[slot[keep]]
-        rem = d <= hops
-        node_t = torch.from_numpy(node)
-        a_loc = efeat[torch.from_numpy(eid)]
-
-        ctx = (hops, d, rem, rows, r_src, r_dst, a_loc)
-        sel1, s1, d1, a1 = _layer_edges(1, *ctx)
-        h1_rows = h1[node_t].clone()
-        h1_rows[sel1] = F.relu(_bn_eval(m.bn1, _conv_rows(m.vconv1, x[node_t], sel1, s1, d1, a1)))
-        sel2, s2, d2, a2 = _layer_edges(2, *ctx)
-        h2_rows = h2[node_t].clone()
-        new2 = F.relu(_bn_eval(m.bn2, _conv_rows(m.vconv2, h1_rows, sel2, s2, d2, a2)))
-        if m.attention is not None:
-            new2, _ = m.attention(None, new2)
-        h2_rows[sel2] = new2
-        sel3, s3, d3, a3 = _layer_edges(3, *ctx)
-        proj_rows = None
-        if proj3 is not None:
-            proj_rows = proj3[node_t].clone()
-            proj_rows[sel2] = _project(pool_conv, new2)
-        z_rows = z[node_t].clone()
-        z_rows[sel3] = _conv_rows(pool_conv, h2_rows, sel3, s3, d3, a3, proj_rows)
-
-        # pooling sums over the rows that differ (d <= hops + 3), in float64
-        in_d = np.flatnonzero(d <= hops + 3)
-        occ_d = occ[in_d]
-        counts = np.bincount(occ_d, minlength=b)
-        pos_d = np.arange(in_d.size) - np.concatenate([[0], np.cumsum(counts)[:-1]])[occ_d]
-        m_max = int(counts.max())
-        in_d_t = torch.from_numpy(in_d)
-        rem_d = torch.from_numpy(rem[in_d])
-        e_old = e[node_t[in_d_t]]
-        e_new = torch.exp(z_rows[in_d_t].double() - shift)
-        e_new[rem_d] = 0.0
-        de = e_new - e_old
-
-        where = (b, m_max, torch.from_numpy(occ_d), torch.from_numpy(pos_d))
-        de_p = _pad(where, de).transpose(1, 2)  # (b, K, M)
-        num_o = (
-            num
-            + torch.bmm(_pad(where, e_new).transpose(1, 2), _pad(where, h2_rows[in_d_t].double()))
-            - torch.bmm(_pad(where, e_old).transpose(1, 2), _pad(where, h2d[node_t[in_d_t]]))
-        )
-        den_o = den + de_p.sum(2)
-        term1 = torch.bmm(de_p, _pad(where, ae[node_t[in_d_t]].reshape(in_d.size, L * K))).view(b, K, L, K)
-        # A_l (Delta E) on the differing rows, over edges between them
-        drow = np.full(rows, -1, dtype=np.int64)
-        drow[in_d] = np.arange(in_d.size)
-        k = (drow[r_src] >= 0) & (drow[r_dst] >= 0)
-        ade = torch.zeros(in_d.size, L, K, dtype=torch.float64)
-        ade.index_add_(
-            0,
-            torch.from_numpy(drow[r_dst[k]]),
-            ed[torch.from_numpy(eid[k])].unsqueeze(-1) * de[torch.from_numpy(drow[r_src[k]])].unsqueeze(1),
-        )
-        term3 = torch.bmm(de_p, _pad(where, ade.reshape(in_d.size, L * K))).view(b, K, L, K)
-        t_o = t_full + term1 + term1.permute(0, 3, 2, 1) + term3  # (b, K, L, K)
-        # a channel with no edge left is exactly zero in the model: leave no rounding residue
-        src_in = rem[r_src]
-        both = src_in & rem[r_dst]
-        touched = np.stack(
-            [np.bincount(occ[r_src[src_in]], weights=nz[eid[src_in], ch], minlength=b) for ch in range(L)], 1
-        )
-        inside = np.stack(
-            [np.bincount(occ[r_src[both]], weights=nz[eid[both], ch], minlength=b) for ch in range(L)], 1
-        )
-        left = total_nz[None, :] - (2 * touched - inside)
-        t_o = t_o * torch.from_numpy(left > 0.5).double().view(b, 1, L, 1)
-
-        empty = (dist <= hops).sum(1) == n  # the whole graph removed: uniform prior
-        safe_den = torch.where(den_o > 0, den_o, torch.ones((), dtype=torch.float64))
-        v_o = num_o / safe_den.unsqueeze(2)
-        a_o = (t_o / (safe_den[:, :, None, None] * safe_den[:, None, None, :])).permute(0, 2, 1, 3)
-        dtype = m.feat_mean.dtype
-        p = torch.softmax(m.head(v_o.to(dtype), a_o.to(dtype)).double(), 1)[:, c].numpy()
-        p = np.where(empty, 1.0 / n_classes, p)
-        scores[centers] = p0[c] - p
+    with ThreadPoolExecutor(1) as helper:  # index arrays of the next batch, while this one computes
+        pending = helper.submit(prepare, 0)
+        for start in range(0, n, batch_size):
+            r = pending.result()
+            pending = helper.submit(prepare, start + batch_size)
+            scores[r.centers] = p0[c] - _occluded_probas(m, r, c, cache)
     return scores
+
+
+def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh, sel: np.ndarray | None = None):
+    """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion (all, or those at ``sel``) in the
+    dtype of ``table`` (per node ``[H | A E]`` and a zero row for padding), returned in float64."""
+    cd = table.dtype
+    de_c = de.to(cd)
+    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges, cd)], 1).mul_(0.5)  # (rows, L K)
+    if sel is None:
+        b, where, changed, node_pad = r.b, r.where, r.changed, r.node_pad
+        e_new, dh = e_new.to(cd), dh.to(cd)
+    else:
+        b = sel.size
+        pick = np.full(r.b, -1, dtype=np.int64)
+        pick[sel] = np.arange(b)
+        occ = pick[r.occ]
+        rows = np.flatnonzero(occ >= 0)
+        where = _group_positions(occ[rows], b)
+        node_pad = np.full(b * where[2], table.shape[0] - 1, dtype=np.int64)
+        node_pad[where[1].numpy()] = r.node[rows]
+        occ_c = occ[r.n_rem:r.n2]
+        rows_c = np.flatnonzero(occ_c >= 0)
+        changed = _group_positions(occ_c[rows_c], b)
+        rows, rows_c = torch.from_numpy(rows), torch.from_numpy(rows_c)
+        de_c, ade = _rows(de_c, rows), _rows(ade, rows)
+        e_new, dh = _rows(e_new, rows_c).to(cd), _rows(dh, rows_c).to(cd)
+    rhs = _rows(table, torch.from_numpy(node_pad)).view(b, -1, table.shape[1])  # (b, M, F2 + L K)
+    rhs[:, :, f2:] += _pad(where, ade)
+    prod = torch.bmm(_pad(where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
+    extra = torch.bmm(_pad(changed, e_new).transpose(1, 2), _pad(changed, dh)).double()  # (b, K, F2)
+    return prod, extra
+
+
+def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
+    """Class-``c`` probabilities of the occluded graphs of one batch (see :func:`_occlusion_rsf`)."""
+    x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables = cache
+    b, n_rem, n1, n2 = r.b, r.n_rem, r.n1, r.n2
+    L, K, f2 = m.edge_channels, m.pool1.n_clusters, h2.shape[1]
+    node_t = torch.from_numpy(r.node)
+
+    # removed rows (d <= hops, a prefix) lose all input; each layer changes one hop further out
+    d1 = -_rows(x, node_t[:n_rem])
+    pre = _delta_conv(m.vconv1, _rows(pre1, node_t[:n1]), d1, _csr_mats(r.layers[0]))
+    new1 = F.relu(_bn_eval(m.bn1, pre[n_rem:]))
+    d2 = torch.cat([-_rows(h1, node_t[:n_rem]), new1 - _rows(h1, node_t[n_rem:n1])])
+    pre = _delta_conv(m.vconv2, _rows(pre2, node_t[:n2]), d2, _csr_mats(r.layers[1]))
+    new2 = F.relu(_bn_eval(m.bn2, pre[n_rem:]))
+    if m.attention is not None:
+        new2, _ = m.attention(None, new2)
+    d3 = torch.cat([-_rows(h2, node_t[:n_rem]), new2 - _rows(h2, node_t[n_rem:n2])])
+    z_new = _delta_conv(m.pool1.embed, _rows(z, node_t), d3, _csr_mats(r.layers[2]))[n_rem:]
+
+    # pooling sums over the changed rows; totals and the precision test in float64
+    e_old = _rows(e, node_t)
+    de = torch.cat([-e_old[:n_rem], torch.exp(z_new.double() - shift) - e_old[n_rem:]])
+    occ_t = torch.from_numpy(r.occ)
+    den_o = den + torch.zeros(b, K, dtype=torch.float64).index_add_(0, occ_t, de)
+    moved = torch.zeros(b, K, dtype=torch.float64).index_add_(0, occ_t, de.abs())
+    # E'^T H' - E^T H = dE^T H + E'^T dH (dH on rows hops < d <= hops + 2) and
+    # E'^T A E' - E^T A E = Q + Q^T with Q = dE^T (A E + A dE / 2), in float32, except for occlusions
+    # where for some cluster (changed mass) x (ball rows) exceeds (remaining mass) x (graph nodes):
+    # up to that point the products' worst-case rounding error stays below that of the model's own
+    # float32 pooling over all N nodes; beyond it they are redone in float64
+    e_new = de[n_rem:n2] + e_old[n_rem:n2]
+    dh = d3[n_rem:]
+    prod, num_extra = _pool_products(r, tables[torch.float32], f2, de, e_new, dh)
+    ball_rows = torch.from_numpy(r.ball_rows).double().unsqueeze(1)
+    precise = np.flatnonzero((moved * ball_rows > den_o * r.n_nodes).any(1).numpy())
+    if precise.size:
+        sel = torch.from_numpy(precise)
+        prod[sel], num_extra[sel] = _pool_products(r, tables[torch.float64], f2, de, e_new, dh, precise)
+    num_o = num + prod[:, :, :f2] + num_extra
+    q = prod[:, :, f2:].reshape(b, K, L, K)
+    t_o = t_full + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
+    # a channel with no edge left is exactly zero in the model: leave no rounding residue
+    t_o = t_o * torch.from_numpy(r.left).double().view(b, 1, L, 1)
+
+    safe_den = torch.where(den_o > 0, den_o, torch.ones((), dtype=torch.float64))
+    v_o = num_o / safe_den.unsqueeze(2)
+    a_o = (t_o / (safe_den[:, :, None, None] * safe_den[:, None, None, :])).permute(0, 2, 1, 3)
+    dtype = m.feat_mean.dtype
+    p = torch.softmax(m.head(v_o.to(dtype), a_o.to(dtype)).double(), 1)[:, c].numpy()
+    return np.where(r.empty, 1.0 / m.n_classes, p)

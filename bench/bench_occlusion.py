@@ -26,6 +26,7 @@ from bench_gnn import synthetic_graph  # noqa: E402
 
 from gnn.explain import _occluded, _proba, occlusion  # noqa: E402
 from gnn.models import build_model  # noqa: E402
+from nucleograph.allocator import retain_freed_memory  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -38,7 +39,12 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--repeats", type=int, default=3, help="fast runs; the best time counts")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--default-allocator", action="store_true",
+        help="leave glibc's malloc as it is (the nucleograph command keeps freed memory for reuse)",
+    )
     args = ap.parse_args(argv)
+    tuned = False if args.default_allocator else retain_freed_memory()
     rng = np.random.default_rng(0)
     dgl.seed(0)
     torch.manual_seed(0)
@@ -71,6 +77,7 @@ def main(argv=None) -> dict:
         "nodes": n,
         "hops": args.hops,
         "threads": torch.get_num_threads(),
+        "allocator_retains_freed_memory": tuned,
         "loadavg": os.getloadavg()[0],
         "naive_s": t_naive_all,
         "naive_extrapolated": subset < n,

@@ -25,8 +25,6 @@ small dense head for many occlusions at once. It computes in float64, with batch
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import dgl
 import numpy as np
 import torch
@@ -306,8 +304,7 @@ def _group_positions(occ: np.ndarray, b: int):
 
 
 class _BatchRows:
-    """Index arrays of one batch of occlusions (numpy only, so a helper thread can build the next
-    batch's while the current one computes).
+    """Index arrays of one batch of occlusions.
 
     Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls sorted by hop distance ``d``;
     ``n_rem``, ``n1``, ``n2``, ``n3``: rows with ``d <= hops``, ``hops + 1``, ``hops + 2``, ``hops + 3``.
@@ -429,30 +426,32 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     by_size = np.argsort(balls.count, kind="stable")
     rowmap = np.full((min(batch_size, n), n), -1, dtype=np.int64)
 
-    def prepare(start):
-        if start >= n:
-            return None
-        return _BatchRows(by_size[start:start + batch_size], balls, hops, csr, efeat_np, nz, total_nz, rowmap)
-
     scores = np.empty(n)
-    with ThreadPoolExecutor(1) as helper:  # index arrays of the next batch, while this one computes
-        pending = helper.submit(prepare, 0)
-        for start in range(0, n, batch_size):
-            r = pending.result()
-            pending = helper.submit(prepare, start + batch_size)
-            scores[r.centers] = p0[c] - _occluded_probas(m, r, c, cache)
+    for start in range(0, n, batch_size):
+        r = _BatchRows(by_size[start:start + batch_size], balls, hops, csr, efeat_np, nz, total_nz, rowmap)
+        scores[r.centers] = p0[c] - _occluded_probas(m, r, c, cache)
     return scores
+
+
+def _block_rows(arrays, rows: np.ndarray):
+    """The ``rows x rows`` block of a CSR matrix given as :func:`_in_edges` arrays, for ``rows`` (sorted)
+    closed under the matrix's edges (whole occlusions: the balls' adjacency is block diagonal)."""
+    ptr, cols, vals, _ = arrays
+    cnt = ptr[rows + 1] - ptr[rows]
+    new_ptr = np.concatenate([[0], np.cumsum(cnt)])
+    idx = np.repeat(ptr[rows] - new_ptr[:-1], cnt) + np.arange(new_ptr[-1])
+    inverse = np.full(ptr.size - 1, -1, dtype=np.int64)
+    inverse[rows] = np.arange(rows.size)
+    return new_ptr, inverse[cols[idx]], np.ascontiguousarray(vals[:, idx]), (rows.size, rows.size)
 
 
 def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh, sel: np.ndarray | None = None):
     """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion (all, or those at ``sel``) in the
     dtype of ``table`` (per node ``[H | A E]`` and a zero row for padding), returned in float64."""
     cd = table.dtype
-    de_c = de.to(cd)
-    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges, cd)], 1).mul_(0.5)  # (rows, L K)
     if sel is None:
-        b, where, changed, node_pad = r.b, r.where, r.changed, r.node_pad
-        e_new, dh = e_new.to(cd), dh.to(cd)
+        b, where, changed, node_pad, edges = r.b, r.where, r.changed, r.node_pad, r.all_edges
+        de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
     else:
         b = sel.size
         pick = np.full(r.b, -1, dtype=np.int64)
@@ -465,9 +464,11 @@ def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh, sel: np.ndarray
         occ_c = occ[r.n_rem:r.n2]
         rows_c = np.flatnonzero(occ_c >= 0)
         changed = _group_positions(occ_c[rows_c], b)
-        rows, rows_c = torch.from_numpy(rows), torch.from_numpy(rows_c)
-        de_c, ade = _rows(de_c, rows), _rows(ade, rows)
+        edges = _block_rows(r.all_edges, rows)
+        rows_c = torch.from_numpy(rows_c)
+        de_c = _rows(de, torch.from_numpy(rows)).to(cd)
         e_new, dh = _rows(e_new, rows_c).to(cd), _rows(dh, rows_c).to(cd)
+    ade = torch.cat([a @ de_c for a in _csr_mats(edges, cd)], 1).mul_(0.5)  # (rows, L K)
     rhs = _rows(table, torch.from_numpy(node_pad)).view(b, -1, table.shape[1])  # (b, M, F2 + L K)
     rhs[:, :, f2:] += _pad(where, ade)
     prod = torch.bmm(_pad(where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from nucleograph import __version__
+from nucleograph.allocator import retain_freed_memory
 from nucleograph.config import Settings
 from nucleograph.errors import NucleographError
 
@@ -37,6 +38,7 @@ def _optional_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    retain_freed_memory()  # PyTorch's per-batch tensors: reuse freed memory instead of page-faulting
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

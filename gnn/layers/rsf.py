@@ -99,9 +99,15 @@ def dense_rsf_conv(adj: torch.Tensor, feat: torch.Tensor, weight: torch.Tensor, 
     ``adj`` ``(B, L, N, N)`` with ``adj[b, l, i, j]`` the channel-``l`` weight of edge ``j -> i``;
     ``feat`` ``(B, N, F)``; ``weight`` ``(L + 1, F, O)`` -> ``(B, N, O)``.
     """
-    agg = torch.matmul(adj, feat.unsqueeze(1)).transpose(1, 2)  # (B, N, L, F)
-    full = torch.cat([feat.unsqueeze(2), agg], 2)  # (B, N, L+1, F)
-    rst = full.flatten(2) @ weight.reshape(-1, weight.shape[-1])
+    n_in, n_out = weight.shape[1], weight.shape[2]
+    if n_in > n_out:
+        # project first, as RSFConv does: one GEMM, then fewer channels through the adjacency
+        proj = (feat @ weight.transpose(0, 1).reshape(n_in, -1)).view(*feat.shape[:-1], -1, n_out)  # (B, N, L+1, O)
+        rst = proj[:, :, 0] + torch.matmul(adj, proj[:, :, 1:].transpose(1, 2)).sum(1)
+    else:
+        agg = torch.matmul(adj, feat.unsqueeze(1)).transpose(1, 2)  # (B, N, L, F)
+        full = torch.cat([feat.unsqueeze(2), agg], 2)  # (B, N, L+1, F)
+        rst = full.flatten(2) @ weight.reshape(-1, n_out)
     return rst if bias is None else rst + bias
 
 

@@ -10,17 +10,25 @@ model output; its probability is the uniform prior ``1 / C``.
 
 :func:`occlusion_naive` runs the model once per nucleus. :func:`occlusion` gives the same scores
 fast for the RSF models: before Pool1 only the ``hops + 3`` hop ball around ``i`` changes (three
-vertex convolutions: VConv1, VConv2 and the pooling's assignment convolution), so it recomputes
-only those rows from cached activations, then corrects the pooling sums exactly,
+vertex convolutions: VConv1, VConv2 and the pooling's assignment convolution). Each convolution is
+linear before its batch norm, so its cached pre-activation is updated by the change of its input,
+one hop further out per layer, as sparse products over the balls' block-diagonal adjacency. The
+pooling sums are then corrected in closed form,
 
 .. math::
     V' = \\frac{E'^\\top H'}{\\mathbf 1^\\top E'},\\qquad
     A'_l = \\frac{E'^\\top A_l E'}{(\\mathbf 1^\\top E')^\\top (\\mathbf 1^\\top E')},\\qquad
     E' = E + \\Delta,\\quad E = \\exp(Z - \\max Z)
 
-with ``E'^T A_l E' = E^T A_l E + \\Delta^T (A_l E) + (A_l E)^T \\Delta + \\Delta^T A_l \\Delta`` (``A_l``
-symmetric; removed nodes have zero rows in ``E'``, which also removes their edges), and runs the
-small dense head for many occlusions at once. It computes in float64, with batch norm in eval mode.
+with ``E'^T A_l E' = E^T A_l E + Q + Q^T``, ``Q = \\Delta^T (A_l E + A_l \\Delta / 2)`` (``A_l``
+symmetric; removed nodes have zero rows in ``E'``, which also removes their edges), and the small
+dense head runs for many occlusions at once, with batch norm in eval mode.
+
+Precision: totals and denominators are float64. The correction products run in float32 unless, for
+some cluster, the mass that changes times the ball's rows exceeds the mass that remains times the
+graph's nodes; below that bound their worst-case rounding error is smaller than that of the model's
+own float32 pooling over all nodes, beyond it (a cluster concentrated on the removed nuclei) those
+occlusions are redone in float64. Scores match the naive loop to about 1e-7.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from torch.nn import functional as F
 from nucleograph.errors import InputError, ModelError
 
 from .keys import EFEAT
-from .layers.spmm import _csr
+from .layers.spmm import _csr, weighted_sums
 from .models import GraphClassifier, RSFNet
 
 
@@ -186,7 +194,7 @@ def occlusion(
 
     For RSF models on symmetric graphs (all graphs from :func:`gnn.data.to_dgl`) it updates only the
     ``hops + 3``-hop ball of each nucleus and corrects the pooling sums in closed form (see the module
-    docstring), in float64. Other models or non-symmetric graphs use batched occluded copies (exact,
+    docstring). Other models or non-symmetric graphs use batched occluded copies (exact,
     but only a constant factor faster than the naive loop).
 
     Parameters
@@ -377,10 +385,9 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls, sorted by hop distance, so the
     rows each layer changes are a prefix. The three node convolutions are linear before their batch
     norm, so each updates its cached pre-activation by the change of its input, propagated along the
-    balls' edges as sparse products. The pooling sums are corrected from their float64 totals; the
-    correction products run in float32 unless, for some cluster, the mass that changes exceeds the mass
-    that remains (then the product's float32 rounding could exceed the model's own), and then in
-    float64. Occlusions with similar ball sizes are batched together, so little padding is wasted.
+    balls' edges as sparse products. The pooling sums are corrected from their float64 totals, with
+    float32 products and a float64 redo where the module docstring's bound says so. Occlusions with
+    similar ball sizes are batched together, so little padding is wasted.
     """
     n = graph.num_nodes()
     L = m.edge_channels
@@ -411,9 +418,8 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     t_full = torch.einsum("ic,ild->cld", e, ae)  # (K, L, K): E^T A_l E
     f2 = h2.shape[1]
     # per node [H | A E], with a zero row at index n for padding
-    table = torch.cat([torch.cat([h2d, ae.reshape(n, L * K)], 1), h2d.new_zeros(1, f2 + L * K)])
-    tables = {torch.float64: table, torch.float32: table.float()}
-    cache = (x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables)
+    table = torch.cat([torch.cat([h2d, ae.reshape(n, L * K)], 1), h2d.new_zeros(1, f2 + L * K)]).float()
+    cache = (x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, table, (graph, z, h2, efeat))
 
     # out-edges by source; on a symmetric graph they are also the in-edges, with the same channels
     order = np.argsort(src, kind="stable")
@@ -433,52 +439,58 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     return scores
 
 
-def _block_rows(arrays, rows: np.ndarray):
-    """The ``rows x rows`` block of a CSR matrix given as :func:`_in_edges` arrays, for ``rows`` (sorted)
-    closed under the matrix's edges (whole occlusions: the balls' adjacency is block diagonal)."""
-    ptr, cols, vals, _ = arrays
-    cnt = ptr[rows + 1] - ptr[rows]
-    new_ptr = np.concatenate([[0], np.cumsum(cnt)])
-    idx = np.repeat(ptr[rows] - new_ptr[:-1], cnt) + np.arange(new_ptr[-1])
-    inverse = np.full(ptr.size - 1, -1, dtype=np.int64)
-    inverse[rows] = np.arange(rows.size)
-    return new_ptr, inverse[cols[idx]], np.ascontiguousarray(vals[:, idx]), (rows.size, rows.size)
-
-
-def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh, sel: np.ndarray | None = None):
-    """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion (all, or those at ``sel``) in the
-    dtype of ``table`` (per node ``[H | A E]`` and a zero row for padding), returned in float64."""
+def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
+    """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion in float32 (``table``: per node
+    ``[H | A E]`` and a zero row for padding), returned in float64."""
     cd = table.dtype
-    if sel is None:
-        b, where, changed, node_pad, edges = r.b, r.where, r.changed, r.node_pad, r.all_edges
-        de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
-    else:
-        b = sel.size
-        pick = np.full(r.b, -1, dtype=np.int64)
-        pick[sel] = np.arange(b)
-        occ = pick[r.occ]
-        rows = np.flatnonzero(occ >= 0)
-        where = _group_positions(occ[rows], b)
-        node_pad = np.full(b * where[2], table.shape[0] - 1, dtype=np.int64)
-        node_pad[where[1].numpy()] = r.node[rows]
-        occ_c = occ[r.n_rem:r.n2]
-        rows_c = np.flatnonzero(occ_c >= 0)
-        changed = _group_positions(occ_c[rows_c], b)
-        edges = _block_rows(r.all_edges, rows)
-        rows_c = torch.from_numpy(rows_c)
-        de_c = _rows(de, torch.from_numpy(rows)).to(cd)
-        e_new, dh = _rows(e_new, rows_c).to(cd), _rows(dh, rows_c).to(cd)
-    ade = torch.cat([a @ de_c for a in _csr_mats(edges, cd)], 1).mul_(0.5)  # (rows, L K)
-    rhs = _rows(table, torch.from_numpy(node_pad)).view(b, -1, table.shape[1])  # (b, M, F2 + L K)
-    rhs[:, :, f2:] += _pad(where, ade)
-    prod = torch.bmm(_pad(where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
-    extra = torch.bmm(_pad(changed, e_new).transpose(1, 2), _pad(changed, dh)).double()  # (b, K, F2)
+    de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
+    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges, cd)], 1).mul_(0.5)  # (rows, L K)
+    rhs = _rows(table, torch.from_numpy(r.node_pad)).view(r.b, -1, table.shape[1])  # (b, M, F2 + L K)
+    rhs[:, :, f2:] += _pad(r.where, ade)
+    prod = torch.bmm(_pad(r.where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
+    extra = torch.bmm(_pad(r.changed, e_new).transpose(1, 2), _pad(r.changed, dh)).double()  # (b, K, F2)
     return prod, extra
+
+
+def _pool_direct(r: _BatchRows, sel: np.ndarray, z_new, new2, full, chunk: int = 16):
+    """Pooling sums ``(den, E'^T H', E'^T A E')`` (float64) of the occlusions at ``sel``, summed afresh
+    over all remaining nuclei with each occlusion's own softmax shift, as the model itself pools: sums
+    of non-negative terms, so no cancellation even when the removed nuclei held nearly all of a
+    cluster's mass. ``full``: the graph, ``Z``, ``H`` and the edge channels (model dtype)."""
+    graph, z, h2, efeat = full
+    n, n_rem, n2 = z.shape[0], r.n_rem, r.n2
+    pick = np.full(r.b, -1, dtype=np.int64)
+    pick[sel] = np.arange(sel.size)
+    occ = pick[r.occ]
+    out = []
+    for lo in range(0, sel.size, chunk):
+        f = min(chunk, sel.size - lo)
+
+        def rows(a, b_, lo=lo, f=f):  # rows a:b_ of the occlusions lo:lo+f, as (occlusion, node, row)
+            k = np.flatnonzero((occ[a:b_] >= lo) & (occ[a:b_] < lo + f)) + a
+            return torch.from_numpy(occ[k] - lo), torch.from_numpy(r.node[k]), torch.from_numpy(k)
+
+        zo = z.unsqueeze(0).repeat(f, 1, 1)  # (f, N, K)
+        o, v, k = rows(n_rem, r.n3)
+        zo[o, v] = z_new[k - n_rem]
+        o, v, _ = rows(0, n_rem)
+        zo[o, v] = -torch.inf
+        eo = torch.exp(zo - zo.amax(1, keepdim=True)).nan_to_num_(0.0)  # (f, N, K); all removed: zeros
+        eo_t = eo.transpose(1, 2).contiguous()  # (f, K, N)
+        # E'^T H' = E'^T H + E'^T (H' - H), the second over the rows whose H changed
+        num_o = (eo_t.view(-1, n) @ h2).view(f, -1, h2.shape[1])
+        o, v, k = rows(n_rem, n2)
+        num_o.index_add_(0, o, eo[o, v].unsqueeze(2) * (new2[k - n_rem] - h2[v]).unsqueeze(1))
+        ae = weighted_sums(graph, efeat, eo.transpose(0, 1).reshape(n, -1))  # (N, L, f K)
+        ae = ae.view(n, efeat.shape[1], f, -1).permute(2, 0, 1, 3).reshape(f, n, -1)  # (f, N, L K)
+        t = torch.bmm(eo_t, ae).view(f, eo.shape[2], efeat.shape[1], -1)
+        out.append((eo.sum(1), num_o, t))
+    return tuple(torch.cat(parts).double() for parts in zip(*out, strict=True))
 
 
 def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     """Class-``c`` probabilities of the occluded graphs of one batch (see :func:`_occlusion_rsf`)."""
-    x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables = cache
+    x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, table, full = cache
     b, n_rem, n1, n2 = r.b, r.n_rem, r.n1, r.n2
     L, K, f2 = m.edge_channels, m.pool1.n_clusters, h2.shape[1]
     node_t = torch.from_numpy(r.node)
@@ -502,21 +514,19 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     den_o = den + torch.zeros(b, K, dtype=torch.float64).index_add_(0, occ_t, de)
     moved = torch.zeros(b, K, dtype=torch.float64).index_add_(0, occ_t, de.abs())
     # E'^T H' - E^T H = dE^T H + E'^T dH (dH on rows hops < d <= hops + 2) and
-    # E'^T A E' - E^T A E = Q + Q^T with Q = dE^T (A E + A dE / 2), in float32, except for occlusions
-    # where for some cluster (changed mass) x (ball rows) exceeds (remaining mass) x (graph nodes):
-    # up to that point the products' worst-case rounding error stays below that of the model's own
-    # float32 pooling over all N nodes; beyond it they are redone in float64
-    e_new = de[n_rem:n2] + e_old[n_rem:n2]
-    dh = d3[n_rem:]
-    prod, num_extra = _pool_products(r, tables[torch.float32], f2, de, e_new, dh)
+    # E'^T A E' - E^T A E = Q + Q^T with Q = dE^T (A E + A dE / 2), as float32 products
+    prod, num_extra = _pool_products(r, table, f2, de, de[n_rem:n2] + e_old[n_rem:n2], d3[n_rem:])
+    num_o = num + prod[:, :, :f2] + num_extra
+    q = prod[:, :, f2:].reshape(b, K, L, K)
+    t_o = t_full + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
+    # ...except where, for some cluster, (changed mass) x (ball rows) exceeds (remaining mass) x (graph
+    # nodes): below that bound the corrections' worst-case rounding error stays under that of the
+    # model's own float32 pooling over all N nodes; beyond it, those occlusions are summed afresh
     ball_rows = torch.from_numpy(r.ball_rows).double().unsqueeze(1)
     precise = np.flatnonzero((moved * ball_rows > den_o * r.n_nodes).any(1).numpy())
     if precise.size:
         sel = torch.from_numpy(precise)
-        prod[sel], num_extra[sel] = _pool_products(r, tables[torch.float64], f2, de, e_new, dh, precise)
-    num_o = num + prod[:, :, :f2] + num_extra
-    q = prod[:, :, f2:].reshape(b, K, L, K)
-    t_o = t_full + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
+        den_o[sel], num_o[sel], t_o[sel] = _pool_direct(r, precise, z_new, new2, full)
     # a channel with no edge left is exactly zero in the model: leave no rounding residue
     t_o = t_o * torch.from_numpy(r.left).double().view(b, 1, L, 1)
 

@@ -265,10 +265,10 @@ def _in_edges(rows, n_out, n_in):
     """In-edges of rows ``:n_out`` coming from rows ``:n_in``, as CSR arrays ``(ptr, cols, vals (L, E))``
     (numpy; columns are -1 for neighbours outside the balls, which are never kept)."""
     end = rows.ptr[n_out]
-    cols = rows.cols[:end]
-    keep = np.flatnonzero((cols >= 0) & (cols < n_in))
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(rows.row_of[keep], minlength=n_out))])
-    return ptr, cols[keep], np.ascontiguousarray(rows.vals[keep].T), (n_out, n_in)
+    keep = rows.cols[:end].view(np.uint64) < n_in  # -1 wraps around to the largest value
+    kept = np.concatenate([[0], np.cumsum(keep)])
+    idx = np.flatnonzero(keep)
+    return kept[rows.ptr[: n_out + 1]], rows.cols[idx], rows.vals[:, idx], (n_out, n_in)
 
 
 def _csr_mats(arrays, dtype=None):
@@ -339,7 +339,7 @@ class _BatchRows:
         self.cols = rowmap[occ[self.row_of], out_dst[slot]]
         rowmap[occ, node] = -1
         eid = order[slot]
-        self.vals = efeat[eid]
+        self.vals = efeat[:, eid]  # (L, E): one contiguous row per channel
         # the sparse products of the three convolutions and of A dE
         self.layers = [_in_edges(self, n1, n_rem), _in_edges(self, n2, n1), _in_edges(self, n3, n2)]
         self.all_edges = _in_edges(self, n3, n3)
@@ -424,8 +424,8 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     # out-edges by source; on a symmetric graph they are also the in-edges, with the same channels
     order = np.argsort(src, kind="stable")
     csr = (np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order], order)
-    efeat_np = efeat.numpy()
-    nz = efeat_np != 0
+    efeat_np = np.ascontiguousarray(efeat.numpy().T)  # (L, E)
+    nz = efeat_np.T != 0
     total_nz = nz.sum(0)
     reach = hops + 3  # rows whose value changes
     balls = _Balls(csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), reach)
@@ -452,7 +452,7 @@ def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
     return prod, extra
 
 
-def _pool_direct(r: _BatchRows, sel: np.ndarray, z_new, new2, full, chunk: int = 16):
+def _pool_direct(r: _BatchRows, sel: np.ndarray, z_new, new2, full, chunk: int = 32):
     """Pooling sums ``(den, E'^T H', E'^T A E')`` (float64) of the occlusions at ``sel``, summed afresh
     over all remaining nuclei with each occlusion's own softmax shift, as the model itself pools: sums
     of non-negative terms, so no cancellation even when the removed nuclei held nearly all of a
@@ -480,7 +480,8 @@ def _pool_direct(r: _BatchRows, sel: np.ndarray, z_new, new2, full, chunk: int =
         # E'^T H' = E'^T H + E'^T (H' - H), the second over the rows whose H changed
         num_o = (eo_t.view(-1, n) @ h2).view(f, -1, h2.shape[1])
         o, v, k = rows(n_rem, n2)
-        num_o.index_add_(0, o, eo[o, v].unsqueeze(2) * (new2[k - n_rem] - h2[v]).unsqueeze(1))
+        where = _group_positions(o.numpy(), f)
+        num_o += torch.bmm(_pad(where, eo[o, v]).transpose(1, 2), _pad(where, new2[k - n_rem] - h2[v]))
         ae = weighted_sums(graph, efeat, eo.transpose(0, 1).reshape(n, -1))  # (N, L, f K)
         ae = ae.view(n, efeat.shape[1], f, -1).permute(2, 0, 1, 3).reshape(f, n, -1)  # (f, N, L K)
         t = torch.bmm(eo_t, ae).view(f, eo.shape[2], efeat.shape[1], -1)

@@ -99,15 +99,18 @@ def dense_rsf_conv(adj: torch.Tensor, feat: torch.Tensor, weight: torch.Tensor, 
     ``adj`` ``(B, L, N, N)`` with ``adj[b, l, i, j]`` the channel-``l`` weight of edge ``j -> i``;
     ``feat`` ``(B, N, F)``; ``weight`` ``(L + 1, F, O)`` -> ``(B, N, O)``.
     """
+    agg = torch.matmul(adj, feat.unsqueeze(1)).transpose(1, 2)  # (B, N, L, F)
+    full = torch.cat([feat.unsqueeze(2), agg], 2)  # (B, N, L+1, F)
+    rst = full.flatten(2) @ weight.reshape(-1, weight.shape[-1])
+    return rst if bias is None else rst + bias
+
+
+def dense_rsf_conv_projected(adj: torch.Tensor, feat: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    r""":func:`dense_rsf_conv` with the weights applied first, :math:`V W_0 + \sum_l A_l (V W_l) + b`:
+    fewer operations when the layer narrows (``F > O``), as :class:`RSFConv` does on sparse graphs."""
     n_in, n_out = weight.shape[1], weight.shape[2]
-    if n_in > n_out:
-        # project first, as RSFConv does: one GEMM, then fewer channels through the adjacency
-        proj = (feat @ weight.transpose(0, 1).reshape(n_in, -1)).view(*feat.shape[:-1], -1, n_out)  # (B, N, L+1, O)
-        rst = proj[:, :, 0] + torch.matmul(adj, proj[:, :, 1:].transpose(1, 2)).sum(1)
-    else:
-        agg = torch.matmul(adj, feat.unsqueeze(1)).transpose(1, 2)  # (B, N, L, F)
-        full = torch.cat([feat.unsqueeze(2), agg], 2)  # (B, N, L+1, F)
-        rst = full.flatten(2) @ weight.reshape(-1, n_out)
+    proj = (feat @ weight.transpose(0, 1).reshape(n_in, -1)).view(*feat.shape[:-1], -1, n_out)  # (B, N, L+1, O)
+    rst = proj[:, :, 0] + torch.matmul(adj, proj[:, :, 1:].transpose(1, 2)).sum(1)
     return rst if bias is None else rst + bias
 
 
@@ -130,4 +133,6 @@ class DenseRSFConv(RSFConv):
                 f"DenseRSFConv expects adj (B, {self.edge_channels}, N, N) and feat (B, N, {self.in_feats}), "
                 f"got {tuple(adj.shape)} and {tuple(feat.shape)}"
             )
+        if self.in_feats > self.out_feats:  # narrowing: weights first, fewer channels through A
+            return dense_rsf_conv_projected(adj, feat, self.weight, self.bias)
         return dense_rsf_conv(adj, feat, self.weight, self.bias)

@@ -14,6 +14,7 @@ from gnn.layers import (
     NodeAttention,
     RSFConv,
     dense_graph_embed_pool,
+    dense_rsf_conv,
 )
 from nucleograph.errors import InputError
 
@@ -34,6 +35,8 @@ def test_rsf_conv_matches_dense(batch, fin, fout):
     out = conv(batch, x)
     ref = dense(adj, xd)[mask]
     assert torch.allclose(out, ref, atol=1e-5)
+    # the reference's aggregate-then-multiply form (gnn.dense) gives the same
+    assert torch.allclose(dense_rsf_conv(adj, xd, dense.weight, dense.bias)[mask], ref, atol=1e-5)
     assert set(batch.ndata) == {FEAT, "centroid", "nucleus_id"}  # nothing leaked
     assert "W_0" not in repr(conv) and "edge_channels=2" in repr(conv)
 

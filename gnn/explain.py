@@ -222,12 +222,6 @@ def _bn_eval(bn, x):
     return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
-def _project(conv, x):
-    return (x @ conv.weight.transpose(0, 1).reshape(conv.in_feats, -1)).view(
-        -1, conv.edge_channels + 1, conv.out_feats
-    )
-
-
 class _Balls:
     """The ``reach``-hop ball of every nucleus, as ``(center, node, hop distance)`` triplets grouped by
     center (one bounded BFS per chunk of centers, so memory stays ``chunk x N``)."""
@@ -245,10 +239,6 @@ class _Balls:
         self.d = np.concatenate([p[2] for p in parts])
         self.count = np.bincount(self.center, minlength=n)
         self.start = np.cumsum(self.count) - self.count
-
-    def size(self, within: int) -> np.ndarray:
-        """Per center, the nodes at most ``within`` hops away."""
-        return np.bincount(self.center[self.d <= within], minlength=self.count.size)
 
     def rows(self, centers: np.ndarray):
         """The triplets of ``centers`` as ``(occ, node, d)``, ``occ`` the position in ``centers``,
@@ -271,15 +261,11 @@ def _in_edges(rows, n_out, n_in):
     return kept[rows.ptr[: n_out + 1]], rows.cols[idx], rows.vals[:, idx], (n_out, n_in)
 
 
-def _csr_mats(arrays, dtype=None):
+def _csr_mats(arrays):
     """Torch CSR matrices, one per channel, from :func:`_in_edges` arrays."""
     ptr, cols, vals, shape = arrays
     p, c = torch.from_numpy(ptr), torch.from_numpy(cols)
-    out = []
-    for v in vals:
-        v = torch.from_numpy(v)
-        out.append(_csr(p, c, v if dtype is None else v.to(dtype), shape))
-    return out
+    return [_csr(p, c, torch.from_numpy(v), shape) for v in vals]
 
 
 def _delta_conv(conv, pre_rows, delta, mats):
@@ -371,10 +357,10 @@ def _rows(t_, index):
     return torch.index_select(t_, 0, index)
 
 
-def _pad(where, t_, fill=0):
-    """Rows of several occlusions into a ``(b, M, ...)`` tensor padded with ``fill``."""
+def _pad(where, t_):
+    """Rows of several occlusions into a zero-padded ``(b, M, ...)`` tensor."""
     b, flat, m_max = where
-    out = t_.new_full((b * m_max,) + tuple(t_.shape[1:]), fill)
+    out = t_.new_zeros((b * m_max,) + tuple(t_.shape[1:]))
     out.index_copy_(0, flat, t_)
     return out.view((b, m_max) + tuple(t_.shape[1:]))
 
@@ -444,7 +430,7 @@ def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
     ``[H | A E]`` and a zero row for padding), returned in float64."""
     cd = table.dtype
     de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
-    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges, cd)], 1).mul_(0.5)  # (rows, L K)
+    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges)], 1).mul_(0.5)  # (rows, L K)
     rhs = _rows(table, torch.from_numpy(r.node_pad)).view(r.b, -1, table.shape[1])  # (b, M, F2 + L K)
     rhs[:, :, f2:] += _pad(r.where, ade)
     prod = torch.bmm(_pad(r.where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)

@@ -252,10 +252,9 @@ class _Balls:
 
 
 def _in_edges(rows, n_out, n_in):
-    """In-edges of rows ``:n_out`` coming from rows ``:n_in``, as CSR arrays ``(ptr, cols, vals (L, E))``
-    (numpy; columns are -1 for neighbours outside the balls, which are never kept)."""
+    """In-edges of rows ``:n_out`` coming from rows ``:n_in``, as CSR arrays ``(ptr, cols, vals (L, E))``."""
     end = rows.ptr[n_out]
-    keep = rows.cols[:end].view(np.uint64) < n_in  # -1 wraps around to the largest value
+    keep = rows.cols[:end] < n_in
     kept = np.concatenate([[0], np.cumsum(keep)])
     idx = np.flatnonzero(keep)
     return kept[rows.ptr[: n_out + 1]], rows.cols[idx], rows.vals[:, idx], (n_out, n_in)
@@ -268,19 +267,28 @@ def _csr_mats(arrays):
     return [_csr(p, c, torch.from_numpy(v), shape) for v in vals]
 
 
+def _pad_rows(t_, rows: int):
+    """``t_`` with zero rows appended up to ``rows``."""
+    if t_.shape[0] == rows:
+        return t_
+    return torch.cat([t_, t_.new_zeros(rows - t_.shape[0], *t_.shape[1:])])
+
+
 def _delta_conv(conv, pre_rows, delta, mats):
     """An RSF convolution's pre-activation on rows ``:n_out`` after its input changed by ``delta`` on rows
-    ``:n_in`` (``n_in <= n_out``): ``pre + delta W_0 + sum_l A_l delta W_l``, the convolution being linear.
-    ``pre_rows`` ``(n_out, O)`` the cached pre-activation (updated in place and returned), ``mats`` the
-    in-edges from the changed rows. Like :class:`gnn.layers.RSFConv`, it sums along the edges before
+    ``:n_in``: ``pre + delta W_0 + sum_l A_l delta W_l``, the convolution being linear. ``pre_rows``
+    ``(n_out, O)`` the cached pre-activation (updated in place and returned), ``mats`` in-edges whose
+    columns index ``delta``'s rows (columns beyond them stand for unchanged rows). Like :class:`gnn.layers.RSFConv`, it sums along the edges before
     the weights when the layer widens and after them when it narrows."""
     w = conv.weight  # (L+1, F, O)
     out = pre_rows
     out[: delta.shape[0]] += delta @ w[0]
+    n_cols = mats[0].shape[1] if mats else delta.shape[0]  # more than delta's rows: zeros beyond them
     if conv.in_feats > conv.out_feats:
         for ch, a in enumerate(mats):
-            out += a @ (delta @ w[ch + 1])
+            out += a @ _pad_rows(delta @ w[ch + 1], n_cols)
     else:
+        delta = _pad_rows(delta, n_cols)
         agg = torch.cat([a @ delta for a in mats], 1)  # (n_out, L F)
         out += agg @ w[1:].reshape(-1, conv.out_feats)
     return out
@@ -302,8 +310,8 @@ class _BatchRows:
 
     Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls sorted by hop distance ``d``;
     ``n_rem``, ``n1``, ``n2``, ``n3``: rows with ``d <= hops``, ``hops + 1``, ``hops + 2``, ``hops + 3``.
-    Edges: the in-edges of every row as CSR (``ptr``, ``cols`` (-1 outside the balls), ``vals``),
-    which on a symmetric graph are its out-edges with the same channels.
+    Edges: the in-edges of every row as CSR (``ptr``, ``cols``, ``vals``), which on a symmetric graph
+    are its out-edges with the same channels; a neighbour outside the balls has column ``n3``.
     """
 
     def __init__(self, centers, balls, hops, csr, efeat, nz, total_nz, rowmap):
@@ -324,11 +332,14 @@ class _BatchRows:
         slot = np.repeat(indptr[node] - self.ptr[:-1], deg) + np.arange(self.ptr[-1])
         self.cols = rowmap[occ[self.row_of], out_dst[slot]]
         rowmap[occ, node] = -1
+        outside = self.cols < 0
+        self.cols[outside] = n3  # a neighbour outside the ball: a zero row appended to the inputs
         eid = order[slot]
         self.vals = efeat[:, eid]  # (L, E): one contiguous row per channel
-        # the sparse products of the three convolutions and of A dE
-        self.layers = [_in_edges(self, n1, n_rem), _in_edges(self, n2, n1), _in_edges(self, n3, n2)]
-        self.all_edges = _in_edges(self, n3, n3)
+        # the sparse products of the convolutions and of A dE: VConv1 and VConv2 from their changed rows
+        # only; the assignment convolution and A dE over all in-edges, inputs zero beyond their rows
+        self.layers = [_in_edges(self, n1, n_rem), _in_edges(self, n2, n1)]
+        self.all_edges = (self.ptr, self.cols, self.vals, (n3, n3 + 1))
         self.where = _group_positions(occ, b)
         self.n_nodes, self.ball_rows = n, np.bincount(occ, minlength=b)
         self.changed = _group_positions(occ[n_rem:n2], b)
@@ -343,7 +354,7 @@ class _BatchRows:
         maybe = np.flatnonzero(reach_rem >= total_nz.min())
         if maybe.size:
             out_rem = self.row_of < n_rem  # directed edges leaving a removed row (= entering it)
-            both = out_rem & (self.cols >= 0) & (self.cols < n_rem)
+            both = out_rem & (self.cols < n_rem)
             nz_e = nz[eid]
             occ_e = occ[self.row_of]
             for ch in range(nz.shape[1]):
@@ -430,7 +441,7 @@ def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
     ``[H | A E]`` and a zero row for padding), returned in float64."""
     cd = table.dtype
     de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
-    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges)], 1).mul_(0.5)  # (rows, L K)
+    ade = torch.cat([a @ _pad_rows(de_c, r.n3 + 1) for a in _csr_mats(r.all_edges)], 1).mul_(0.5)  # (rows, L K)
     rhs = _rows(table, torch.from_numpy(r.node_pad)).view(r.b, -1, table.shape[1])  # (b, M, F2 + L K)
     rhs[:, :, f2:] += _pad(r.where, ade)
     prod = torch.bmm(_pad(r.where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
@@ -492,7 +503,8 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     if m.attention is not None:
         new2, _ = m.attention(None, new2)
     d3 = torch.cat([-_rows(h2, node_t[:n_rem]), new2 - _rows(h2, node_t[n_rem:n2])])
-    z_new = _delta_conv(m.pool1.embed, _rows(z, node_t), d3, _csr_mats(r.layers[2]))[n_rem:]
+    # the assignment convolution over all in-edges of the ball (zeros beyond the changed rows)
+    z_new = _delta_conv(m.pool1.embed, _rows(z, node_t), d3, _csr_mats(r.all_edges))[n_rem:]
 
     # pooling sums over the changed rows; totals and the precision test in float64
     e_old = _rows(e, node_t)

@@ -286,16 +286,24 @@ def fail_file(engine: Engine, *, watch: str, content_hash: str, owner: str, erro
               backoff: float, backoff_max: float) -> str | None:
     """Record a failed attempt: ``failed`` (retried after the backoff) or, after ``max_attempts``,
     ``abandoned``. Returns the new status, or None when ``owner`` no longer held the claim."""
-    now = utcnow()
     where = and_(WatchedFile.watch == watch, WatchedFile.content_hash == content_hash,
                  WatchedFile.owner == owner, WatchedFile.status == CLAIMED)
+    return _record_failure(engine, WatchedFile, where, error=error, max_attempts=max_attempts,
+                           backoff=backoff, backoff_max=backoff_max)
+
+
+def _record_failure(engine: Engine, table, where, *, error: str, max_attempts: int, backoff: float,
+                    backoff_max: float) -> str | None:
+    """The failed attempt of the claimed row of ``table`` matching ``where`` (which includes its owner):
+    ``failed`` with a backoff, or ``abandoned`` after ``max_attempts``; None when no such claim."""
+    now = utcnow()
     with engine.begin() as conn:
-        attempts = conn.execute(select(WatchedFile.attempts).where(where)).scalar_one_or_none()
+        attempts = conn.execute(select(table.attempts).where(where)).scalar_one_or_none()
         if attempts is None:
             return None
         status = ABANDONED if attempts >= max_attempts else FAILED
         wait = backoff_seconds(attempts, base=backoff, cap=backoff_max)
-        conn.execute(update(WatchedFile).where(where).values(
+        conn.execute(update(table).where(where).values(
             status=status, error=error[:4000], lease_until=None, next_attempt_at=now + _seconds(wait)))
         return status
 
@@ -374,18 +382,11 @@ def update_trigger(engine: Engine, *, cohort: str, trigger_id: str, owner: str, 
 
 def fail_trigger(engine: Engine, *, cohort: str, trigger_id: str, owner: str, error: str, max_attempts: int,
                  backoff: float, backoff_max: float) -> str | None:
-    now = utcnow()
+    """As :func:`fail_file`, for a retraining trigger."""
     where = and_(RetrainTrigger.cohort == cohort, RetrainTrigger.trigger_id == trigger_id,
                  RetrainTrigger.owner == owner, RetrainTrigger.status == CLAIMED)
-    with engine.begin() as conn:
-        attempts = conn.execute(select(RetrainTrigger.attempts).where(where)).scalar_one_or_none()
-        if attempts is None:
-            return None
-        status = ABANDONED if attempts >= max_attempts else FAILED
-        wait = backoff_seconds(attempts, base=backoff, cap=backoff_max)
-        conn.execute(update(RetrainTrigger).where(where).values(
-            status=status, error=error[:4000], lease_until=None, next_attempt_at=now + _seconds(wait)))
-        return status
+    return _record_failure(engine, RetrainTrigger, where, error=error, max_attempts=max_attempts,
+                           backoff=backoff, backoff_max=backoff_max)
 
 
 def last_trained_count(engine: Engine, cohort: str) -> int:

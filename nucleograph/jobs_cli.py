@@ -208,41 +208,39 @@ def cmd_run_now(args, settings: Settings) -> int:
     return 3 if result.get("failures") else 0
 
 
-def cmd_history(args, settings: Settings) -> int:
+def _print_rows(args, settings: Settings, fetch, columns: list[str]) -> int:
+    """Rows from ``fetch(engine)`` as a table, or JSON with ``--json``."""
     engine = sch.open_engine(settings)
     try:
-        rows = jobs_db.job_history(engine, job_id=args.job, status=args.status, limit=args.limit)
+        rows = fetch(engine)
     finally:
         engine.dispose()
     if args.json:
         emit_json(rows)
     else:
-        print(format_table(["id", "job_id", "trigger", "attempt", "status", "started_at", "seconds", "error"], rows))
+        print(format_table(columns, rows))
     return 0
+
+
+def cmd_history(args, settings: Settings) -> int:
+    return _print_rows(
+        args, settings,
+        lambda engine: jobs_db.job_history(engine, job_id=args.job, status=args.status, limit=args.limit),
+        ["id", "job_id", "trigger", "attempt", "status", "started_at", "seconds", "error"],
+    )
 
 
 def cmd_files(args, settings: Settings) -> int:
-    engine = sch.open_engine(settings)
-    try:
-        rows = jobs_db.watched_files(engine, cohort=args.cohort, status=args.status, limit=args.limit)
-    finally:
-        engine.dispose()
-    if args.json:
-        emit_json(rows)
-    else:
-        print(format_table(["content_hash", "cohort", "label", "status", "attempts", "outcome", "path", "error"], rows))
-    return 0
+    return _print_rows(
+        args, settings,
+        lambda engine: jobs_db.watched_files(engine, cohort=args.cohort, status=args.status, limit=args.limit),
+        ["content_hash", "cohort", "label", "status", "attempts", "outcome", "path", "error"],
+    )
 
 
 def cmd_triggers(args, settings: Settings) -> int:
-    engine = sch.open_engine(settings)
-    try:
-        rows = jobs_db.triggers(engine, cohort=args.cohort)
-    finally:
-        engine.dispose()
-    if args.json:
-        emit_json(rows)
-    else:
-        print(format_table(["cohort", "trigger_id", "status", "stage", "attempts", "n_labelled", "run_id", "error"],
-                           rows))
-    return 0
+    return _print_rows(
+        args, settings,
+        lambda engine: jobs_db.triggers(engine, cohort=args.cohort),
+        ["cohort", "trigger_id", "status", "stage", "attempts", "n_labelled", "run_id", "error"],
+    )

@@ -26,7 +26,8 @@ dense head runs for many occlusions at once, with batch norm in eval mode.
 
 Precision: totals and denominators are float64. The correction products run in float32 while their
 worst-case rounding stays below that of the model's own float32 pooling over all N nodes (ball rows x
-(1 + changed / remaining mass of a cluster)^2 <= N), in float64 up to 5e8 times further, and an
+(1 + changed / remaining mass of a cluster)^2 <= N); the clusters of an occlusion beyond that bound
+get their rows (and columns) of the pooled sums redone in float64, up to 5e8 times further; and an
 occlusion whose removed nuclei held virtually all of a cluster's mass is pooled afresh over all
 remaining nuclei with its own softmax shift (no cancellation at all). Scores match the naive loop to
 about 1e-7, also for models with sharply peaked assignments.
@@ -248,12 +249,12 @@ class _Balls:
     def rows(self, centers: np.ndarray):
         """The triplets of ``centers`` as ``(occ, node, d)``, ``occ`` the position in ``centers``,
         sorted by hop distance (so "at most k hops" is a prefix of the rows)."""
-        cnt = self.count[centers]
+        cnt = self.count.take(centers)
         occ = np.repeat(np.arange(centers.size), cnt)
-        idx = np.repeat(self.start[centers] - (np.cumsum(cnt) - cnt), cnt) + np.arange(occ.size)
-        by_d = np.argsort(self.d[idx], kind="stable")
-        idx = idx[by_d]
-        return occ[by_d], self.node[idx], self.d[idx]
+        idx = np.repeat(self.start.take(centers) - (np.cumsum(cnt) - cnt), cnt) + np.arange(occ.size)
+        by_d = np.argsort(self.d.take(idx), kind="stable")
+        idx = idx.take(by_d)
+        return occ.take(by_d), self.node.take(idx), self.d.take(idx)
 
 
 def _in_edges(rows, n_out, n_in):
@@ -262,7 +263,7 @@ def _in_edges(rows, n_out, n_in):
     keep = rows.cols[:end] < n_in
     kept = np.concatenate([[0], np.cumsum(keep)])
     idx = np.flatnonzero(keep)
-    return kept[rows.ptr[: n_out + 1]], rows.cols[idx], rows.vals[:, idx], (n_out, n_in)
+    return kept.take(rows.ptr[: n_out + 1]), rows.cols.take(idx), np.take(rows.vals, idx, axis=1), (n_out, n_in)
 
 
 def _csr_mats(arrays):
@@ -283,19 +284,29 @@ def _delta_conv(conv, pre_rows, delta, mats):
     """An RSF convolution's pre-activation on rows ``:n_out`` after its input changed by ``delta`` on rows
     ``:n_in``: ``pre + delta W_0 + sum_l A_l delta W_l``, the convolution being linear. ``pre_rows``
     ``(n_out, O)`` the cached pre-activation (updated in place and returned), ``mats`` in-edges whose
-    columns index ``delta``'s rows (columns beyond them stand for unchanged rows). Like :class:`gnn.layers.RSFConv`, it sums along the edges before
-    the weights when the layer widens and after them when it narrows."""
+    columns index ``delta``'s rows (columns beyond them stand for unchanged rows). It sums along the
+    edges before the weights or after them, whichever takes fewer multiply-adds: unlike a whole-graph
+    convolution (:class:`gnn.layers.RSFConv`), fewer rows change than are updated."""
     w = conv.weight  # (L+1, F, O)
+    n_in, n_out = delta.shape[0], pre_rows.shape[0]
+    f, o, ell = conv.in_feats, conv.out_feats, len(mats)
     out = pre_rows
-    out[: delta.shape[0]] += delta @ w[0]
-    n_cols = mats[0].shape[1] if mats else delta.shape[0]  # more than delta's rows: zeros beyond them
-    if conv.in_feats > conv.out_feats:
+    if not mats:
+        out[:n_in].addmm_(delta, w[0])
+        return out
+    n_cols, nnz = mats[0].shape[1], mats[0].values().numel()  # columns beyond delta's rows: zeros
+    if n_in * f * o + nnz * o <= nnz * f + n_out * f * o:  # weights first
+        out[:n_in].addmm_(delta, w[0])
+        proj = delta.new_empty(n_cols, o)
+        proj[n_in:] = 0
         for ch, a in enumerate(mats):
-            out += a @ _pad_rows(delta @ w[ch + 1], n_cols)
+            torch.matmul(delta, w[ch + 1], out=proj[:n_in])
+            out.addmm_(a, proj)
     else:
+        out[:n_in].addmm_(delta, w[0])
         delta = _pad_rows(delta, n_cols)
         agg = torch.cat([a @ delta for a in mats], 1)  # (n_out, L F)
-        out += agg @ w[1:].reshape(-1, conv.out_feats)
+        out.addmm_(agg, w[1:].reshape(-1, o))
     return out
 
 
@@ -316,7 +327,7 @@ class _BatchRows:
     Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls sorted by hop distance ``d``;
     ``n_rem``, ``n1``, ``n2``, ``n3``: rows with ``d <= hops``, ``hops + 1``, ``hops + 2``, ``hops + 3``.
     Edges: the in-edges of every row as CSR (``ptr``, ``cols``, ``vals``), which on a symmetric graph
-    are its out-edges with the same channels; a neighbour outside the balls has column ``n3``.
+    are its out-edges with the same channels; edges to neighbours outside the ball are left out.
     """
 
     def __init__(self, centers, balls, hops, csr, efeat, nz, total_nz, rowmap):
@@ -330,21 +341,27 @@ class _BatchRows:
             int(v) for v in np.searchsorted(d, np.arange(hops, hops + 4), side="right")
         )
         n_rem, n1, n2, n3 = self.n_rem, self.n1, self.n2, self.n3
-        rowmap[occ, node] = np.arange(n3)
-        deg = indptr[node + 1] - indptr[node]
-        self.ptr = np.concatenate([[0], np.cumsum(deg)])
-        self.row_of = np.repeat(np.arange(n3), deg)
-        slot = np.repeat(indptr[node] - self.ptr[:-1], deg) + np.arange(self.ptr[-1])
-        self.cols = rowmap[occ[self.row_of], out_dst[slot]]
-        rowmap[occ, node] = -1
-        outside = self.cols < 0
-        self.cols[outside] = n3  # a neighbour outside the ball: a zero row appended to the inputs
-        eid = order[slot]
-        self.vals = efeat[:, eid]  # (L, E): one contiguous row per channel
+        # (occlusion, nucleus) -> row, through a flat (b, N) table: np.take is much faster than 2-d indexing
+        table = rowmap.reshape(-1)
+        at = occ * n + node
+        table[at] = np.arange(n3)
+        first = indptr.take(node)
+        deg = indptr.take(node + 1) - first
+        ptr = np.concatenate([[0], np.cumsum(deg)])
+        row_of = np.repeat(np.arange(n3), deg)
+        slot = np.repeat(first - ptr[:-1], deg) + np.arange(ptr[-1])
+        cols = table.take(np.repeat(occ * n, deg) + out_dst.take(slot))
+        table[at] = -1
+        # edges to neighbours outside the ball carry no change (their rows are not updated): dropped
+        kept = np.flatnonzero(cols >= 0)
+        self.ptr = np.concatenate([[0], np.cumsum(cols >= 0)]).take(ptr)
+        self.cols, self.row_of, slot = cols.take(kept), row_of.take(kept), slot.take(kept)
+        eid = order.take(slot)
+        self.vals = np.take(efeat, eid, axis=1)  # (L, E): one contiguous row per channel
         # the sparse products of the convolutions and of A dE: VConv1 and VConv2 from their changed rows
         # only; the assignment convolution and A dE over all in-edges, inputs zero beyond their rows
         self.layers = [_in_edges(self, n1, n_rem), _in_edges(self, n2, n1)]
-        self.all_edges = (self.ptr, self.cols, self.vals, (n3, n3 + 1))
+        self.all_edges = (self.ptr, self.cols, self.vals, (n3, n3))
         self.where = _group_positions(occ, b)
         self.n_nodes, self.ball_rows = n, np.bincount(occ, minlength=b)
         self.changed = _group_positions(occ[n_rem:n2], b)
@@ -442,45 +459,77 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     return scores
 
 
-def _block_rows(r: _BatchRows, rows: np.ndarray):
-    """:attr:`_BatchRows.all_edges` restricted to ``rows`` (sorted, whole occlusions: the balls'
-    adjacency is block diagonal); the outside column becomes ``len(rows)``."""
-    ptr, cols, vals, _ = r.all_edges
-    cnt = ptr[rows + 1] - ptr[rows]
-    new_ptr = np.concatenate([[0], np.cumsum(cnt)])
-    idx = np.repeat(ptr[rows] - new_ptr[:-1], cnt) + np.arange(new_ptr[-1])
-    inverse = np.full(r.n3 + 1, rows.size, dtype=np.int64)
-    inverse[rows] = np.arange(rows.size)
-    return new_ptr, inverse[cols[idx]], np.ascontiguousarray(vals[:, idx]), (rows.size, rows.size + 1)
-
-
-def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh, sel: np.ndarray | None = None):
-    """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion (all, or those at ``sel``) in the
-    dtype of ``table`` (per node ``[H | A E]`` and a zero row for padding), returned in float64."""
+def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
+    """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion as float32 products (``table``: per node
+    ``[H | A E]`` and a zero row for padding), returned in float64."""
     cd = table.dtype
-    if sel is None:
-        b, where, changed, node_pad, edges = r.b, r.where, r.changed, r.node_pad, r.all_edges
-    else:
-        b = sel.size
-        pick = np.full(r.b, -1, dtype=np.int64)
-        pick[sel] = np.arange(b)
-        occ = pick[r.occ]
-        rows = np.flatnonzero(occ >= 0)
-        where = _group_positions(occ[rows], b)
-        node_pad = np.full(b * where[2], table.shape[0] - 1, dtype=np.int64)
-        node_pad[where[1].numpy()] = r.node[rows]
-        rows_c = np.flatnonzero(occ[r.n_rem:r.n2] >= 0)
-        changed = _group_positions(occ[r.n_rem:r.n2][rows_c], b)
-        edges = _block_rows(r, rows)
-        de = _rows(de, torch.from_numpy(rows))
-        e_new, dh = _rows(e_new, torch.from_numpy(rows_c)), _rows(dh, torch.from_numpy(rows_c))
     de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
-    ade = torch.cat([a.to(cd) @ _pad_rows(de_c, a.shape[1]) for a in _csr_mats(edges)], 1).mul_(0.5)
-    rhs = _rows(table, torch.from_numpy(node_pad)).view(b, -1, table.shape[1])  # (b, M, F2 + L K)
-    rhs[:, :, f2:] += _pad(where, ade)
-    prod = torch.bmm(_pad(where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
-    extra = torch.bmm(_pad(changed, e_new).transpose(1, 2), _pad(changed, dh)).double()  # (b, K, F2)
+    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges)], 1).mul_(0.5)
+    rhs = _rows(table, torch.from_numpy(r.node_pad)).view(r.b, -1, table.shape[1])  # (b, M, F2 + L K)
+    rhs[:, :, f2:] += _pad(r.where, ade)
+    prod = torch.bmm(_pad(r.where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
+    extra = torch.bmm(_pad(r.changed, e_new).transpose(1, 2), _pad(r.changed, dh)).double()  # (b, K, F2)
     return prod, extra
+
+
+def _subset(where, occ: np.ndarray, rows: np.ndarray, pick: np.ndarray, b: int):
+    """The padded layout ``where`` (of rows whose occlusions are ``occ``) restricted to ``rows``, whose
+    occlusions are renumbered by ``pick`` into ``0..b-1``."""
+    m_max = where[2]
+    flat = where[1].numpy()[rows] - occ[rows] * m_max + pick[occ[rows]] * m_max
+    return b, torch.from_numpy(flat), m_max
+
+
+def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, e_new, dh, num, t_full, num_o, t_o):
+    """Redo in float64 the pooling sums of the clusters ``heavy`` ``(b, K)`` marks: for such an
+    occlusion and cluster ``k``, row ``k`` of ``E'^T H'`` (into ``num_o``) and row and column ``k`` of
+    ``E'^T A_l E'`` (into ``t_o``, symmetric for a symmetric ``A_l``), in place.
+
+    Row ``k`` of ``E'^T A_l E' = E^T A_l E + dE^T A_l E + E^T A_l dE + dE^T A_l dE`` is
+    ``t[k] + dE_k^T (A_l E) + (A_l E_k)^T dE + (A_l dE_k)^T dE``: three products over the ball rows
+    with the one cluster ``k`` on one side, so a few heavy clusters cost a fraction of all ``K``."""
+    f64 = torch.float64
+    K, L = t_full.shape[0], t_full.shape[1]
+    sel = np.flatnonzero(heavy.any(1))
+    hv = heavy[sel]
+    b_s, cnt = sel.size, hv.sum(1)
+    s = int(cnt.max())
+    # heavy clusters of each occlusion first; padded by repeating the first (the same values, written twice)
+    order = np.argsort(~hv, axis=1, kind="stable")[:, :s]
+    hk = torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1]))  # (b_s, s)
+    pick = np.full(r.b, -1, dtype=np.int64)
+    pick[sel] = np.arange(b_s)
+    po = pick[r.occ]
+    rows = np.flatnonzero(po >= 0)
+    where = _subset(r.where, r.occ, rows, pick, b_s)
+    m_max = where[2]
+    rows_t, hk_rows = torch.from_numpy(rows), hk[torch.from_numpy(po[rows])]  # hk_rows (rows, s)
+    de_rows = _rows(de, rows_t)
+    de_all = _pad(where, de_rows)  # (b_s, M, K)
+    de_k = torch.gather(de_all, 2, hk.unsqueeze(1).expand(b_s, m_max, s))  # (b_s, M, s)
+    node = np.full(b_s * m_max, table64.shape[0] - 1, dtype=np.int64)
+    node[where[1].numpy()] = r.node[rows]
+    tab = _rows(table64, torch.from_numpy(node)).view(b_s, m_max, -1)  # (b_s, M, F2 + L K): [H | A E]
+    ae_k = torch.gather(tab[:, :, f2:].view(b_s, m_max, L, K), 3, hk.view(b_s, 1, 1, s).expand(b_s, m_max, L, s))
+    # A_l dE_k over the batch's ball edges (dE_k zero on the rows of other occlusions)
+    de_in = de.new_zeros(r.n3, s)
+    de_in[rows_t] = torch.gather(de_rows, 1, hk_rows)
+    ptr, cols, vals, shape = r.all_edges
+    ade_k = torch.stack([a @ de_in for a in _csr_mats((ptr, cols, vals.astype(np.float64), shape))], 1)
+    ade_k = _pad(where, _rows(ade_k, rows_t).reshape(rows.size, L * s)).view(b_s, m_max, L, s)
+    row = torch.bmm(de_k.transpose(1, 2), tab)  # (b_s, s, F2 + L K)
+    col = torch.bmm(de_all.transpose(1, 2), (ae_k + ade_k).view(b_s, m_max, L * s)).view(b_s, K, L, s)
+    # E'^T dH on the changed rows (hops < d <= hops + 2)
+    ch = np.flatnonzero(po[r.n_rem:r.n2] >= 0)
+    changed = _subset(r.changed, r.occ[r.n_rem:r.n2], ch, pick, b_s)
+    ch_t = torch.from_numpy(ch)
+    e_k = torch.gather(_rows(e_new, ch_t), 1, hk[torch.from_numpy(po[r.n_rem:r.n2][ch])])
+    extra = torch.bmm(_pad(changed, e_k).transpose(1, 2), _pad(changed, _rows(dh, ch_t).to(f64)))  # (b_s, s, F2)
+    t_row = t_full[hk] + row[:, :, f2:].view(b_s, s, L, K) + col.permute(0, 3, 2, 1)  # (b_s, s, L, K)
+    occ_k = torch.from_numpy(sel).unsqueeze(1).expand(b_s, s)
+    num_o[occ_k, hk] = num[hk] + row[:, :, :f2] + extra
+    t_o[occ_k, hk] = t_row
+    t_o.permute(0, 3, 2, 1)[occ_k, hk] = t_row
 
 
 def _pool_direct(r: _BatchRows, sel: np.ndarray, z_new, new2, full, chunk: int = 32):
@@ -549,22 +598,24 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     # E'^T H' - E^T H = dE^T H + E'^T dH (dH on rows hops < d <= hops + 2) and
     # E'^T A E' - E^T A E = Q + Q^T with Q = dE^T (A E + A dE / 2), as float32 products. Their rounding,
     # relative to the pooled values, grows like M (1 + r)^2 with M the ball's rows and r the changed
-    # over the remaining mass of a cluster (squared: A' divides by two such masses); the model's own
-    # float32 pooling rounds like N. So: float32 where M (1 + r)^2 <= N, float64 (rounding 5e8 times
-    # smaller) up to 5e8 times that, and beyond, when the removed nuclei held virtually all of a
-    # cluster, the occlusion is pooled afresh with its own softmax shift
+    # over the remaining mass of a cluster (entry k, k' of A' like M (1 + r_k)(1 + r_k'): it divides by
+    # two such masses); the model's own float32 pooling rounds like N. So: float32 for the clusters with
+    # M (1 + r)^2 <= N (then every entry between two of them is within the bound too), float64 rows and
+    # columns for the others (rounding 5e8 times smaller) up to 5e8 times that, and beyond, when the
+    # removed nuclei held virtually all of a cluster, the occlusion is pooled afresh with its own
+    # softmax shift
     e_new, dh = de[n_rem:n2] + e_old[n_rem:n2], d3[n_rem:]
     prod, num_extra = _pool_products(r, tables[torch.float32], f2, de, e_new, dh)
-    r_max = (moved / den_o).amax(1).nan_to_num(nan=torch.inf)  # den_o = 0: the whole graph removed
-    excess = ((1 + r_max) ** 2 * torch.from_numpy(r.ball_rows) / r.n_nodes).numpy()
-    redo = np.flatnonzero((excess > 1) & (excess <= _EPS_RATIO))
-    if redo.size:
-        sel = torch.from_numpy(redo)
-        prod[sel], num_extra[sel] = _pool_products(r, tables[torch.float64], f2, de, e_new, dh, redo)
     num_o = num + prod[:, :, :f2] + num_extra
     q = prod[:, :, f2:].reshape(b, K, L, K)
     t_o = t_full + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
-    afresh = np.flatnonzero(excess > _EPS_RATIO)
+    ratio = (moved / den_o).nan_to_num(nan=torch.inf)  # den_o = 0: the whole graph removed
+    excess = ((1 + ratio) ** 2 * torch.from_numpy(r.ball_rows).unsqueeze(1) / r.n_nodes).numpy()  # (b, K)
+    afresh = np.flatnonzero(excess.max(1) > _EPS_RATIO)
+    heavy = excess > 1
+    heavy[afresh] = False
+    if heavy.any():
+        _heavy_clusters(r, heavy, tables[torch.float64], f2, de, e_new, dh, num, t_full, num_o, t_o)
     if afresh.size:
         sel = torch.from_numpy(afresh)
         den_o[sel], num_o[sel], t_o[sel] = _pool_direct(r, afresh, z_new, new2, full)

@@ -289,7 +289,7 @@ def _delta_conv(conv, pre_rows, delta, mats):
     convolution (:class:`gnn.layers.RSFConv`), fewer rows change than are updated."""
     w = conv.weight  # (L+1, F, O)
     n_in, n_out = delta.shape[0], pre_rows.shape[0]
-    f, o, ell = conv.in_feats, conv.out_feats, len(mats)
+    f, o = conv.in_feats, conv.out_feats
     out = pre_rows
     if not mats:
         out[:n_in].addmm_(delta, w[0])

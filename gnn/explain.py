@@ -222,6 +222,8 @@ def occlusion(
 
 # float32 over float64 rounding: how much further float64 corrections stay as exact as float32 ones
 _EPS_RATIO = torch.finfo(torch.float32).eps / torch.finfo(torch.float64).eps
+# float32 corrections for a cluster while M (1 + r)^2 <= _FLOAT32_BOUND * N (see _occluded_probas)
+_FLOAT32_BOUND = 1.0
 
 
 def _bn_eval(bn, x):
@@ -291,19 +293,17 @@ def _delta_conv(conv, pre_rows, delta, mats):
     n_in, n_out = delta.shape[0], pre_rows.shape[0]
     f, o = conv.in_feats, conv.out_feats
     out = pre_rows
+    out[:n_in].addmm_(delta, w[0])
     if not mats:
-        out[:n_in].addmm_(delta, w[0])
         return out
     n_cols, nnz = mats[0].shape[1], mats[0].values().numel()  # columns beyond delta's rows: zeros
     if n_in * f * o + nnz * o <= nnz * f + n_out * f * o:  # weights first
-        out[:n_in].addmm_(delta, w[0])
         proj = delta.new_empty(n_cols, o)
         proj[n_in:] = 0
         for ch, a in enumerate(mats):
             torch.matmul(delta, w[ch + 1], out=proj[:n_in])
             out.addmm_(a, proj)
     else:
-        out[:n_in].addmm_(delta, w[0])
         delta = _pad_rows(delta, n_cols)
         agg = torch.cat([a @ delta for a in mats], 1)  # (n_out, L F)
         out.addmm_(agg, w[1:].reshape(-1, o))
@@ -464,7 +464,7 @@ def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
     ``[H | A E]`` and a zero row for padding), returned in float64."""
     cd = table.dtype
     de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
-    ade = torch.cat([a @ de_c for a in _csr_mats(r.all_edges)], 1).mul_(0.5)
+    ade = torch.cat([a.to(cd) @ de_c for a in _csr_mats(r.all_edges)], 1).mul_(0.5)
     rhs = _rows(table, torch.from_numpy(r.node_pad)).view(r.b, -1, table.shape[1])  # (b, M, F2 + L K)
     rhs[:, :, f2:] += _pad(r.where, ade)
     prod = torch.bmm(_pad(r.where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
@@ -612,7 +612,7 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     ratio = (moved / den_o).nan_to_num(nan=torch.inf)  # den_o = 0: the whole graph removed
     excess = ((1 + ratio) ** 2 * torch.from_numpy(r.ball_rows).unsqueeze(1) / r.n_nodes).numpy()  # (b, K)
     afresh = np.flatnonzero(excess.max(1) > _EPS_RATIO)
-    heavy = excess > 1
+    heavy = excess > _FLOAT32_BOUND
     heavy[afresh] = False
     if heavy.any():
         _heavy_clusters(r, heavy, tables[torch.float64], f2, de, e_new, dh, num, t_full, num_o, t_o)

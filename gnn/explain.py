@@ -480,15 +480,18 @@ def _subset(where, occ: np.ndarray, rows: np.ndarray, pick: np.ndarray, b: int):
     return b, torch.from_numpy(flat), m_max
 
 
-def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, e_new, dh, num, t_full, num_o, t_o):
+def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, num_extra, num, t_full, num_o, t_o):
     """Redo in float64 the pooling sums of the clusters ``heavy`` ``(b, K)`` marks: for such an
     occlusion and cluster ``k``, row ``k`` of ``E'^T H'`` (into ``num_o``) and row and column ``k`` of
     ``E'^T A_l E'`` (into ``t_o``, symmetric for a symmetric ``A_l``), in place.
 
+    Only the products with ``dE`` lose precision when the removed mass dwarfs the remaining one; the
+    float32 ``E'^T dH`` (``num_extra``) sums remaining mass only (``E'`` on rows that stay), so its
+    rounding relative to the cluster's mass stays within the model's own and it is kept.
+
     Row ``k`` of ``E'^T A_l E' = E^T A_l E + dE^T A_l E + E^T A_l dE + dE^T A_l dE`` is
     ``t[k] + dE_k^T (A_l E) + (A_l E_k)^T dE + (A_l dE_k)^T dE``: three products over the ball rows
     with the one cluster ``k`` on one side, so a few heavy clusters cost a fraction of all ``K``."""
-    f64 = torch.float64
     K, L = t_full.shape[0], t_full.shape[1]
     sel = np.flatnonzero(heavy.any(1))
     hv = heavy[sel]
@@ -519,15 +522,9 @@ def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, e_ne
     ade_k = _pad(where, _rows(ade_k, rows_t).reshape(rows.size, L * s)).view(b_s, m_max, L, s)
     row = torch.bmm(de_k.transpose(1, 2), tab)  # (b_s, s, F2 + L K)
     col = torch.bmm(de_all.transpose(1, 2), (ae_k + ade_k).view(b_s, m_max, L * s)).view(b_s, K, L, s)
-    # E'^T dH on the changed rows (hops < d <= hops + 2)
-    ch = np.flatnonzero(po[r.n_rem:r.n2] >= 0)
-    changed = _subset(r.changed, r.occ[r.n_rem:r.n2], ch, pick, b_s)
-    ch_t = torch.from_numpy(ch)
-    e_k = torch.gather(_rows(e_new, ch_t), 1, hk[torch.from_numpy(po[r.n_rem:r.n2][ch])])
-    extra = torch.bmm(_pad(changed, e_k).transpose(1, 2), _pad(changed, _rows(dh, ch_t).to(f64)))  # (b_s, s, F2)
     t_row = t_full[hk] + row[:, :, f2:].view(b_s, s, L, K) + col.permute(0, 3, 2, 1)  # (b_s, s, L, K)
     occ_k = torch.from_numpy(sel).unsqueeze(1).expand(b_s, s)
-    num_o[occ_k, hk] = num[hk] + row[:, :, :f2] + extra
+    num_o[occ_k, hk] = num[hk] + row[:, :, :f2] + num_extra[occ_k, hk]
     t_o[occ_k, hk] = t_row
     t_o.permute(0, 3, 2, 1)[occ_k, hk] = t_row
 
@@ -615,7 +612,7 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     heavy = excess > _FLOAT32_BOUND
     heavy[afresh] = False
     if heavy.any():
-        _heavy_clusters(r, heavy, tables[torch.float64], f2, de, e_new, dh, num, t_full, num_o, t_o)
+        _heavy_clusters(r, heavy, tables[torch.float64], f2, de, num_extra, num, t_full, num_o, t_o)
     if afresh.size:
         sel = torch.from_numpy(afresh)
         den_o[sel], num_o[sel], t_o[sel] = _pool_direct(r, afresh, z_new, new2, full)

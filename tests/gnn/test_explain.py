@@ -117,18 +117,22 @@ def test_float64_cluster_redo_writes_exactly_its_rows_and_columns(name, rng, mon
 
     m = _model(name, rng)
     g = make_graph(120, clustered=True, rng=rng)
-    heavy_clusters, checked = ex._heavy_clusters, []
+    heavy_clusters, products, checked, last = ex._heavy_clusters, ex._pool_products, [], {}
 
-    def check(r, heavy, table64, f2, de, e_new, dh, num, t_full, num_o, t_o):
+    def spy_products(r, table, f2, de, e_new, dh):
+        last["args"] = (e_new, dh)
+        return products(r, table, f2, de, e_new, dh)
+
+    def check(r, heavy, table64, f2, de, num_extra, num, t_full, num_o, t_o):
         b, K, L = r.b, t_full.shape[0], t_full.shape[1]
-        prod, extra = ex._pool_products(r, table64, f2, de, e_new, dh)  # float64, every cluster
-        num_ref = num + prod[:, :, :f2] + extra
+        prod, _ = products(r, table64, f2, de, *last["args"])  # float64, every cluster
+        num_ref = num + prod[:, :, :f2] + num_extra  # E'^T dH: float32 products kept (remaining mass only)
         q = prod[:, :, f2:].reshape(b, K, L, K)
         t_ref = t_full + q + q.permute(0, 3, 2, 1)
         mask = np.random.default_rng(len(checked)).random((b, K)) < 0.2  # some occlusions, some clusters
         mask[0] = False
         num_x, t_x = torch.full_like(num_o, torch.nan), torch.full_like(t_o, torch.nan)
-        heavy_clusters(r, mask, table64, f2, de, e_new, dh, num, t_full, num_x, t_x)
+        heavy_clusters(r, mask, table64, f2, de, num_extra, num, t_full, num_x, t_x)
         o, k = np.nonzero(mask)
         torch.testing.assert_close(num_x[o, k], num_ref[o, k], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(t_x[o, k], t_ref[o, k], rtol=1e-9, atol=1e-12)  # rows
@@ -137,8 +141,9 @@ def test_float64_cluster_redo_writes_exactly_its_rows_and_columns(name, rng, mon
         assert bool(t_x[row_or_col].isfinite().all()) and bool(t_x[~row_or_col].isnan().all())
         assert bool(num_x[torch.from_numpy(~mask)].isnan().all())
         checked.append(int(mask.sum()))
-        return heavy_clusters(r, heavy, table64, f2, de, e_new, dh, num, t_full, num_o, t_o)
+        return heavy_clusters(r, heavy, table64, f2, de, num_extra, num, t_full, num_o, t_o)
 
+    monkeypatch.setattr(ex, "_pool_products", spy_products)
     monkeypatch.setattr(ex, "_FLOAT32_BOUND", -1.0)  # call the redo in every batch
     monkeypatch.setattr(ex, "_heavy_clusters", check)
     occlusion(m, g, hops=1, batch_size=32)

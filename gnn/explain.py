@@ -38,12 +38,11 @@ from __future__ import annotations
 import dgl
 import numpy as np
 import torch
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import dijkstra
 from torch.nn import functional as F
 
 from nucleograph.errors import InputError, ModelError
 
+from .balls import ball_lists, batch_rows, sub_csr
 from .keys import EFEAT
 from .layers.spmm import _csr, weighted_sums
 from .models import GraphClassifier, RSFNet
@@ -230,46 +229,8 @@ def _bn_eval(bn, x):
     return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
-class _Balls:
-    """The ``reach``-hop ball of every nucleus, as ``(center, node, hop distance)`` triplets grouped by
-    center (one bounded BFS per chunk of centers, so memory stays ``chunk x N``)."""
-
-    def __init__(self, adj, reach: int, chunk: int = 256):
-        n = adj.shape[0]
-        parts = []
-        for start in range(0, n, chunk):
-            centers = np.arange(start, min(n, start + chunk))
-            dist = dijkstra(adj, directed=True, unweighted=True, limit=reach + 0.5, indices=centers)
-            occ, node = np.nonzero(dist <= reach)
-            parts.append((occ + start, node, dist[occ, node].astype(np.int64)))
-        self.center = np.concatenate([p[0] for p in parts])
-        self.node = np.concatenate([p[1] for p in parts])
-        self.d = np.concatenate([p[2] for p in parts])
-        self.count = np.bincount(self.center, minlength=n)
-        self.start = np.cumsum(self.count) - self.count
-
-    def rows(self, centers: np.ndarray):
-        """The triplets of ``centers`` as ``(occ, node, d)``, ``occ`` the position in ``centers``,
-        sorted by hop distance (so "at most k hops" is a prefix of the rows)."""
-        cnt = self.count.take(centers)
-        occ = np.repeat(np.arange(centers.size), cnt)
-        idx = np.repeat(self.start.take(centers) - (np.cumsum(cnt) - cnt), cnt) + np.arange(occ.size)
-        by_d = np.argsort(self.d.take(idx), kind="stable")
-        idx = idx.take(by_d)
-        return occ.take(by_d), self.node.take(idx), self.d.take(idx)
-
-
-def _in_edges(rows, n_out, n_in):
-    """In-edges of rows ``:n_out`` coming from rows ``:n_in``, as CSR arrays ``(ptr, cols, vals (L, E))``."""
-    end = rows.ptr[n_out]
-    keep = rows.cols[:end] < n_in
-    kept = np.concatenate([[0], np.cumsum(keep)])
-    idx = np.flatnonzero(keep)
-    return kept.take(rows.ptr[: n_out + 1]), rows.cols.take(idx), np.take(rows.vals, idx, axis=1), (n_out, n_in)
-
-
 def _csr_mats(arrays):
-    """Torch CSR matrices, one per channel, from :func:`_in_edges` arrays."""
+    """Torch CSR matrices, one per channel, from CSR arrays ``(ptr, cols, vals (L, E), shape)``."""
     ptr, cols, vals, shape = arrays
     p, c = torch.from_numpy(ptr), torch.from_numpy(cols)
     return [_csr(p, c, torch.from_numpy(v), shape) for v in vals]
@@ -330,38 +291,23 @@ class _BatchRows:
     are its out-edges with the same channels; edges to neighbours outside the ball are left out.
     """
 
-    def __init__(self, centers, balls, hops, csr, efeat, nz, total_nz, rowmap):
+    def __init__(self, centers, balls, hops, csr, efeat, nz, total_nz, row_of_node):
         indptr, out_dst, order = csr
         n = indptr.size - 1
         self.centers = centers
         b = self.b = centers.size
-        occ, node, d = balls.rows(centers)
+        occ, node, level_end, ptr, cols, eid = batch_rows(centers, *balls, hops + 3, indptr, out_dst, order,
+                                                          row_of_node)
         self.occ, self.node = occ, node
-        self.n_rem, self.n1, self.n2, self.n3 = (
-            int(v) for v in np.searchsorted(d, np.arange(hops, hops + 4), side="right")
-        )
+        self.n_rem, self.n1, self.n2, self.n3 = (int(v) for v in level_end[hops:])
         n_rem, n1, n2, n3 = self.n_rem, self.n1, self.n2, self.n3
-        # (occlusion, nucleus) -> row, through a flat (b, N) table: np.take is much faster than 2-d indexing
-        table = rowmap.reshape(-1)
-        at = occ * n + node
-        table[at] = np.arange(n3)
-        first = indptr.take(node)
-        deg = indptr.take(node + 1) - first
-        ptr = np.concatenate([[0], np.cumsum(deg)])
-        row_of = np.repeat(np.arange(n3), deg)
-        slot = np.repeat(first - ptr[:-1], deg) + np.arange(ptr[-1])
-        cols = table.take(np.repeat(occ * n, deg) + out_dst.take(slot))
-        table[at] = -1
-        # edges to neighbours outside the ball carry no change (their rows are not updated): dropped
-        kept = np.flatnonzero(cols >= 0)
-        self.ptr = np.concatenate([[0], np.cumsum(cols >= 0)]).take(ptr)
-        self.cols, self.row_of, slot = cols.take(kept), row_of.take(kept), slot.take(kept)
-        eid = order.take(slot)
+        self.ptr, self.cols = ptr, cols
         self.vals = np.take(efeat, eid, axis=1)  # (L, E): one contiguous row per channel
         # the sparse products of the convolutions and of A dE: VConv1 and VConv2 from their changed rows
         # only; the assignment convolution and A dE over all in-edges, inputs zero beyond their rows
-        self.layers = [_in_edges(self, n1, n_rem), _in_edges(self, n2, n1)]
-        self.all_edges = (self.ptr, self.cols, self.vals, (n3, n3))
+        self.layers = [(*sub_csr(ptr, cols, self.vals, n1, n_rem), (n1, n_rem)),
+                       (*sub_csr(ptr, cols, self.vals, n2, n1), (n2, n1))]
+        self.all_edges = (ptr, cols, self.vals, (n3, n3))
         self.where = _group_positions(occ, b)
         self.n_nodes, self.ball_rows = n, np.bincount(occ, minlength=b)
         self.changed = _group_positions(occ[n_rem:n2], b)
@@ -372,13 +318,15 @@ class _BatchRows:
         # sum of its degrees in directed edges per direction: count exactly only where that could
         # reach a channel's total.
         self.left = np.ones((b, nz.shape[1]), dtype=bool)
-        reach_rem = 2 * np.bincount(occ[:n_rem], weights=deg[:n_rem], minlength=b)
+        deg = indptr.take(node[:n_rem] + 1) - indptr.take(node[:n_rem])  # all edges of a removed row are in
+        reach_rem = 2 * np.bincount(occ[:n_rem], weights=deg, minlength=b)
         maybe = np.flatnonzero(reach_rem >= total_nz.min())
         if maybe.size:
-            out_rem = self.row_of < n_rem  # directed edges leaving a removed row (= entering it)
-            both = out_rem & (self.cols < n_rem)
+            row_of = np.repeat(np.arange(n3), np.diff(ptr))
+            out_rem = row_of < n_rem  # directed edges leaving a removed row (= entering it)
+            both = out_rem & (cols < n_rem)
             nz_e = nz[eid]
-            occ_e = occ[self.row_of]
+            occ_e = occ[row_of]
             for ch in range(nz.shape[1]):
                 touched = np.bincount(occ_e[out_rem], weights=nz_e[out_rem, ch], minlength=b)
                 inside = np.bincount(occ_e[both], weights=nz_e[both, ch], minlength=b)
@@ -448,13 +396,13 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     nz = efeat_np.T != 0
     total_nz = nz.sum(0)
     reach = hops + 3  # rows whose value changes
-    balls = _Balls(csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), reach)
-    by_size = np.argsort(balls.count, kind="stable")
-    rowmap = np.full((min(batch_size, n), n), -1, dtype=np.int64)
+    balls = ball_lists(csr[0], csr[1], reach)  # (start, node, hop distance) per nucleus
+    by_size = np.argsort(np.diff(balls[0]), kind="stable")
+    row_of_node = np.full(n, -1, dtype=np.int64)
 
     scores = np.empty(n)
     for start in range(0, n, batch_size):
-        r = _BatchRows(by_size[start:start + batch_size], balls, hops, csr, efeat_np, nz, total_nz, rowmap)
+        r = _BatchRows(by_size[start:start + batch_size], balls, hops, csr, efeat_np, nz, total_nz, row_of_node)
         scores[r.centers] = p0[c] - _occluded_probas(m, r, c, cache)
     return scores
 

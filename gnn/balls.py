@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _bfs(center, indptr, indices, reach, stamp, queue, dist):
     """Breadth-first search from ``center`` up to ``reach`` hops; fills ``queue``/``dist`` (in order of
     hop distance) and returns how many nodes it reached. ``stamp[v] == center`` marks visited nodes,
@@ -38,7 +38,7 @@ def _bfs(center, indptr, indices, reach, stamp, queue, dist):
     return tail
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def ball_lists(indptr, indices, reach):
     """The ``reach``-hop ball of every node of a graph given as CSR (``indptr``, ``indices``: out-edges).
 
@@ -62,7 +62,7 @@ def ball_lists(indptr, indices, reach):
     return start, node, hop
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, order, row_of_node):
     """Rows and in-edges of a batch of occlusions.
 
@@ -141,7 +141,7 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
     return occ, node, level_end, ptr, cols, eid
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def sub_csr(ptr, cols, vals, n_out, n_in):
     """The CSR rows ``:n_out`` restricted to columns ``< n_in``: ``(ptr, cols, vals)`` with ``vals``
     ``(L, E)``."""

@@ -35,6 +35,9 @@ about 1e-7, also for models with sharply peaked assignments.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import dgl
 import numpy as np
 import torch
@@ -189,7 +192,13 @@ def _occlusion_batched(model, graph, hops, target, batch_size):
 
 
 def occlusion(
-    model: GraphClassifier, graph, *, hops: int = 1, target: int | None = None, batch_size: int = 128
+    model: GraphClassifier,
+    graph,
+    *,
+    hops: int = 1,
+    target: int | None = None,
+    batch_size: int = 128,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Occlusion scores, equal to :func:`occlusion_naive` up to float rounding, computed fast.
 
@@ -204,6 +213,9 @@ def occlusion(
         As for :func:`occlusion_naive`.
     batch_size : int
         Occlusions processed together (memory grows linearly with it).
+    threads : int, optional
+        Batches processed at once, each on one thread (RSF models on symmetric graphs); default
+        ``torch.get_num_threads()``. Memory grows linearly with it too.
 
     Returns
     -------
@@ -213,10 +225,13 @@ def occlusion(
     _single_graph(graph)
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads < 1:
+        raise InputError(f"threads must be positive, got {threads}")
     if not isinstance(model, RSFNet) or not _symmetric(graph):
         return _occlusion_batched(model, graph, hops, target, batch_size)
     with _EvalMode(model):
-        return _occlusion_rsf(model, graph, hops, target, batch_size)
+        return _occlusion_rsf(model, graph, hops, target, batch_size, threads)
 
 
 # float32 over float64 rounding: how much further float64 corrections stay as exact as float32 ones
@@ -346,7 +361,38 @@ def _pad(where, t_):
     return out.view((b, m_max) + tuple(t_.shape[1:]))
 
 
-def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.ndarray:
+def _each_batch(run, batches, n: int, threads: int) -> None:
+    """``run(centers, scratch)`` for every batch of occlusions, on up to ``threads`` threads, each with
+    one intra-op thread: a batch is many mid-sized operations (gathers, paddings, sparse and
+    batched products) that two intra-op threads speed up by only 1.3-1.45x here, while two batches at
+    once keep both cores busy (about 20% faster). ``scratch``: a node-sized ``-1`` array per thread."""
+    workers = min(threads, len(batches))
+    if workers <= 1:
+        for centers in batches:
+            run(centers, np.full(n, -1, dtype=np.int64))
+        return
+    todo, lock, outer = iter(batches), threading.Lock(), torch.get_num_threads()
+
+    def worker():
+        torch.set_num_threads(1)
+        scratch = np.full(n, -1, dtype=np.int64)
+        with torch.no_grad():  # grad mode is per thread
+            while True:
+                with lock:
+                    centers = next(todo, None)
+                if centers is None:
+                    return
+                run(centers, scratch)
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(worker) for _ in range(workers)]:
+                f.result()  # re-raises a worker's error
+    finally:
+        torch.set_num_threads(outer)
+
+
+def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int, threads: int) -> np.ndarray:
     """Fast exact occlusion for RSF models on symmetric graphs (see the module docstring).
 
     Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls, sorted by hop distance, so the
@@ -398,12 +444,13 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int) -> np.n
     reach = hops + 3  # rows whose value changes
     balls = ball_lists(csr[0], csr[1], reach)  # (start, node, hop distance) per nucleus
     by_size = np.argsort(np.diff(balls[0]), kind="stable")
-    row_of_node = np.full(n, -1, dtype=np.int64)
-
     scores = np.empty(n)
-    for start in range(0, n, batch_size):
-        r = _BatchRows(by_size[start:start + batch_size], balls, hops, csr, efeat_np, nz, total_nz, row_of_node)
+
+    def run(centers, row_of_node):
+        r = _BatchRows(centers, balls, hops, csr, efeat_np, nz, total_nz, row_of_node)
         scores[r.centers] = p0[c] - _occluded_probas(m, r, c, cache)
+
+    _each_batch(run, [by_size[start:start + batch_size] for start in range(0, n, batch_size)], n, threads)
     return scores
 
 

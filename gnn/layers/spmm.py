@@ -31,10 +31,14 @@ class _CSRMatMul(torch.autograd.Function):
         return None, None, ctx.a_t @ grad.contiguous()
 
 
+# "Sparse CSR tensor support is in beta": used only for matrix products here. A filter set once rather
+# than warnings.catch_warnings() around each call, which is not thread-safe (occlusion batches run on
+# several threads).
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+
 def _csr(indptr, indices, values, shape) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": used only for matmul here
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(indptr, indices, values, size=shape)
+    return torch.sparse_csr_tensor(indptr, indices, values, size=shape)
 
 
 _CACHE_ATTR = "_nucleograph_csr"

@@ -146,5 +146,18 @@ def test_float64_cluster_redo_writes_exactly_its_rows_and_columns(name, rng, mon
     monkeypatch.setattr(ex, "_pool_products", spy_products)
     monkeypatch.setattr(ex, "_FLOAT32_BOUND", -1.0)  # call the redo in every batch
     monkeypatch.setattr(ex, "_heavy_clusters", check)
-    occlusion(m, g, hops=1, batch_size=32)
+    occlusion(m, g, hops=1, batch_size=32, threads=1)  # one batch at a time: `last` is its own
     assert len(checked) == 4 and min(checked) > 0
+
+
+@pytest.mark.parametrize("name", ["rsf", "rsf-attention"])
+def test_fast_occlusion_on_several_threads_equals_one_thread(name, rng):
+    m = _model(name, rng)
+    g = make_graph(150, clustered=True, rng=rng)
+    before = torch.get_num_threads()
+    one = occlusion(m, g, batch_size=16, threads=1)
+    several = occlusion(m, g, batch_size=16, threads=3)
+    assert torch.get_num_threads() == before and torch.is_grad_enabled()
+    np.testing.assert_allclose(several, one, rtol=0, atol=1e-7)  # float32 rounding of other thread counts
+    with pytest.raises(InputError, match="threads"):
+        occlusion(m, g, threads=0)

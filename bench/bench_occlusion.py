@@ -117,19 +117,38 @@ def main(argv=None) -> dict:
         "--default-allocator", action="store_true",
         help="leave glibc's malloc as it is (the nucleograph command keeps freed memory for reuse)",
     )
+    ap.add_argument(
+        "--checkpoint", default=None,
+        help="a trained model (runs/RUN/foldK/model.pt) instead of a random one; needs --graph-file",
+    )
+    ap.add_argument(
+        "--graph-file", default=None,
+        help="a cohort's graph cache (HOME/cache/graphs-*.bin, written by training): the graph with the "
+        "number of nuclei closest to --nodes is explained",
+    )
     args = ap.parse_args(argv)
+    if (args.checkpoint is None) != (args.graph_file is None):
+        ap.error("--checkpoint and --graph-file go together (a trained model and graphs with its features)")
     tuned = False if args.default_allocator else retain_freed_memory()
     rng = np.random.default_rng(0)
     dgl.seed(0)
     torch.manual_seed(0)
-    make = GRAPHS[args.graph]
-    g = make(args.nodes, rng=rng)
-    model = build_model(args.model, in_feats=16, edge_channels=2)
-    # give batch norm non-trivial running statistics, as after training
-    model.train()
-    with torch.no_grad():
-        for _ in range(5):
-            model(dgl.batch([make(args.nodes, rng=rng) for _ in range(2)]))
+    if args.checkpoint:
+        from gnn.train import load_checkpoint
+
+        model, _, config = load_checkpoint(args.checkpoint)
+        args.model, args.graph = config["model_name"], f"cached ({Path(args.graph_file).name})"
+        graphs, _ = dgl.load_graphs(args.graph_file)
+        g = min(graphs, key=lambda gr: abs(gr.num_nodes() - args.nodes))
+    else:
+        make = GRAPHS[args.graph]
+        g = make(args.nodes, rng=rng)
+        model = build_model(args.model, in_feats=16, edge_channels=2)
+        # give batch norm non-trivial running statistics, as after training
+        model.train()
+        with torch.no_grad():
+            for _ in range(5):
+                model(dgl.batch([make(args.nodes, rng=rng) for _ in range(2)]))
     model.eval()
 
     # the naive loop runs in slices between the fast runs, so that a drift of the machine's speed

@@ -27,8 +27,8 @@ dense head runs for many occlusions at once, with batch norm in eval mode.
 Precision: totals and denominators are float64. The correction products run in float32 while their
 worst-case rounding stays below that of the model's own float32 pooling over all N nodes (ball rows x
 (1 + changed / remaining mass of a cluster)^2 <= N); the clusters of an occlusion beyond that bound
-get their rows (and columns) of the pooled sums redone in float64, up to 5e8 times further; and an
-occlusion whose removed nuclei held virtually all of a cluster's mass is pooled afresh over all
+get their rows (and columns) of the pooled sums redone in float64, up to 5e8 times further; and a
+cluster whose removed nuclei held virtually all of its mass is summed afresh in float64 over all
 remaining nuclei with its own softmax shift (no cancellation at all). Scores match the naive loop to
 about 1e-7, also for models with sharply peaked assignments.
 """
@@ -433,7 +433,7 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int, threads
     # per node [H | A E], with a zero row at index n for padding
     table = torch.cat([torch.cat([h2d, ae.reshape(n, L * K)], 1), h2d.new_zeros(1, f2 + L * K)])
     tables = {torch.float64: table, torch.float32: table.float()}
-    cache = (x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables, (graph, z, h2, efeat))
+    cache = (x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables, (graph, zd, h2d, ed))
 
     # out-edges by source; on a symmetric graph they are also the in-edges, with the same channels
     order = np.argsort(src, kind="stable")
@@ -524,41 +524,55 @@ def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, num_
     t_o.permute(0, 3, 2, 1)[occ_k, hk] = t_row
 
 
-def _pool_direct(r: _BatchRows, sel: np.ndarray, z_new, new2, full, chunk: int = 32):
-    """Pooling sums ``(den, E'^T H', E'^T A E')`` (float64) of the occlusions at ``sel``, summed afresh
-    over all remaining nuclei with each occlusion's own softmax shift, as the model itself pools: sums
-    of non-negative terms, so no cancellation even when the removed nuclei held nearly all of a
-    cluster's mass. ``full``: the graph, ``Z``, ``H`` and the edge channels (model dtype)."""
-    graph, z, h2, efeat = full
-    n, n_rem, n2 = z.shape[0], r.n_rem, r.n2
+def _afresh_clusters(r: _BatchRows, afresh: np.ndarray, z_new, new2, e, de, full, den_o, num_o, t_o, chunk: int = 16):
+    """Sum afresh, in float64, the pooling sums of the clusters ``afresh`` ``(b, K)`` marks (the removed
+    nuclei held virtually all of their mass): over all remaining nuclei, with the cluster's own softmax
+    shift, as the model pools (sums of non-negative terms: no cancellation at all). For such an
+    occlusion and cluster ``k`` it writes ``den_o``, row ``k`` of ``num_o`` and row and column ``k`` of
+    ``t_o``, in place; the other clusters keep the global shift, and the entries between the two kinds
+    use each one's shift, so ``A' = t / (den den)`` stays consistent. ``full``: the graph and float64
+    ``Z``, ``H`` and edge channels."""
+    graph, zd, h2d, ed = full
+    n, K, L = zd.shape[0], zd.shape[1], ed.shape[1]
+    sel = np.flatnonzero(afresh.any(1))
+    av = afresh[sel]
+    cnt = av.sum(1)
+    s = int(cnt.max())
+    order = np.argsort(~av, axis=1, kind="stable")[:, :s]
+    hk_all = torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1]))  # (sel, s)
     pick = np.full(r.b, -1, dtype=np.int64)
     pick[sel] = np.arange(sel.size)
-    occ = pick[r.occ]
-    out = []
+    po = pick[r.occ]
     for lo in range(0, sel.size, chunk):
         f = min(chunk, sel.size - lo)
-
-        def rows(a, b_, lo=lo, f=f):  # rows a:b_ of the occlusions lo:lo+f, as (occlusion, node, row)
-            k = np.flatnonzero((occ[a:b_] >= lo) & (occ[a:b_] < lo + f)) + a
-            return torch.from_numpy(occ[k] - lo), torch.from_numpy(r.node[k]), torch.from_numpy(k)
-
-        zo = z.unsqueeze(0).repeat(f, 1, 1)  # (f, N, K)
-        o, v, k = rows(n_rem, r.n3)
-        zo[o, v] = z_new[k - n_rem]
-        o, v, _ = rows(0, n_rem)
-        zo[o, v] = -torch.inf
-        eo = torch.exp(zo - zo.amax(1, keepdim=True)).nan_to_num_(0.0)  # (f, N, K); all removed: zeros
-        eo_t = eo.transpose(1, 2).contiguous()  # (f, K, N)
-        # E'^T H' = E'^T H + E'^T (H' - H), the second over the rows whose H changed
-        num_o = (eo_t.view(-1, n) @ h2).view(f, -1, h2.shape[1])
-        o, v, k = rows(n_rem, n2)
-        where = _group_positions(o.numpy(), f)
-        num_o += torch.bmm(_pad(where, eo[o, v]).transpose(1, 2), _pad(where, new2[k - n_rem] - h2[v]))
-        ae = weighted_sums(graph, efeat, eo.transpose(0, 1).reshape(n, -1))  # (N, L, f K)
-        ae = ae.view(n, efeat.shape[1], f, -1).permute(2, 0, 1, 3).reshape(f, n, -1)  # (f, N, L K)
-        t = torch.bmm(eo_t, ae).view(f, eo.shape[2], efeat.shape[1], -1)
-        out.append((eo.sum(1), num_o, t))
-    return tuple(torch.cat(parts).double() for parts in zip(*out, strict=True))
+        hk = hk_all[lo:lo + f]  # (f, s)
+        rows = np.flatnonzero((po >= lo) & (po < lo + f))  # the ball rows of these occlusions
+        o, v, rows_t = torch.from_numpy(po[rows] - lo), torch.from_numpy(r.node[rows]), torch.from_numpy(rows)
+        # E' (global shift) of each occlusion: E with its ball rows changed (removed rows: e - e = 0)
+        eo = e.unsqueeze(0).repeat(f, 1, 1)  # (f, N, K)
+        eo[o, v] = e[v] + de[rows_t]
+        # the afresh clusters' logits, removed nuclei at -inf, and their own shift
+        zt = zd.t()[hk]  # (f, s, N)
+        rem = rows < r.n_rem
+        zt[o[rem], :, v[rem]] = -torch.inf
+        kept = torch.from_numpy(~rem)
+        zt[o[kept], :, v[kept]] = torch.gather(z_new[rows_t[kept] - r.n_rem].double(), 1, hk[o[kept]])
+        ek = torch.exp(zt - zt.amax(2, keepdim=True))  # (f, s, N)
+        # E''^T H' = E''^T H + E''^T (H' - H), the second over the rows whose H changed
+        num_k = ek @ h2d  # (f, s, F2)
+        ch = torch.from_numpy((rows >= r.n_rem) & (rows < r.n2))
+        dh = new2[rows_t[ch] - r.n_rem].double() - h2d[v[ch]]  # (rows, F2)
+        num_k.index_add_(0, o[ch], ek[o[ch], :, v[ch]].unsqueeze(2) * dh.unsqueeze(1))
+        # E'': E' with the afresh columns at their own shift; row k of E''^T A_l E'' is (A_l e''_k)^T E''
+        eo.scatter_(2, hk.unsqueeze(1).expand(f, n, s), ek.transpose(1, 2))
+        aek = weighted_sums(graph, ed, ek.permute(2, 0, 1).reshape(n, f * s))  # (N, L, f s)
+        aek = aek.view(n, L, f, s).permute(2, 3, 1, 0).reshape(f, s * L, n)
+        t_k = torch.bmm(aek, eo).view(f, s, L, K)
+        occ_k = torch.from_numpy(sel[lo:lo + f]).unsqueeze(1).expand(f, s)
+        den_o[occ_k, hk] = ek.sum(2)
+        num_o[occ_k, hk] = num_k
+        t_o[occ_k, hk] = t_k
+        t_o.permute(0, 3, 2, 1)[occ_k, hk] = t_k
 
 
 def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
@@ -594,23 +608,22 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     # two such masses); the model's own float32 pooling rounds like N. So: float32 for the clusters with
     # M (1 + r)^2 <= N (then every entry between two of them is within the bound too), float64 rows and
     # columns for the others (rounding 5e8 times smaller) up to 5e8 times that, and beyond, when the
-    # removed nuclei held virtually all of a cluster, the occlusion is pooled afresh with its own
+    # removed nuclei held virtually all of a cluster, that cluster is summed afresh with its own
     # softmax shift
     e_new, dh = de[n_rem:n2] + e_old[n_rem:n2], d3[n_rem:]
     prod, num_extra = _pool_products(r, tables[torch.float32], f2, de, e_new, dh)
     num_o = num + prod[:, :, :f2] + num_extra
     q = prod[:, :, f2:].reshape(b, K, L, K)
     t_o = t_full + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
-    ratio = (moved / den_o).nan_to_num(nan=torch.inf)  # den_o = 0: the whole graph removed
+    ratio = (moved / den_o).nan_to_num(nan=torch.inf)
     excess = ((1 + ratio) ** 2 * torch.from_numpy(r.ball_rows).unsqueeze(1) / r.n_nodes).numpy()  # (b, K)
-    afresh = np.flatnonzero(excess.max(1) > _EPS_RATIO)
-    heavy = excess > _FLOAT32_BOUND
-    heavy[afresh] = False
-    if heavy.any():
+    excess[r.empty] = 0  # the whole graph removed: the uniform prior below, nothing to pool
+    afresh = excess > _EPS_RATIO
+    heavy = (excess > _FLOAT32_BOUND) & ~afresh
+    if heavy.any():  # rows and columns: before the fresh sums, which overwrite their shared entries
         _heavy_clusters(r, heavy, tables[torch.float64], f2, de, num_extra, num, t_full, num_o, t_o)
-    if afresh.size:
-        sel = torch.from_numpy(afresh)
-        den_o[sel], num_o[sel], t_o[sel] = _pool_direct(r, afresh, z_new, new2, full)
+    if afresh.any():
+        _afresh_clusters(r, afresh, z_new, new2, e, de, full, den_o, num_o, t_o)
     # a channel with no edge left is exactly zero in the model: leave no rounding residue
     t_o = t_o * torch.from_numpy(r.left).double().view(b, 1, L, 1)
 

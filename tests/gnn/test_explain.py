@@ -89,18 +89,18 @@ def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, rng, monk
         m.pool1.embed.weight.mul_(scale)  # sharper assignments; at 40x single nuclei hold 1 - 1e-13
     g = make_graph(400, clustered=False, rng=rng)
     paths = {"float64": 0, "afresh": 0}
-    heavy_clusters, direct = ex._heavy_clusters, ex._pool_direct
+    heavy_clusters, direct = ex._heavy_clusters, ex._afresh_clusters
 
     def spy_heavy(r, heavy, *args, **kw):
         paths["float64"] += int(heavy.any(1).sum())
         return heavy_clusters(r, heavy, *args, **kw)
 
-    def spy_direct(r, sel, *args, **kw):
-        paths["afresh"] += len(sel)
-        return direct(r, sel, *args, **kw)
+    def spy_direct(r, afresh, *args, **kw):
+        paths["afresh"] += int(afresh.any(1).sum())
+        return direct(r, afresh, *args, **kw)
 
     monkeypatch.setattr(ex, "_heavy_clusters", spy_heavy)
-    monkeypatch.setattr(ex, "_pool_direct", spy_direct)
+    monkeypatch.setattr(ex, "_afresh_clusters", spy_direct)
     fast = occlusion(m, g, hops=1, batch_size=64)
     assert {k for k, v in paths.items() if v} == paths_used
     assert paths["float64"] + paths["afresh"] < g.num_nodes() / 2  # float32 stays the rule

@@ -101,43 +101,35 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
             occ[r] = o
             node[r] = ball_node[k]
             row_of_entry[entry_start[o] + k - start[c]] = r
-    # in-edges per row: count, then fill, one occlusion at a time with its node -> row map set
-    deg = np.zeros(n_rows, np.int64)
-    for o in range(b):
-        lo, hi = entry_start[o], entry_start[o + 1]
-        for j in range(lo, hi):
-            row_of_node[node[row_of_entry[j]]] = row_of_entry[j]
-        for j in range(lo, hi):
-            r = row_of_entry[j]
-            v = node[r]
-            cnt = 0
-            for e in range(indptr[v], indptr[v + 1]):
-                if row_of_node[out_dst[e]] >= 0:
-                    cnt += 1
-            deg[r] = cnt
-        for j in range(lo, hi):
-            row_of_node[node[row_of_entry[j]]] = -1
+    # in-edges per row: counted, then filled (fill=True), one occlusion at a time with its node -> row map
     ptr = np.zeros(n_rows + 1, np.int64)
-    for r in range(n_rows):
-        ptr[r + 1] = ptr[r] + deg[r]
-    cols = np.empty(ptr[n_rows], np.int64)
-    eid = np.empty(ptr[n_rows], np.int64)
-    for o in range(b):
-        lo, hi = entry_start[o], entry_start[o + 1]
-        for j in range(lo, hi):
-            row_of_node[node[row_of_entry[j]]] = row_of_entry[j]
-        for j in range(lo, hi):
-            r = row_of_entry[j]
-            v = node[r]
-            at = ptr[r]
-            for e in range(indptr[v], indptr[v + 1]):
-                col = row_of_node[out_dst[e]]
-                if col >= 0:
-                    cols[at] = col
-                    eid[at] = order[e]
-                    at += 1
-        for j in range(lo, hi):
-            row_of_node[node[row_of_entry[j]]] = -1
+    cols = np.empty(0, np.int64)
+    eid = np.empty(0, np.int64)
+    for fill in (False, True):
+        if fill:
+            for r in range(n_rows):
+                ptr[r + 1] += ptr[r]  # counts -> offsets
+            cols = np.empty(ptr[n_rows], np.int64)
+            eid = np.empty(ptr[n_rows], np.int64)
+        for o in range(b):
+            lo, hi = entry_start[o], entry_start[o + 1]
+            for j in range(lo, hi):
+                row_of_node[node[row_of_entry[j]]] = row_of_entry[j]
+            for j in range(lo, hi):
+                r = row_of_entry[j]
+                v = node[r]
+                at = ptr[r] if fill else 0
+                for e in range(indptr[v], indptr[v + 1]):
+                    col = row_of_node[out_dst[e]]
+                    if col >= 0:
+                        if fill:
+                            cols[at] = col
+                            eid[at] = order[e]
+                        at += 1
+                if not fill:
+                    ptr[r + 1] = at  # the row's count
+            for j in range(lo, hi):
+                row_of_node[node[row_of_entry[j]]] = -1
     return occ, node, level_end, ptr, cols, eid
 
 

@@ -4,6 +4,8 @@ any SQLAlchemy URL (e.g. ``postgresql+psycopg2://...``) through ``NUCLEOGRAPH_SQ
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +84,19 @@ def open_engine(settings: Settings) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # concurrent ingest workers write records too
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=60000")
+            # WAL is a property of the file: set once. Switching needs the database to itself and SQLite
+            # answers "database is locked" at once instead of waiting, so retry while others open it.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        cur.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
             cur.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)

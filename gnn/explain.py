@@ -597,7 +597,9 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
 
     # pooling sums over the changed rows; totals and the precision test in float64
     e_old = _rows(e, node_t)
-    de = torch.cat([-e_old[:n_rem], torch.exp(z_new.double() - shift) - e_old[n_rem:]])
+    # new softmax numerators in float32, as the model computes its softmax (4x faster than float64): their
+    # rounding is relative to the remaining mass, which no correction amplifies
+    de = torch.cat([-e_old[:n_rem], torch.exp(z_new - shift.to(z_new.dtype)).double() - e_old[n_rem:]])
     occ_t = torch.from_numpy(r.occ)
     den_o = den + torch.zeros(b, K, dtype=torch.float64).index_add_(0, occ_t, de)
     moved = torch.zeros(b, K, dtype=torch.float64).index_add_(0, occ_t, de.abs())

@@ -467,12 +467,36 @@ def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
     return prod, extra
 
 
-def _subset(where, occ: np.ndarray, rows: np.ndarray, pick: np.ndarray, b: int):
+def _subset(where, occ: np.ndarray, rows: np.ndarray, po: np.ndarray, b: int):
     """The padded layout ``where`` (of rows whose occlusions are ``occ``) restricted to ``rows``, whose
-    occlusions are renumbered by ``pick`` into ``0..b-1``."""
+    occlusions are renumbered ``0..b-1`` (``po``: each row's new occlusion number)."""
     m_max = where[2]
-    flat = where[1].numpy()[rows] - occ[rows] * m_max + pick[occ[rows]] * m_max
+    flat = where[1].numpy()[rows] + (po[rows] - occ[rows]) * m_max
     return b, torch.from_numpy(flat), m_max
+
+
+def _marked_clusters(mask: np.ndarray, occ: np.ndarray):
+    """The occlusions with a marked cluster in ``mask`` ``(b, K)`` and their marked clusters.
+
+    Returns ``sel`` (those occlusions), ``hk`` ``(len(sel), s)`` (their marked clusters, padded by
+    repeating the first: the same values are then written twice) and ``po``, the position in ``sel``
+    of each row's occlusion (``occ``: the rows' occlusions), -1 for the others."""
+    sel = np.flatnonzero(mask.any(1))
+    marked = mask[sel]
+    cnt = marked.sum(1)
+    s = int(cnt.max())
+    order = np.argsort(~marked, axis=1, kind="stable")[:, :s]  # marked clusters first
+    hk = torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1]))
+    pick = np.full(mask.shape[0], -1, dtype=np.int64)
+    pick[sel] = np.arange(sel.size)
+    return sel, hk, pick[occ]
+
+
+def _set_row_and_column(t_o, occ_k, hk, t_row) -> None:
+    """``t_o[o, k, :, :] = t_o[o, :, :, k]^T = t_row`` for the occlusions ``occ_k`` and clusters ``hk``
+    (``E'^T A_l E'`` is symmetric for a symmetric ``A_l``)."""
+    t_o[occ_k, hk] = t_row
+    t_o.permute(0, 3, 2, 1)[occ_k, hk] = t_row
 
 
 def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, num_extra, num, t_full, num_o, t_o):
@@ -488,18 +512,10 @@ def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, num_
     ``t[k] + dE_k^T (A_l E) + (A_l E_k)^T dE + (A_l dE_k)^T dE``: three products over the ball rows
     with the one cluster ``k`` on one side, so a few heavy clusters cost a fraction of all ``K``."""
     K, L = t_full.shape[0], t_full.shape[1]
-    sel = np.flatnonzero(heavy.any(1))
-    hv = heavy[sel]
-    b_s, cnt = sel.size, hv.sum(1)
-    s = int(cnt.max())
-    # heavy clusters of each occlusion first; padded by repeating the first (the same values, written twice)
-    order = np.argsort(~hv, axis=1, kind="stable")[:, :s]
-    hk = torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1]))  # (b_s, s)
-    pick = np.full(r.b, -1, dtype=np.int64)
-    pick[sel] = np.arange(b_s)
-    po = pick[r.occ]
+    sel, hk, po = _marked_clusters(heavy, r.occ)
+    b_s, s = hk.shape
     rows = np.flatnonzero(po >= 0)
-    where = _subset(r.where, r.occ, rows, pick, b_s)
+    where = _subset(r.where, r.occ, rows, po, b_s)
     m_max = where[2]
     rows_t, hk_rows = torch.from_numpy(rows), hk[torch.from_numpy(po[rows])]  # hk_rows (rows, s)
     de_rows = _rows(de, rows_t)
@@ -520,8 +536,7 @@ def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, num_
     t_row = t_full[hk] + row[:, :, f2:].view(b_s, s, L, K) + col.permute(0, 3, 2, 1)  # (b_s, s, L, K)
     occ_k = torch.from_numpy(sel).unsqueeze(1).expand(b_s, s)
     num_o[occ_k, hk] = num[hk] + row[:, :, :f2] + num_extra[occ_k, hk]
-    t_o[occ_k, hk] = t_row
-    t_o.permute(0, 3, 2, 1)[occ_k, hk] = t_row
+    _set_row_and_column(t_o, occ_k, hk, t_row)
 
 
 def _afresh_clusters(r: _BatchRows, afresh: np.ndarray, z_new, new2, e, de, full, den_o, num_o, t_o, chunk: int = 16):
@@ -534,15 +549,8 @@ def _afresh_clusters(r: _BatchRows, afresh: np.ndarray, z_new, new2, e, de, full
     ``Z``, ``H`` and edge channels."""
     graph, zd, h2d, ed = full
     n, K, L = zd.shape[0], zd.shape[1], ed.shape[1]
-    sel = np.flatnonzero(afresh.any(1))
-    av = afresh[sel]
-    cnt = av.sum(1)
-    s = int(cnt.max())
-    order = np.argsort(~av, axis=1, kind="stable")[:, :s]
-    hk_all = torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1]))  # (sel, s)
-    pick = np.full(r.b, -1, dtype=np.int64)
-    pick[sel] = np.arange(sel.size)
-    po = pick[r.occ]
+    sel, hk_all, po = _marked_clusters(afresh, r.occ)
+    s = hk_all.shape[1]
     for lo in range(0, sel.size, chunk):
         f = min(chunk, sel.size - lo)
         hk = hk_all[lo:lo + f]  # (f, s)
@@ -571,8 +579,7 @@ def _afresh_clusters(r: _BatchRows, afresh: np.ndarray, z_new, new2, e, de, full
         occ_k = torch.from_numpy(sel[lo:lo + f]).unsqueeze(1).expand(f, s)
         den_o[occ_k, hk] = ek.sum(2)
         num_o[occ_k, hk] = num_k
-        t_o[occ_k, hk] = t_k
-        t_o.permute(0, 3, 2, 1)[occ_k, hk] = t_k
+        _set_row_and_column(t_o, occ_k, hk, t_k)
 
 
 def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:

@@ -66,11 +66,13 @@ GRAPHS = {"delaunay": synthetic_graph, "image": image_graph, "synth-breast": syn
 def operation_ratio(model, g, hops: int) -> float:
     """Multiply-adds of the naive loop over those of the fast path, counted on ``g``'s actual balls.
 
-    Fast, per occlusion: VConv1, VConv2 and the assignment convolution on their changed rows (in the
-    cheaper of the two orders, as ``gnn.explain`` picks), the pooling products over the ball and the
-    head. Naive: one forward pass over the remaining nuclei (aggregation on the narrower side) and the
-    head. Batch norm, softmax and element-wise work are left out on both sides, and so are RSF+Edge's
-    edge convolutions and RSF+Attention's gate (the same work per occlusion on both sides).
+    Fast, per occlusion: VConv1, VConv2 and the assignment convolution on the kept rows they change,
+    weights first (``W_0`` and the ``L`` edge weights on the changed input rows, the removed rows'
+    projections looked up from a table computed once per image, counted once), the pooling products
+    over the ball and the head. Naive: one forward pass over the remaining nuclei (aggregation on the
+    narrower side) and the head. Batch norm, softmax and element-wise work are left out on both sides,
+    and so are RSF+Edge's edge convolutions and RSF+Attention's gate (the same work per occlusion on both
+    sides).
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import dijkstra
@@ -81,20 +83,22 @@ def operation_ratio(model, g, hops: int) -> float:
     head = (K * c2 * (L + 1) * c3 + L * K * K * c3 + K * c3 * (L + 1) * p2 + L * K * K * p2 + L * p2 * K * p2
             + p2 * c3 * f1 + f1 * f2 + f2 * model.n_classes)
 
-    def conv(rows_in, rows_out, edges, fi, fo):  # the cheaper order of an RSF convolution's update
+    def conv(rows_in, rows_out, edges, fi, fo):  # the cheaper order of a whole-graph RSF convolution
         return min(rows_in * fi * fo * (L + 1) + edges * fo * L, rows_in * fi * fo + edges * fi * L + rows_out * L * fi * fo)
 
     src, dst = (t.numpy() for t in g.edges())
     n = g.num_nodes()
     dist = dijkstra(csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), unweighted=True, limit=hops + 3.5)
-    fast = naive = 0.0
+    fast = float(n * L * (f0 * c1 + c1 * c2 + c2 * K))  # the removed rows' projections, once per image
+    naive = 0.0
     for d in dist:
         ds, dd = d[src], d[dst]  # directed edge src -> dst; symmetric graph: in-edges of dst
         n_rem, n1, n2, n3 = ((d <= hops + k).sum() for k in range(4))
-        e0 = ((dd <= hops + 1) & (ds <= hops)).sum()
-        e1 = ((dd <= hops + 2) & (ds <= hops + 1)).sum()
+        kept = dd > hops
+        e0, e1, e2 = ((kept & (dd <= hops + k + 1) & (ds <= hops + k)).sum() for k in range(3))
         e3 = ((dd <= hops + 3) & (ds <= hops + 3)).sum()
-        fast += (conv(n_rem, n1, e0, f0, c1) + conv(n1, n2, e1, c1, c2) + conv(n2, n3, e3, c2, K)
+        fast += (e0 * c1 * L + (n1 - n_rem) * c1 * c2 * (L + 1) + e1 * c2 * L
+                 + (n2 - n_rem) * c2 * K * (L + 1) + e2 * K * L
                  + n3 * K * (c2 + L * K) + e3 * K * L + (n2 - n_rem) * K * c2 + head)
         m, e = n - n_rem, ((ds > hops) & (dd > hops)).sum()
         naive += (conv(m, m, e, f0, c1) + conv(m, m, e, c1, c2) + conv(m, m, e, c2, K)

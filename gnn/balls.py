@@ -72,7 +72,7 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
     scratch space holding -1 on entry and on return.
 
     Returns ``occ``, ``node``, ``level_end`` (rows with distance <= k are ``:level_end[k]``) and the
-    in-edges among the rows as CSR: ``ptr``, ``cols`` (row indices; edges to nuclei outside the ball
+    in-edges among the rows as CSR: ``ptr``, ``cols`` (int32, MKL's index type; row indices; edges to nuclei outside the ball
     are left out) and ``eid`` (edge ids).
     """
     b = centers.size
@@ -102,14 +102,14 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
             node[r] = ball_node[k]
             row_of_entry[entry_start[o] + k - start[c]] = r
     # in-edges per row: counted, then filled (fill=True), one occlusion at a time with its node -> row map
-    ptr = np.zeros(n_rows + 1, np.int64)
-    cols = np.empty(0, np.int64)
+    ptr = np.zeros(n_rows + 1, np.int32)
+    cols = np.empty(0, np.int32)
     eid = np.empty(0, np.int64)
     for fill in (False, True):
         if fill:
             for r in range(n_rows):
                 ptr[r + 1] += ptr[r]  # counts -> offsets
-            cols = np.empty(ptr[n_rows], np.int64)
+            cols = np.empty(ptr[n_rows], np.int32)
             eid = np.empty(ptr[n_rows], np.int64)
         for o in range(b):
             lo, hi = entry_start[o], entry_start[o + 1]
@@ -134,24 +134,27 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
 
 
 @numba.njit(cache=True, nogil=True)
-def sub_csr(ptr, cols, vals, n_out, n_in):
-    """The CSR rows ``:n_out`` restricted to columns ``< n_in``: ``(ptr, cols, vals)`` with ``vals``
-    ``(L, E)``."""
-    new_ptr = np.zeros(n_out + 1, np.int64)
-    for r in range(n_out):
-        cnt = 0
-        for e in range(ptr[r], ptr[r + 1]):
-            if cols[e] < n_in:
-                cnt += 1
-        new_ptr[r + 1] = new_ptr[r] + cnt
-    new_cols = np.empty(new_ptr[n_out], np.int64)
-    new_vals = np.empty((vals.shape[0], new_ptr[n_out]), vals.dtype)
+def layer_csr(ptr, cols, vals, row_lo, row_hi, n_in):
+    """One CSR matrix for all edge channels of a layer's sparse product: rows ``row_lo:row_hi`` of the
+    batch's in-edges (``ptr``, ``cols``, ``vals`` ``(L, E)``), columns ``< n_in``, channel ``l``'s
+    entries in column block ``l`` (column ``l * n_in + col``). Times the projections stacked by
+    channel, ``(L n_in, O)``, it sums ``sum_l A_l P_l`` in one product. Returns ``(ptr, cols, vals)``
+    with int32 indices (MKL's own: torch converts int64 ones on every product)."""
+    n_ch = vals.shape[0]
+    n_out = row_hi - row_lo
+    new_ptr = np.empty(n_out + 1, np.int32)
+    new_ptr[0] = 0
+    cap = n_ch * (ptr[row_hi] - ptr[row_lo])  # at most every edge once per channel
+    new_cols = np.empty(cap, np.int32)
+    new_vals = np.empty(cap, vals.dtype)
     at = 0
     for r in range(n_out):
-        for e in range(ptr[r], ptr[r + 1]):
-            if cols[e] < n_in:
-                new_cols[at] = cols[e]
-                for ch in range(vals.shape[0]):
-                    new_vals[ch, at] = vals[ch, e]
-                at += 1
-    return new_ptr, new_cols, new_vals
+        lo, hi = ptr[row_lo + r], ptr[row_lo + r + 1]
+        for ch in range(n_ch):
+            for e in range(lo, hi):
+                if cols[e] < n_in:
+                    new_cols[at] = ch * n_in + cols[e]
+                    new_vals[at] = vals[ch, e]
+                    at += 1
+        new_ptr[r + 1] = at
+    return new_ptr, new_cols[:at], new_vals[:at]

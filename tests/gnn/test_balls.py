@@ -3,7 +3,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from gnn.balls import ball_lists, batch_rows, sub_csr
+from gnn.balls import ball_lists, batch_rows, layer_csr
 
 
 def _graph(rng, n=60, p=0.06):
@@ -48,15 +48,16 @@ def test_batch_rows_are_the_balls_in_edges_sorted_by_distance(rng):
         assert got == want and all(occ[cols[e]] == occ[r] for e in range(ptr[r], ptr[r + 1]))
 
 
-def test_sub_csr_keeps_the_leading_rows_and_columns(rng):
+def test_layer_csr_stacks_the_channels_of_a_row_range_and_leading_columns(rng):
     ptr = np.array([0, 2, 5, 6, 8])
     cols = np.array([0, 3, 1, 2, 3, 0, 1, 3])
     vals = rng.random((2, 8)).astype(np.float32)
-    new_ptr, new_cols, new_vals = sub_csr(ptr, cols, vals, 3, 2)
+    new_ptr, new_cols, new_vals = layer_csr(ptr, cols, vals, 1, 4, 2)
     dense = np.zeros((2, 4, 4), np.float32)
     for r in range(4):
         dense[:, r, cols[ptr[r]:ptr[r + 1]]] = vals[:, ptr[r]:ptr[r + 1]]
-    got = np.zeros((2, 3, 2), np.float32)
+    got = np.zeros((3, 4), np.float32)  # rows 1..3, columns (channel, column < 2)
     for r in range(3):
-        got[:, r, new_cols[new_ptr[r]:new_ptr[r + 1]]] = new_vals[:, new_ptr[r]:new_ptr[r + 1]]
-    np.testing.assert_array_equal(got, dense[:, :3, :2])
+        got[r, new_cols[new_ptr[r]:new_ptr[r + 1]]] = new_vals[new_ptr[r]:new_ptr[r + 1]]
+    np.testing.assert_array_equal(got, np.concatenate([dense[0, 1:, :2], dense[1, 1:, :2]], 1))
+    assert new_ptr[-1] == 2 * 3  # rows 1..3 hold three edges into columns 0 and 1, once per channel

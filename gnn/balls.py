@@ -63,19 +63,25 @@ def ball_lists(indptr, indices, reach):
 
 
 @numba.njit(cache=True, nogil=True)
-def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, order, row_of_node):
-    """Rows and in-edges of a batch of occlusions.
+def batch_rows(centers, start, ball_node, ball_dist, hops, indptr, out_dst, order, efeat, row_of_node):
+    """Rows and in-edges of a batch of occlusions of ``hops``-hop balls.
 
-    Rows are (occlusion, nucleus) pairs of the balls of ``centers`` sorted by hop distance, then
-    occlusion, then breadth-first order. ``indptr``/``out_dst``/``order``: the graph's out-edges by
-    source and their edge ids (on a symmetric graph also the in-edges). ``row_of_node`` ``(N,)`` is
-    scratch space holding -1 on entry and on return.
+    Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls of ``centers`` sorted by hop
+    distance, then occlusion, then breadth-first order. ``indptr``/``out_dst``/``order``: the graph's
+    out-edges by source and their edge ids (on a symmetric graph also the in-edges); ``efeat``
+    ``(L, E)`` the edge channels. ``row_of_node`` ``(N,)`` is scratch space holding -1 on entry and on
+    return.
 
-    Returns ``occ``, ``node``, ``level_end`` (rows with distance <= k are ``:level_end[k]``) and the
-    in-edges among the rows as CSR: ``ptr``, ``cols`` (int32, MKL's index type; row indices; edges to nuclei outside the ball
-    are left out) and ``eid`` (edge ids).
+    Returns ``occ``, ``node``, ``level_end`` (rows with distance <= k are ``:level_end[k]``), the
+    in-edges among the rows as CSR (edges to nuclei outside the ball left out): ``ptr``, ``cols`` (row
+    indices; int32, MKL's own index type: torch converts int64 ones on every product), ``vals``
+    ``(L, E')`` and ``eid`` (edge ids), each row's edges ordered by the level of their column, and
+    ``below`` ``(3, rows)``: how many of a row's edges come from rows ``< n_j``, ``n_j =
+    level_end[hops + j]`` (input for :func:`layer_csr`).
     """
     b = centers.size
+    reach = hops + 3
+    n_ch = efeat.shape[0]
     levels = np.zeros(reach + 1, np.int64)
     for o in range(b):
         c = centers[o]
@@ -86,6 +92,7 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
         pos[lv] = pos[lv - 1] + levels[lv - 1]
     level_end = pos + levels
     n_rows = level_end[reach]
+    bound = level_end[hops:]  # n_0 .. n_3
     occ = np.empty(n_rows, np.int64)
     node = np.empty(n_rows, np.int64)
     row_of_entry = np.empty(n_rows, np.int64)  # ball entries of the occlusions in turn -> row
@@ -101,15 +108,21 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
             occ[r] = o
             node[r] = ball_node[k]
             row_of_entry[entry_start[o] + k - start[c]] = r
-    # in-edges per row: counted, then filled (fill=True), one occlusion at a time with its node -> row map
+    # in-edges per row: counted, then filled (fill=True), one occlusion at a time with its node -> row map;
+    # a row's edges are ordered by the column's level: those from rows < n_j come first, for each layer j
     ptr = np.zeros(n_rows + 1, np.int32)
+    below = np.zeros((3, n_rows), np.int32)  # per row: edges from rows < n_0, < n_1, < n_2
+    b0, b1, b2 = bound[0], bound[1], bound[2]
+    at = np.zeros(4, np.int64)
     cols = np.empty(0, np.int32)
+    vals = np.empty((n_ch, 0), efeat.dtype)
     eid = np.empty(0, np.int64)
     for fill in (False, True):
         if fill:
             for r in range(n_rows):
                 ptr[r + 1] += ptr[r]  # counts -> offsets
             cols = np.empty(ptr[n_rows], np.int32)
+            vals = np.empty((n_ch, ptr[n_rows]), efeat.dtype)
             eid = np.empty(ptr[n_rows], np.int64)
         for o in range(b):
             lo, hi = entry_start[o], entry_start[o + 1]
@@ -118,43 +131,56 @@ def batch_rows(centers, start, ball_node, ball_dist, reach, indptr, out_dst, ord
             for j in range(lo, hi):
                 r = row_of_entry[j]
                 v = node[r]
-                at = ptr[r] if fill else 0
+                # where each level's edges of the row start (fill) or how many there are (count); the level
+                # is computed without branches (a column's level is unpredictable)
+                base = ptr[r] if fill else 0
+                at[0] = base
+                at[1] = base + below[0, r]
+                at[2] = base + below[1, r]
+                at[3] = base + below[2, r]
                 for e in range(indptr[v], indptr[v + 1]):
                     col = row_of_node[out_dst[e]]
-                    if col >= 0:
-                        if fill:
-                            cols[at] = col
-                            eid[at] = order[e]
-                        at += 1
+                    if col < 0:
+                        continue
+                    lv = (col >= b0) + (col >= b1) + (col >= b2)
+                    if fill:
+                        q = at[lv]
+                        cols[q] = col
+                        ed = order[e]
+                        eid[q] = ed
+                        for ch in range(n_ch):
+                            vals[ch, q] = efeat[ch, ed]
+                    at[lv] += 1
                 if not fill:
-                    ptr[r + 1] = at  # the row's count
+                    below[0, r] = at[0]
+                    below[1, r] = at[0] + at[1]
+                    below[2, r] = at[0] + at[1] + at[2]
+                    ptr[r + 1] = at[0] + at[1] + at[2] + at[3]  # the row's count
             for j in range(lo, hi):
                 row_of_node[node[row_of_entry[j]]] = -1
-    return occ, node, level_end, ptr, cols, eid
+    return occ, node, level_end, ptr, cols, vals, eid, below
 
 
 @numba.njit(cache=True, nogil=True)
-def layer_csr(ptr, cols, vals, row_lo, row_hi, n_in):
-    """One CSR matrix for all edge channels of a layer's sparse product: rows ``row_lo:row_hi`` of the
-    batch's in-edges (``ptr``, ``cols``, ``vals`` ``(L, E)``), columns ``< n_in``, channel ``l``'s
-    entries in column block ``l`` (column ``l * n_in + col``). Times the projections stacked by
-    channel, ``(L n_in, O)``, it sums ``sum_l A_l P_l`` in one product. Returns ``(ptr, cols, vals)``
-    with int32 indices (MKL's own: torch converts int64 ones on every product)."""
+def layer_csr(ptr, cols, vals, below, row_lo, row_hi, n_in):
+    """One CSR matrix for all edge channels of a node convolution's sparse product: rows
+    ``row_lo:row_hi`` of :func:`batch_rows`' in-edges, columns ``< n_in`` (the first ``below[r]`` edges of
+    row ``r``), channel ``l``'s entries in column block ``l`` (column ``l * n_in + col``). Times the
+    projections stacked by channel, ``(L n_in, O)``, it sums ``sum_l A_l P_l`` in one product."""
     n_ch = vals.shape[0]
     n_out = row_hi - row_lo
     new_ptr = np.empty(n_out + 1, np.int32)
     new_ptr[0] = 0
-    cap = n_ch * (ptr[row_hi] - ptr[row_lo])  # at most every edge once per channel
-    new_cols = np.empty(cap, np.int32)
-    new_vals = np.empty(cap, vals.dtype)
-    at = 0
     for r in range(n_out):
-        lo, hi = ptr[row_lo + r], ptr[row_lo + r + 1]
+        new_ptr[r + 1] = new_ptr[r] + n_ch * below[row_lo + r]
+    new_cols = np.empty(new_ptr[n_out], np.int32)
+    new_vals = np.empty(new_ptr[n_out], vals.dtype)
+    for r in range(n_out):
+        lo, m = ptr[row_lo + r], below[row_lo + r]
+        at = new_ptr[r]
         for ch in range(n_ch):
-            for e in range(lo, hi):
-                if cols[e] < n_in:
-                    new_cols[at] = ch * n_in + cols[e]
-                    new_vals[at] = vals[ch, e]
-                    at += 1
-        new_ptr[r + 1] = at
-    return new_ptr, new_cols[:at], new_vals[:at]
+            for q in range(m):
+                new_cols[at + q] = ch * n_in + cols[lo + q]
+                new_vals[at + q] = vals[ch, lo + q]
+            at += m
+    return new_ptr, new_cols, new_vals

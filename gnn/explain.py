@@ -299,18 +299,16 @@ class _BatchRows:
         n = indptr.size - 1
         self.centers = centers
         b = self.b = centers.size
-        occ, node, level_end, ptr, cols, eid = batch_rows(centers, *balls, hops + 3, indptr, out_dst, order,
-                                                          row_of_node)
+        occ, node, level_end, ptr, cols, vals, eid, below = batch_rows(centers, *balls, hops, indptr, out_dst, order,
+                                                                       efeat, row_of_node)
         self.occ, self.node = occ, node
         self.n_rem, self.n1, self.n2, self.n3 = (int(v) for v in level_end[hops:])
         n_rem, n1, n2, n3 = self.n_rem, self.n1, self.n2, self.n3
-        self.ptr, self.cols = ptr, cols
-        self.vals = np.take(efeat, eid, axis=1)  # (L, E): one contiguous row per channel
-        # the sparse products of the convolutions and of A dE: VConv1 and VConv2 from their changed rows
-        # only; the assignment convolution and A dE over all in-edges, inputs zero beyond their rows
-        self.layers = [_csr(*(torch.from_numpy(a) for a in layer_csr(ptr, cols, self.vals, n_rem, n_out, n_in)),
-                            (n_out - n_rem, self.vals.shape[0] * n_in))
-                       for n_out, n_in in ((n1, n_rem), (n2, n1), (n3, n2))]
+        self.ptr, self.cols, self.vals = ptr, cols, vals  # vals (L, E): one contiguous row per channel
+        # the node convolutions' sparse products: from their changed input rows to the kept rows they change
+        self.layers = [_csr(*(torch.from_numpy(a) for a in layer_csr(ptr, cols, vals, below[j], n_rem, n_out, n_in)),
+                            (n_out - n_rem, vals.shape[0] * n_in))
+                       for j, (n_out, n_in) in enumerate(((n1, n_rem), (n2, n1), (n3, n2)))]
         self.all_edges = (ptr, cols, self.vals, (n3, n3))
         self.where = _group_positions(occ, b)
         self.n_nodes, self.ball_rows = n, np.bincount(occ, minlength=b)

@@ -29,11 +29,14 @@ def test_balls_are_the_bounded_hop_distances(reach, rng):
 
 def test_batch_rows_are_the_balls_in_edges_sorted_by_distance(rng):
     indptr, indices, order, _ = _graph(rng)
-    n, reach = indptr.size - 1, 2
+    n, hops = indptr.size - 1, 1
+    reach = hops + 3
     balls = ball_lists(indptr, indices, reach)
     centers = np.array([5, 0, 17])
     scratch = np.full(n, -1, dtype=np.int64)
-    occ, node, level_end, ptr, cols, eid = batch_rows(centers, *balls, reach, indptr, indices, order, scratch)
+    efeat = rng.random((2, order.size)).astype(np.float32)
+    occ, node, level_end, ptr, cols, vals, eid, below = batch_rows(
+        centers, *balls, hops, indptr, indices, order, efeat, scratch)
     assert (scratch == -1).all()
     start, ball_node, ball_dist = balls
     dist_of = {(o, v): d for o, c in enumerate(centers)
@@ -46,18 +49,19 @@ def test_batch_rows_are_the_balls_in_edges_sorted_by_distance(rng):
                       if (occ[r], (v := indices[e])) in dist_of)
         got = sorted((int(node[cols[e]]), int(eid[e])) for e in range(ptr[r], ptr[r + 1]))
         assert got == want and all(occ[cols[e]] == occ[r] for e in range(ptr[r], ptr[r + 1]))
-
-
-def test_layer_csr_stacks_the_channels_of_a_row_range_and_leading_columns(rng):
-    ptr = np.array([0, 2, 5, 6, 8])
-    cols = np.array([0, 3, 1, 2, 3, 0, 1, 3])
-    vals = rng.random((2, 8)).astype(np.float32)
-    new_ptr, new_cols, new_vals = layer_csr(ptr, cols, vals, 1, 4, 2)
-    dense = np.zeros((2, 4, 4), np.float32)
-    for r in range(4):
+    np.testing.assert_array_equal(vals, efeat[:, eid])
+    # the layers: rows n_0 <= r < n_(j+1), columns < n_j, channel l's entries in column block l
+    dense = np.zeros((2, occ.size, occ.size), np.float32)
+    for r in range(occ.size):
         dense[:, r, cols[ptr[r]:ptr[r + 1]]] = vals[:, ptr[r]:ptr[r + 1]]
-    got = np.zeros((3, 4), np.float32)  # rows 1..3, columns (channel, column < 2)
-    for r in range(3):
-        got[r, new_cols[new_ptr[r]:new_ptr[r + 1]]] = new_vals[new_ptr[r]:new_ptr[r + 1]]
-    np.testing.assert_array_equal(got, np.concatenate([dense[0, 1:, :2], dense[1, 1:, :2]], 1))
-    assert new_ptr[-1] == 2 * 3  # rows 1..3 hold three edges into columns 0 and 1, once per channel
+    bound = level_end[hops:]
+    for j in range(3):
+        lptr, lcols, lvals = layer_csr(ptr, cols, vals, below[j], bound[0], bound[j + 1], bound[j])
+        assert lptr.dtype == lcols.dtype == np.int32
+        got = np.zeros((bound[j + 1] - bound[0], 2 * bound[j]), np.float32)
+        for r in range(got.shape[0]):
+            np.add.at(got[r], lcols[lptr[r]:lptr[r + 1]], lvals[lptr[r]:lptr[r + 1]])
+        want = np.concatenate([dense[ch, bound[0]:bound[j + 1], :bound[j]] for ch in range(2)], 1)
+        np.testing.assert_array_equal(got, want)
+        edges = sum(int((cols[ptr[r]:ptr[r + 1]] < bound[j]).sum()) for r in range(bound[0], bound[j + 1]))
+        assert lptr[-1] == 2 * edges  # each edge once per channel, none twice

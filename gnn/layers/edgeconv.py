@@ -107,9 +107,17 @@ class DenseEdgeFeatureConv(EdgeFeatureConv):
             raise InputError(
                 f"DenseEdgeFeatureConv expects adj (B, {self.edge_channels}, N, N), got {tuple(adj.shape)}"
             )
-        pre = torch.einsum("blij,lo->boij", adj, self.edge_weight)
-        pre = pre + (feat @ self.dst_weight).transpose(1, 2).unsqueeze(-1)  # V_i on rows
-        pre = pre + (feat @ self.src_weight).transpose(1, 2).unsqueeze(-2)  # V_j on columns
-        pre = pre + self.bias.view(1, -1, 1, 1)
-        mask = (adj != 0).any(1, keepdim=True)
+        # written out for the few channels here: einsum over L, a (B N, F) x (F, O) GEMM and any() over the
+        # channel axis were 13x, 5x and 5x slower on (128, 2, 32, 32) (the occlusion head's batches)
+        o = self.out_channels
+        ends = torch.matmul(torch.cat([self.dst_weight, self.src_weight], 1).t(), feat.transpose(1, 2))  # (B, 2O, N)
+        pre = adj[:, :1] * self.edge_weight[0].view(1, o, 1, 1)  # (B, O, N, N)
+        for ch in range(1, self.edge_channels):
+            pre.addcmul_(adj[:, ch:ch + 1], self.edge_weight[ch].view(1, o, 1, 1))  # pre is saved by no op
+        pre += (ends[:, :o] + self.bias.view(1, o, 1)).unsqueeze(-1)  # V_i on rows
+        pre += ends[:, o:].unsqueeze(-2)  # V_j on columns
+        mask = adj[:, 0] != 0
+        for ch in range(1, self.edge_channels):
+            mask |= adj[:, ch] != 0
+        mask = mask.unsqueeze(1)
         return _ACTIVATIONS[self.activation](pre) * mask

@@ -2,6 +2,7 @@ import dgl
 import pytest
 import torch
 from gnn_synth import make_graph
+from torch import nn
 
 from gnn.dense import to_dense
 from gnn.keys import EFEAT, FEAT
@@ -97,6 +98,25 @@ def test_edge_conv_sparse_matches_dense_and_keeps_pattern(batch):
     local = torch.arange(batch.num_nodes()) - (torch.cumsum(counts, 0) - counts)[gid]
     assert torch.allclose(ad[gid[dst], :, local[dst], local[src]], out, atol=1e-5)
     assert ((adj != 0).any(1, keepdim=True) | (ad == 0)).all()  # no new edges
+
+
+def test_dense_edge_conv_is_its_formula_with_other_channel_counts_and_gradients():
+    torch.manual_seed(1)
+    conv = DenseEdgeFeatureConv(5, 3, out_channels=2)
+    nn.init.normal_(conv.bias)
+    adj = torch.rand(2, 3, 4, 4) * (torch.rand(2, 1, 4, 4) < 0.6)
+    adj[:, 0] *= torch.rand(2, 4, 4) < 0.5  # pairs with only some channels set are edges too
+    feat = torch.randn(2, 4, 5, requires_grad=True)
+    mask = (adj != 0).any(1, keepdim=True)
+    want = torch.sigmoid(torch.einsum("blij,lo->boij", adj, conv.edge_weight)
+                         + (feat @ conv.dst_weight).transpose(1, 2).unsqueeze(-1)
+                         + (feat @ conv.src_weight).transpose(1, 2).unsqueeze(-2)
+                         + conv.bias.view(1, -1, 1, 1)) * mask
+    g_want = torch.autograd.grad(want.square().sum(), [feat, *conv.parameters()])
+    got = conv(adj, feat)
+    g_got = torch.autograd.grad(got.square().sum(), [feat, *conv.parameters()])
+    assert got.shape == (2, 2, 4, 4) and torch.allclose(got, want, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_got, g_want, strict=True))
 
 
 def test_edge_conv_rejects_unknown_activation():

@@ -184,3 +184,25 @@ def layer_csr(ptr, cols, vals, below, row_lo, row_hi, n_in):
                 new_vals[at + q] = vals[ch, lo + q]
             at += m
     return new_ptr, new_cols, new_vals
+
+
+@numba.njit(cache=True, nogil=True)
+def padded_csr(ptr, cols, vals, flat, n_pad):
+    """The CSR rows ``ptr``/``cols``/``vals`` ``(L, E)`` moved to rows ``flat[r]`` of ``n_pad`` rows (a
+    padded layout; the other rows empty). Products with it land directly in the padded layout."""
+    n_rows = ptr.size - 1
+    new_ptr = np.zeros(n_pad + 1, np.int32)
+    for r in range(n_rows):
+        new_ptr[flat[r] + 1] = ptr[r + 1] - ptr[r]
+    for p in range(n_pad):
+        new_ptr[p + 1] += new_ptr[p]
+    new_cols = np.empty(ptr[n_rows], np.int32)
+    new_vals = np.empty((vals.shape[0], ptr[n_rows]), vals.dtype)
+    for r in range(n_rows):
+        at = new_ptr[flat[r]]
+        for e in range(ptr[r], ptr[r + 1]):
+            new_cols[at] = cols[e]
+            for ch in range(vals.shape[0]):
+                new_vals[ch, at] = vals[ch, e]
+            at += 1
+    return new_ptr, new_cols, new_vals

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from nucleograph.errors import InputError, ModelError
 
-from .balls import ball_lists, batch_rows, layer_csr
+from .balls import ball_lists, batch_rows, layer_csr, padded_csr
 from .keys import EFEAT
 from .layers.spmm import _csr, weighted_sums
 from .models import GraphClassifier, RSFNet
@@ -311,6 +311,9 @@ class _BatchRows:
                        for j, (n_out, n_in) in enumerate(((n1, n_rem), (n2, n1), (n3, n2)))]
         self.all_edges = (ptr, cols, self.vals, (n3, n3))
         self.where = _group_positions(occ, b)
+        # the in-edges with their rows in the padded layout of the pooling products
+        self.pad_edges = (*padded_csr(ptr, cols, vals, self.where[1].numpy(), b * self.where[2]),
+                          (b * self.where[2], n3))
         self.n_nodes, self.ball_rows = n, np.bincount(occ, minlength=b)
         self.changed = _group_positions(occ[n_rem:n2], b)
         self.node_pad = np.full(b * self.where[2], n, dtype=np.int64)
@@ -447,15 +450,18 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int, threads
 
 
 def _pool_products(r: _BatchRows, table, f2: int, de, e_new, dh):
-    """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion as float32 products (``table``: per node
-    ``[H | A E]`` and a zero row for padding), returned in float64."""
+    """``dE^T [H | A E + A dE / 2]`` and ``E'^T dH`` per occlusion as products in ``table``'s dtype
+    (``table``: per node ``[H | A E]`` and a zero row for padding; float32 here, the callers add them to
+    float64 sums, which promotes them exactly)."""
     cd = table.dtype
     de_c, e_new, dh = de.to(cd), e_new.to(cd), dh.to(cd)
-    ade = torch.cat([de_c.new_zeros(de_c.shape).addmm_(a.to(cd), de_c, alpha=0.5) for a in _csr_mats(r.all_edges)], 1)
-    rhs = _rows(table, torch.from_numpy(r.node_pad)).view(r.b, -1, table.shape[1])  # (b, M, F2 + L K)
-    rhs[:, :, f2:] += _pad(r.where, ade)
-    prod = torch.bmm(_pad(r.where, de_c).transpose(1, 2), rhs).double()  # (b, K, F2 + L K)
-    extra = torch.bmm(_pad(r.changed, e_new).transpose(1, 2), _pad(r.changed, dh)).double()  # (b, K, F2)
+    k = de.shape[1]
+    rhs = _rows(table, torch.from_numpy(r.node_pad))  # (b M, F2 + L K)
+    for ch, a in enumerate(_csr_mats(r.pad_edges)):  # + A_l dE / 2, summed into the padded rows' columns
+        rhs[:, f2 + ch * k:f2 + (ch + 1) * k].addmm_(a.to(cd), de_c, alpha=0.5)
+    rhs = rhs.view(r.b, -1, table.shape[1])  # (b, M, F2 + L K)
+    prod = torch.bmm(_pad(r.where, de_c).transpose(1, 2), rhs)  # (b, K, F2 + L K)
+    extra = torch.bmm(_pad(r.changed, e_new).transpose(1, 2), _pad(r.changed, dh))  # (b, K, F2)
     return prod, extra
 
 

@@ -3,7 +3,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from gnn.balls import ball_lists, batch_rows, layer_csr
+from gnn.balls import ball_lists, batch_rows, layer_csr, padded_csr
 
 
 def _graph(rng, n=60, p=0.06):
@@ -65,3 +65,22 @@ def test_batch_rows_are_the_balls_in_edges_sorted_by_distance(rng):
         np.testing.assert_array_equal(got, want)
         edges = sum(int((cols[ptr[r]:ptr[r + 1]] < bound[j]).sum()) for r in range(bound[0], bound[j + 1]))
         assert lptr[-1] == 2 * edges  # each edge once per channel, none twice
+
+
+def test_padded_csr_moves_each_row_to_its_padded_position(rng):
+    ptr = np.array([0, 2, 5, 6], dtype=np.int32)
+    cols = np.array([0, 2, 1, 2, 0, 1], dtype=np.int32)
+    vals = rng.random((2, 6)).astype(np.float32)
+    flat = np.array([4, 0, 2])  # rows 0, 1, 2 go to padded rows 4, 0, 2 of 6
+    new_ptr, new_cols, new_vals = padded_csr(ptr, cols, vals, flat, 6)
+    assert new_ptr.dtype == new_cols.dtype == np.int32 and new_ptr.size == 7
+    for ch in range(2):
+        dense = np.zeros((3, 3), np.float32)
+        got = np.zeros((6, 3), np.float32)
+        for r in range(3):
+            dense[r, cols[ptr[r]:ptr[r + 1]]] = vals[ch, ptr[r]:ptr[r + 1]]
+        for p in range(6):
+            got[p, new_cols[new_ptr[p]:new_ptr[p + 1]]] = new_vals[ch, new_ptr[p]:new_ptr[p + 1]]
+        want = np.zeros((6, 3), np.float32)
+        want[flat] = dense
+        np.testing.assert_array_equal(got, want)

@@ -632,11 +632,12 @@ def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     if afresh.any():
         _afresh_clusters(r, afresh, z_new, new2, e, de, full, den_o, num_o, t_o)
     # a channel with no edge left is exactly zero in the model: leave no rounding residue
-    t_o = t_o * torch.from_numpy(r.left).double().view(b, 1, L, 1)
+    if not r.left.all():
+        t_o *= torch.from_numpy(r.left).double().view(b, 1, L, 1)
 
     safe_den = torch.where(den_o > 0, den_o, torch.ones((), dtype=torch.float64))
-    v_o = num_o / safe_den.unsqueeze(2)
-    a_o = (t_o / (safe_den[:, :, None, None] * safe_den[:, None, None, :])).permute(0, 2, 1, 3)
+    v_o = num_o.div_(safe_den.unsqueeze(2))
+    a_o = t_o.div_(safe_den[:, :, None, None] * safe_den[:, None, None, :]).permute(0, 2, 1, 3)
     dtype = m.feat_mean.dtype
     p = torch.softmax(m.head(v_o.to(dtype), a_o.to(dtype)).double(), 1)[:, c].numpy()
     return np.where(r.empty, 1.0 / m.n_classes, p)

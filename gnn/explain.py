@@ -197,7 +197,7 @@ def occlusion(
     *,
     hops: int = 1,
     target: int | None = None,
-    batch_size: int = 128,
+    batch_size: int = 64,
     threads: int | None = None,
 ) -> np.ndarray:
     """Occlusion scores, equal to :func:`occlusion_naive` up to float rounding, computed fast.
@@ -212,7 +212,8 @@ def occlusion(
     model, graph, hops, target
         As for :func:`occlusion_naive`.
     batch_size : int
-        Occlusions processed together (memory grows linearly with it).
+        Occlusions processed together (memory grows linearly with it). The default, 64, ran the RSF
+        path 5-10% faster than 128 on 100 px radius graphs of 1,500 nuclei (2 cores; 32 was slower).
     threads : int, optional
         Batches processed at once, each on one thread (RSF models on symmetric graphs); default
         ``torch.get_num_threads()``. Memory grows linearly with it too.

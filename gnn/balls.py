@@ -206,3 +206,24 @@ def padded_csr(ptr, cols, vals, flat, n_pad):
                 new_vals[ch, at] = vals[ch, e]
             at += 1
     return new_ptr, new_cols, new_vals
+
+
+@numba.njit(cache=True, nogil=True)
+def row_blocks(ptr, cols, vals, blocks, block_rows):
+    """The CSR rows of the row blocks ``blocks`` (block ``i`` is rows ``i * block_rows`` up to the next
+    block), stacked in that order, their values as float64: ``(ptr, cols, vals (L, E'))``."""
+    n_out = blocks.size * block_rows
+    new_ptr = np.zeros(n_out + 1, np.int32)
+    for i in range(blocks.size):
+        lo = blocks[i] * block_rows
+        for r in range(block_rows):
+            new_ptr[i * block_rows + r + 1] = new_ptr[i * block_rows + r] + ptr[lo + r + 1] - ptr[lo + r]
+    new_cols = np.empty(new_ptr[n_out], np.int32)
+    new_vals = np.empty((vals.shape[0], new_ptr[n_out]), np.float64)
+    for i in range(blocks.size):
+        lo, at = ptr[blocks[i] * block_rows], new_ptr[i * block_rows]
+        for e in range(ptr[(blocks[i] + 1) * block_rows] - lo):
+            new_cols[at + e] = cols[lo + e]
+            for ch in range(vals.shape[0]):
+                new_vals[ch, at + e] = vals[ch, lo + e]
+    return new_ptr, new_cols, new_vals

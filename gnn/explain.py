@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from nucleograph.errors import InputError, ModelError
 
-from .balls import ball_lists, batch_rows, layer_csr, padded_csr
+from .balls import ball_lists, batch_rows, layer_csr, padded_csr, row_blocks
 from .keys import EFEAT
 from .layers.spmm import _csr, weighted_sums
 from .models import GraphClassifier, RSFNet
@@ -291,8 +291,9 @@ class _BatchRows:
 
     Rows are (occlusion, nucleus) pairs of the ``hops + 3``-hop balls sorted by hop distance ``d``;
     ``n_rem``, ``n1``, ``n2``, ``n3``: rows with ``d <= hops``, ``hops + 1``, ``hops + 2``, ``hops + 3``.
-    Edges: the in-edges of every row as CSR (``ptr``, ``cols``, ``vals``), which on a symmetric graph
-    are its out-edges with the same channels; edges to neighbours outside the ball are left out.
+    Edges: the in-edges of every row (on a symmetric graph its out-edges with the same channels; edges
+    to neighbours outside the ball left out), as each node convolution's CSR (``layers``) and with their
+    rows in the padded layout of the pooling products (``pad_edges``).
     """
 
     def __init__(self, centers, balls, hops, csr, efeat, nz, total_nz, row_of_node):
@@ -305,12 +306,10 @@ class _BatchRows:
         self.occ, self.node = occ, node
         self.n_rem, self.n1, self.n2, self.n3 = (int(v) for v in level_end[hops:])
         n_rem, n1, n2, n3 = self.n_rem, self.n1, self.n2, self.n3
-        self.ptr, self.cols, self.vals = ptr, cols, vals  # vals (L, E): one contiguous row per channel
         # the node convolutions' sparse products: from their changed input rows to the kept rows they change
         self.layers = [_csr(*(torch.from_numpy(a) for a in layer_csr(ptr, cols, vals, below[j], n_rem, n_out, n_in)),
                             (n_out - n_rem, vals.shape[0] * n_in))
                        for j, (n_out, n_in) in enumerate(((n1, n_rem), (n2, n1), (n3, n2)))]
-        self.all_edges = (ptr, cols, self.vals, (n3, n3))
         self.where = _group_positions(occ, b)
         # the in-edges with their rows in the padded layout of the pooling products
         self.pad_edges = (*padded_csr(ptr, cols, vals, self.where[1].numpy(), b * self.where[2]),
@@ -524,12 +523,12 @@ def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, num_
     node[where[1].numpy()] = r.node[rows]
     tab = _rows(table64, torch.from_numpy(node)).view(b_s, m_max, -1)  # (b_s, M, F2 + L K): [H | A E]
     ae_k = torch.gather(tab[:, :, f2:].view(b_s, m_max, L, K), 3, hk.view(b_s, 1, 1, s).expand(b_s, m_max, L, s))
-    # A_l dE_k over the batch's ball edges (dE_k zero on the rows of other occlusions)
+    # A_l dE_k over the selected occlusions' ball edges, straight into their padded rows
     de_in = de.new_zeros(r.n3, s)
     de_in[rows_t] = torch.gather(de_rows, 1, hk_rows)
-    ptr, cols, vals, shape = r.all_edges
-    ade_k = torch.stack([a @ de_in for a in _csr_mats((ptr, cols, vals.astype(np.float64), shape))], 1)
-    ade_k = _pad(where, _rows(ade_k, rows_t).reshape(rows.size, L * s)).view(b_s, m_max, L, s)
+    ptr, cols, vals, _ = r.pad_edges
+    block = row_blocks(ptr, cols, vals, sel, m_max)
+    ade_k = torch.stack([a @ de_in for a in _csr_mats((*block, (b_s * m_max, r.n3)))], 1).view(b_s, m_max, L, s)
     row = torch.bmm(de_k.transpose(1, 2), tab)  # (b_s, s, F2 + L K)
     col = torch.bmm(de_all.transpose(1, 2), (ae_k + ade_k).view(b_s, m_max, L * s)).view(b_s, K, L, s)
     t_row = t_full[hk] + row[:, :, f2:].view(b_s, s, L, K) + col.permute(0, 3, 2, 1)  # (b_s, s, L, K)

@@ -3,7 +3,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from gnn.balls import ball_lists, batch_rows, layer_csr, padded_csr
+from gnn.balls import ball_lists, batch_rows, layer_csr, padded_csr, row_blocks
 
 
 def _graph(rng, n=60, p=0.06):
@@ -84,3 +84,15 @@ def test_padded_csr_moves_each_row_to_its_padded_position(rng):
         want = np.zeros((6, 3), np.float32)
         want[flat] = dense
         np.testing.assert_array_equal(got, want)
+
+
+def test_row_blocks_stack_the_chosen_blocks_in_float64(rng):
+    ptr = np.array([0, 1, 3, 3, 4, 6, 7], dtype=np.int32)  # 3 blocks of 2 rows
+    cols = np.array([0, 1, 2, 0, 1, 2, 0], dtype=np.int32)
+    vals = rng.random((2, 7)).astype(np.float32)
+    new_ptr, new_cols, new_vals = row_blocks(ptr, cols, vals, np.array([2, 0]), 2)
+    assert new_vals.dtype == np.float64 and list(new_ptr) == [0, 2, 3, 4, 6]
+    want_rows = [4, 5, 0, 1]  # block 2, then block 0
+    for i, r in enumerate(want_rows):
+        assert list(new_cols[new_ptr[i]:new_ptr[i + 1]]) == list(cols[ptr[r]:ptr[r + 1]])
+        np.testing.assert_array_equal(new_vals[:, new_ptr[i]:new_ptr[i + 1]], vals[:, ptr[r]:ptr[r + 1]])

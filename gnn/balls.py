@@ -108,56 +108,61 @@ def batch_rows(centers, start, ball_node, ball_dist, hops, indptr, out_dst, orde
             occ[r] = o
             node[r] = ball_node[k]
             row_of_entry[entry_start[o] + k - start[c]] = r
-    # in-edges per row: counted, then filled (fill=True), one occlusion at a time with its node -> row map;
-    # a row's edges are ordered by the column's level: those from rows < n_j come first, for each layer j
-    ptr = np.zeros(n_rows + 1, np.int32)
-    below = np.zeros((3, n_rows), np.int32)  # per row: edges from rows < n_0, < n_1, < n_2
+    # in-edges per row, in one pass over the edges (one occlusion at a time with its node -> row map): each
+    # row's in-ball edges go to a scratch slot as long as its node's degree, with their column's level;
+    # then each row is copied out in order, its edges ordered by that level (those from rows < n_j first)
+    slot = np.empty(n_rows + 1, np.int64)
+    slot[0] = 0
+    for r in range(n_rows):
+        slot[r + 1] = slot[r] + indptr[node[r] + 1] - indptr[node[r]]
+    s_col = np.empty(slot[n_rows], np.int32)
+    s_eid = np.empty(slot[n_rows], np.int64)
+    cnt = np.zeros((4, n_rows), np.int32)  # per row: in-ball edges whose column has level 0..3
     b0, b1, b2 = bound[0], bound[1], bound[2]
-    at = np.zeros(4, np.int64)
-    cols = np.empty(0, np.int32)
-    vals = np.empty((n_ch, 0), efeat.dtype)
-    eid = np.empty(0, np.int64)
-    for fill in (False, True):
-        if fill:
-            for r in range(n_rows):
-                ptr[r + 1] += ptr[r]  # counts -> offsets
-            cols = np.empty(ptr[n_rows], np.int32)
-            vals = np.empty((n_ch, ptr[n_rows]), efeat.dtype)
-            eid = np.empty(ptr[n_rows], np.int64)
-        for o in range(b):
-            lo, hi = entry_start[o], entry_start[o + 1]
-            for j in range(lo, hi):
-                row_of_node[node[row_of_entry[j]]] = row_of_entry[j]
-            for j in range(lo, hi):
-                r = row_of_entry[j]
-                v = node[r]
-                # where each level's edges of the row start (fill) or how many there are (count); the level
-                # is computed without branches (a column's level is unpredictable)
-                base = ptr[r] if fill else 0
-                at[0] = base
-                at[1] = base + below[0, r]
-                at[2] = base + below[1, r]
-                at[3] = base + below[2, r]
-                for e in range(indptr[v], indptr[v + 1]):
-                    col = row_of_node[out_dst[e]]
-                    if col < 0:
-                        continue
-                    lv = (col >= b0) + (col >= b1) + (col >= b2)
-                    if fill:
-                        q = at[lv]
-                        cols[q] = col
-                        ed = order[e]
-                        eid[q] = ed
-                        for ch in range(n_ch):
-                            vals[ch, q] = efeat[ch, ed]
-                    at[lv] += 1
-                if not fill:
-                    below[0, r] = at[0]
-                    below[1, r] = at[0] + at[1]
-                    below[2, r] = at[0] + at[1] + at[2]
-                    ptr[r + 1] = at[0] + at[1] + at[2] + at[3]  # the row's count
-            for j in range(lo, hi):
-                row_of_node[node[row_of_entry[j]]] = -1
+    for o in range(b):
+        lo, hi = entry_start[o], entry_start[o + 1]
+        for j in range(lo, hi):
+            row_of_node[node[row_of_entry[j]]] = row_of_entry[j]
+        for j in range(lo, hi):
+            r = row_of_entry[j]
+            v = node[r]
+            at = slot[r]
+            for e in range(indptr[v], indptr[v + 1]):
+                col = row_of_node[out_dst[e]]
+                if col >= 0:
+                    s_col[at] = col
+                    s_eid[at] = order[e]
+                    at += 1
+                    cnt[(col >= b0) + (col >= b1) + (col >= b2), r] += 1
+        for j in range(lo, hi):
+            row_of_node[node[row_of_entry[j]]] = -1
+    ptr = np.empty(n_rows + 1, np.int32)
+    ptr[0] = 0
+    below = np.empty((3, n_rows), np.int32)  # per row: edges from rows < n_0, < n_1, < n_2
+    for r in range(n_rows):
+        below[0, r] = cnt[0, r]
+        below[1, r] = below[0, r] + cnt[1, r]
+        below[2, r] = below[1, r] + cnt[2, r]
+        ptr[r + 1] = ptr[r] + below[2, r] + cnt[3, r]
+    cols = np.empty(ptr[n_rows], np.int32)
+    vals = np.empty((n_ch, ptr[n_rows]), efeat.dtype)
+    eid = np.empty(ptr[n_rows], np.int64)
+    at = np.empty(4, np.int64)
+    for r in range(n_rows):
+        at[0] = ptr[r]
+        at[1] = ptr[r] + below[0, r]
+        at[2] = ptr[r] + below[1, r]
+        at[3] = ptr[r] + below[2, r]
+        for k in range(slot[r], slot[r] + ptr[r + 1] - ptr[r]):
+            col = s_col[k]
+            lv = (col >= b0) + (col >= b1) + (col >= b2)
+            q = at[lv]
+            at[lv] += 1
+            cols[q] = col
+            ed = s_eid[k]
+            eid[q] = ed
+            for ch in range(n_ch):
+                vals[ch, q] = efeat[ch, ed]
     return occ, node, level_end, ptr, cols, vals, eid, below
 
 

@@ -12,8 +12,10 @@ model output; its probability is the uniform prior ``1 / C``.
 fast for the RSF models: before Pool1 only the ``hops + 3`` hop ball around ``i`` changes (three
 vertex convolutions: VConv1, VConv2 and the pooling's assignment convolution). Each convolution is
 linear before its batch norm, so its cached pre-activation is updated by the change of its input,
-one hop further out per layer, as sparse products over the balls' block-diagonal adjacency. The
-pooling sums are then corrected in closed form,
+one hop further out per layer, as sparse products over the balls' block-diagonal adjacency, only on
+the kept rows that change (a removed nucleus's own outputs are never needed, and its projections
+``-V W_l`` are looked up from a table computed once per image). The pooling sums are then corrected
+in closed form,
 
 .. math::
     V' = \\frac{E'^\\top H'}{\\mathbf 1^\\top E'},\\qquad
@@ -35,6 +37,7 @@ about 1e-7, also for models with sharply peaked assignments.
 
 from __future__ import annotations
 
+import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -241,6 +244,11 @@ _EPS_RATIO = torch.finfo(torch.float32).eps / torch.finfo(torch.float64).eps
 _FLOAT32_BOUND = 1.0
 
 
+def _float64(module):
+    """A float64 copy of ``module`` (None stays None)."""
+    return None if module is None else copy.deepcopy(module).double()
+
+
 def _bn_eval(bn, x):
     return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
@@ -401,18 +409,24 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int, threads
     efeat = m.edge_features(graph)
     src, dst = (t.numpy() for t in graph.edges())
 
-    # full-graph pass (the same layers as model.forward), caching pre-activations and activations
-    pre1 = m.vconv1(graph, x, efeat)
-    h1 = F.relu(_bn_eval(m.bn1, pre1))
-    pre2 = m.vconv2(graph, h1, efeat)
-    h2 = F.relu(_bn_eval(m.bn2, pre2))
-    if m.attention is not None:
-        h2, _ = m.attention(None, h2)
-    z = m.pool1.embed(graph, h2, efeat)  # (N, K)
+    # full-graph pass (the same layers as model.forward) in float64, caching pre-activations and
+    # activations: the totals that the corrections start from carry no float32 rounding of all N nodes,
+    # only the changed rows do (on a trained RSF+Attention model the fast path's distance to the float64
+    # model fell from 6.7e-6 to 3.9e-6; the float32 naive loop's own is 6.9e-6)
+    vconv1, bn1, vconv2, bn2, attention, embed = (
+        _float64(mod) for mod in (m.vconv1, m.bn1, m.vconv2, m.bn2, m.attention, m.pool1.embed))
+    xd, ed = x.double(), efeat.double()
+    pre1d = vconv1(graph, xd, ed)
+    h1d = F.relu(_bn_eval(bn1, pre1d))
+    pre2d = vconv2(graph, h1d, ed)
+    h2d = F.relu(_bn_eval(bn2, pre2d))
+    if attention is not None:
+        h2d, _ = attention(None, h2d)
+    zd = embed(graph, h2d, ed)  # (N, K)
+    pre1, h1, pre2, h2, z = (t_.to(x.dtype) for t_ in (pre1d, h1d, pre2d, h2d, zd))
     p0 = torch.softmax(m(graph).double(), 1)[0].numpy()
     c = _target(p0, target)
 
-    zd, h2d, ed = z.double(), h2.double(), efeat.double()
     shift = zd.max(0).values
     e = torch.exp(zd - shift)  # (N, K), softmax numerators with a fixed shift
     num = e.T @ h2d  # (K, F2)
@@ -426,9 +440,9 @@ def _occlusion_rsf(m: RSFNet, graph, hops: int, target, batch_size: int, threads
     table = torch.cat([torch.cat([h2d, ae.reshape(n, L * K)], 1), h2d.new_zeros(1, f2 + L * K)])
     tables = {torch.float64: table, torch.float32: table.float()}
     # the removed rows' change of V W_l for each node convolution's input V, l >= 1: (L, N, O)
-    neg = [torch.stack([-(v @ w) for w in conv.weight[1:]])
-           for v, conv in ((x, m.vconv1), (h1, m.vconv2), (h2, m.pool1.embed))]
-    cache = (x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables, (graph, zd, h2d, ed), neg)
+    neg = [torch.stack([-(v @ w) for w in conv.weight[1:]]).to(x.dtype)
+           for v, conv in ((xd, vconv1), (h1d, vconv2), (h2d, embed))]
+    cache = (pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables, (graph, zd, h2d, ed), neg)
 
     # out-edges by source; on a symmetric graph they are also the in-edges, with the same channels
     order = np.argsort(src, kind="stable")
@@ -582,7 +596,7 @@ def _afresh_clusters(r: _BatchRows, afresh: np.ndarray, z_new, new2, e, de, full
 
 def _occluded_probas(m: RSFNet, r: _BatchRows, c: int, cache) -> np.ndarray:
     """Class-``c`` probabilities of the occluded graphs of one batch (see :func:`_occlusion_rsf`)."""
-    x, pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables, full, neg = cache
+    pre1, h1, pre2, h2, z, e, shift, num, den, t_full, tables, full, neg = cache
     b, n_rem, n1, n2 = r.b, r.n_rem, r.n1, r.n2
     L, K, f2 = m.edge_channels, m.pool1.n_clusters, h2.shape[1]
     node_t = torch.from_numpy(r.node)

@@ -533,8 +533,7 @@ def _heavy_clusters(r: _BatchRows, heavy: np.ndarray, table64, f2: int, de, num_
     de_rows = _rows(de, rows_t)
     de_all = _pad(where, de_rows)  # (b_s, M, K)
     de_k = torch.gather(de_all, 2, hk.unsqueeze(1).expand(b_s, m_max, s))  # (b_s, M, s)
-    node = np.full(b_s * m_max, table64.shape[0] - 1, dtype=np.int64)
-    node[where[1].numpy()] = r.node[rows]
+    node = r.node_pad.reshape(r.b, m_max)[sel].reshape(-1)  # the subset keeps each occlusion's padded block
     tab = _rows(table64, torch.from_numpy(node)).view(b_s, m_max, -1)  # (b_s, M, F2 + L K): [H | A E]
     ae_k = torch.gather(tab[:, :, f2:].view(b_s, m_max, L, K), 3, hk.view(b_s, 1, 1, s).expand(b_s, m_max, L, s))
     # A_l dE_k over the selected occlusions' ball edges, straight into their padded rows

@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml | system-deps
 	touch $(STAMP)
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -27,10 +27,10 @@ BUDGET_S = 2.0
 
 
 def prepare(cohort: str, occlusion_images: int) -> None:
-    from db import runs as db_runs
-    from db.driver import open_driver
-    from gnn.service import explain_run, train_cohort
     from nucleograph.config import Settings
+    from nucleograph.db import runs as db_runs
+    from nucleograph.db.driver import open_driver
+    from nucleograph.gnn.service import explain_run, train_cohort
 
     settings = Settings.from_env()
     driver = open_driver(settings)
@@ -50,7 +50,7 @@ def prepare(cohort: str, occlusion_images: int) -> None:
             explain_run(driver, settings, run_id, method="attention", progress=True)
             print(f"attention scores in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         if "occlusion" not in have and occlusion_images:
-            from db import store
+            from nucleograph.db import store
 
             ids = [r["id"] for r in store.cohort_images(driver, cohort, database=db)][:: max(1, 200 // occlusion_images)]
             t = time.perf_counter()
@@ -147,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                         "warm_s": statistics.median(warm), "budget_s": BUDGET_S,
                         "cold_over_budget": statistics.median(cold) / BUDGET_S})
 
-    from db.driver import open_driver
     from nucleograph.config import Settings
+    from nucleograph.db.driver import open_driver
 
     settings = Settings.from_env()
     driver = open_driver(settings)
-    from db import store
+    from nucleograph.db import store
 
     counts = store.cohort_counts(driver, args.cohort, database=settings.neo4j_database)
     driver.close()

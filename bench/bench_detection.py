@@ -7,7 +7,7 @@ Usage::
 1. Quality: a held-out synthetic cohort (``ingest.synth``, cohort seed 2026 by default; the shipped
    U-Net was trained on seed 101) is written to a temporary folder; both detectors run on every
    image and are scored by one-to-one centroid matching within ``--radius`` pixels
-   (:func:`ingest.detect.match_centroids`): precision, recall and F1, pooled over images.
+   (:func:`nucleograph.ingest.detect.match_centroids`): precision, recall and F1, pooled over images.
 2. Time: every stage of the pipeline (read PNG, detect, features, edges) on each 2048 x 1536
    breast image (about 1500 nuclei), mean seconds per image.
 """
@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ingest.detect import detect_nuclei, match_centroids
-from ingest.features import nucleus_features
-from ingest.graph import build_edges
-from ingest.readers import discover, read_image
-from ingest.synth import synthesize_cohort
-from ingest.unet import load_unet
+from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.detect import detect_nuclei, match_centroids
+from nucleograph.ingest.features import nucleus_features
+from nucleograph.ingest.graph import build_edges
+from nucleograph.ingest.readers import read_image
+from nucleograph.ingest.synth import synthesize_cohort
+from nucleograph.ingest.unet import load_unet
 
 METHODS = ("watershed", "unet")
 

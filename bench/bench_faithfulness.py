@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from db import runs as db_runs
-from db import store
-from db.driver import open_driver
-from gnn import faithfulness as fa
-from gnn.service import explain_run, graph_from_arrays, load_run_models
 from nucleograph.config import Settings
+from nucleograph.db import runs as db_runs
+from nucleograph.db import store
+from nucleograph.db.driver import open_driver
+from nucleograph.gnn import faithfulness as fa
+from nucleograph.gnn.service import explain_run, graph_from_arrays, load_run_models
 
 
 def main() -> None:
@@ -82,8 +82,8 @@ def main() -> None:
                 for role, e in fa.role_enrichment(roles, s).items():
                     enrich[g["label"]][role].append(e)
                 if args.figures and g["label"] not in drawn:
-                    from gnn.render import render_importance
-                    from ingest.readers import read_image
+                    from nucleograph.gnn.render import render_importance
+                    from nucleograph.ingest.readers import read_image
 
                     areas = store.nucleus_areas(driver, g["id"], database=db)
                     out = Path(args.figures) / f"{run['cohort']}_{run['model']}_{method}_{g['label']}.jpg"

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from scipy.spatial import Delaunay
 
-from gnn.data import edge_channels, to_dgl
-from gnn.dense import DenseRSFReference, to_dense
-from gnn.keys import FEAT
-from gnn.models import build_model, count_parameters
-from gnn.train import train_model
+from nucleograph.gnn.data import edge_channels, to_dgl
+from nucleograph.gnn.dense import DenseRSFReference, to_dense
+from nucleograph.gnn.keys import FEAT
+from nucleograph.gnn.models import build_model, count_parameters
+from nucleograph.gnn.train import train_model
 
 
 def synthetic_graph(n: int, *, rng, n_feats: int = 16, max_distance: float = 100.0):

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ingest.graph import brute_force_edges, build_edges
+from nucleograph.ingest.graph import brute_force_edges, build_edges
 
 DENSITY = 1500 / (2048 * 1536)  # nuclei per pixel
 

@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from db import local, schema, store
-from db.driver import open_driver
-from ingest.pipeline import IngestParams, feature_names, process_image
-from ingest.readers import discover
-from ingest.synth import synthesize_cohort
+from nucleograph.db import local, schema, store
+from nucleograph.db.driver import open_driver
+from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.pipeline import IngestParams, feature_names, process_image
+from nucleograph.ingest.synth import synthesize_cohort
 
 BARE_NODES = "UNWIND $rows AS row CREATE (n:BareNucleus) SET n = row"
 BARE_EDGES = (

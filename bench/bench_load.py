@@ -26,11 +26,11 @@ from pathlib import Path
 import neo4j
 import numpy as np
 
-from db import local, schema, store
-from db import queries as q
-from db.driver import open_driver
-from ingest.synth import synthesize_cohort
 from nucleograph.config import Settings
+from nucleograph.db import local, schema, store
+from nucleograph.db import queries as q
+from nucleograph.db.driver import open_driver
+from nucleograph.ingest.synth import synthesize_cohort
 
 PARTIAL = (
     "MATCH (i:Image) WITH i, COUNT { (i)-[:HAS_NUCLEUS]->() } AS n, COUNT { (i)-[:HAS_NUCLEUS]->()-[:NEAR]->() } AS e "

@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gnn import synthetic_graph  # noqa: E402
 
-from gnn.data import edge_channels, to_dgl  # noqa: E402
-from gnn.explain import _occluded, _proba, occlusion  # noqa: E402
-from gnn.models import build_model  # noqa: E402
-from ingest.graph import build_edges  # noqa: E402
 from nucleograph.allocator import retain_freed_memory  # noqa: E402
+from nucleograph.gnn.data import edge_channels, to_dgl  # noqa: E402
+from nucleograph.gnn.explain import _occluded, _proba, occlusion  # noqa: E402
+from nucleograph.gnn.models import build_model  # noqa: E402
+from nucleograph.ingest.graph import build_edges  # noqa: E402
 
 
 def image_graph(n: int, *, rng, n_feats: int = 16, size=(2048, 1536), threshold: float = 100.0):
@@ -53,7 +53,7 @@ def image_graph(n: int, *, rng, n_feats: int = 16, size=(2048, 1536), threshold:
 def synth_graph(n: int, *, rng, n_feats: int = 16, threshold: float = 100.0):
     """The ground-truth nuclei of one synthetic 2048x1536 breast tile (``ingest.synth``, about 1,600
     nuclei in ducts, cords and stroma; ``n`` is ignored), joined as ingest joins them."""
-    from ingest.synth import synthesize_image
+    from nucleograph.ingest.synth import synthesize_image
 
     tile = synthesize_image("breast", "Invasive" if rng.random() < 0.5 else "InSitu", rng=rng)
     pts = tile.nuclei[["centroid_x", "centroid_y"]].to_numpy(float)
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     dgl.seed(0)
     torch.manual_seed(0)
     if args.checkpoint:
-        from gnn.train import load_checkpoint
+        from nucleograph.gnn.train import load_checkpoint
 
         model, _, config = load_checkpoint(args.checkpoint)
         args.model, args.graph = config["model_name"], f"cached ({Path(args.graph_file).name})"

@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
 
-from ingest.synth import TASKS, _image_seed, synthesize_image
+from nucleograph.ingest.synth import TASKS, _image_seed, synthesize_image
 
 GRAPH_FREE = ("count", "area", "eccentricity", "h_od")
 SPATIAL = ("degree", "degree_sd", "crowded", "weighted_degree")

@@ -1,7 +1,7 @@
 """The nucleograph dashboard: ``nucleograph dashboard`` (or ``streamlit run dashboard/app.py``).
 
 The entry point only picks the cohort (in the sidebar, shared by every page) and the page; the
-pages (``views/``) read through :mod:`dashboard.data` and draw with :mod:`dashboard.plots`. The folder
+pages (``views/``) read through :mod:`nucleograph.dashboard.data` and draw with :mod:`nucleograph.dashboard.plots`. The folder
 is not called ``pages/``: Streamlit treats a ``pages/`` folder beside the entry point as a legacy
 multipage app until ``st.navigation`` runs, so a fresh session (and ``AppTest.switch_page``) would run
 a page script alone, without this sidebar.
@@ -9,7 +9,7 @@ a page script alone, without this sidebar.
 
 import streamlit as st
 
-from dashboard import data
+from nucleograph.dashboard import data
 
 st.set_page_config(page_title="nucleograph", page_icon=":material/biotech:", layout="wide")
 

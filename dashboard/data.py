@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from db import queries as dq
-from db import queries as q
 from nucleograph.config import Settings
+from nucleograph.db import queries as dq
+from nucleograph.db import queries as q
 from nucleograph.errors import NucleographError
 
 TTL = 60  # seconds a listing stays cached: new ingests and runs show up within a minute
@@ -39,14 +39,14 @@ SHAPE_FEATURES = {
 # --- connection -------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _driver_for(uri: str, user: str, database: str, _settings: Settings) -> neo4j.Driver:
-    from db.driver import open_driver
+    from nucleograph.db.driver import open_driver
 
     return open_driver(_settings)
 
 
 @st.cache_resource(show_spinner=False)
 def _engine_for(sql_url: str, _settings: Settings):
-    from db.records import open_engine
+    from nucleograph.db.records import open_engine
 
     return open_engine(_settings)
 
@@ -86,7 +86,7 @@ def cohort_images(_driver, uri: str, database: str, cohort: str) -> pd.DataFrame
 
 @st.cache_data(ttl=TTL, show_spinner=False)
 def ingest_log(_engine, sql_url: str, cohort: str) -> pd.DataFrame:
-    from db.records import ingest_records
+    from nucleograph.db.records import ingest_records
 
     rows = ingest_records(_engine, cohort=cohort)
     cols = ["created_at", "path", "image_id", "label", "status", "error", "detector", "nuclei", "edges", "seconds"]
@@ -111,7 +111,7 @@ def sql_runs(_engine, sql_url: str, cohort: str) -> pd.DataFrame:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from db.records import ModelRunRecord
+    from nucleograph.db.records import ModelRunRecord
 
     stmt = select(ModelRunRecord).where(ModelRunRecord.cohort == cohort).order_by(ModelRunRecord.created_at.desc())
     with Session(_engine) as session:
@@ -201,7 +201,9 @@ def image_source(path: str, max_side: int = DISPLAY_MAX_SIDE) -> tuple[str | Non
             im.draft("RGB", (max_side, max_side))  # JPEG decodes at a reduced scale directly
             rgb = im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
-        from ingest.readers import read_image  # TIFF variants, 16-bit, and a clear message otherwise
+        from nucleograph.ingest.readers import (
+            read_image,  # TIFF variants, 16-bit, and a clear message otherwise
+        )
 
         try:
             rgb = Image.fromarray(read_image(path))
@@ -309,7 +311,7 @@ def topk_overlap(a: pd.DataFrame, b: pd.DataFrame, k: int) -> pd.DataFrame:
 @st.cache_data(ttl=TTL, show_spinner=False)
 def console_read(_driver, uri: str, database: str, query: str, params_json: str, limit: int):
     """A read-only console query (refused by the server if it writes); errors are not cached."""
-    from db.console import run_cypher
+    from nucleograph.db.console import run_cypher
 
     return run_cypher(_driver, query, json.loads(params_json), database=database, limit=limit)
 

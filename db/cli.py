@@ -6,10 +6,10 @@ import argparse
 
 import neo4j
 
-from db import console, local, schema
-from db import queries as q
-from db.driver import open_driver
 from nucleograph.config import Settings
+from nucleograph.db import console, local, schema
+from nucleograph.db import queries as q
+from nucleograph.db.driver import open_driver
 from nucleograph.output import emit_json, format_table
 
 

@@ -120,7 +120,7 @@ def start(settings: Settings, *, timeout: float = 180.0) -> dict:
     Returns a dict with ``pid``, ``started`` (False if it was already running) and ``seconds``.
     """
     _require_local(settings)
-    from db.driver import open_driver  # late: the driver is only needed once the server runs
+    from nucleograph.db.driver import open_driver  # late: the driver is only needed once the server runs
 
     t0 = time.perf_counter()
     pid = read_pid(settings)

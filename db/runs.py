@@ -8,7 +8,7 @@ from typing import Any
 
 import neo4j
 
-from db import queries as q
+from nucleograph.db import queries as q
 from nucleograph.errors import InputError
 
 METHODS = ("attention", "occlusion")

@@ -1,6 +1,6 @@
 """Versioned, idempotent schema migrations for the graph model.
 
-Each migration is a tuple of statements from :mod:`db.queries`; applied versions are recorded as
+Each migration is a tuple of statements from :mod:`nucleograph.db.queries`; applied versions are recorded as
 ``(:SchemaMigration {version})`` nodes, so ``migrate`` only runs what is new and a second run
 changes nothing. Add a migration by appending to :data:`MIGRATIONS`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import neo4j
 
-from db import queries as q
+from nucleograph.db import queries as q
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (q.SCHEMA_V1, q.SCHEMA_V2)
 LATEST = len(MIGRATIONS)

@@ -15,7 +15,7 @@ from typing import Any
 import neo4j
 import numpy as np
 
-from db import queries as q
+from nucleograph.db import queries as q
 
 BATCH = 10_000
 READ_BATCH = 16
@@ -97,7 +97,7 @@ def store_image_graph(
     driver: neo4j.Driver, graph, *, cohort: str, params, feature_names: list[str], database: str,
     task: str | None = None, batch: int = BATCH,
 ) -> StoreResult:
-    """Store ``graph`` (an :class:`ingest.pipeline.ImageGraph`) in ``cohort``, atomically.
+    """Store ``graph`` (an :class:`nucleograph.ingest.pipeline.ImageGraph`) in ``cohort``, atomically.
 
     Same file and same parameters already stored: nothing changes (``unchanged``, or ``linked`` when
     only the cohort membership was new). Same file with new parameters: the old nuclei are deleted

@@ -1,4 +1,4 @@
-"""Index building for fast occlusion (:mod:`gnn.explain`): every nucleus's k-hop ball and, for a batch
+"""Index building for fast occlusion (:mod:`nucleograph.gnn.explain`): every nucleus's k-hop ball and, for a batch
 of occlusions, the balls' rows and in-edges as CSR arrays.
 
 These are loops over nodes and edges with data-dependent lengths; written with numpy they took a

@@ -6,9 +6,9 @@ import argparse
 import csv
 import sys
 
-from db import runs as db_runs
-from db.driver import open_driver
 from nucleograph.config import Settings
+from nucleograph.db import runs as db_runs
+from nucleograph.db.driver import open_driver
 from nucleograph.errors import InputError
 from nucleograph.output import emit_json, format_table
 
@@ -78,7 +78,7 @@ def _progress(args) -> bool:
 
 
 def cmd_train(args, settings: Settings) -> int:
-    from gnn.service import train_cohort
+    from nucleograph.gnn.service import train_cohort
 
     driver = open_driver(settings)
     try:
@@ -99,7 +99,7 @@ def cmd_train(args, settings: Settings) -> int:
 
 
 def cmd_experiment(args, settings: Settings) -> int:
-    from gnn.experiment import table2
+    from nucleograph.gnn.experiment import table2
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = sorted(set(models) - set(MODELS))
@@ -133,8 +133,8 @@ def cmd_runs(args, settings: Settings) -> int:
 
 
 def cmd_explain(args, settings: Settings) -> int:
-    from db import store
-    from gnn.service import explain_run
+    from nucleograph.db import store
+    from nucleograph.gnn.service import explain_run
 
     driver = open_driver(settings)
     try:
@@ -186,9 +186,9 @@ def cmd_scores(args, settings: Settings) -> int:
 def cmd_render(args, settings: Settings) -> int:
     import numpy as np
 
-    from db import store
-    from gnn.render import render_importance
-    from ingest.readers import read_image
+    from nucleograph.db import store
+    from nucleograph.gnn.render import render_importance
+    from nucleograph.ingest.readers import read_image
 
     prop = db_runs.score_property(args.run, args.method, args.hops)
     db = settings.neo4j_database

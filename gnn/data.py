@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from nucleograph.errors import InputError
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 
 from .keys import CENTROID, EFEAT, FEAT, NID
 
-DEFAULT_MAX_DISTANCE = 100.0
+DEFAULT_MAX_DISTANCE = DEFAULT_THRESHOLD_PX
 DEFAULT_EDGE_CHANNELS = 2
 
 
@@ -164,7 +165,7 @@ class FeatureScaler:
 def standardize(graphs, scaler: FeatureScaler | None = None):
     """Return copies of ``graphs`` with standardised ``ndata[FEAT]`` and the scaler used.
 
-    Models in :mod:`gnn.models` standardise internally (the scaler is stored in the model), so this is
+    Models in :mod:`nucleograph.gnn.models` standardise internally (the scaler is stored in the model), so this is
     only for code that needs standardised features outside a model.
     """
     scaler = scaler or FeatureScaler.fit(graphs)

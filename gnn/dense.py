@@ -1,6 +1,6 @@
 """Dense ``N x N x L`` reference of the RSF models, for benchmarks and tests.
 
-:class:`DenseRSFReference` wraps a trained :class:`gnn.models.RSFNet` and recomputes everything up
+:class:`DenseRSFReference` wraps a trained :class:`nucleograph.gnn.models.RSFNet` and recomputes everything up
 to Pool1 with dense padded tensors (``adj`` ``(B, L, N, N)``), as the original TensorFlow RSF code
 does, then runs the model's own (already dense) head. It shares the model's parameters, so its
 outputs must match ``model(graph)`` up to float rounding.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gnn.service import train_cohort
 from nucleograph.config import Settings
+from nucleograph.gnn.service import train_cohort
 
 PAPER_TABLE2 = {  # Sureka et al. 2020, Table II (accuracy)
     "breast": {"rsf": 0.94, "rsf-edge": 0.92, "rsf-attention": 0.90},

@@ -205,7 +205,7 @@ def occlusion(
 ) -> np.ndarray:
     """Occlusion scores, equal to :func:`occlusion_naive` up to float rounding, computed fast.
 
-    For RSF models on symmetric graphs (all graphs from :func:`gnn.data.to_dgl`) it updates only the
+    For RSF models on symmetric graphs (all graphs from :func:`nucleograph.gnn.data.to_dgl`) it updates only the
     ``hops + 3``-hop ball of each nucleus and corrects the pooling sums in closed form (see the module
     docstring). Other models or non-symmetric graphs use batched occluded copies (exact,
     but only a constant factor faster than the naive loop).
@@ -267,7 +267,7 @@ def _delta_conv(conv, out, neg_proj, removed, delta, mat):
     are updated, and the removed rows' change ``-V W_l`` is a lookup in ``neg_proj`` ``(L, N, O)``,
     computed once per image). ``out`` ``(n_out, O)`` the cached pre-activations (updated in place and
     returned), ``removed`` the removed rows' nodes, ``delta`` ``(n_ch, F)`` or None, ``mat`` the
-    layer's in-edges with channel ``l`` in column block ``l`` (:func:`gnn.balls.layer_csr`); the removed
+    layer's in-edges with channel ``l`` in column block ``l`` (:func:`nucleograph.gnn.balls.layer_csr`); the removed
     rows' own outputs are never computed."""
     w = conv.weight  # (L+1, F, O)
     n_rem, n_ch = removed.numel(), 0 if delta is None else delta.shape[0]

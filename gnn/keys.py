@@ -1,6 +1,6 @@
 """Node and edge feature keys, named once for the whole of ``gnn/``.
 
-Every DGL graph that nucleograph builds (:func:`gnn.data.to_dgl`) stores its data under these keys;
+Every DGL graph that nucleograph builds (:func:`nucleograph.gnn.data.to_dgl`) stores its data under these keys;
 layers read them as defaults and keep their own temporaries (the ``TMP_*`` keys) inside
 ``graph.local_scope()`` so nothing leaks into the caller's graph.
 """

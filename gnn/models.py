@@ -7,14 +7,14 @@ Architectures (``c = conv_feats``, ``p = pool_sizes``, ``f = fc_feats``; default
                    EdgeConv1/2 feed the next vertex convolution / pooling, and the channels of EdgeConv3
                    (``(L, p2, p2)``) are flattened into FC1 next to the pooled node features, since
                    nothing else follows Pool2.
-``rsf-attention``  as ``rsf`` with a per-nucleus sigmoid gate (:class:`gnn.layers.NodeAttention`) on VConv2.
+``rsf-attention``  as ``rsf`` with a per-nucleus sigmoid gate (:class:`nucleograph.gnn.layers.NodeAttention`) on VConv2.
 ``mlp``            MLP on the mean of the standardised node features concatenated with log(nucleus count).
 
 Each vertex convolution is followed by batch norm and ReLU. Batch norm before Pool1 runs on the node
 rows of the batched sparse graph (so padding never enters its statistics); after Pool1 every graph
 has exactly ``p1`` nodes, so dense tensors carry no padding.
 
-Models take *raw* node features: the :class:`gnn.data.FeatureScaler` fitted on the training graphs is
+Models take *raw* node features: the :class:`nucleograph.gnn.data.FeatureScaler` fitted on the training graphs is
 stored in the model's buffers (``set_scaler``) and applied first, so checkpoints, predictions and
 explanations cannot forget it.
 """

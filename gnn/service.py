@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from db import records as rec
-from db import runs as db_runs
-from db import store
-from gnn.data import edge_channels, to_dgl
 from nucleograph.config import Settings
+from nucleograph.db import records as rec
+from nucleograph.db import runs as db_runs
+from nucleograph.db import store
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.data import edge_channels, to_dgl
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 
 CACHE_VERSION = 1
 
@@ -45,9 +46,9 @@ class CohortData:
 
 
 def graph_from_arrays(g: dict[str, Any]) -> dgl.DGLGraph:
-    """A DGL graph from :func:`db.store.read_graphs` arrays (edge channels from the distances)."""
+    """A DGL graph from :func:`nucleograph.db.store.read_graphs` arrays (edge channels from the distances)."""
     return to_dgl(
-        g["features"], g["src"], g["dst"], edge_channels(g["dist"], max_distance=g.get("threshold_px", 100.0)),
+        g["features"], g["src"], g["dst"], edge_channels(g["dist"], max_distance=g.get("threshold_px", DEFAULT_THRESHOLD_PX)),
         centroids=g["centroids"], nucleus_ids=g["nids"],
     )
 
@@ -117,7 +118,7 @@ def train_cohort(
     metrics are averaged over folds and each image's prediction comes from the fold that held it out.
     ``resume_run`` continues a crashed run from its last checkpoint (same id and settings).
     """
-    from gnn.train import kfold, train_model
+    from nucleograph.gnn.train import kfold, train_model
 
     data = load_cohort(driver, settings, cohort, progress=progress)
     if len(set(data.labels.tolist())) < 2:
@@ -199,7 +200,7 @@ def train_cohort(
 
 def load_run_models(driver, settings: Settings, run_id: str) -> tuple[dict[str, Any], list]:
     """The run's record and its fold models (eval mode); clear errors when either is gone."""
-    from gnn.train import load_checkpoint
+    from nucleograph.gnn.train import load_checkpoint
 
     run = db_runs.get_run(driver, run_id, database=settings.neo4j_database)
     if run is None:
@@ -222,7 +223,7 @@ def explain_run(
     image_ids: list[str] | None = None, target: int | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j."""
-    from gnn.explain import attention_scores, occlusion
+    from nucleograph.gnn.explain import attention_scores, occlusion
 
     if method not in db_runs.METHODS:
         raise InputError(f"unknown method {method!r}: choose one of {', '.join(db_runs.METHODS)}")

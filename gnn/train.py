@@ -42,7 +42,7 @@ class TrainResult:
     scaler : FeatureScaler
         Fitted on the training graphs; also stored inside ``model``.
     metrics : dict
-        Test-set metrics (:func:`gnn.metrics.classification_metrics`); empty without a test set.
+        Test-set metrics (:func:`nucleograph.gnn.metrics.classification_metrics`); empty without a test set.
     history : list of dict
         Per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``.
     split : dict
@@ -188,7 +188,7 @@ def train_model(
     Parameters
     ----------
     graphs : sequence of dgl.DGLGraph
-        One graph per image, from :func:`gnn.data.to_dgl` (raw features).
+        One graph per image, from :func:`nucleograph.gnn.data.to_dgl` (raw features).
     labels : array_like of int, shape (n,)
         Classes ``0 .. C-1``; at least two must occur.
     model_name : {"rsf", "rsf-edge", "rsf-attention", "mlp"}
@@ -203,7 +203,7 @@ def train_model(
         epochs (the paper's ~50), then flat. It depends on the epoch number only, so a run resumed
         from a checkpoint, or extended with more epochs, follows the same schedule. 1 keeps it flat.
     val_fraction, test_fraction : float
-        Used when ``split`` is None: :func:`gnn.data.stratified_split` (by ``groups`` if given).
+        Used when ``split`` is None: :func:`nucleograph.gnn.data.stratified_split` (by ``groups`` if given).
     split : (train, val, test) index arrays, optional
         Explicit split; ``val`` or ``test`` may be empty.
     patience : int or None
@@ -216,7 +216,7 @@ def train_model(
     n_classes : int, optional
         Default ``max(labels) + 1``.
     model_kwargs : dict, optional
-        Passed to :func:`gnn.models.build_model`.
+        Passed to :func:`nucleograph.gnn.models.build_model`.
 
     Returns
     -------

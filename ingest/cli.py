@@ -6,9 +6,11 @@ import argparse
 import os
 import sys
 
-from db.driver import open_driver
 from nucleograph.config import Settings
+from nucleograph.db.driver import open_driver
 from nucleograph.errors import InputError
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
+from nucleograph.ingest.pipeline import DETECTORS
 from nucleograph.output import emit_json
 
 
@@ -25,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="detect nuclei, build graphs and store them in Neo4j")
     p.add_argument("paths", nargs="+", help="images, slides, folders (BACH or with manifest.csv) or CSV manifests")
     p.add_argument("--cohort", required=True)
-    p.add_argument("--detector", choices=["unet", "watershed"], default="watershed")
+    p.add_argument("--detector", choices=DETECTORS, default="watershed")
     p.add_argument("--classes", default=None, help="comma-separated labels to keep, e.g. InSitu,Invasive")
-    p.add_argument("--threshold", type=float, default=100.0, help="edge threshold (default 100)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold (default %(default)s)")
     p.add_argument("--threshold-unit", choices=["px", "um"], default="px")
     p.add_argument("--workers", type=int, default=1, help="parallel detection processes")
     p.add_argument("--json", action="store_true")
@@ -56,7 +58,7 @@ def _parse_size(text: str | None):
 
 
 def cmd_synth(args, settings: Settings) -> int:
-    from ingest.synth import synthesize_cohort
+    from nucleograph.ingest.synth import synthesize_cohort
 
     try:
         manifest = synthesize_cohort(args.task, n_per_class=args.n, out_dir=args.out, seed=args.seed,
@@ -71,9 +73,9 @@ def cmd_synth(args, settings: Settings) -> int:
 
 
 def cmd_ingest(args, settings: Settings) -> int:
-    from ingest.pipeline import IngestParams
-    from ingest.readers import discover
-    from ingest.run import ingest_records
+    from nucleograph.ingest.cohort import discover
+    from nucleograph.ingest.pipeline import IngestParams
+    from nucleograph.ingest.run import ingest_records
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     records = discover(args.paths, classes=classes)
@@ -101,7 +103,7 @@ def cmd_ingest(args, settings: Settings) -> int:
 
 
 def cmd_segmenter_train(args, settings: Settings) -> int:
-    from ingest.unet import train_unet
+    from nucleograph.ingest.unet import train_unet
 
     info = train_unet(args.images, args.masks, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.json)
     if args.json:

@@ -1,7 +1,7 @@
 """Nucleus instance segmentation: one interface, two methods.
 
 :func:`detect_nuclei` returns an instance label image (0 = background, 1..N = nuclei) from
-either a classical hematoxylin watershed or a small U-Net (:mod:`ingest.unet`).
+either a classical hematoxylin watershed or a small U-Net (:mod:`nucleograph.ingest.unet`).
 :func:`detect_slide` runs either over a whole slide, tile by tile, and returns one feature
 table in slide coordinates.
 """
@@ -61,15 +61,15 @@ def detect_nuclei(
     Parameters
     ----------
     image : (H, W, 3) uint8 ndarray
-        RGB image, e.g. from :func:`ingest.readers.read_image`.
+        RGB image, e.g. from :func:`nucleograph.ingest.readers.read_image`.
     method : {"watershed", "unet"}
         ``"watershed"``: hematoxylin optical density -> Gaussian smoothing -> threshold
         (Otsu over stained pixels, at least ``min_od``) -> fill holes -> distance transform
         -> :func:`skimage.feature.peak_local_max` markers -> :func:`skimage.segmentation.watershed`.
-        ``"unet"``: :class:`ingest.unet.UNet` foreground and distance maps, tiled, then
+        ``"unet"``: :class:`nucleograph.ingest.unet.UNet` foreground and distance maps, tiled, then
         watershed on the predicted distance.
     model : ingest.unet.UNet, optional
-        Network for ``method="unet"``; default :func:`ingest.unet.load_unet` (shipped weights).
+        Network for ``method="unet"``; default :func:`nucleograph.ingest.unet.load_unet` (shipped weights).
     min_area, max_area : int, optional
         Objects outside [min_area, max_area] pixels are dropped (``max_area=None``: no limit).
     min_distance : int, optional
@@ -216,7 +216,7 @@ def detect_slide(
         Whole slide (SVS, pyramidal TIFF, ...).
     method : {"watershed", "unet"}
     tile, overlap, level, max_tiles
-        See :func:`ingest.readers.iter_slide_tiles`.
+        See :func:`nucleograph.ingest.readers.iter_slide_tiles`.
     min_tissue : float, optional
         Skip tiles whose fraction of non-white pixels is below this (background glass).
     progress : bool, optional
@@ -227,7 +227,7 @@ def detect_slide(
     Returns
     -------
     features : dict of str to ndarray
-        :func:`ingest.features.nucleus_features` columns with ``centroid_x``/``centroid_y`` in
+        :func:`nucleograph.ingest.features.nucleus_features` columns with ``centroid_x``/``centroid_y`` in
         slide pixels at ``level`` and ``nucleus_id`` renumbered 1..N across the slide.
     """
     from .features import concat_features, nucleus_features

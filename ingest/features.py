@@ -190,7 +190,7 @@ def nucleus_features(image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndar
     image : (H, W, 3) uint8 ndarray
         The RGB image the labels were detected on.
     labels : (H, W) int ndarray
-        Instance labels, 0 = background (e.g. from :func:`ingest.detect.detect_nuclei`).
+        Instance labels, 0 = background (e.g. from :func:`nucleograph.ingest.detect.detect_nuclei`).
 
     Returns
     -------

@@ -13,7 +13,10 @@ import math
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["EDGE_COLUMNS", "brute_force_edges", "build_edges", "threshold_pixels"]
+__all__ = ["DEFAULT_THRESHOLD_PX", "EDGE_COLUMNS", "brute_force_edges", "build_edges", "edge_weight", "threshold_pixels"]
+
+#: The paper's edge threshold: nuclei closer than 100 px are linked. The one home of this default.
+DEFAULT_THRESHOLD_PX = 100.0
 
 #: Keys of the dict :func:`build_edges` returns.
 EDGE_COLUMNS = ("src", "dst", "dist", "weight")
@@ -47,8 +50,25 @@ def _edge_dict(pts: np.ndarray, i: np.ndarray, j: np.ndarray, threshold: float) 
         "src": i.astype(np.int64),
         "dst": j.astype(np.int64),
         "dist": dist,
-        "weight": 1.0 - dist / threshold,
+        "weight": edge_weight(dist, threshold),
     }
+
+
+def edge_weight(dist, threshold: float = DEFAULT_THRESHOLD_PX) -> np.ndarray:
+    """The paper's edge weight ``1 - d / threshold``, clipped to ``[0, 1]`` (the one home of the formula).
+
+    Parameters
+    ----------
+    dist : array_like
+        Centroid distances in pixels.
+    threshold : float, optional
+        Distance at which the weight reaches 0.
+
+    Returns
+    -------
+    weight : ndarray of float64
+    """
+    return np.clip(1.0 - np.asarray(dist, dtype=np.float64) / threshold, 0.0, 1.0)
 
 
 def _empty_edges() -> dict[str, np.ndarray]:
@@ -60,7 +80,7 @@ def _empty_edges() -> dict[str, np.ndarray]:
     }
 
 
-def build_edges(centroids, *, threshold: float = 100.0) -> dict[str, np.ndarray]:
+def build_edges(centroids, *, threshold: float = DEFAULT_THRESHOLD_PX) -> dict[str, np.ndarray]:
     """Join every two nuclei whose centroids are closer than ``threshold``.
 
     Parameters
@@ -92,7 +112,7 @@ def build_edges(centroids, *, threshold: float = 100.0) -> dict[str, np.ndarray]
 
 
 def brute_force_edges(
-    centroids, *, threshold: float = 100.0, max_block: int = 2**24
+    centroids, *, threshold: float = DEFAULT_THRESHOLD_PX, max_block: int = 2**24
 ) -> dict[str, np.ndarray]:
     """Reference for :func:`build_edges`: all N(N-1)/2 distances, in row blocks.
 

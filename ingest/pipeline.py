@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.features import FEATURE_COLUMNS
-from ingest.readers import ImageRecord
 from nucleograph.errors import InputError
+from nucleograph.ingest.cohort import ImageRecord
+from nucleograph.ingest.detect import DETECTION_METHODS
+from nucleograph.ingest.features import FEATURE_COLUMNS
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 
 PIPELINE_VERSION = 1
-DETECTORS = ("watershed", "unet")
+DETECTORS = DETECTION_METHODS
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class IngestParams:
     """
 
     detector: str = "watershed"
-    threshold: float = 100.0
+    threshold: float = DEFAULT_THRESHOLD_PX
     threshold_unit: str = "px"
     min_area: int = 30
     slide_tile: int = 2048
@@ -105,10 +107,10 @@ def process_image(record: ImageRecord, params: IngestParams, *, unet=None, image
     InputError
         The file is unreadable, too small, too large, or the threshold needs a missing mpp.
     """
-    from ingest.detect import detect_nuclei, detect_slide
-    from ingest.features import nucleus_features
-    from ingest.graph import build_edges, threshold_pixels
-    from ingest.readers import is_slide, read_image, slide_info
+    from nucleograph.ingest.detect import detect_nuclei, detect_slide
+    from nucleograph.ingest.features import nucleus_features
+    from nucleograph.ingest.graph import build_edges, threshold_pixels
+    from nucleograph.ingest.readers import is_slide, read_image, slide_info
 
     path = Path(record.path)
     timings: dict[str, float] = {}

@@ -2,7 +2,7 @@
 
 Each image is processed independently; a bad file is recorded as failed (in the SQL ingest
 records, with its error) and the batch goes on. Nothing is written for an image unless its whole
-graph is written (see :func:`db.store.store_image_graph`).
+graph is written (see :func:`nucleograph.db.store.store_image_graph`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 import neo4j
 from neo4j import exceptions as neo4j_exc
 
-from db import records as rec
-from db import store
-from db.driver import translate_errors
-from ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
-from ingest.readers import ImageRecord
 from nucleograph.config import Settings
+from nucleograph.db import records as rec
+from nucleograph.db import store
+from nucleograph.db.driver import translate_errors
 from nucleograph.errors import DatabaseError, NucleographError
+from nucleograph.ingest.cohort import ImageRecord
+from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
 
 _WORKER_UNET = None
 
@@ -63,7 +63,7 @@ def _init_worker(detector: str, threads: int, parent: int | None = None) -> None
     torch.set_num_threads(threads)
     global _WORKER_UNET  # one model per worker process, loaded once
     if detector == "unet":
-        from ingest.unet import load_unet
+        from nucleograph.ingest.unet import load_unet
 
         _WORKER_UNET = load_unet()
 
@@ -184,7 +184,7 @@ def ingest_records(
         return None
 
     if params.detector == "unet":
-        from ingest.unet import load_unet
+        from nucleograph.ingest.unet import load_unet
 
         load_unet()  # fail fast, before any worker starts, when the weights are missing or broken
     todo = [(r, image_id) for r in records if (image_id := to_process(r)) is not None]

@@ -6,7 +6,7 @@ The network (Ronneberger et al., 2015, narrowed) predicts two maps per pixel:
 * ``dist``: distance to the nucleus boundary divided by the nucleus' largest such distance
   (1 at the centre, falling to 0 at the edge), which separates touching nuclei.
 
-:func:`ingest.detect.detect_nuclei` with ``method="unet"`` turns them into instances by a
+:func:`nucleograph.ingest.detect.detect_nuclei` with ``method="unet"`` turns them into instances by a
 watershed on ``dist`` inside ``prob > 0.5``. Inference is tiled with overlap, so any image
 size works in bounded memory. Torch threads and devices are the caller's: nothing here sets
 them, and ``device=`` defaults to ``"cpu"``.

@@ -12,7 +12,7 @@ from nucleograph.errors import NucleographError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from db import cli as db_cli
+    from nucleograph.db import cli as db_cli
 
     parser = argparse.ArgumentParser(
         prog="nucleograph",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nucleograph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     db_cli.register(sub)
-    for name in ("ingest.cli", "gnn.cli", "dashboard.cli", "nucleograph.jobs_cli"):
+    for name in ("nucleograph.ingest.cli", "nucleograph.gnn.cli", "nucleograph.dashboard.cli", "nucleograph.jobs.cli"):
         module = _optional_module(name)
         if module is not None:
             module.register(sub)

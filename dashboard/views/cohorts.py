@@ -3,7 +3,7 @@
 import plotly.express as px
 import streamlit as st
 
-from dashboard import data
+from nucleograph.dashboard import data
 
 settings, driver = data.connect()
 uri, db = settings.neo4j_uri, settings.neo4j_database

@@ -5,8 +5,8 @@ import json
 
 import streamlit as st
 
-from dashboard import data, plots
-from db.queries import CONSOLE_LIBRARY
+from nucleograph.dashboard import data, plots
+from nucleograph.db.queries import CONSOLE_LIBRARY
 from nucleograph.errors import NucleographError
 
 settings, driver = data.connect()

@@ -4,7 +4,7 @@ nucleus's features and neighbours, and the run's prediction for the image."""
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, plots
+from nucleograph.dashboard import data, plots
 
 settings, driver = data.connect()
 uri, db = settings.neo4j_uri, settings.neo4j_database

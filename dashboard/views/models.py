@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, plots
+from nucleograph.dashboard import data, plots
 
 settings, driver = data.connect()
 uri, db = settings.neo4j_uri, settings.neo4j_database

@@ -5,7 +5,7 @@ runs or methods side by side."""
 import plotly.express as px
 import streamlit as st
 
-from dashboard import data, plots
+from nucleograph.dashboard import data, plots
 
 settings, driver = data.connect()
 uri, db = settings.neo4j_uri, settings.neo4j_database

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.pipeline import IngestParams
-from ingest.readers import discover
-from ingest.run import ingest_records
-from ingest.synth import synthesize_cohort
+from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.pipeline import IngestParams
+from nucleograph.ingest.run import ingest_records
+from nucleograph.ingest.synth import synthesize_cohort
 
 
 @pytest.fixture(scope="session")
 def dash_cohort(tmp_path_factory, neo4j_settings, driver) -> dict:
     """Names and ids of the dashboard's test cohort (ingested, trained, explained)."""
-    from gnn.service import explain_run, train_cohort
+    from nucleograph.gnn.service import explain_run, train_cohort
 
     out = tmp_path_factory.mktemp("dash_synth")
     synthesize_cohort("breast", n_per_class=4, out_dir=out, seed=5, size=(512, 384))

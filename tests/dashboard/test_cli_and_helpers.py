@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard import data
-from dashboard.cli import streamlit_command
 from nucleograph.cli import build_parser
+from nucleograph.dashboard import data
+from nucleograph.dashboard.cli import streamlit_command
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@ import json
 import pytest
 from apptest_helpers import assert_clean, open_page
 
-from db import store
+from nucleograph.db import store
 
 pytestmark = pytest.mark.neo4j
 

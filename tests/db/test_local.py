@@ -8,10 +8,10 @@ import stat
 
 import pytest
 
-from db import local
-from db.driver import open_driver
 from nucleograph.cli import main
 from nucleograph.config import Settings
+from nucleograph.db import local
+from nucleograph.db.driver import open_driver
 from nucleograph.errors import ConfigError, DatabaseError
 
 pytestmark = pytest.mark.neo4j

@@ -7,8 +7,8 @@ import json
 import neo4j
 import pytest
 
-from db import console, schema
 from nucleograph.cli import main
+from nucleograph.db import console, schema
 from nucleograph.errors import DatabaseError, InputError
 
 pytestmark = pytest.mark.neo4j

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.spatial import cKDTree
 
-from gnn.data import edge_channels, to_dgl
+from nucleograph.gnn.data import edge_channels, to_dgl
 
 
 def make_graph(n, *, clustered, rng, n_feats=4, radius=60.0, side=None):

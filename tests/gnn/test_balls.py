@@ -3,7 +3,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from gnn.balls import ball_lists, batch_rows, layer_csr, padded_csr, row_blocks
+from nucleograph.gnn.balls import ball_lists, batch_rows, layer_csr, padded_csr, row_blocks
 
 
 def _graph(rng, n=60, p=0.06):

@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from gnn.data import FeatureScaler, edge_channels, standardize, stratified_kfold, stratified_split, to_dgl
-from gnn.keys import CENTROID, EFEAT, FEAT, NID
 from nucleograph.errors import InputError
+from nucleograph.gnn.data import (
+    FeatureScaler,
+    edge_channels,
+    standardize,
+    stratified_kfold,
+    stratified_split,
+    to_dgl,
+)
+from nucleograph.gnn.keys import CENTROID, EFEAT, FEAT, NID
 
 
 def test_to_dgl_bidirected_same_channels():

@@ -4,10 +4,10 @@ import pytest
 import torch
 from gnn_synth import make_graph
 
-from gnn.data import to_dgl
-from gnn.explain import attention_scores, occlusion, occlusion_naive
-from gnn.models import MODEL_NAMES, build_model
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.data import to_dgl
+from nucleograph.gnn.explain import attention_scores, occlusion, occlusion_naive
+from nucleograph.gnn.models import MODEL_NAMES, build_model
 
 
 def _model(name, rng):
@@ -82,7 +82,7 @@ def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, rng, monk
     float64 for occlusions that remove much of a cluster's mass, and where the removed nuclei held
     virtually all of it (peaked assignments, as trained models have) the occlusion's pooling is summed
     afresh. Every path matches the naive loop."""
-    import gnn.explain as ex
+    import nucleograph.gnn.explain as ex
 
     m = _model("rsf", rng)
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_float64_cluster_redo_writes_exactly_its_rows_and_columns(name, rng, mon
     """The float64 redo of a few clusters per occlusion gives, for each of them, the row of E'^T H' and
     the row and column of E'^T A E' that float64 products over all clusters give, and touches no other
     entry."""
-    import gnn.explain as ex
+    import nucleograph.gnn.explain as ex
 
     m = _model(name, rng)
     g = make_graph(120, clustered=True, rng=rng)

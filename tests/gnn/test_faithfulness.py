@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gnn import faithfulness as fa
-from gnn.data import edge_channels, to_dgl
-from gnn.models import build_model
-from ingest.graph import build_edges
+from nucleograph.gnn import faithfulness as fa
+from nucleograph.gnn.data import edge_channels, to_dgl
+from nucleograph.gnn.models import build_model
+from nucleograph.ingest.graph import build_edges
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ import torch
 from gnn_synth import make_graph
 from torch import nn
 
-from gnn.dense import to_dense
-from gnn.keys import EFEAT, FEAT
-from gnn.layers import (
+from nucleograph.errors import InputError
+from nucleograph.gnn.dense import to_dense
+from nucleograph.gnn.keys import EFEAT, FEAT
+from nucleograph.gnn.layers import (
     DenseEdgeFeatureConv,
     DenseGraphEmbedPooling,
     DenseRSFConv,
@@ -17,7 +18,6 @@ from gnn.layers import (
     dense_graph_embed_pool,
     dense_rsf_conv,
 )
-from nucleograph.errors import InputError
 
 
 @pytest.fixture

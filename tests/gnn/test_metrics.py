@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gnn.metrics import (
+from nucleograph.gnn.metrics import (
     accuracy,
     balanced_accuracy,
     classification_metrics,

@@ -4,10 +4,10 @@ import pytest
 import torch
 from gnn_synth import make_graph
 
-from gnn.data import FeatureScaler, to_dgl
-from gnn.dense import DenseRSFReference
-from gnn.models import MODEL_NAMES, build_model, count_parameters
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.data import FeatureScaler, to_dgl
+from nucleograph.gnn.dense import DenseRSFReference
+from nucleograph.gnn.models import MODEL_NAMES, build_model, count_parameters
 
 RSF = ("rsf", "rsf-edge", "rsf-attention")
 

@@ -7,21 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from db import runs as db_runs
-from db import store
-from gnn.service import load_cohort
-from ingest.pipeline import IngestParams
-from ingest.readers import discover
-from ingest.run import ingest_records
-from ingest.synth import synthesize_cohort
 from nucleograph.cli import main
+from nucleograph.db import runs as db_runs
+from nucleograph.db import store
+from nucleograph.gnn.service import load_cohort
+from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.pipeline import IngestParams
+from nucleograph.ingest.run import ingest_records
+from nucleograph.ingest.synth import synthesize_cohort
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory, neo4j_settings):
-    from db.driver import open_driver
+    from nucleograph.db.driver import open_driver
 
     out = tmp_path_factory.mktemp("prostate")
     synthesize_cohort("prostate", n_per_class=6, out_dir=out, seed=11, size=(512, 512))
@@ -40,8 +40,8 @@ def _json(capsys):
 
 @pytest.fixture(scope="module")
 def attention_run(cohort, neo4j_settings):
-    from db.driver import open_driver
-    from gnn.service import train_cohort
+    from nucleograph.db.driver import open_driver
+    from nucleograph.gnn.service import train_cohort
 
     driver = open_driver(neo4j_settings)
     try:

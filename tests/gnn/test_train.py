@@ -3,8 +3,8 @@ import pytest
 import torch
 from gnn_synth import make_cohort
 
-from gnn.train import kfold, load_checkpoint, predict_proba, train_model
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.train import kfold, load_checkpoint, predict_proba, train_model
 
 SMALL = {"conv_feats": (16, 16, 16), "pool_sizes": (8, 4), "fc_feats": (32, 16)}
 

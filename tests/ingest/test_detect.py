@@ -4,8 +4,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.detect import detect_nuclei, detect_slide, filter_labels, match_centroids, split_instances
-from ingest.features import ALL_COLUMNS, nucleus_features
+from nucleograph.ingest.detect import (
+    detect_nuclei,
+    detect_slide,
+    filter_labels,
+    match_centroids,
+    split_instances,
+)
+from nucleograph.ingest.features import ALL_COLUMNS, nucleus_features
 
 
 def _svs() -> Path:
@@ -25,7 +31,7 @@ def svs_region():
 
 @pytest.fixture(scope="module")
 def synth_tile():
-    from ingest import synth
+    from nucleograph.ingest import synth
     return synth.synthesize_image("breast", "Invasive", rng=np.random.default_rng(2024), size=(512, 512))
 
 

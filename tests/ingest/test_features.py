@@ -6,7 +6,7 @@ from skimage.draw import disk, ellipse
 from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import regionprops_table
 
-from ingest.features import (
+from nucleograph.ingest.features import (
     ALL_COLUMNS,
     FEATURE_ALIASES,
     FEATURE_COLUMNS,
@@ -15,7 +15,7 @@ from ingest.features import (
     concat_features,
     nucleus_features,
 )
-from ingest.stain import hematoxylin_od, optical_density, separate_hed
+from nucleograph.ingest.stain import hematoxylin_od, optical_density, separate_hed
 
 
 def _image(shape=(128, 160), seed=0):

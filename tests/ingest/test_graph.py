@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ingest.graph import EDGE_COLUMNS, brute_force_edges, build_edges, threshold_pixels
+from nucleograph.ingest.graph import EDGE_COLUMNS, brute_force_edges, build_edges, threshold_pixels
 
 
 def _pairs(edges):

@@ -6,7 +6,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from ingest.readers import (
+from nucleograph.errors import InputError
+from nucleograph.ingest.readers import (
     MIN_SIDE,
     ImageRecord,
     discover,
@@ -15,7 +16,6 @@ from ingest.readers import (
     read_image,
     slide_info,
 )
-from nucleograph.errors import InputError
 
 
 def _svs() -> Path:
@@ -333,7 +333,7 @@ def test_discover_slide_file():
 
 
 def test_discover_synthetic_cohort(tmp_path):
-    from ingest import synth
+    from nucleograph.ingest import synth
     synth.synthesize_cohort("breast", n_per_class=1, out_dir=tmp_path, seed=0, size=(256, 256))
     recs = discover(tmp_path)
     assert sorted(r.label for r in recs) == ["InSitu", "Invasive"]

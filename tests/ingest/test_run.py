@@ -9,14 +9,14 @@ import neo4j
 import numpy as np
 import pytest
 
-from db import records as rec
-from db import store
-from ingest.pipeline import IngestParams, feature_names, process_image
-from ingest.readers import ImageRecord, discover
-from ingest.run import ingest_records
-from ingest.synth import synthesize_cohort
 from nucleograph.cli import main
+from nucleograph.db import records as rec
+from nucleograph.db import store
 from nucleograph.errors import NucleographError
+from nucleograph.ingest.cohort import ImageRecord, discover
+from nucleograph.ingest.pipeline import IngestParams, feature_names, process_image
+from nucleograph.ingest.run import ingest_records
+from nucleograph.ingest.synth import synthesize_cohort
 
 pytestmark = pytest.mark.neo4j
 

@@ -5,7 +5,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ingest.synth import (
+from nucleograph.ingest.synth import (
     MANIFEST_COLUMNS,
     MPP,
     NUCLEI_COLUMNS,

@@ -5,10 +5,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ingest.detect import detect_nuclei, match_centroids
-from ingest.features import nucleus_features
-from ingest.unet import DEFAULT_WEIGHTS, UNet, distance_target, load_unet, predict_maps, train_unet
 from nucleograph.errors import InputError, ModelError
+from nucleograph.ingest.detect import detect_nuclei, match_centroids
+from nucleograph.ingest.features import nucleus_features
+from nucleograph.ingest.unet import (
+    DEFAULT_WEIGHTS,
+    UNet,
+    distance_target,
+    load_unet,
+    predict_maps,
+    train_unet,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def test_predict_maps_any_size(net, shape):
 
 
 def test_tiles_do_not_show(net):
-    from ingest import synth
+    from nucleograph.ingest import synth
     img = synth.synthesize_image("breast", "InSitu", rng=np.random.default_rng(5), size=(512, 384)).image
     tiled, _ = predict_maps(net, img, tile=192, overlap=64)
     whole, _ = predict_maps(net, img, tile=640, overlap=64)
@@ -57,7 +64,7 @@ def test_predict_maps_arguments(net):
 
 
 def test_unet_detects_synthetic_nuclei(net):
-    from ingest import synth
+    from nucleograph.ingest import synth
     # Seed 2024 is not among the training images (cohort seed 101, see weights/README.md).
     tile = synth.synthesize_image("breast", "Invasive", rng=np.random.default_rng(2024), size=(512, 512))
     labels = detect_nuclei(tile.image, method="unet", model=net)

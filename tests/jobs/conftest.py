@@ -113,8 +113,8 @@ def sql_url(request, tmp_path) -> str:
 @pytest.fixture(scope="session")
 def image_pool(tmp_path_factory) -> list[tuple[Path, str]]:
     """Twelve small synthetic H&E images (512x512) with labels, as ``(path, label)``."""
-    from ingest.readers import discover
-    from ingest.synth import synthesize_cohort
+    from nucleograph.ingest.cohort import discover
+    from nucleograph.ingest.synth import synthesize_cohort
 
     out = tmp_path_factory.mktemp("pool")
     synthesize_cohort("breast", n_per_class=6, out_dir=out, seed=41, size=(512, 512))

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from db import jobs as jobs_db
-from nucleograph import scheduler as sch
 from nucleograph.config import Settings
+from nucleograph.db import ledger
+from nucleograph.jobs import scheduler as sch
 
 
 @pytest.fixture
@@ -23,19 +23,19 @@ def engine(sql_url, tmp_path):
 
 
 def _claim(engine, owner, digest="h1", *, lease=30.0, max_attempts=3):
-    return jobs_db.claim_file(engine, watch="/w", content_hash=digest, cohort="c", path=f"/w/{digest}.png", size=1,
+    return ledger.claim_file(engine, watch="/w", content_hash=digest, cohort="c", path=f"/w/{digest}.png", size=1,
                               mtime_ns=1, label=None, owner=owner, lease=lease, max_attempts=max_attempts)
 
 
 def test_first_claim_wins_and_a_live_lease_is_respected(engine):
     assert _claim(engine, "a")
     assert not _claim(engine, "b")
-    assert jobs_db.finish_file(engine, watch="/w", content_hash="h1", owner="a", image_id="h1", outcome="stored")
+    assert ledger.finish_file(engine, watch="/w", content_hash="h1", owner="a", image_id="h1", outcome="stored")
     assert not _claim(engine, "b")  # done: never again
     assert not _claim(engine, "a")
-    [row] = jobs_db.watched_files(engine)
+    [row] = ledger.watched_files(engine)
     assert (row["status"], row["attempts"], row["outcome"]) == ("done", 1, "stored")
-    assert jobs_db.settled_stats(engine, "/w") == {("/w/h1.png", 1, 1)}
+    assert ledger.settled_stats(engine, "/w") == {("/w/h1.png", 1, 1)}
 
 
 def test_an_expired_lease_is_taken_over_once_and_the_old_owner_cannot_finish(engine):
@@ -50,10 +50,10 @@ def test_an_expired_lease_is_taken_over_once_and_the_old_owner_cannot_finish(eng
     with ThreadPoolExecutor(8) as pool:
         wins = list(pool.map(contender, range(8)))
     assert sum(wins) == 1
-    assert not jobs_db.finish_file(engine, watch="/w", content_hash="h1", owner="dead", image_id="h1", outcome="stored")
+    assert not ledger.finish_file(engine, watch="/w", content_hash="h1", owner="dead", image_id="h1", outcome="stored")
     winner = f"o{wins.index(True)}"
-    assert jobs_db.finish_file(engine, watch="/w", content_hash="h1", owner=winner, image_id="h1", outcome="stored")
-    assert jobs_db.watched_files(engine)[0]["attempts"] == 2
+    assert ledger.finish_file(engine, watch="/w", content_hash="h1", owner=winner, image_id="h1", outcome="stored")
+    assert ledger.watched_files(engine)[0]["attempts"] == 2
 
 
 def test_many_threads_racing_for_many_files_claim_each_exactly_once(engine):
@@ -76,7 +76,7 @@ def test_many_threads_racing_for_many_files_claim_each_exactly_once(engine):
 
 def test_failures_back_off_then_are_abandoned(engine):
     def fail(owner):
-        return jobs_db.fail_file(engine, watch="/w", content_hash="h1", owner=owner, error="bad pixels",
+        return ledger.fail_file(engine, watch="/w", content_hash="h1", owner=owner, error="bad pixels",
                                  max_attempts=2, backoff=0.3, backoff_max=10)
 
     assert _claim(engine, "a", max_attempts=2)
@@ -87,58 +87,58 @@ def test_failures_back_off_then_are_abandoned(engine):
     assert fail("b") == "abandoned"
     time.sleep(1.0)
     assert not _claim(engine, "c", max_attempts=2)
-    [row] = jobs_db.watched_files(engine)
+    [row] = ledger.watched_files(engine)
     assert (row["status"], row["attempts"], row["error"]) == ("abandoned", 2, "bad pixels")
-    assert jobs_db.backoff_seconds(1, base=10, cap=100) == 10 and jobs_db.backoff_seconds(5, base=10, cap=100) == 100
+    assert ledger.backoff_seconds(1, base=10, cap=100) == 10 and ledger.backoff_seconds(5, base=10, cap=100) == 100
 
 
 def test_heartbeat_keeps_a_claim_and_a_dead_claimer_is_abandoned_after_max_attempts(engine):
     assert _claim(engine, "a", lease=0.3)
     for _ in range(3):
         time.sleep(0.15)
-        assert jobs_db.renew_leases(engine, owner="a", lease=0.3) >= 1
+        assert ledger.renew_leases(engine, owner="a", lease=0.3) >= 1
     assert not _claim(engine, "b")  # renewed: still a's
     time.sleep(0.4)
     assert _claim(engine, "b", lease=0.1, max_attempts=2)
     time.sleep(0.2)
-    assert jobs_db.abandon_expired(engine, max_attempts=2) == 1
-    assert jobs_db.watched_files(engine)[0]["status"] == "abandoned"
+    assert ledger.abandon_expired(engine, max_attempts=2) == 1
+    assert ledger.watched_files(engine)[0]["status"] == "abandoned"
 
 
 def test_locks_exclude_expire_and_release(engine):
-    assert jobs_db.acquire_lock(engine, "retrain:c", owner="a", ttl=0.3)
-    assert not jobs_db.acquire_lock(engine, "retrain:c", owner="b", ttl=0.3)
-    assert jobs_db.acquire_lock(engine, "retrain:c", owner="a", ttl=0.3)  # re-entrant for its holder
+    assert ledger.acquire_lock(engine, "retrain:c", owner="a", ttl=0.3)
+    assert not ledger.acquire_lock(engine, "retrain:c", owner="b", ttl=0.3)
+    assert ledger.acquire_lock(engine, "retrain:c", owner="a", ttl=0.3)  # re-entrant for its holder
     time.sleep(0.4)
-    with jobs_db.held_lock(engine, "retrain:c", owner="b", ttl=5) as got:
+    with ledger.held_lock(engine, "retrain:c", owner="b", ttl=5) as got:
         assert got
-        assert not jobs_db.release_lock(engine, "retrain:c", owner="a")
-        with jobs_db.held_lock(engine, "retrain:c", owner="c", ttl=5) as other:
+        assert not ledger.release_lock(engine, "retrain:c", owner="a")
+        with ledger.held_lock(engine, "retrain:c", owner="c", ttl=5) as other:
             assert not other
-    assert jobs_db.locks(engine) == []
+    assert ledger.locks(engine) == []
 
 
 def test_a_trigger_trains_once(engine):
     kw = dict(cohort="c", job_id="j", lease=0.3, max_attempts=3)
-    assert jobs_db.claim_trigger(engine, trigger_id="data:v1", owner="a", n_labelled=4, **kw)
-    assert not jobs_db.claim_trigger(engine, trigger_id="data:v1", owner="b", n_labelled=4, **kw)
-    assert jobs_db.last_trained_count(engine, "c") == 4
+    assert ledger.claim_trigger(engine, trigger_id="data:v1", owner="a", n_labelled=4, **kw)
+    assert not ledger.claim_trigger(engine, trigger_id="data:v1", owner="b", n_labelled=4, **kw)
+    assert ledger.last_trained_count(engine, "c") == 4
     time.sleep(0.4)
-    assert [t["trigger_id"] for t in jobs_db.pending_triggers(engine, cohort="c", max_attempts=3)] == ["data:v1"]
-    assert jobs_db.claim_trigger(engine, trigger_id="data:v1", owner="b", n_labelled=4, **kw)
-    assert not jobs_db.update_trigger(engine, cohort="c", trigger_id="data:v1", owner="a", run_id="rdead")
-    assert jobs_db.update_trigger(engine, cohort="c", trigger_id="data:v1", owner="b", status="done", stage="-")
-    assert not jobs_db.claim_trigger(engine, trigger_id="data:v1", owner="c", n_labelled=4, **kw)
-    assert jobs_db.pending_triggers(engine, cohort="c", max_attempts=3) == []
+    assert [t["trigger_id"] for t in ledger.pending_triggers(engine, cohort="c", max_attempts=3)] == ["data:v1"]
+    assert ledger.claim_trigger(engine, trigger_id="data:v1", owner="b", n_labelled=4, **kw)
+    assert not ledger.update_trigger(engine, cohort="c", trigger_id="data:v1", owner="a", run_id="rdead")
+    assert ledger.update_trigger(engine, cohort="c", trigger_id="data:v1", owner="b", status="done", stage="-")
+    assert not ledger.claim_trigger(engine, trigger_id="data:v1", owner="c", n_labelled=4, **kw)
+    assert ledger.pending_triggers(engine, cohort="c", max_attempts=3) == []
 
 
 def test_history_records_runs_and_reaps_lost_ones(engine):
-    ok = jobs_db.start_run(engine, job_id="j", kind="watch", trigger="schedule", owner="a")
-    jobs_db.finish_run(engine, ok, status="succeeded", result={"ingested": 2})
-    jobs_db.start_run(engine, job_id="j", kind="watch", trigger="schedule", owner="killed")
+    ok = ledger.start_run(engine, job_id="j", kind="watch", trigger="schedule", owner="a")
+    ledger.finish_run(engine, ok, status="succeeded", result={"ingested": 2})
+    ledger.start_run(engine, job_id="j", kind="watch", trigger="schedule", owner="killed")
     time.sleep(0.3)
-    assert jobs_db.reap_lost_runs(engine, stale_after=0.2) == 1
-    lost, done = jobs_db.job_history(engine, job_id="j")
+    assert ledger.reap_lost_runs(engine, stale_after=0.2) == 1
+    lost, done = ledger.job_history(engine, job_id="j")
     assert lost["status"] == "lost" and "killed" in lost["error"]
     assert done["status"] == "succeeded" and done["result"] == {"ingested": 2} and done["seconds"] >= 0
 

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from db import jobs as jobs_db
-from nucleograph import scheduler as sch
 from nucleograph.cli import main
 from nucleograph.config import Settings
+from nucleograph.db import ledger
+from nucleograph.jobs import scheduler as sch
 
 
 @pytest.fixture
@@ -38,12 +38,12 @@ def test_unreachable_neo4j_is_retried_with_backoff_and_reported(offline_env, tmp
     assert code == 1
     assert "no Neo4j answers" in capsys.readouterr().err
     engine = sch.open_engine(Settings.from_env(offline_env))
-    history = jobs_db.job_history(engine, job_id="w")
+    history = ledger.job_history(engine, job_id="w")
     assert [(h["attempt"], h["status"]) for h in reversed(history)] == [(1, "failed"), (2, "failed"), (3, "failed")]
     assert all("no Neo4j answers" in h["error"] for h in history)
     started = [h["started_at"] for h in reversed(history)]
     assert started == sorted(started)
-    [row] = jobs_db.watched_files(engine)
+    [row] = ledger.watched_files(engine)
     assert row["status"] == "failed" and row["attempts"] == 3 and "Neo4j" in row["error"]  # one per run
     assert main(["jobs", "history", "--status", "failed", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
@@ -60,7 +60,7 @@ def test_bad_job_definitions_are_refused_with_the_fix(offline_env, tmp_path, cap
     assert main(["jobs", "run-now", "w"]) == 1  # a missing folder is not retried: it needs a person
     assert "does not exist" in capsys.readouterr().err
     engine = sch.open_engine(Settings.from_env(offline_env))
-    assert [h["status"] for h in jobs_db.job_history(engine, job_id="w")] == ["failed"]
+    assert [h["status"] for h in ledger.job_history(engine, job_id="w")] == ["failed"]
     engine.dispose()
 
 

@@ -16,15 +16,14 @@ from jobs_helpers import drop, wait_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import jobs as jobs_db
-from db import records as rec
-from db import store
-from ingest.pipeline import IngestParams
-from ingest.readers import ImageRecord
-from ingest.run import ingest_records
-from nucleograph import scheduler as sch
 from nucleograph.cli import main
 from nucleograph.config import Settings
+from nucleograph.db import ledger, store
+from nucleograph.db import records as rec
+from nucleograph.ingest.cohort import ImageRecord
+from nucleograph.ingest.pipeline import IngestParams
+from nucleograph.ingest.run import ingest_records
+from nucleograph.jobs import scheduler as sch
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
@@ -36,7 +35,7 @@ def _engine(env):
 
 
 def _files(engine, cohort):
-    return jobs_db.watched_files(engine, cohort=cohort)
+    return ledger.watched_files(engine, cohort=cohort)
 
 
 def _done(engine, cohort, n):
@@ -91,7 +90,7 @@ def test_dropped_files_are_ingested_once(remote, sql_url, scheduler_env, start_s
     drop([(images[0][0], "Other")], watch)
     os.utime(watch / images[1][1] / images[1][0].name)
     wait_for(lambda: _done(engine, unique_name, 4), timeout=90, what="all four files", procs=[p])
-    wait_for(lambda: jobs_db.job_history(engine, status="succeeded", limit=5), timeout=10, what="a finished run")
+    wait_for(lambda: ledger.job_history(engine, status="succeeded", limit=5), timeout=10, what="a finished run")
     assert p.stop() == 0, p.output()
 
     clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
@@ -129,7 +128,7 @@ def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(
     second = start_scheduler(args, scheduler_env)
     wait_for(lambda: _done(engine, unique_name, 6), timeout=120, what="all files after the restart", procs=[second])
     # the killed run shows in the history as lost once its heartbeat is stale
-    wait_for(lambda: jobs_db.job_history(engine, status="lost"), timeout=20, what="the killed run marked lost",
+    wait_for(lambda: ledger.job_history(engine, status="lost"), timeout=20, what="the killed run marked lost",
              procs=[second])
     assert second.stop() == 0
 
@@ -156,12 +155,12 @@ def test_two_schedulers_at_once_ingest_once_and_train_once(
     wait_for(lambda: _done(engine, unique_name, 6), timeout=120, what="all six files", procs=[a, b])
 
     def trained():
-        trig = jobs_db.triggers(engine, cohort=unique_name)
+        trig = ledger.triggers(engine, cohort=unique_name)
         return trig if trig and all(t["status"] == "done" for t in trig) else None
 
     [trigger] = wait_for(trained, timeout=150, what="the retraining and its explanation", procs=[a, b])
     # a few more scheduler ticks: nothing new may start
-    wait_for(lambda: len(jobs_db.job_history(engine, job_id=f"{unique_name}-retrain", status="succeeded")) >= 4,
+    wait_for(lambda: len(ledger.job_history(engine, job_id=f"{unique_name}-retrain", status="succeeded")) >= 4,
              timeout=30, what="more retrain checks", procs=[a, b])
     assert a.stop() == 0 and b.stop() == 0
 
@@ -170,13 +169,13 @@ def test_two_schedulers_at_once_ingest_once_and_train_once(
     rows = _files(engine, unique_name)
     assert len(rows) == 6 and all(r["attempts"] == 1 for r in rows)
     owners = {r["owner"] for r in rows}
-    assert len(jobs_db.triggers(engine, cohort=unique_name)) == 1
+    assert len(ledger.triggers(engine, cohort=unique_name)) == 1
     assert trigger["trigger_id"].startswith("data:") and trigger["n_labelled"] == 6
     with Session(engine) as s:
         runs = s.scalars(select(rec.ModelRunRecord).where(rec.ModelRunRecord.cohort == unique_name)).all()
     assert [(r.id, r.status) for r in runs] == [(trigger["run_id"], "finished")]
     assert trigger["result"]["explain"]["images"] == 6
-    from db import runs as db_runs
+    from nucleograph.db import runs as db_runs
 
     assert [r["id"] for r in db_runs.list_runs(driver, cohort=unique_name, database=neo4j_settings.neo4j_database)] \
         == [trigger["run_id"]]
@@ -230,7 +229,7 @@ def test_failures_are_retried_with_backoff_reported_and_abandoned(
     broken = rows["broken.png"]
     assert broken["attempts"] == 3 and "broken.png" in broken["error"]
     assert rows[good[0].name]["status"] == "done"
-    failed = jobs_db.job_history(engine, job_id=f"{unique_name}-watch", status="failed")
+    failed = ledger.job_history(engine, job_id=f"{unique_name}-watch", status="failed")
     assert len(failed) >= 3 and all("broken.png" in r["error"] for r in failed)
     assert _counts(driver, neo4j_settings, unique_name)["images"] == 1
     engine.dispose()

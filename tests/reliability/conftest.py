@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from db import local, schema
-from db.driver import open_driver
-from ingest.synth import synthesize_cohort
+from nucleograph.db import local, schema
+from nucleograph.db.driver import open_driver
+from nucleograph.ingest.synth import synthesize_cohort
 
 ROOT = Path(__file__).resolve().parents[2]
 

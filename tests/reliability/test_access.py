@@ -5,8 +5,8 @@ from __future__ import annotations
 import neo4j
 import pytest
 
-from db.console import run_cypher
 from nucleograph.cli import main
+from nucleograph.db.console import run_cypher
 from nucleograph.errors import DatabaseError
 
 pytestmark = [pytest.mark.reliability, pytest.mark.neo4j]

@@ -10,10 +10,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from db import store
-from ingest.readers import discover
-from ingest.synth import synthesize_cohort
 from nucleograph.cli import main
+from nucleograph.db import store
+from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.synth import synthesize_cohort
 
 pytestmark = [pytest.mark.reliability, pytest.mark.neo4j]
 

@@ -14,10 +14,10 @@ import time
 import neo4j
 import pytest
 
-from db import local, store
-from db.driver import open_driver
-from ingest.pipeline import IngestParams, process_image
-from ingest.readers import discover
+from nucleograph.db import local, store
+from nucleograph.db.driver import open_driver
+from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.pipeline import IngestParams, process_image
 
 pytestmark = [pytest.mark.reliability, pytest.mark.neo4j, pytest.mark.slow]
 

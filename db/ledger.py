@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from db.records import create_schema
+from nucleograph.db.records import create_schema
 
 # statuses of a claimable item (a watched file or a retraining trigger)
 CLAIMED = "claimed"  # someone works on it; the lease says until when

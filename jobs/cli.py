@@ -6,10 +6,12 @@ import argparse
 import logging
 import sys
 
-from db import jobs as jobs_db
-from nucleograph import scheduler as sch
 from nucleograph.config import Settings
+from nucleograph.db import ledger
 from nucleograph.errors import InputError
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
+from nucleograph.ingest.pipeline import DETECTORS
+from nucleograph.jobs import scheduler as sch
 from nucleograph.output import emit_json, format_table
 
 
@@ -41,8 +43,8 @@ def _watch_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--watch", "--dir", dest="watch", required=required,
                    help="folder to watch: class sub-folders (label = folder name) and/or manifest.csv")
     p.add_argument("--interval", type=float, default=None, help="seconds between scans (default 10)")
-    p.add_argument("--detector", choices=["watershed", "unet"], default="watershed")
-    p.add_argument("--threshold", type=float, default=100.0, help="edge threshold (default 100)")
+    p.add_argument("--detector", choices=DETECTORS, default="watershed")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold (default %(default)s)")
     p.add_argument("--threshold-unit", choices=["px", "um"], default="px")
 
 
@@ -225,7 +227,7 @@ def _print_rows(args, settings: Settings, fetch, columns: list[str]) -> int:
 def cmd_history(args, settings: Settings) -> int:
     return _print_rows(
         args, settings,
-        lambda engine: jobs_db.job_history(engine, job_id=args.job, status=args.status, limit=args.limit),
+        lambda engine: ledger.job_history(engine, job_id=args.job, status=args.status, limit=args.limit),
         ["id", "job_id", "trigger", "attempt", "status", "started_at", "seconds", "error"],
     )
 
@@ -233,7 +235,7 @@ def cmd_history(args, settings: Settings) -> int:
 def cmd_files(args, settings: Settings) -> int:
     return _print_rows(
         args, settings,
-        lambda engine: jobs_db.watched_files(engine, cohort=args.cohort, status=args.status, limit=args.limit),
+        lambda engine: ledger.watched_files(engine, cohort=args.cohort, status=args.status, limit=args.limit),
         ["content_hash", "cohort", "label", "status", "attempts", "outcome", "path", "error"],
     )
 
@@ -241,6 +243,6 @@ def cmd_files(args, settings: Settings) -> int:
 def cmd_triggers(args, settings: Settings) -> int:
     return _print_rows(
         args, settings,
-        lambda engine: jobs_db.triggers(engine, cohort=args.cohort),
+        lambda engine: ledger.triggers(engine, cohort=args.cohort),
         ["cohort", "trigger_id", "status", "stage", "attempts", "n_labelled", "run_id", "error"],
     )

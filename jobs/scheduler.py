@@ -7,7 +7,7 @@ schedulers (or ``nucleograph jobs`` commands) share them. Two kinds of job:
 ``watch``
     Scans a folder (one sub-folder per class, label = folder name; or ``manifest.csv`` with
     ``path,label[,patient,mpp]``; files directly in the folder get label None) and ingests each new
-    file into a cohort. A file is claimed in the ledger (:mod:`db.jobs`) by its content hash before
+    file into a cohort. A file is claimed in the ledger (:mod:`nucleograph.db.ledger`) by its content hash before
     it is ingested, so it is ingested once even with several schedulers and across restarts.
 ``retrain``
     Trains the cohort when ``min_new`` labelled images arrived since the last training (checked every
@@ -48,10 +48,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
-from db import jobs as jobs_db
-from db import records as rec
 from nucleograph.config import Settings
+from nucleograph.db import ledger
+from nucleograph.db import records as rec
 from nucleograph.errors import ConfigError, InputError, NucleographError
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 
 log = logging.getLogger("nucleograph.scheduler")
 
@@ -119,7 +120,7 @@ class WatchSpec:
     cohort: str
     interval: float = 10.0
     detector: str = "watershed"
-    threshold: float = 100.0
+    threshold: float = DEFAULT_THRESHOLD_PX
     threshold_unit: str = "px"
 
     def __post_init__(self):
@@ -131,7 +132,7 @@ class WatchSpec:
         self.ingest_params()  # validates detector and threshold
 
     def ingest_params(self):
-        from ingest.pipeline import IngestParams
+        from nucleograph.ingest.pipeline import IngestParams
 
         return IngestParams(detector=self.detector, threshold=self.threshold, threshold_unit=self.threshold_unit)
 
@@ -169,7 +170,7 @@ class RetrainSpec:
         if self.cron is not None:
             self.trigger()  # validates the expression
         if self.explain is not None:
-            from db.runs import METHODS
+            from nucleograph.db.runs import METHODS
 
             if self.explain not in METHODS:
                 raise InputError(f"--explain {self.explain!r}: choose one of {', '.join(METHODS)} or none")
@@ -183,7 +184,7 @@ class RetrainSpec:
             raise InputError(f"--cron {self.cron!r} is not a crontab expression (e.g. '0 2 * * *'): {exc}") from exc
 
     def train_params(self) -> dict[str, Any]:
-        """The run parameters exactly as :func:`gnn.service.train_cohort` records them."""
+        """The run parameters exactly as :func:`nucleograph.gnn.service.train_cohort` records them."""
         return {"model": self.model, "epochs": self.epochs, "lr": self.lr, "folds": self.folds, "seed": self.seed,
                 "batch_size": self.batch_size, "patience": self.patience, "model_kwargs": {}}
 
@@ -215,7 +216,7 @@ class Runtime:
     def driver(self):
         with self._lock:
             if self._driver is None:
-                from db.driver import open_driver
+                from nucleograph.db.driver import open_driver
 
                 self._driver = open_driver(self.settings)
             return self._driver
@@ -238,7 +239,7 @@ def open_engine(settings: Settings) -> Engine:
     engine = rec.open_engine(settings)
     # APScheduler's job store would create its table on start() with the same check-then-create race
     # as create_all: make it here, under the schema lock, so start() finds it.
-    jobs_db.create_tables(engine, SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE).jobs_t.metadata)
+    ledger.create_tables(engine, SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE).jobs_t.metadata)
     return engine
 
 
@@ -281,7 +282,7 @@ def scan_watch_folder(root: str | Path, *, settle: float, now: float | None = No
     Labels: the ``manifest.csv`` row's label, else the first sub-folder's name (``root/InSitu/x.png``
     is ``InSitu``), else None. Hidden files and folders and mask folders are skipped.
     """
-    from ingest.readers import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS
+    from nucleograph.ingest.readers import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS
 
     root = Path(root)
     if not root.is_dir():
@@ -315,13 +316,13 @@ def scan_watch_folder(root: str | Path, *, settle: float, now: float | None = No
 
 def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
     """One pass over the watch folder: claim each new file in the ledger and ingest it."""
-    from ingest.pipeline import content_hash
-    from ingest.readers import ImageRecord
-    from ingest.run import ingest_records
+    from nucleograph.ingest.cohort import ImageRecord
+    from nucleograph.ingest.pipeline import content_hash
+    from nucleograph.ingest.run import ingest_records
 
     opts = rt.options
-    jobs_db.abandon_expired(rt.engine, max_attempts=opts.max_attempts)
-    settled = jobs_db.settled_stats(rt.engine, spec.watch)
+    ledger.abandon_expired(rt.engine, max_attempts=opts.max_attempts)
+    settled = ledger.settled_stats(rt.engine, spec.watch)
     images = [im for im in scan_watch_folder(spec.watch, settle=opts.settle)
               if (str(im.path), im.size, im.mtime_ns) not in settled]
     params = spec.ingest_params()
@@ -332,7 +333,7 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
             digest = content_hash(im.path)
         except InputError:
             continue  # removed or unreadable while scanning: looked at again next pass
-        claimed = jobs_db.claim_file(
+        claimed = ledger.claim_file(
             rt.engine, watch=spec.watch, content_hash=digest, cohort=spec.cohort, path=str(im.path), size=im.size,
             mtime_ns=im.mtime_ns, label=im.label, owner=rt.owner, lease=opts.lease, max_attempts=opts.max_attempts,
         )
@@ -350,7 +351,7 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
             _fail_file(rt, spec, digest, summary.failures[0]["error"], out)
             continue
         outcome = next(s for s in ("stored", "replaced", "linked", "unchanged") if getattr(summary, s))
-        if jobs_db.finish_file(rt.engine, watch=spec.watch, content_hash=digest, owner=rt.owner,
+        if ledger.finish_file(rt.engine, watch=spec.watch, content_hash=digest, owner=rt.owner,
                                image_id=digest, outcome=outcome):
             out["ingested"] += 1
             out["outcomes"][outcome] = out["outcomes"].get(outcome, 0) + 1
@@ -366,9 +367,9 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
 
 def _fail_file(rt: Runtime, spec: WatchSpec, digest: str, error: str, out: dict[str, Any]) -> None:
     opts = rt.options
-    status = jobs_db.fail_file(rt.engine, watch=spec.watch, content_hash=digest, owner=rt.owner, error=error,
+    status = ledger.fail_file(rt.engine, watch=spec.watch, content_hash=digest, owner=rt.owner, error=error,
                                max_attempts=opts.max_attempts, backoff=opts.backoff, backoff_max=opts.backoff_max)
-    if status == jobs_db.ABANDONED:
+    if status == ledger.ABANDONED:
         out["abandoned"] += 1
         log.error("gave up on %s after %d attempts: %s", digest, opts.max_attempts, error)
     else:
@@ -378,7 +379,7 @@ def _fail_file(rt: Runtime, spec: WatchSpec, digest: str, error: str, out: dict[
 
 # --- retraining --------------------------------------------------------------------------------------
 def labelled_count(rt: Runtime, cohort: str) -> int:
-    from db import store
+    from nucleograph.db import store
 
     images = store.cohort_images(rt.driver(), cohort, database=rt.settings.neo4j_database)
     return sum(1 for r in images if r.get("label") is not None)
@@ -389,37 +390,37 @@ def run_retrain(rt: Runtime, job_id: str, spec: RetrainSpec, *, scheduled_at: dt
     """Finish triggers others left behind, then train once for this tick's trigger (if any)."""
     opts, cohort = rt.options, spec.cohort
     out: dict[str, Any] = {"cohort": cohort, "resumed": [], "trained": [], "skipped": None, "failures": []}
-    for trig in jobs_db.pending_triggers(rt.engine, cohort=cohort, max_attempts=opts.max_attempts):
-        if jobs_db.claim_trigger(rt.engine, cohort=cohort, trigger_id=trig["trigger_id"], job_id=job_id,
+    for trig in ledger.pending_triggers(rt.engine, cohort=cohort, max_attempts=opts.max_attempts):
+        if ledger.claim_trigger(rt.engine, cohort=cohort, trigger_id=trig["trigger_id"], job_id=job_id,
                                  owner=rt.owner, lease=opts.lease, n_labelled=trig["n_labelled"],
                                  max_attempts=opts.max_attempts):
             _process_trigger(rt, spec, trig["trigger_id"], out, key="resumed")
 
     trigger_id = None
     if spec.cron is not None or manual:
-        when = scheduled_at if (scheduled_at is not None and not manual) else jobs_db.utcnow()
+        when = scheduled_at if (scheduled_at is not None and not manual) else ledger.utcnow()
         trigger_id = f"{'manual' if manual else 'cron'}:{when.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
         n = labelled_count(rt, cohort)
-        claimed = jobs_db.claim_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, job_id=job_id,
+        claimed = ledger.claim_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, job_id=job_id,
                                         owner=rt.owner, lease=opts.lease, n_labelled=n,
                                         max_attempts=opts.max_attempts)
     else:
         # The count, the baseline and the claim are one step under a lock: a second scheduler that
         # counts a moment later sees this trigger's baseline and does not train again.
-        with jobs_db.held_lock(rt.engine, f"retrain:{cohort}", owner=rt.owner, ttl=opts.lease) as got:
+        with ledger.held_lock(rt.engine, f"retrain:{cohort}", owner=rt.owner, ttl=opts.lease) as got:
             if not got:
                 out["skipped"] = "another scheduler is checking this cohort"
                 return out
             n = labelled_count(rt, cohort)
-            base = jobs_db.last_trained_count(rt.engine, cohort)
+            base = ledger.last_trained_count(rt.engine, cohort)
             if n - base < spec.min_new:
                 out["skipped"] = f"{n - base} new labelled image(s) since the last training; need {spec.min_new}"
                 return out
-            from db import store
+            from nucleograph.db import store
 
             version = store.cohort_fingerprint(rt.driver(), cohort, database=rt.settings.neo4j_database)
             trigger_id = f"data:{version}"
-            claimed = jobs_db.claim_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, job_id=job_id,
+            claimed = ledger.claim_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, job_id=job_id,
                                             owner=rt.owner, lease=opts.lease, n_labelled=n,
                                             max_attempts=opts.max_attempts)
     if not claimed:
@@ -435,11 +436,11 @@ def _process_trigger(rt: Runtime, spec: RetrainSpec, trigger_id: str, out: dict[
     """Train (or resume the killed run of) a claimed trigger, then explain the run."""
     from sqlalchemy.orm import Session
 
-    from db import store
-    from gnn.service import explain_run, new_run_id, train_cohort
+    from nucleograph.db import store
+    from nucleograph.gnn.service import explain_run, new_run_id, train_cohort
 
     opts, cohort = rt.options, spec.cohort
-    trig = jobs_db.get_trigger(rt.engine, cohort, trigger_id)
+    trig = ledger.get_trigger(rt.engine, cohort, trigger_id)
     run_id, stage = trig["run_id"], trig["stage"]
     try:
         if stage == "train":
@@ -456,27 +457,27 @@ def _process_trigger(rt: Runtime, spec: RetrainSpec, trigger_id: str, out: dict[
                 rec.add_record(rt.engine, rec.ModelRunRecord(id=run_id, cohort=cohort, model=spec.model,
                                                              params=spec.train_params(), data_version=version,
                                                              status="running"))
-                if not jobs_db.update_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner,
+                if not ledger.update_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner,
                                               run_id=run_id):
                     raise NucleographError(f"lost the claim on trigger {trigger_id} before training")
             log.info("training %s for trigger %s (run %s%s)", cohort, trigger_id, run_id, ", resumed" if resume else "")
             trained = train_cohort(rt.driver(), rt.settings, cohort, resume_run=run_id, progress=False)
             stage = "explain" if spec.explain else "-"
-            jobs_db.update_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, stage=stage,
+            ledger.update_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, stage=stage,
                                    result={"metrics": {k: v for k, v in trained["metrics"].items()
                                                        if isinstance(v, float)}, "n_images": trained["n_images"]})
         explained = None
         if stage == "explain":
             explained = explain_run(rt.driver(), rt.settings, run_id, method=spec.explain, hops=spec.hops)
             explained = {k: explained[k] for k in ("method", "hops", "property", "images", "seconds")}
-        trig = jobs_db.get_trigger(rt.engine, cohort, trigger_id)
+        trig = ledger.get_trigger(rt.engine, cohort, trigger_id)
         result = {**(trig["result"] or {}), "explain": explained}
-        jobs_db.update_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, status=jobs_db.DONE,
-                               stage="-", lease_until=None, error=None, result=result, finished_at=jobs_db.utcnow())
+        ledger.update_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, status=ledger.DONE,
+                               stage="-", lease_until=None, error=None, result=result, finished_at=ledger.utcnow())
         out[key].append({"trigger": trigger_id, "run_id": run_id, **result})
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        status = jobs_db.fail_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, error=error,
+        status = ledger.fail_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, error=error,
                                       max_attempts=opts.max_attempts, backoff=opts.backoff,
                                       backoff_max=opts.backoff_max)
         out["failures"].append({"trigger": trigger_id, "run_id": run_id, "status": status, "error": error})
@@ -493,7 +494,7 @@ def execute(rt: Runtime, *, job_id: str, kind: str, spec: dict[str, Any], trigge
     attempt = 0
     while True:
         attempt += 1
-        run = jobs_db.start_run(rt.engine, job_id=job_id, kind=kind, trigger=trigger, owner=rt.owner,
+        run = ledger.start_run(rt.engine, job_id=job_id, kind=kind, trigger=trigger, owner=rt.owner,
                                 attempt=attempt, scheduled_at=scheduled_at)
         try:
             if kind == "watch":
@@ -501,22 +502,22 @@ def execute(rt: Runtime, *, job_id: str, kind: str, spec: dict[str, Any], trigge
             else:
                 result = run_retrain(rt, job_id, parsed, scheduled_at=scheduled_at, manual=trigger == "manual")
         except JobItemsFailed as exc:
-            jobs_db.finish_run(rt.engine, run, status=jobs_db.RUN_FAILED, error=str(exc), result=exc.result)
+            ledger.finish_run(rt.engine, run, status=ledger.RUN_FAILED, error=str(exc), result=exc.result)
             log.error("job %s: %s", job_id, exc)
             return exc.result
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            jobs_db.finish_run(rt.engine, run, status=jobs_db.RUN_FAILED, error=error,
+            ledger.finish_run(rt.engine, run, status=ledger.RUN_FAILED, error=error,
                                result={"traceback": traceback.format_exc(limit=8)})
             final = attempt > opts.job_retries or isinstance(exc, (InputError, ConfigError))
-            wait = jobs_db.backoff_seconds(attempt, base=opts.backoff, cap=opts.backoff_max)
+            wait = ledger.backoff_seconds(attempt, base=opts.backoff, cap=opts.backoff_max)
             log.error("job %s attempt %d failed: %s%s", job_id, attempt, error,
                       "" if final else f"; retrying in {wait:.1f} s")
             if final:
                 raise
             time.sleep(wait)
             continue
-        jobs_db.finish_run(rt.engine, run, status=jobs_db.SUCCEEDED, result=result)
+        ledger.finish_run(rt.engine, run, status=ledger.SUCCEEDED, result=result)
         return result
 
 
@@ -668,8 +669,8 @@ def _heartbeat(rt: Runtime, stop: threading.Event) -> None:
     period = max(0.2, rt.options.lease / 3)
     while not stop.wait(period):
         try:
-            jobs_db.renew_leases(rt.engine, owner=rt.owner, lease=rt.options.lease)
-            jobs_db.reap_lost_runs(rt.engine, stale_after=2 * rt.options.lease)
+            ledger.renew_leases(rt.engine, owner=rt.owner, lease=rt.options.lease)
+            ledger.reap_lost_runs(rt.engine, stale_after=2 * rt.options.lease)
         except Exception as exc:  # the database blinked: the next beat tries again, well inside the lease
             log.warning("heartbeat failed: %s", exc)
 
@@ -697,7 +698,7 @@ def serve(settings: Settings, options: SchedulerOptions, *, add: list[tuple[str,
     with open_runtime(settings, options) as rt:
         for job_id, spec in add:
             add_job(rt.engine, job_id, spec, replace=True)
-        jobs_db.reap_lost_runs(rt.engine, stale_after=2 * options.lease)
+        ledger.reap_lost_runs(rt.engine, stale_after=2 * options.lease)
         sched = _scheduler(rt.engine, executors={"default": RuntimeExecutor(rt, options.workers),
                                                  "local": ThreadPoolExecutor(1)})
         sched.add_job(_poll, IntervalTrigger(seconds=options.poll), id="poll", jobstore="local", executor="local")

@@ -1,0 +1,1 @@
+"""Scheduled ingestion and retraining (APScheduler) and the `nucleograph scheduler`/`jobs` commands."""

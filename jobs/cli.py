@@ -1,4 +1,10 @@
-"""`nucleograph scheduler` and `nucleograph jobs list|add|remove|run-now|history|files|triggers`."""
+"""`nucleograph scheduler` and `nucleograph jobs list|add|remove|run-now|history|files|triggers`.
+
+Every `nucleograph` command builds this parser, so this module imports only the light job modules
+(specs, the SQL engine). The commands that run or load stored jobs import
+:mod:`nucleograph.jobs.scheduler` when they run: it brings the retraining code and with it PyTorch
+and DGL (seconds of startup), as the `train` and `explain` commands of :mod:`nucleograph.gnn.cli` do.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,13 @@ from nucleograph.db import ledger
 from nucleograph.errors import InputError
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.ingest.pipeline import DETECTORS
-from nucleograph.jobs import scheduler as sch
+from nucleograph.jobs.runtime import open_engine
+from nucleograph.jobs.specs import RetrainSpec, SchedulerOptions, WatchSpec
 from nucleograph.output import emit_json, format_table
 
 
 def _options_args(p: argparse.ArgumentParser) -> None:
-    d = sch.SchedulerOptions()
+    d = SchedulerOptions()
     g = p.add_argument_group("scheduling")
     g.add_argument("--lease", type=float, default=d.lease,
                    help=f"seconds before a killed scheduler's claims are taken over (default {d.lease:g})")
@@ -31,11 +38,11 @@ def _options_args(p: argparse.ArgumentParser) -> None:
                    help=f"ingest a file only when unmodified this long (default {d.settle:g} s)")
 
 
-def _options(args) -> sch.SchedulerOptions:
-    return sch.SchedulerOptions(
-        poll=getattr(args, "poll", sch.SchedulerOptions.poll), lease=args.lease, max_attempts=args.max_attempts,
+def _options(args) -> SchedulerOptions:
+    return SchedulerOptions(
+        poll=getattr(args, "poll", SchedulerOptions.poll), lease=args.lease, max_attempts=args.max_attempts,
         backoff=args.backoff, backoff_max=args.backoff_max, job_retries=args.job_retries, settle=args.settle,
-        workers=getattr(args, "workers", sch.SchedulerOptions.workers),
+        workers=getattr(args, "workers", SchedulerOptions.workers),
     )
 
 
@@ -65,14 +72,15 @@ def _retrain_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `scheduler` and `jobs` commands to the `nucleograph` parser's subcommands ``sub``."""
     p = sub.add_parser("scheduler", help="run the persistent scheduler (watch-folder ingestion, retraining)")
     p.add_argument("--cohort", default=None, help="cohort of the jobs that --watch/--retrain-* add")
     _watch_args(p, required=False)
     _retrain_args(p, prefix="retrain-")
     p.add_argument("--job-id", default=None, help="id prefix of the jobs added from these options (default: cohort)")
-    p.add_argument("--poll", type=float, default=sch.SchedulerOptions.poll,
+    p.add_argument("--poll", type=float, default=SchedulerOptions.poll,
                    help="seconds between looks for jobs added by other processes (default 2)")
-    p.add_argument("--workers", type=int, default=sch.SchedulerOptions.workers, help="jobs run at once (default 4)")
+    p.add_argument("--workers", type=int, default=SchedulerOptions.workers, help="jobs run at once (default 4)")
     p.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (default: run until stopped)")
     _options_args(p)
     p.set_defaults(func=cmd_scheduler)
@@ -131,20 +139,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_triggers)
 
 
-def _watch_spec(args, cohort: str) -> sch.WatchSpec:
-    return sch.WatchSpec(watch=args.watch, cohort=cohort, interval=args.interval or 10.0, detector=args.detector,
+def _watch_spec(args, cohort: str) -> WatchSpec:
+    return WatchSpec(watch=args.watch, cohort=cohort, interval=args.interval or 10.0, detector=args.detector,
                          threshold=args.threshold, threshold_unit=args.threshold_unit)
 
 
-def _retrain_spec(args, cohort: str) -> sch.RetrainSpec:
+def _retrain_spec(args, cohort: str) -> RetrainSpec:
     explain = None if (args.explain or "").lower() == "none" else args.explain
-    return sch.RetrainSpec(cohort=cohort, min_new=args.min_new, cron=args.cron, interval=args.retrain_interval,
+    return RetrainSpec(cohort=cohort, min_new=args.min_new, cron=args.cron, interval=args.retrain_interval,
                            model=args.model, epochs=args.epochs, folds=args.folds, seed=args.seed, explain=explain,
                            hops=args.hops)
 
 
 def cmd_scheduler(args, settings: Settings) -> int:
-    add: list[tuple[str, sch.WatchSpec | sch.RetrainSpec]] = []
+    """`nucleograph scheduler`: store the jobs its options describe, then run until stopped."""
+    from nucleograph.jobs import scheduler as sch  # torch and DGL: only when a job command runs
+
+    add: list[tuple[str, WatchSpec | RetrainSpec]] = []
     wants_retrain = args.min_new is not None or args.cron is not None
     if (args.watch or wants_retrain) and not args.cohort:
         raise InputError("--watch and --retrain-min-new/--retrain-cron need --cohort")
@@ -160,7 +171,10 @@ def cmd_scheduler(args, settings: Settings) -> int:
 
 
 def cmd_list(args, settings: Settings) -> int:
-    engine = sch.open_engine(settings)
+    """`nucleograph jobs list`: the stored jobs and their next run."""
+    from nucleograph.jobs import scheduler as sch  # torch and DGL: only when a job command runs
+
+    engine = open_engine(settings)
     try:
         rows = sch.list_jobs(engine)
     finally:
@@ -173,8 +187,11 @@ def cmd_list(args, settings: Settings) -> int:
 
 
 def cmd_add(args, settings: Settings) -> int:
+    """`nucleograph jobs add watch|retrain`: store a job; the running schedulers pick it up."""
+    from nucleograph.jobs import scheduler as sch  # torch and DGL: only when a job command runs
+
     spec = _watch_spec(args, args.cohort) if args.kind == "watch" else _retrain_spec(args, args.cohort)
-    engine = sch.open_engine(settings)
+    engine = open_engine(settings)
     try:
         job = sch.add_job(engine, args.id, spec, replace=args.replace)
     finally:
@@ -187,7 +204,10 @@ def cmd_add(args, settings: Settings) -> int:
 
 
 def cmd_remove(args, settings: Settings) -> int:
-    engine = sch.open_engine(settings)
+    """`nucleograph jobs remove ID`: delete a stored job (its history stays)."""
+    from nucleograph.jobs import scheduler as sch  # torch and DGL: only when a job command runs
+
+    engine = open_engine(settings)
     try:
         sch.remove_job(engine, args.id)
     finally:
@@ -200,6 +220,9 @@ def cmd_remove(args, settings: Settings) -> int:
 
 
 def cmd_run_now(args, settings: Settings) -> int:
+    """`nucleograph jobs run-now ID`: run a stored job once in this process; exit 3 if items failed."""
+    from nucleograph.jobs import scheduler as sch  # torch and DGL: only when a job command runs
+
     result = sch.run_now(settings, _options(args), args.id)
     if args.json:
         emit_json(result)
@@ -212,7 +235,7 @@ def cmd_run_now(args, settings: Settings) -> int:
 
 def _print_rows(args, settings: Settings, fetch, columns: list[str]) -> int:
     """Rows from ``fetch(engine)`` as a table, or JSON with ``--json``."""
-    engine = sch.open_engine(settings)
+    engine = open_engine(settings)
     try:
         rows = fetch(engine)
     finally:
@@ -225,6 +248,7 @@ def _print_rows(args, settings: Settings, fetch, columns: list[str]) -> int:
 
 
 def cmd_history(args, settings: Settings) -> int:
+    """`nucleograph jobs history`: past job runs with status, duration and error."""
     return _print_rows(
         args, settings,
         lambda engine: ledger.job_history(engine, job_id=args.job, status=args.status, limit=args.limit),
@@ -233,6 +257,7 @@ def cmd_history(args, settings: Settings) -> int:
 
 
 def cmd_files(args, settings: Settings) -> int:
+    """`nucleograph jobs files`: the watch-folder ledger, one row per file."""
     return _print_rows(
         args, settings,
         lambda engine: ledger.watched_files(engine, cohort=args.cohort, status=args.status, limit=args.limit),
@@ -241,6 +266,7 @@ def cmd_files(args, settings: Settings) -> int:
 
 
 def cmd_triggers(args, settings: Settings) -> int:
+    """`nucleograph jobs triggers`: the retraining triggers and their runs."""
     return _print_rows(
         args, settings,
         lambda engine: ledger.triggers(engine, cohort=args.cohort),

@@ -1,4 +1,4 @@
-"""The SQL side of exactly-once (db/jobs.py) on SQLite and on a real PostgreSQL: claims, leases,
+"""The SQL side of exactly-once (db/ledger.py) on SQLite and on a real PostgreSQL: claims, leases,
 takeovers, backoff, locks and triggers, including many threads racing for the same rows."""
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import pytest
 
 from nucleograph.config import Settings
 from nucleograph.db import ledger
-from nucleograph.jobs import scheduler as sch
+from nucleograph.jobs.runtime import open_engine
+from nucleograph.jobs.scheduler import list_jobs
 
 
 @pytest.fixture
 def engine(sql_url, tmp_path):
     settings = Settings.from_env({"NUCLEOGRAPH_HOME": str(tmp_path), "NUCLEOGRAPH_SQL_URL": sql_url})
-    eng = sch.open_engine(settings)
+    eng = open_engine(settings)
     yield eng
     eng.dispose()
 
@@ -152,9 +153,9 @@ def test_processes_starting_together_create_the_tables_once(sql_url, tmp_path):
 
     def open_one(_):
         barrier.wait()
-        eng = sch.open_engine(settings)
+        eng = open_engine(settings)
         try:
-            return sch.list_jobs(eng)
+            return list_jobs(eng)
         finally:
             eng.dispose()
 

@@ -11,7 +11,8 @@ import pytest
 from nucleograph.cli import main
 from nucleograph.config import Settings
 from nucleograph.db import ledger
-from nucleograph.jobs import scheduler as sch
+from nucleograph.jobs.runtime import open_engine
+from nucleograph.jobs.specs import SchedulerOptions, WatchSpec
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_unreachable_neo4j_is_retried_with_backoff_and_reported(offline_env, tmp
     code = main(["jobs", "run-now", "w", "--settle", "0", "--job-retries", "2", "--backoff", "0.2"])
     assert code == 1
     assert "no Neo4j answers" in capsys.readouterr().err
-    engine = sch.open_engine(Settings.from_env(offline_env))
+    engine = open_engine(Settings.from_env(offline_env))
     history = ledger.job_history(engine, job_id="w")
     assert [(h["attempt"], h["status"]) for h in reversed(history)] == [(1, "failed"), (2, "failed"), (3, "failed")]
     assert all("no Neo4j answers" in h["error"] for h in history)
@@ -59,13 +60,26 @@ def test_bad_job_definitions_are_refused_with_the_fix(offline_env, tmp_path, cap
     assert main(["jobs", "add", "watch", "--id", "w", "--cohort", "c", "--watch", str(tmp_path / "watch")]) == 0
     assert main(["jobs", "run-now", "w"]) == 1  # a missing folder is not retried: it needs a person
     assert "does not exist" in capsys.readouterr().err
-    engine = sch.open_engine(Settings.from_env(offline_env))
+    engine = open_engine(Settings.from_env(offline_env))
     assert [h["status"] for h in ledger.job_history(engine, job_id="w")] == ["failed"]
     engine.dispose()
 
 
 def test_scheduler_options_are_checked():
     with pytest.raises(ValueError, match="--lease"):
-        sch.SchedulerOptions(lease=0.1)
+        SchedulerOptions(lease=0.1)
     with pytest.raises(ValueError, match="--interval"):
-        sch.WatchSpec(watch="/tmp", cohort="c", interval=0)
+        WatchSpec(watch="/tmp", cohort="c", interval=0)
+
+
+def test_a_bad_mpp_in_a_watched_manifest_fails_the_run_with_the_fix(offline_env, tmp_path, capsys):
+    # the manifest is read as `nucleograph ingest` reads it: the scan stops at the bad row, not retried
+    (tmp_path / "watch" / "manifest.csv").write_text("path,label,mpp\nInSitu/later.png,InSitu,fast\n")
+    assert main(["jobs", "add", "watch", "--id", "w", "--cohort", "c", "--watch", str(tmp_path / "watch")]) == 0
+    assert main(["jobs", "run-now", "w", "--settle", "0"]) == 1
+    assert "manifest.csv, line 2: mpp must be a positive number" in capsys.readouterr().err
+    engine = open_engine(Settings.from_env(offline_env))
+    [run] = ledger.job_history(engine, job_id="w")
+    assert run["status"] == "failed" and "mpp must be a positive number" in run["error"]
+    assert ledger.watched_files(engine) == []
+    engine.dispose()

@@ -23,7 +23,7 @@ from nucleograph.db import records as rec
 from nucleograph.ingest.cohort import ImageRecord
 from nucleograph.ingest.pipeline import IngestParams
 from nucleograph.ingest.run import ingest_records
-from nucleograph.jobs import scheduler as sch
+from nucleograph.jobs.runtime import open_engine
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ FAST = ["--interval", "0.5", "--poll", "0.5", "--settle", "0.2", "--lease", "3",
 
 
 def _engine(env):
-    return sch.open_engine(Settings.from_env(env))
+    return open_engine(Settings.from_env(env))
 
 
 def _files(engine, cohort):

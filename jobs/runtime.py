@@ -1,0 +1,146 @@
+"""What a running job has: settings, options, the SQL engine, this process's owner id, a Neo4j driver
+opened on first use, and the heartbeat that keeps its claims (leases) alive.
+
+Work in progress is held under a lease in the ledger (:mod:`nucleograph.db.ledger`) that the heartbeat
+thread renews every ``lease / 3`` seconds; a scheduler killed with SIGKILL stops renewing, and after the
+lease expires another (or the restarted) scheduler takes the work over. The heartbeat also marks runs
+whose process stopped beating as lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from sqlalchemy.engine import Engine
+
+from nucleograph.config import Settings
+from nucleograph.db import ledger
+from nucleograph.db import records as rec
+from nucleograph.db.driver import open_driver
+from nucleograph.errors import NucleographError
+from nucleograph.jobs.specs import SchedulerOptions
+
+__all__ = ["JOB_TABLE", "JobItemsFailed", "Runtime", "heartbeating", "new_owner", "open_engine", "open_runtime"]
+
+log = logging.getLogger("nucleograph.scheduler")
+
+#: APScheduler's job-store table, in the database of the run records.
+JOB_TABLE = "apscheduler_jobs"
+
+
+class JobItemsFailed(NucleographError):
+    """Some items of a job run (files, triggers) failed; each is retried on its own backoff.
+
+    Parameters
+    ----------
+    message : str
+    result : dict
+        The run's result, recorded in the job history although the run failed.
+    """
+
+    def __init__(self, message: str, result: dict[str, Any]):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class Runtime:
+    """What a running job needs: settings, options, the SQL engine, this process's owner id and a
+    Neo4j driver opened on first use (so a Neo4j outage fails jobs, which retry, not the scheduler).
+
+    It holds a driver and a process's identity, so it is never stored with a job: the scheduler hands
+    it to the jobs it runs (see :class:`nucleograph.jobs.scheduler.RuntimeExecutor`).
+    """
+
+    settings: Settings
+    options: SchedulerOptions
+    engine: Engine
+    owner: str
+    _driver: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def driver(self):
+        """The Neo4j driver, opened on the first call (thread-safe).
+
+        Returns
+        -------
+        neo4j.Driver
+        """
+        with self._lock:
+            if self._driver is None:
+                self._driver = open_driver(self.settings)
+            return self._driver
+
+    def close(self) -> None:
+        """Close the driver (if opened) and dispose of the SQL engine."""
+        with self._lock:
+            if self._driver is not None:
+                self._driver.close()
+                self._driver = None
+        self.engine.dispose()
+
+
+def new_owner() -> str:
+    """This process's id in claims and history: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The run-records engine with the scheduler's tables (ledger and job store) created.
+
+    Parameters
+    ----------
+    settings : nucleograph.config.Settings
+        ``sql_url`` names the database (SQLite by default).
+
+    Returns
+    -------
+    sqlalchemy.engine.Engine
+    """
+    engine = rec.open_engine(settings)
+    # APScheduler's job store would create its table on start() with the same check-then-create race
+    # as create_all: make it here, under the schema lock, so start() finds it.
+    ledger.create_tables(engine, SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE).jobs_t.metadata)
+    return engine
+
+
+@contextlib.contextmanager
+def open_runtime(settings: Settings, options: SchedulerOptions) -> Iterator[Runtime]:
+    """A :class:`Runtime` with a new owner id, closed (driver and engine) on exit."""
+    rt = Runtime(settings=settings, options=options, engine=open_engine(settings), owner=new_owner())
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _heartbeat(rt: Runtime, stop: threading.Event) -> None:
+    period = max(0.2, rt.options.lease / 3)
+    while not stop.wait(period):
+        try:
+            ledger.renew_leases(rt.engine, owner=rt.owner, lease=rt.options.lease)
+            ledger.reap_lost_runs(rt.engine, stale_after=2 * rt.options.lease)
+        except Exception as exc:  # the database blinked: the next beat tries again, well inside the lease
+            log.warning("heartbeat failed: %s", exc)
+
+
+@contextlib.contextmanager
+def heartbeating(rt: Runtime) -> Iterator[None]:
+    """Renew ``rt``'s leases (and reap lost runs) from a background thread while the block runs."""
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(rt, stop), name="lease-heartbeat", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()

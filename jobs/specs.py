@@ -1,0 +1,219 @@
+"""What a scheduled job is: the scheduler's options and the two job kinds, checked when they are built.
+
+A spec is stored in the job store as a plain dict (``dataclasses.asdict``) and rebuilt with
+:func:`spec_from_dict` each time the job runs, so a spec holds only values that survive that round
+trip. Every check raises :class:`nucleograph.errors.InputError` or ``ConfigError`` with the option
+to fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from nucleograph.db.runs import METHODS
+from nucleograph.errors import ConfigError, InputError
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
+from nucleograph.ingest.pipeline import IngestParams
+
+__all__ = ["KINDS", "SPECS", "RetrainSpec", "SchedulerOptions", "WatchSpec", "spec_from_dict"]
+
+KINDS = ("watch", "retrain")
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    """How the scheduler runs its jobs (one process; passed explicitly).
+
+    Parameters
+    ----------
+    poll : float
+        Seconds between looks at the job store for jobs added or changed by other processes.
+    lease : float
+        Seconds a claim (file, trigger, lock) stays valid without a heartbeat; a killed scheduler's
+        claims are taken over this long after it stopped. Renewed every ``lease / 3`` seconds.
+    max_attempts : int
+        Attempts per file or trigger before it is abandoned (and reported).
+    backoff, backoff_max : float
+        Retry delay after the n-th failure: ``backoff * 2**(n-1)`` seconds, at most ``backoff_max``.
+    job_retries : int
+        In-process retries of a whole job run that raised (e.g. Neo4j unreachable), with the same backoff.
+    settle : float
+        A file is ingested only when unmodified for this many seconds (it may still be being copied).
+    workers : int
+        Jobs that may run at the same time in this process.
+
+    Raises
+    ------
+    nucleograph.errors.ConfigError
+        A negative time, a lease under one second, or fewer than one attempt or worker.
+    """
+
+    poll: float = 2.0
+    lease: float = 60.0
+    max_attempts: int = 5
+    backoff: float = 10.0
+    backoff_max: float = 900.0
+    job_retries: int = 2
+    settle: float = 2.0
+    workers: int = 4
+
+    def __post_init__(self):
+        for name in ("poll", "lease", "settle", "backoff", "backoff_max"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"scheduler option {name} must be >= 0, got {getattr(self, name)}")
+        if self.lease < 1:
+            raise ConfigError(f"--lease must be at least 1 second, got {self.lease}")
+        if self.max_attempts < 1 or self.workers < 1 or self.job_retries < 0:
+            raise ConfigError("--max-attempts and --workers must be >= 1 and --job-retries >= 0")
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """A watch-folder ingestion job: every ``interval`` seconds, ingest the new files of ``watch``.
+
+    Parameters
+    ----------
+    watch : str
+        The folder (made absolute): class sub-folders (label = folder name) and/or ``manifest.csv``.
+    cohort : str
+        The cohort the files are ingested into.
+    interval : float
+        Seconds between scans.
+    detector, threshold, threshold_unit
+        As :class:`nucleograph.ingest.pipeline.IngestParams`, which checks them.
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        No cohort, an interval that is not positive, or ingest parameters that
+        :class:`~nucleograph.ingest.pipeline.IngestParams` refuses.
+    """
+
+    watch: str
+    cohort: str
+    interval: float = 10.0
+    detector: str = "watershed"
+    threshold: float = DEFAULT_THRESHOLD_PX
+    threshold_unit: str = "px"
+
+    def __post_init__(self):
+        if not self.cohort:
+            raise InputError("a watch job needs --cohort")
+        if not self.interval > 0:
+            raise InputError(f"--interval must be positive, got {self.interval}")
+        object.__setattr__(self, "watch", str(Path(self.watch).expanduser().resolve()))
+        self.ingest_params()  # validates detector and threshold
+
+    def ingest_params(self) -> IngestParams:
+        """The ingest parameters of each file of this job."""
+        return IngestParams(detector=self.detector, threshold=self.threshold, threshold_unit=self.threshold_unit)
+
+    def trigger(self) -> IntervalTrigger:
+        """The APScheduler trigger: every ``interval`` seconds."""
+        return IntervalTrigger(seconds=self.interval, timezone=dt.UTC)
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """A retraining job: on ``min_new`` new labelled images (checked every ``interval`` s) or on ``cron``.
+
+    Parameters
+    ----------
+    cohort : str
+        The cohort to train.
+    min_new : int, optional
+        Train when this many labelled images arrived since the last training.
+    cron : str, optional
+        Or train at the times of this crontab expression (UTC). Exactly one of the two.
+    interval : float
+        Seconds between checks for ``min_new``.
+    model, epochs, lr, folds, seed, batch_size, patience
+        As :func:`nucleograph.gnn.service.train_cohort` takes them.
+    explain : str or None
+        Explanation method run on the new model (one of :data:`nucleograph.db.runs.METHODS`), or None.
+    hops : int
+        Occlusion neighbourhood in hops.
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        No cohort, not exactly one of ``min_new`` and ``cron``, a bad crontab expression, or an
+        unknown explanation method.
+    """
+
+    cohort: str
+    min_new: int | None = None
+    cron: str | None = None
+    interval: float = 60.0
+    model: str = "rsf"
+    epochs: int = 50
+    lr: float = 0.01
+    folds: int = 1
+    seed: int = 0
+    batch_size: int = 8
+    patience: int | None = 10
+    explain: str | None = "occlusion"  # None: no explanation after training
+    hops: int = 1
+
+    def __post_init__(self):
+        if not self.cohort:
+            raise InputError("a retrain job needs --cohort")
+        if (self.min_new is None) == (self.cron is None):
+            raise InputError("a retrain job needs exactly one of --min-new N (new labelled images) or --cron EXPR")
+        if self.min_new is not None and self.min_new < 1:
+            raise InputError(f"--min-new must be at least 1, got {self.min_new}")
+        if not self.interval > 0 or self.epochs < 1:
+            raise InputError("--interval must be positive and --epochs at least 1")
+        if self.cron is not None:
+            self.trigger()  # validates the expression
+        if self.explain is not None and self.explain not in METHODS:
+            raise InputError(f"--explain {self.explain!r}: choose one of {', '.join(METHODS)} or none")
+
+    def trigger(self) -> IntervalTrigger | CronTrigger:
+        """The APScheduler trigger: the crontab times, or every ``interval`` seconds for ``min_new``."""
+        if self.cron is None:
+            return IntervalTrigger(seconds=self.interval, timezone=dt.UTC)
+        try:
+            return CronTrigger.from_crontab(self.cron, timezone=dt.UTC)
+        except ValueError as exc:
+            raise InputError(f"--cron {self.cron!r} is not a crontab expression (e.g. '0 2 * * *'): {exc}") from exc
+
+    def train_params(self) -> dict[str, Any]:
+        """The run parameters exactly as :func:`nucleograph.gnn.service.train_cohort` records them."""
+        return {"model": self.model, "epochs": self.epochs, "lr": self.lr, "folds": self.folds, "seed": self.seed,
+                "batch_size": self.batch_size, "patience": self.patience, "model_kwargs": {}}
+
+
+SPECS = {"watch": WatchSpec, "retrain": RetrainSpec}
+
+
+def spec_from_dict(kind: str, values: dict[str, Any]) -> WatchSpec | RetrainSpec:
+    """Rebuild (and so re-check) a stored job's spec.
+
+    Parameters
+    ----------
+    kind : {"watch", "retrain"}
+    values : dict
+        The stored ``asdict(spec)``; keys that are not fields of the kind's spec are ignored.
+
+    Returns
+    -------
+    WatchSpec or RetrainSpec
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        An unknown kind, or values the spec refuses.
+    """
+    if kind not in SPECS:
+        raise InputError(f"unknown job kind {kind!r}: choose one of {', '.join(KINDS)}")
+    cls = SPECS[kind]
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+

@@ -29,12 +29,13 @@ import torch
 from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.detect import detect_nuclei, match_centroids
 from nucleograph.ingest.features import nucleus_features
-from nucleograph.ingest.graph import build_edges
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, build_edges
+from nucleograph.ingest.pipeline import DETECTORS
 from nucleograph.ingest.readers import read_image
 from nucleograph.ingest.synth import synthesize_cohort
 from nucleograph.ingest.unet import load_unet
 
-METHODS = ("watershed", "unet")
+METHODS = DETECTORS
 
 
 def _timed(fn, *args, _repeat: int = 1, **kwargs):
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n-per-class", type=int, default=2)
     ap.add_argument("--seed", type=int, default=2026, help="held-out cohort seed (the U-Net trained on 101)")
     ap.add_argument("--radius", type=float, default=8.0, help="centroid match radius in pixels")
-    ap.add_argument("--threshold", type=float, default=100.0, help="edge threshold in pixels")
+    ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold in pixels")
     ap.add_argument("--repeat", type=int, default=1, help="time each stage as the best of this many runs")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = ap.parse_args(argv)

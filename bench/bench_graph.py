@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from nucleograph.ingest.graph import brute_force_edges, build_edges
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, brute_force_edges, build_edges
 
 DENSITY = 1500 / (2048 * 1536)  # nuclei per pixel
 
@@ -61,7 +61,7 @@ def run(sizes, threshold: float, repeat: int, seed: int = 0) -> list[dict]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1500, 50_000])
-    ap.add_argument("--threshold", type=float, default=100.0, help="edge threshold in pixels")
+    ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold in pixels")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs (brute force at N>10k: 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)

@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
 
-from nucleograph.ingest.synth import TASKS, _image_seed, synthesize_image
+from nucleograph.ingest.synth import TASKS, image_seed, synthesize_image
 
 GRAPH_FREE = ("count", "area", "eccentricity", "h_od")
 SPATIAL = ("degree", "degree_sd", "crowded", "weighted_degree")
@@ -79,7 +79,7 @@ def main() -> None:
             for k in range(args.n):
                 t0 = time.perf_counter()
                 tile = synthesize_image(
-                    task, label, rng=np.random.default_rng(_image_seed(args.seed, task, label, k))
+                    task, label, rng=np.random.default_rng(image_seed(args.seed, task, label, k))
                 )
                 seconds.append(time.perf_counter() - t0)
                 feats.append(tile_features(tile))

@@ -207,7 +207,9 @@ def _as_arrays(r) -> dict[str, Any]:
     dst = np.fromiter((index[int(b)] for b in r["dst"]), dtype=np.int64, count=len(r["dst"]))
     return {
         "id": r["id"], "label": r["label"], "patient": r["patient"], "path": r["path"],
-        "threshold_px": float(json.loads(r["params"] or "{}").get("threshold_px", 100.0)),
+        # no default: image_props stores threshold_px with every Image (since the first ingest), and a
+        # fallback here would be a second home of ingest's 100 px default
+        "threshold_px": float(json.loads(r["params"])["threshold_px"]),
         "feature_names": list(r["feature_names"] or []), "nids": nids, "features": features,
         "centroids": np.stack([np.asarray(r["xs"], dtype=np.float32), np.asarray(r["ys"], dtype=np.float32)], axis=1)
         if len(nids) else np.zeros((0, 2), np.float32),

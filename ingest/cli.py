@@ -9,14 +9,17 @@ import sys
 from nucleograph.config import Settings
 from nucleograph.db.driver import open_driver
 from nucleograph.errors import InputError
+from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
-from nucleograph.ingest.pipeline import DETECTORS
+from nucleograph.ingest.pipeline import DETECTORS, IngestParams
+from nucleograph.ingest.synth import TASKS, synthesize_cohort
 from nucleograph.output import emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``synth``, ``ingest`` and ``segmenter train`` to the ``nucleograph`` command line."""
     p = sub.add_parser("synth", help="write a synthetic H&E cohort with ground-truth nuclei and roles")
-    p.add_argument("task", choices=["breast", "prostate"])
+    p.add_argument("task", choices=sorted(TASKS))
     p.add_argument("--n", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="output folder (images/, masks/, nuclei/, manifest.csv)")
     p.add_argument("--seed", type=int, default=0)
@@ -58,8 +61,7 @@ def _parse_size(text: str | None):
 
 
 def cmd_synth(args, settings: Settings) -> int:
-    from nucleograph.ingest.synth import synthesize_cohort
-
+    """``nucleograph synth``: write a synthetic cohort; returns the exit status."""
     try:
         manifest = synthesize_cohort(args.task, n_per_class=args.n, out_dir=args.out, seed=args.seed,
                                      size=_parse_size(args.size), progress=not args.json)
@@ -73,8 +75,8 @@ def cmd_synth(args, settings: Settings) -> int:
 
 
 def cmd_ingest(args, settings: Settings) -> int:
-    from nucleograph.ingest.cohort import discover
-    from nucleograph.ingest.pipeline import IngestParams
+    """``nucleograph ingest``: ingest images into a cohort; exit status 3 when any image failed."""
+    # imported here, not at the top: run loads the SQL records layer, which only an ingest needs
     from nucleograph.ingest.run import ingest_records
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
@@ -103,6 +105,7 @@ def cmd_ingest(args, settings: Settings) -> int:
 
 
 def cmd_segmenter_train(args, settings: Settings) -> int:
+    """``nucleograph segmenter train``: train the U-Net on image and mask folders."""
     from nucleograph.ingest.unet import train_unet
 
     info = train_unet(args.images, args.masks, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.json)

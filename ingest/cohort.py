@@ -85,7 +85,27 @@ def _read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
-def read_manifest(csv_path: Path) -> list[ImageRecord]:
+def read_manifest(csv_path: Path, *, missing_ok: bool = False) -> list[ImageRecord]:
+    """Read a ``path,label[,patient,mpp]`` CSV manifest; paths are relative to its folder.
+
+    Parameters
+    ----------
+    csv_path : Path
+    missing_ok : bool
+        Keep rows whose image is not there (yet) instead of raising; a watched folder's manifest
+        may name files still being copied.
+
+    Returns
+    -------
+    records : list of ImageRecord
+        In the manifest's row order.
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        The CSV is unreadable, lacks a column, has an empty path, names a missing image (unless
+        ``missing_ok``) or has an mpp that is not a positive number.
+    """
     csv_path = csv_path.resolve()
     columns, rows = _read_csv_rows(csv_path)
     missing = [c for c in _REQUIRED if c not in columns]
@@ -100,7 +120,7 @@ def read_manifest(csv_path: Path) -> list[ImageRecord]:
         if not row.get("path"):
             raise InputError(f"{csv_path}, line {lineno}: empty path; fill it in or delete the row.")
         path = (base / row["path"]).resolve()
-        if not path.is_file():
+        if not missing_ok and not path.is_file():
             raise InputError(
                 f"{csv_path}, line {lineno}: image {row['path']!r} not found (looked for {path}); "
                 "paths are relative to the manifest's folder."

@@ -17,11 +17,13 @@ import numpy as np
 
 from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import ImageRecord
-from nucleograph.ingest.detect import DETECTION_METHODS
-from nucleograph.ingest.features import FEATURE_COLUMNS
-from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
+from nucleograph.ingest.detect import DETECTION_METHODS, detect_nuclei, detect_slide
+from nucleograph.ingest.features import FEATURE_COLUMNS, nucleus_features
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, build_edges, threshold_pixels
+from nucleograph.ingest.readers import is_slide, read_image, slide_info
 
 PIPELINE_VERSION = 1
+#: The detectors an ingest can use: the one list, detect.py's (the CLI's --detector choices come from here).
 DETECTORS = DETECTION_METHODS
 
 
@@ -86,7 +88,23 @@ class ImageGraph:
 
 
 def content_hash(path: Path, *, chunk: int = 1 << 20) -> str:
-    """The image's id: the first 16 hex digits of the SHA-256 of the file's bytes."""
+    """The image's id: the first 16 hex digits of the SHA-256 of the file's bytes.
+
+    Parameters
+    ----------
+    path : Path
+    chunk : int, optional
+        Bytes read at a time, so a whole slide never sits in memory.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    InputError
+        The file cannot be read.
+    """
     h = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
@@ -100,18 +118,25 @@ def content_hash(path: Path, *, chunk: int = 1 << 20) -> str:
 def process_image(record: ImageRecord, params: IngestParams, *, unet=None, image_id: str | None = None) -> ImageGraph:
     """Turn one image or slide into an :class:`ImageGraph` (pure: touches no database).
 
-    ``image_id`` is the file's :func:`content_hash` when the caller has it already.
+    Parameters
+    ----------
+    record : ImageRecord
+        The file, its label and its microns per pixel.
+    params : IngestParams
+    unet : nucleograph.ingest.unet.UNet, optional
+        Loaded network for ``params.detector == "unet"`` (default: the shipped weights).
+    image_id : str, optional
+        The file's :func:`content_hash` when the caller has it already.
+
+    Returns
+    -------
+    ImageGraph
 
     Raises
     ------
     InputError
         The file is unreadable, too small, too large, or the threshold needs a missing mpp.
     """
-    from nucleograph.ingest.detect import detect_nuclei, detect_slide
-    from nucleograph.ingest.features import nucleus_features
-    from nucleograph.ingest.graph import build_edges, threshold_pixels
-    from nucleograph.ingest.readers import is_slide, read_image, slide_info
-
     path = Path(record.path)
     timings: dict[str, float] = {}
     t = time.perf_counter()

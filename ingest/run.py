@@ -8,8 +8,11 @@ graph is written (see :func:`nucleograph.db.store.store_image_graph`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from nucleograph.errors import DatabaseError, NucleographError
 from nucleograph.ingest.cohort import ImageRecord
 from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
 
-_WORKER_UNET = None
+_WORKER_UNET = None  # the U-Net of this worker process, loaded once by _init_worker
 
 
 def _die_with_parent(parent: int) -> None:
@@ -37,10 +40,6 @@ def _die_with_parent(parent: int) -> None:
     daemon thread notices that the worker was re-parented. Without this, orphaned workers would
     outlive a killed ingest and keep its output pipes open.
     """
-    import ctypes
-    import signal
-    import threading
-
     with contextlib.suppress(OSError):  # not Linux: the watchdog below covers it
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
@@ -55,13 +54,15 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(detector: str, threads: int, parent: int | None = None) -> None:
+    # torch and the U-Net (which imports torch) load here, not at the top: the ingest CLI and the
+    # scheduler import this module, and a watershed ingest in one process never needs them
     import torch
 
     if parent is not None:
         _die_with_parent(parent)
 
     torch.set_num_threads(threads)
-    global _WORKER_UNET  # one model per worker process, loaded once
+    global _WORKER_UNET
     if detector == "unet":
         from nucleograph.ingest.unet import load_unet
 
@@ -69,6 +70,12 @@ def _init_worker(detector: str, threads: int, parent: int | None = None) -> None
 
 
 def torch_threads() -> int:
+    """The number of threads torch uses in this process (imports torch on first use).
+
+    Returns
+    -------
+    int
+    """
     import torch
 
     return torch.get_num_threads()
@@ -80,6 +87,13 @@ def _process(record: ImageRecord, params: IngestParams, image_id: str) -> ImageG
 
 @dataclass
 class IngestSummary:
+    """What one :func:`ingest_records` call did, in image counts (per-image outcomes are in SQL).
+
+    Every image ends ``ok`` (then exactly one of ``stored``, ``replaced``, ``unchanged`` or
+    ``linked``, as :class:`nucleograph.db.store.StoreResult` reports it) or ``failed`` (with an entry
+    in ``failures``). ``nuclei`` and ``edges`` count the ok images' graphs.
+    """
+
     cohort: str
     images: int = 0
     ok: int = 0
@@ -93,65 +107,85 @@ class IngestSummary:
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
 
+    def count_ok(self, result: store.StoreResult) -> None:
+        """Count an image whose graph is in Neo4j, by how it got there (``result.status``)."""
+        self.ok += 1
+        match result.status:
+            case "stored":
+                self.stored += 1
+            case "replaced":
+                self.replaced += 1
+            case "unchanged":
+                self.unchanged += 1
+            case "linked":
+                self.linked += 1
+            case _:
+                raise ValueError(
+                    f"unknown store status {result.status!r}; expected stored, replaced, unchanged or linked"
+                )
+        self.nuclei += result.nuclei
+        self.edges += result.edges
+
+    def count_failed(self, path: str, message: str) -> None:
+        """Count an image that was not stored, with the error shown to the user."""
+        self.failed += 1
+        self.failures.append({"path": path, "error": message})
+
     def as_dict(self) -> dict[str, Any]:
+        """The summary as the ``--json`` output prints it."""
         return dict(self.__dict__)
 
 
-def ingest_records(
-    records: list[ImageRecord], *, cohort: str, params: IngestParams, settings: Settings, driver: neo4j.Driver,
-    workers: int = 1, progress: bool = False, task: str | None = None,
-) -> IngestSummary:
-    """Ingest ``records`` into ``cohort``; return the summary (per-image outcomes are in SQL)."""
-    t0 = time.perf_counter()
-    engine = rec.open_engine(settings)
-    summary = IngestSummary(cohort=cohort, images=len(records))
-    names = feature_names()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+def _failure_message(record: ImageRecord, error: Exception) -> str:
+    # our own errors already name the file and the fix; anything else gets the path and its type
+    if isinstance(error, NucleographError):
+        return str(error)
+    return f"{record.path}: {type(error).__name__}: {error}"
 
-        bar = tqdm(total=len(records), desc=f"ingest {cohort}", unit="image")
 
-    def _store_with_retry(graph: ImageGraph, attempts: int = 3) -> store.StoreResult:
-        # The connection can drop during COMMIT (Neo4j killed or restarted): the driver cannot know
-        # whether the transaction committed and raises IncompleteCommit instead of retrying. Storing
-        # again is safe: it first checks the stored state, so a committed graph is found unchanged.
-        def once() -> store.StoreResult:
-            return store.store_image_graph(driver, graph, cohort=cohort, params=params, feature_names=names,
-                                           database=settings.neo4j_database, task=task)
+class _BatchWriter:
+    """Where each image of one :func:`ingest_records` call ends: its graph in Neo4j, its record in
+    SQL, its counts in the summary and a tick on the progress bar."""
 
-        for _ in range(attempts - 1):
-            with contextlib.suppress(neo4j_exc.IncompleteCommit):
-                return once()
-        return once()
+    def __init__(
+        self, *, cohort: str, params: IngestParams, settings: Settings, driver: neo4j.Driver, task: str | None,
+        engine, summary: IngestSummary, bar=None,
+    ):
+        self.cohort, self.params, self.settings, self.driver, self.task = cohort, params, settings, driver, task
+        self.engine, self.summary, self.bar = engine, summary, bar
+        self.params_key = params.key()
+        self.names = feature_names()
 
-    def finish(record: ImageRecord, graph: ImageGraph | None, error: Exception | None,
-               result: store.StoreResult | None = None) -> None:
+    def needs_detection(self, record: ImageRecord) -> str | None:
+        """The image id when ``record`` needs detection; None when it is finished already (stored
+        with the same parameters, or unreadable)."""
+        try:
+            image_id = content_hash(Path(record.path))
+        except NucleographError as exc:
+            self.finish(record, None, exc)
+            return None
+        with translate_errors(self.settings):
+            result = self._if_current(image_id)
+        if result is None:
+            return image_id
+        self.finish(record, None, None, result)
+        return None
+
+    def finish(
+        self, record: ImageRecord, graph: ImageGraph | None, error: Exception | None,
+        result: store.StoreResult | None = None,
+    ) -> None:
+        """Store ``graph`` (unless ``error`` or a ``result`` already says how the image ended) and
+        record the outcome."""
         started = time.perf_counter()
-        entry = rec.IngestRecord(
-            cohort=cohort, path=str(record.path), label=record.label, detector=params.detector,
-            params_key=params.key(),
-        )
         if error is None and result is None:
-            try:
-                with translate_errors(settings):
-                    result = _store_with_retry(graph)
-            except (DatabaseError, neo4j_exc.ServiceUnavailable):
-                raise  # the database is gone: stop the batch; nothing partial was written
-            except neo4j_exc.ConstraintError:
-                # another ingest (a scheduler, a second worker) stored the same image at the same
-                # moment; our transaction was rolled back whole, so theirs is the stored graph
-                result = store.if_current(driver, graph.image_id, cohort, params.key(),
-                                          database=settings.neo4j_database, task=task)
-                if result is None:
-                    error = DatabaseError(f"{record.path}: stored concurrently with other parameters; ingest again")
-            except neo4j_exc.Neo4jError as exc:
-                error = DatabaseError(f"{record.path}: Neo4j refused the graph: {exc}")
+            result, error = self._store(record, graph)
+        entry = rec.IngestRecord(
+            cohort=self.cohort, path=str(record.path), label=record.label, detector=self.params.detector,
+            params_key=self.params_key,
+        )
         if error is None:
-            summary.ok += 1
-            setattr(summary, result.status, getattr(summary, result.status) + 1)
-            summary.nuclei += result.nuclei
-            summary.edges += result.edges
+            self.summary.count_ok(result)
             entry.image_id, entry.status = result.image_id, result.status
             entry.nuclei, entry.edges = result.nuclei, result.edges
             timings = graph.timings if graph is not None else {}
@@ -159,60 +193,133 @@ def ingest_records(
                              "store": round(time.perf_counter() - started, 4)}
             entry.seconds = sum(entry.timings.values())
         else:
-            summary.failed += 1
-            message = str(error) if isinstance(error, NucleographError) else f"{record.path}: {type(error).__name__}: {error}"
-            summary.failures.append({"path": str(record.path), "error": message})
+            message = _failure_message(record, error)
+            self.summary.count_failed(str(record.path), message)
             entry.status, entry.error = "failed", message
-        rec.add_record(engine, entry)
-        if bar is not None:
-            bar.update(1)
+        rec.add_record(self.engine, entry)
+        if self.bar is not None:
+            self.bar.update(1)
 
-    def to_process(record: ImageRecord) -> str | None:
-        """The image id when ``record`` needs detection; None when it is finished already (stored
-        with the same parameters, or unreadable)."""
+    def _store(self, record: ImageRecord, graph: ImageGraph) -> tuple[store.StoreResult | None, Exception | None]:
+        """The stored result, or the error that makes this image (alone) fail."""
         try:
-            image_id = content_hash(Path(record.path))
-        except NucleographError as exc:
-            finish(record, None, exc)
-            return None
-        with translate_errors(settings):
-            result = store.if_current(driver, image_id, cohort, params.key(), database=settings.neo4j_database,
-                                      task=task)
-        if result is None:
-            return image_id
-        finish(record, None, None, result)
-        return None
+            with translate_errors(self.settings):
+                return self._store_with_retry(graph), None
+        except (DatabaseError, neo4j_exc.ServiceUnavailable):
+            raise  # the database is gone: stop the batch; nothing partial was written
+        except neo4j_exc.ConstraintError:
+            # another ingest (a scheduler, a second worker) stored the same image at the same
+            # moment; our transaction was rolled back whole, so theirs is the stored graph
+            result = self._if_current(graph.image_id)
+            if result is None:
+                return None, DatabaseError(f"{record.path}: stored concurrently with other parameters; ingest again")
+            return result, None
+        except neo4j_exc.Neo4jError as exc:
+            return None, DatabaseError(f"{record.path}: Neo4j refused the graph: {exc}")
 
+    def _store_with_retry(self, graph: ImageGraph, attempts: int = 3) -> store.StoreResult:
+        # The connection can drop during COMMIT (Neo4j killed or restarted): the driver cannot know
+        # whether the transaction committed and raises IncompleteCommit instead of retrying. Storing
+        # again is safe: it first checks the stored state, so a committed graph is found unchanged.
+        for _ in range(attempts - 1):
+            with contextlib.suppress(neo4j_exc.IncompleteCommit):
+                return self._store_once(graph)
+        return self._store_once(graph)
+
+    def _store_once(self, graph: ImageGraph) -> store.StoreResult:
+        return store.store_image_graph(self.driver, graph, cohort=self.cohort, params=self.params,
+                                       feature_names=self.names, database=self.settings.neo4j_database,
+                                       task=self.task)
+
+    def _if_current(self, image_id: str) -> store.StoreResult | None:
+        return store.if_current(self.driver, image_id, self.cohort, self.params_key,
+                                database=self.settings.neo4j_database, task=self.task)
+
+
+def _detect_serially(writer: _BatchWriter, todo: list[tuple[ImageRecord, str]], params: IngestParams) -> None:
     if params.detector == "unet":
-        from nucleograph.ingest.unet import load_unet
+        _init_worker(params.detector, torch_threads())
+    for record, image_id in todo:
+        try:
+            graph, error = _process(record, params, image_id), None
+        except Exception as exc:  # recorded per image; the batch goes on
+            graph, error = None, exc
+        writer.finish(record, graph, error)
 
-        load_unet()  # fail fast, before any worker starts, when the weights are missing or broken
-    todo = [(r, image_id) for r in records if (image_id := to_process(r)) is not None]
+
+def _detect_in_workers(
+    writer: _BatchWriter, todo: list[tuple[ImageRecord, str]], params: IngestParams, workers: int
+) -> None:
+    ctx = mp.get_context("spawn")  # torch and fork do not mix
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(params.detector, 1, os.getpid())) as pool:
+        pending: dict[Future, ImageRecord] = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:  # bounded: graphs wait in memory
+                record, image_id = queue.pop(0)
+                pending[pool.submit(_process, record, params, image_id)] = record
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                record = pending.pop(fut)
+                exc = fut.exception()
+                writer.finish(record, None if exc else fut.result(), exc)
+
+
+def ingest_records(
+    records: list[ImageRecord], *, cohort: str, params: IngestParams, settings: Settings, driver: neo4j.Driver,
+    workers: int = 1, progress: bool = False, task: str | None = None,
+) -> IngestSummary:
+    """Ingest ``records`` into ``cohort``; return the summary (per-image outcomes are in SQL).
+
+    Parameters
+    ----------
+    records : list of ImageRecord
+        The images (or slides) to ingest.
+    cohort : str
+        Cohort to add them to (created if missing).
+    params : IngestParams
+        Detector, edge threshold and the other options that define each graph.
+    settings : Settings
+        Neo4j database name and the SQL records URL.
+    driver : neo4j.Driver
+    workers : int
+        Detection processes; 1 detects in this process.
+    progress : bool
+        Show a progress bar.
+    task : str, optional
+        The cohort's task (e.g. ``breast``), stored with it.
+
+    Returns
+    -------
+    IngestSummary
+
+    Raises
+    ------
+    DatabaseError
+        Neo4j became unreachable; the images finished before are stored and recorded.
+    """
+    t0 = time.perf_counter()
+    engine = rec.open_engine(settings)
+    summary = IngestSummary(cohort=cohort, images=len(records))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), desc=f"ingest {cohort}", unit="image")
+    writer = _BatchWriter(cohort=cohort, params=params, settings=settings, driver=driver, task=task, engine=engine,
+                          summary=summary, bar=bar)
     try:
+        if params.detector == "unet":
+            # imported here, not at the top: unet imports torch, which watershed ingests never need
+            from nucleograph.ingest.unet import load_unet
+
+            load_unet()  # fail fast, before any worker starts, when the weights are missing or broken
+        todo = [(r, image_id) for r in records if (image_id := writer.needs_detection(r)) is not None]
         if workers <= 1:
-            if params.detector == "unet":
-                _init_worker(params.detector, torch_threads())
-            for record, image_id in todo:
-                try:
-                    graph, error = _process(record, params, image_id), None
-                except Exception as exc:  # recorded per image; the batch goes on
-                    graph, error = None, exc
-                finish(record, graph, error)
+            _detect_serially(writer, todo, params)
         else:
-            ctx = mp.get_context("spawn")  # torch and fork do not mix
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(params.detector, 1, os.getpid())) as pool:
-                pending: dict[Future, ImageRecord] = {}
-                queue = list(todo)
-                while queue or pending:
-                    while queue and len(pending) < 2 * workers:  # bounded: graphs wait in memory
-                        record, image_id = queue.pop(0)
-                        pending[pool.submit(_process, record, params, image_id)] = record
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        record = pending.pop(fut)
-                        exc = fut.exception()
-                        finish(record, None if exc else fut.result(), exc)
+            _detect_in_workers(writer, todo, params, workers)
     finally:
         if bar is not None:
             bar.close()

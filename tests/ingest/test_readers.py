@@ -7,10 +7,9 @@ import tifffile
 from PIL import Image
 
 from nucleograph.errors import InputError
+from nucleograph.ingest.cohort import ImageRecord, discover
 from nucleograph.ingest.readers import (
     MIN_SIDE,
-    ImageRecord,
-    discover,
     is_slide,
     iter_slide_tiles,
     read_image,

@@ -1,0 +1,331 @@
+"""Where the nuclei of each class go: the arrangements that alone separate the classes of a task.
+
+Each arrangement takes a :class:`~nucleograph.ingest.synth._placement.Layout` whose pending queue
+holds the epithelial nuclei and places all of them; stromal nuclei are scattered afterwards by
+:func:`nucleograph.ingest.synth.tile.synthesize_image`, the same way for both classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nucleograph.ingest.synth._placement import BOUND, GAP, Layout
+
+
+def _ellipse_point(cx, cy, rx, ry, rot, phi):
+    """Point at parameter ``phi`` on an ellipse and the tangent angle there."""
+    ex, ey = rx * math.cos(phi), ry * math.sin(phi)
+    c, s = math.cos(rot), math.sin(rot)
+    tx, ty = -rx * math.sin(phi), ry * math.cos(phi)
+    return cx + c * ex - s * ey, cy + s * ex + c * ey, math.atan2(s * tx + c * ty, c * tx - s * ty)
+
+
+def _ring(lay: Layout, cx, cy, rx, ry, rot, role, *, tangent: bool, skip=None, jitter: float = 1.0):
+    """Walk once around an ellipse, placing pending nuclei shoulder to shoulder."""
+    if rx < 4 or ry < 4:
+        return
+    perimeter = math.pi * (3 * (rx + ry) - math.sqrt((3 * rx + ry) * (rx + 3 * ry)))
+    start = lay.rng.uniform(0, 2 * math.pi)
+    t = 0.0
+    while lay.left:
+        r = lay.next_radius
+        t += r * BOUND + GAP / 2
+        if t > perimeter - r:
+            return
+        phi = start + 2 * math.pi * t / perimeter
+        x, y, tang = _ellipse_point(cx, cy, rx, ry, rot, phi)
+        if skip is None or not skip(x, y):
+            theta = tang + lay.rng.normal(0, 0.2) if tangent else math.nan
+            jr = lay.rng.normal(0, jitter)
+            nx, ny = math.sin(tang), -math.cos(tang)
+            placed = lay.place_near(x + jr * nx, y + jr * ny, role, theta, tries=4, spread=jitter + 1)
+            if not placed:  # slide along the ring rather than leave a hole
+                for _ in range(3):
+                    t += 2.0
+                    x, y, tang = _ellipse_point(cx, cy, rx, ry, rot, start + 2 * math.pi * t / perimeter)
+                    if lay.place(x, y, role, tang if tangent else math.nan):
+                        break
+        t += r * BOUND + GAP / 2
+
+
+def _inside(cx, cy, rx, ry, rot, x, y, scale=1.0) -> bool:
+    c, s = math.cos(rot), math.sin(rot)
+    dx, dy = x - cx, y - cy
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    return (u / (rx * scale)) ** 2 + (v / (ry * scale)) ** 2 < 1.0
+
+
+def _path(lay: Layout, x, y, angle, length, step):
+    """Points along a gently curving random path."""
+    pts = []
+    bend = lay.rng.normal(0, 0.006)
+    for _ in range(int(length / step)):
+        pts.append((x, y, angle))
+        angle += bend * step + lay.rng.normal(0, 0.06)
+        x += step * math.cos(angle)
+        y += step * math.sin(angle)
+    return pts
+
+
+def _hex_points(lay: Layout, cx, cy, radius, spacing):
+    """Jittered hexagonal lattice inside a disc, shuffled so partial fills look natural."""
+    pts = []
+    n = int(radius / spacing) + 1
+    off = lay.rng.uniform(0, spacing, 2)
+    for i in range(-n, n + 1):
+        for j in range(-n, n + 1):
+            px = (i + 0.5 * (j % 2)) * spacing + off[0]
+            py = j * spacing * 0.866 + off[1]
+            if px * px + py * py <= radius * radius:
+                pts.append((cx + px, cy + py))
+    order = lay.rng.permutation(len(pts))
+    return [pts[k] for k in order]
+
+
+def _pick_center(lay: Layout, r: float, gap: float, margin: float = 0.25, tries: int = 60):
+    """A centre for a structure of radius ``r`` that may overhang the tile edge by ``margin * r``."""
+    for _ in range(tries):
+        x = lay.rng.uniform(-margin * r, lay.width + margin * r)
+        y = lay.rng.uniform(-margin * r, lay.height + margin * r)
+        if lay.reserve(x, y, r, gap):
+            return x, y
+    return None
+
+
+def _spacing(lay: Layout) -> float:
+    return 2 * BOUND * float(np.mean(lay.radius[lay.next : lay.stop] if lay.left else lay.radius)) + GAP
+
+
+# breast ---------------------------------------------------------------------------------------
+
+
+def _layout_insitu(lay: Layout) -> None:
+    rng = lay.rng
+    step = _spacing(lay) + 1
+    max_r = 0.42 * min(lay.width, lay.height)
+    shrink, failures = 1.0, 0
+    while lay.left:
+        rx = min(rng.uniform(170, 300) * shrink, max_r)
+        ry = rx * rng.uniform(0.7, 1.0)
+        rot = rng.uniform(0, math.pi)
+        layers = int(rng.integers(5, 9))
+        layers = max(1, min(layers, int(ry / step) - 2))
+        centre = _pick_center(lay, rx, gap=rng.uniform(50, 150) * shrink)
+        if centre is None:
+            failures += 1
+            shrink = max(0.4, shrink * 0.85)
+            if failures > 30:
+                lay.scatter("duct_inner")
+            continue
+        cx, cy = centre
+        before = lay.left
+        _ring(lay, cx, cy, rx, ry, rot, "duct_outer", tangent=True)
+        for k in range(1, layers + 1):
+            _ring(lay, cx, cy, rx - k * step, ry - k * step, rot, "duct_inner", tangent=False, jitter=1.5)
+        lrx, lry = rx - (layers + 0.5) * step - 2, ry - (layers + 0.5) * step - 2
+        if lrx > 10 and lry > 10 and before - lay.left >= 8:
+            lay.lumens.append((cx, cy, lrx, lry, rot))
+            for _ in range(int(rng.integers(0, 4))):
+                u, v = rng.uniform(-0.6, 0.6, 2)
+                x, y, _t = _ellipse_point(
+                    cx, cy, lrx * math.hypot(u, v), lry * math.hypot(u, v), rot, math.atan2(v, u)
+                )
+                lay.place(x, y, "lumen")
+
+
+def _layout_invasive(lay: Layout) -> None:
+    rng = lay.rng
+    step = _spacing(lay)
+    kinds = ("cord", "single_file", "cluster", "infiltrating")
+    clearance = 70.0  # a new structure starts in stroma, so tumour spreads instead of piling up
+    while lay.left:
+        kind = kinds[int(rng.choice(4, p=[0.35, 0.3, 0.25, 0.1]))]
+        for _ in range(30):
+            x0, y0 = rng.uniform(0, lay.width), rng.uniform(0, lay.height)
+            if not lay.crowded(x0, y0, clearance):
+                break
+        else:
+            clearance *= 0.8
+        if kind in ("cord", "single_file"):
+            width = 1 if kind == "single_file" else int(rng.integers(2, 4))
+            pts = _path(lay, x0, y0, rng.uniform(0, 2 * math.pi), rng.uniform(120, 400), step + 1)
+            for px, py, ang in pts:
+                if width == 1 and lay.crowded(px, py, step * 1.6):
+                    continue  # a file that runs into other tumour stops
+                for w in range(width):
+                    off = (w - (width - 1) / 2) * (step + 1)
+                    theta = ang + rng.normal(0, 0.25) if kind == "single_file" else math.nan
+                    lay.place_near(px - off * math.sin(ang), py + off * math.cos(ang), kind, theta)
+        elif kind == "cluster":
+            n = int(rng.integers(5, 16))
+            placed = 0
+            for px, py in _hex_points(lay, x0, y0, math.sqrt(n) * step * 0.6, step + 1):
+                placed += lay.place_near(px, py, "cluster")
+                if placed >= n:
+                    break
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                lay.place_near(x0 + rng.normal(0, 50), y0 + rng.normal(0, 50), "infiltrating")
+
+
+# prostate -------------------------------------------------------------------------------------
+
+
+def _layout_gleason3(lay: Layout) -> None:
+    rng = lay.rng
+    step = _spacing(lay)
+    failures = 0
+    while lay.left:
+        rx = rng.uniform(32, 70)
+        ry = rx * rng.uniform(0.65, 1.0)
+        rot = rng.uniform(0, math.pi)
+        centre = _pick_center(lay, rx + step / 2, gap=rng.uniform(25, 60), margin=0.1)
+        if centre is None:
+            failures += 1
+            if failures > 30:
+                lay.scatter("gland_boundary")
+            continue
+        cx, cy = centre
+        before = lay.left
+        _ring(lay, cx, cy, rx, ry, rot, "gland_boundary", tangent=True)
+        if lay.left < before:
+            lay.lumens.append((cx, cy, rx - step * 0.5 - 7, ry - step * 0.5 - 7, rot))
+
+
+def _layout_gleason4(lay: Layout) -> None:
+    rng = lay.rng
+    step = _spacing(lay)
+    failures = 0
+    while lay.left:
+        kind = ("cribriform", "fused", "poorly_formed")[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
+        if kind == "cribriform":
+            if not _cribriform_gland(lay, step):
+                failures += 1
+                if failures > 30:
+                    lay.scatter("cribriform")
+        elif kind == "fused":
+            if not _fused_glands(lay, step):
+                failures += 1
+                if failures > 60:
+                    lay.scatter("fused")
+        else:
+            _poorly_formed(lay, step)
+
+
+def _cribriform_gland(lay: Layout, step: float) -> bool:
+    """A large nest with punched-out lumens; False when no room for it was found."""
+    rng = lay.rng
+    rx = min(rng.uniform(100, 170), 0.4 * min(lay.width, lay.height))
+    ry = rx * rng.uniform(0.75, 1.0)
+    rot = rng.uniform(0, math.pi)
+    centre = _pick_center(lay, rx + step / 2, gap=rng.uniform(10, 30), margin=0.1)
+    if centre is None:
+        return False
+    cx, cy = centre
+    _ring(lay, cx, cy, rx, ry, rot, "cribriform", tangent=True)
+    holes = _cribriform_holes(lay, cx, cy, rx, ry, rot, step)
+    for hx, hy, hr in holes:
+        lay.lumens.append((hx, hy, hr, hr, 0.0))
+    for px, py in _hex_points(lay, cx, cy, max(rx, ry), step + 0.5):
+        if not _inside(cx, cy, rx - step * 0.9, ry - step * 0.9, rot, px, py):
+            continue
+        if any((px - a) ** 2 + (py - b) ** 2 < (c + step * 0.55) ** 2 for a, b, c in holes):
+            continue
+        lay.place_near(px, py, "cribriform")
+    return True
+
+
+def _cribriform_holes(lay: Layout, cx, cy, rx, ry, rot, step: float) -> list[tuple[float, float, float]]:
+    """Up to 10 round lumens (x, y, r) inside a cribriform nest, apart from each other by a nucleus."""
+    rng = lay.rng
+    holes: list[tuple[float, float, float]] = []
+    for _ in range(int(rng.integers(4, 11)) * 4):
+        hr = rng.uniform(9, 20)
+        u, v = rng.uniform(-1, 1, 2)
+        if u * u + v * v > 1:
+            continue
+        hx, hy, _t = _ellipse_point(
+            cx,
+            cy,
+            (rx - step - hr) * math.hypot(u, v),
+            (ry - step - hr) * math.hypot(u, v),
+            rot,
+            math.atan2(v, u),
+        )
+        if min(rx, ry) - step - hr < 0 or any(
+            (hx - a) ** 2 + (hy - b) ** 2 < (hr + c + step) ** 2 for a, b, c in holes
+        ):
+            continue
+        holes.append((hx, hy, hr))
+        if len(holes) >= 10:
+            break
+    return holes
+
+
+def _fused_glands(lay: Layout, step: float) -> bool:
+    """2-4 overlapping glands whose rings skip each other's insides; False when there was no room."""
+    rng = lay.rng
+    parts = []
+    n_parts = int(rng.integers(2, 5))
+    x, y = rng.uniform(0, lay.width), rng.uniform(0, lay.height)
+    ang = rng.uniform(0, 2 * math.pi)
+    for p in range(n_parts):
+        rx = rng.uniform(32, 60)
+        ry = rx * rng.uniform(0.7, 1.0)
+        if p:
+            prev = parts[-1]
+            d = (prev[2] + rx) * rng.uniform(0.65, 0.9)
+            ang += rng.normal(0, 0.9)
+            x, y = prev[0] + d * math.cos(ang), prev[1] + d * math.sin(ang)
+        parts.append((x, y, rx, ry, rng.uniform(0, math.pi)))
+    xs = [p[0] for p in parts]
+    ys = [p[1] for p in parts]
+    bx, by = float(np.mean(xs)), float(np.mean(ys))
+    br = max(math.hypot(p[0] - bx, p[1] - by) + p[2] for p in parts)
+    if not lay.reserve(bx, by, br + step / 2, gap=rng.uniform(5, 20)):
+        return False
+    for i, (px, py, rx, ry, rot) in enumerate(parts):
+        others = [q for j, q in enumerate(parts) if j != i]
+        _ring(
+            lay,
+            px,
+            py,
+            rx,
+            ry,
+            rot,
+            "fused",
+            tangent=True,
+            skip=lambda sx, sy, others=others: any(_inside(*q, sx, sy, scale=1.05) for q in others),
+        )
+        lay.lumens.append((px, py, rx - step * 0.5 - 6, ry - step * 0.5 - 6, rot))
+    return True
+
+
+def _poorly_formed(lay: Layout, step: float) -> None:
+    """A short cord one or two nuclei wide, or a small solid nest, with no lumen."""
+    rng = lay.rng
+    x0, y0 = rng.uniform(0, lay.width), rng.uniform(0, lay.height)
+    if rng.random() < 0.5:
+        width = int(rng.integers(1, 3))
+        for px, py, ang in _path(lay, x0, y0, rng.uniform(0, 2 * math.pi), rng.uniform(60, 200), step + 1):
+            for w in range(width):
+                off = (w - (width - 1) / 2) * (step + 1)
+                lay.place(
+                    px - off * math.sin(ang) + rng.normal(0, 1.5),
+                    py + off * math.cos(ang) + rng.normal(0, 1.5),
+                    "poorly_formed",
+                )
+    else:
+        n = int(rng.integers(4, 13))
+        for px, py in _hex_points(lay, x0, y0, math.sqrt(n) * step * 0.6, step + 1):
+            lay.place_near(px, py, "poorly_formed")
+
+
+LAYOUTS = {
+    ("breast", "InSitu"): _layout_insitu,
+    ("breast", "Invasive"): _layout_invasive,
+    ("prostate", "Gleason3"): _layout_gleason3,
+    ("prostate", "Gleason4"): _layout_gleason4,
+}

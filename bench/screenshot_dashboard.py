@@ -111,7 +111,10 @@ class Tab:
         height = int(min(max(height or 1200, 900), 4000))
         self.call("Emulation.setDeviceMetricsOverride", width=1600, height=height, deviceScaleFactor=1, mobile=False)
         time.sleep(0.8)  # let Plotly re-layout for the new viewport
-        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+        # The viewport already holds the whole page; captureBeyondViewport would resize it once more
+        # during the capture, and Streamlit's sidebar starts sliding on that resize (shots then caught
+        # it half-way, differing from run to run although the page had not changed).
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)["data"]
         path.write_bytes(base64.b64decode(data))
         self.call("Emulation.setDeviceMetricsOverride", width=1600, height=1200, deviceScaleFactor=1, mobile=False)
 

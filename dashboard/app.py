@@ -1,7 +1,8 @@
 """The nucleograph dashboard: ``nucleograph dashboard`` (or ``streamlit run dashboard/app.py``).
 
 The entry point only picks the cohort (in the sidebar, shared by every page) and the page; the
-pages (``views/``) read through :mod:`nucleograph.dashboard.data` and draw with :mod:`nucleograph.dashboard.plots`. The folder
+pages (``views/``) read through :mod:`nucleograph.dashboard.data`, compute with
+:mod:`nucleograph.dashboard.stats` and draw with :mod:`nucleograph.dashboard.plots`. The folder
 is not called ``pages/``: Streamlit treats a ``pages/`` folder beside the entry point as a legacy
 multipage app until ``st.navigation`` runs, so a fresh session (and ``AppTest.switch_page``) would run
 a page script alone, without this sidebar.
@@ -22,8 +23,8 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 
-settings, driver = data.connect()
-cohorts = data.cohorts(driver, settings.neo4j_uri, settings.neo4j_database)
+reader = data.connect()
+cohorts = data.cohorts(reader)
 names = [c["name"] for c in cohorts]
 with st.sidebar:
     if names:
@@ -34,7 +35,7 @@ with st.sidebar:
                      format_func=lambda n: f"{n} ({next(c['images'] for c in cohorts if c['name'] == n)} images)")
     else:
         st.session_state.pop("cohort", None)
-    st.caption(f"Neo4j {settings.neo4j_uri} · database {settings.neo4j_database}")
+    st.caption(f"Neo4j {reader.settings.neo4j_uri} · database {reader.settings.neo4j_database}")
     if st.button("Refresh data", help="drop cached query results (they expire after a minute anyway)"):
         st.cache_data.clear()
 

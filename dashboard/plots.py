@@ -120,7 +120,7 @@ def curves(history: list[dict], *, title: str = "") -> go.Figure:
 
 
 def boxes(stats: pd.DataFrame, *, x: str, group: str, title: str = "", y_title: str = "") -> go.Figure:
-    """Box plots from precomputed five-number summaries (see :func:`nucleograph.dashboard.data.box_stats`)."""
+    """Box plots from precomputed five-number summaries (see :func:`nucleograph.dashboard.stats.box_stats`)."""
     fig = go.Figure()
     for i, (name, sub) in enumerate(stats.groupby(group, sort=True)):
         fig.add_trace(go.Box(

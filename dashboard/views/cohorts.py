@@ -5,11 +5,10 @@ import streamlit as st
 
 from nucleograph.dashboard import data
 
-settings, driver = data.connect()
-uri, db = settings.neo4j_uri, settings.neo4j_database
+reader = data.connect()
 st.title("Cohorts")
 
-all_cohorts = data.cohorts(driver, uri, db)
+all_cohorts = data.cohorts(reader)
 cohort = st.session_state.get("cohort")
 if not all_cohorts or cohort is None:
     st.info("No cohorts yet. Ingest images with `nucleograph ingest PATH --cohort NAME` "
@@ -18,7 +17,7 @@ if not all_cohorts or cohort is None:
 
 st.dataframe(all_cohorts, hide_index=True, column_config={"runs": "model runs"})
 
-images = data.cohort_images(driver, uri, db, cohort)
+images = data.cohort_images(reader, cohort=cohort)
 st.header(f"Cohort {cohort}")
 if images.empty:
     st.info(f"Cohort {cohort} has no images stored in Neo4j.")
@@ -56,7 +55,7 @@ else:
             "n_nuclei": st.column_config.NumberColumn("nuclei"), "n_edges": st.column_config.NumberColumn("edges")})
 
 st.header("Ingest records")
-log = data.ingest_log(data.engine(settings), settings.sql_url, cohort)
+log = data.ingest_log(reader, cohort=cohort)
 if log.empty:
     st.info("No ingest records in SQL for this cohort (it was ingested elsewhere, or the records were reset).")
 else:

@@ -5,20 +5,19 @@ import json
 
 import streamlit as st
 
-from nucleograph.dashboard import data, plots
+from nucleograph.dashboard import data, plots, stats
 from nucleograph.db.queries import CONSOLE_LIBRARY
 from nucleograph.errors import NucleographError
 
-settings, driver = data.connect()
-uri, db = settings.neo4j_uri, settings.neo4j_database
+reader = data.connect()
 st.title("Cypher")
 st.caption("Read-only: every query runs in a READ transaction, so the server refuses CREATE, MERGE, SET, "
            "DELETE and write procedures. Write with `nucleograph cypher --write` instead.")
 
 cohort = st.session_state.get("cohort")
-images = data.cohort_images(driver, uri, db, cohort) if cohort else None
+images = data.cohort_images(reader, cohort=cohort) if cohort else None
 first_image = images["id"].iloc[0] if images is not None and not images.empty else ""
-expls = data.explanations(driver, uri, db, cohort) if cohort else []
+expls = data.explanations(reader, cohort=cohort) if cohort else []
 defaults = {"image_id": first_image, "cohort": cohort or "", "property": expls[0]["property"] if expls else ""}
 
 
@@ -50,7 +49,8 @@ if st.button("Run", type="primary", key="cypher_run"):
         st.session_state["cypher_result"] = {"error": f"Parameters are not valid JSON: {exc}"}
     else:
         try:
-            columns, rows = data.console_read(driver, uri, db, query, json.dumps(params, sort_keys=True), int(limit))
+            columns, rows = data.console_read(reader, query=query, params_json=json.dumps(params, sort_keys=True),
+                                             limit=int(limit))
             st.session_state["cypher_result"] = {"columns": columns, "rows": rows}
         except NucleographError as exc:
             st.session_state["cypher_result"] = {"error": str(exc)}
@@ -65,14 +65,14 @@ else:
     st.write(f"{len(rows)} row(s)" + (" (row limit reached)" if len(rows) >= limit else ""))
     shown = [{c: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for c, v in r.items()} for r in rows]
     st.dataframe(shown, hide_index=True, column_order=columns)
-    points = data.nucleus_points(columns, rows)
+    points = stats.nucleus_points(columns, rows)
     if not points.empty:
         counts = points["image_id"].value_counts()
         image_id = counts.index[0]
         if len(counts) > 1:
             image_id = st.selectbox("Image to draw", list(counts.index), key="cypher_image",
                                     format_func=lambda i: f"{i} ({counts[i]} nuclei)")
-        meta = data.image_meta(driver, uri, db, image_id)
+        meta = data.image_meta(reader, image_id=image_id)
         if meta is None:
             st.warning(f"Image {image_id} is not in Neo4j.")
         else:

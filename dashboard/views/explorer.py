@@ -4,17 +4,16 @@ nucleus's features and neighbours, and the run's prediction for the image."""
 import pandas as pd
 import streamlit as st
 
-from nucleograph.dashboard import data, plots
+from nucleograph.dashboard import data, plots, stats
 
-settings, driver = data.connect()
-uri, db = settings.neo4j_uri, settings.neo4j_database
+reader = data.connect()
 st.title("Image explorer")
 
 cohort = st.session_state.get("cohort")
 if cohort is None:
     st.info("No cohorts yet: ingest images with `nucleograph ingest PATH --cohort NAME`.")
     st.stop()
-images = data.cohort_images(driver, uri, db, cohort)
+images = data.cohort_images(reader, cohort=cohort)
 if images.empty:
     st.info(f"Cohort {cohort} has no images.")
     st.stop()
@@ -24,7 +23,7 @@ by_id = images.set_index("id")
 if st.session_state.get("explorer_image") not in ids:
     wanted = st.query_params.get("image")
     st.session_state["explorer_image"] = wanted if wanted in ids else ids[0]
-expls = data.explanations(driver, uri, db, cohort)
+expls = data.explanations(reader, cohort=cohort)
 keys = [None] + [e["key"] for e in expls]
 expl_by_key = {e["key"]: e for e in expls}
 if "explorer_expl" not in st.session_state or st.session_state["explorer_expl"] not in keys:
@@ -36,7 +35,7 @@ image_id = c1.selectbox(
     format_func=lambda i: f"{by_id.at[i, 'label']} · {i} · {int(by_id.at[i, 'n_nuclei'] or 0)} nuclei",
 )
 key = c2.selectbox("Importance (run · model · method)", keys, key="explorer_expl",
-                   format_func=lambda k: "none (colour by area)" if k is None else data.explanation_label(expl_by_key[k]))
+                   format_func=lambda k: "none (colour by area)" if k is None else stats.explanation_label(expl_by_key[k]))
 scale = c3.selectbox("Colour scale", plots.COLOUR_SCALES, key="explorer_scale")
 show_edges = c4.toggle("Edges", value=True, key="explorer_edges")
 if not expls:
@@ -45,7 +44,7 @@ if not expls:
 
 expl = expl_by_key.get(key)
 prop = expl["property"] if expl else None
-graph = data.image_graph(driver, uri, db, image_id, prop)
+graph = data.image_graph(reader, image_id=image_id, prop=prop)
 if graph is None:
     st.warning(f"Image {image_id} is gone from Neo4j; refresh the data.")
     st.stop()
@@ -70,11 +69,11 @@ left, right = st.columns([3, 1.25])
 with right:
     run_id = expl["run_id"] if expl else None
     if run_id is None:
-        cohort_runs = data.runs(driver, uri, db, cohort)
+        cohort_runs = data.runs(reader, cohort=cohort)
         run_id = cohort_runs[0]["id"] if cohort_runs else None
     st.subheader("Prediction")
     st.caption(f"true class **{meta['label']}** · patient {meta['patient']} · {meta['width']}×{meta['height']} px")
-    pred = data.image_prediction(driver, uri, db, run_id, image_id) if run_id else None
+    pred = data.image_prediction(reader, run_id=run_id, image_id=image_id) if run_id else None
     if pred is None:
         st.info("No model run has predicted this image yet." if run_id is None else
                 f"Run {run_id} holds no prediction for this image.")
@@ -92,8 +91,8 @@ with right:
     neigh = pd.DataFrame()
     if nid is not None:
         uid = f"{image_id}:{nid}"
-        info = data.nucleus(driver, uri, db, uid, prop)
-        neigh = data.neighbours(driver, uri, db, uid, prop)
+        info = data.nucleus(reader, uid=uid, prop=prop)
+        neigh = data.neighbours(reader, uid=uid, prop=prop)
         if info is not None:
             a, b = st.columns(2)
             a.metric("score", "–" if info["score"] is None else f"{info['score']:.4g}")

@@ -4,18 +4,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from nucleograph.dashboard import data, plots
+from nucleograph.dashboard import data, plots, stats
 
-settings, driver = data.connect()
-uri, db = settings.neo4j_uri, settings.neo4j_database
+reader = data.connect()
 st.title("Models")
 
 cohort = st.session_state.get("cohort")
 if cohort is None:
     st.info("No cohorts yet: ingest images with `nucleograph ingest PATH --cohort NAME`.")
     st.stop()
-runs = data.runs(driver, uri, db, cohort)
-recorded = data.sql_runs(data.engine(settings), settings.sql_url, cohort)
+runs = data.runs(reader, cohort=cohort)
+recorded = data.sql_runs(reader, cohort=cohort)
 unfinished = recorded[~recorded["id"].isin([r["id"] for r in runs])] if not recorded.empty else recorded
 if not unfinished.empty:
     with st.expander(f"{len(unfinished)} run(s) recorded in SQL that did not finish", expanded=False):
@@ -49,10 +48,10 @@ for col, m in zip(cols, METRICS, strict=True):
     col.metric(m.replace("_", " "), "–" if value is None else f"{value:.3f}",
                None if std is None else f"± {std:.3f} over folds", delta_color="off")
 
-preds = data.run_predictions(driver, uri, db, run_id)
+preds = data.run_predictions(reader, run_id=run_id)
 left, right = st.columns(2)
 with left:
-    cm = data.confusion(run, preds, split=split)
+    cm = stats.confusion(run, preds, split=split)
     if cm is None:
         st.info(f"No {split} predictions stored for this run.")
     else:

@@ -5,17 +5,16 @@ runs or methods side by side."""
 import plotly.express as px
 import streamlit as st
 
-from nucleograph.dashboard import data, plots
+from nucleograph.dashboard import data, plots, stats
 
-settings, driver = data.connect()
-uri, db = settings.neo4j_uri, settings.neo4j_database
+reader = data.connect()
 st.title("Cohort patterns")
 
 cohort = st.session_state.get("cohort")
 if cohort is None:
     st.info("No cohorts yet: ingest images with `nucleograph ingest PATH --cohort NAME`.")
     st.stop()
-expls = data.explanations(driver, uri, db, cohort)
+expls = data.explanations(reader, cohort=cohort)
 if not expls:
     st.info(f"No explanations for cohort {cohort} yet. Train a model and score its nuclei: "
             f"`nucleograph train --cohort {cohort}` then `nucleograph explain --run RUN_ID`.")
@@ -24,36 +23,36 @@ by_key = {e["key"]: e for e in expls}
 keys = list(by_key)
 
 c1, c2, c3 = st.columns([4, 4, 2])
-key_a = c1.selectbox("Explanation", keys, key="patterns_a", format_func=lambda k: data.explanation_label(by_key[k]))
+key_a = c1.selectbox("Explanation", keys, key="patterns_a", format_func=lambda k: stats.explanation_label(by_key[k]))
 others = [None] + [k for k in keys if k != key_a]
 if st.session_state.get("patterns_b") not in others:
     st.session_state["patterns_b"] = None
 key_b = c2.selectbox("Compare with", others, key="patterns_b",
-                     format_func=lambda k: "nothing" if k is None else data.explanation_label(by_key[k]))
+                     format_func=lambda k: "nothing" if k is None else stats.explanation_label(by_key[k]))
 k = c3.slider("top-k nuclei per image", 1, data.PATTERN_TOP_MAX, 10, key="patterns_k")
 
-FEATURES = list(data.SHAPE_FEATURES)
+FEATURES = list(stats.SHAPE_FEATURES)
 
 
 def concept_panel(key: str, *, slot: str) -> None:
     """The top-k-versus-all comparison for one explanation."""
     e = by_key[key]
-    df = data.patterns(driver, uri, db, cohort, key)
+    df = data.patterns(reader, cohort=cohort, key=key)
     if df.empty:
         st.info("This explanation holds no scores for the cohort's images.")
         return
     st.caption(f"{df['image_id'].nunique()} images · top {k} per image against an even sample of "
                f"{int(df['sample'].sum()):,} of their {int(df.drop_duplicates('image_id')['total'].sum()):,} nuclei")
-    effects = data.effect_sizes(df, k, FEATURES)
-    st.plotly_chart(plots.effect_heatmap(effects, data.SHAPE_FEATURES,
+    effects = stats.effect_sizes(df, k, FEATURES)
+    st.plotly_chart(plots.effect_heatmap(effects, stats.SHAPE_FEATURES,
                                          title=f"{e['method']}: top-{k} minus all nuclei (SD of all)"),
                     key=f"effects_{slot}")
     feature = st.selectbox("Feature", FEATURES, key=f"patterns_feature_{slot}",
-                           format_func=lambda f: data.SHAPE_FEATURES[f])
-    both = data.top_vs_all(df, k)
-    stats = data.box_stats(both, feature, ["label", "group"])
-    st.plotly_chart(plots.boxes(stats, x="label", group="group", y_title=data.SHAPE_FEATURES[feature],
-                                title=f"{data.SHAPE_FEATURES[feature]}: top {k} vs all nuclei, by class"),
+                           format_func=lambda f: stats.SHAPE_FEATURES[f])
+    both = stats.top_vs_all(df, k)
+    summary = stats.box_stats(both, feature, ["label", "group"])
+    st.plotly_chart(plots.boxes(summary, x="label", group="group", y_title=stats.SHAPE_FEATURES[feature],
+                                title=f"{stats.SHAPE_FEATURES[feature]}: top {k} vs all nuclei, by class"),
                     key=f"boxes_{slot}")
     with st.expander("Numbers"):
         st.dataframe(effects, hide_index=True, column_config={
@@ -72,19 +71,14 @@ else:
         concept_panel(key_b, slot="b")
 
 st.header("Importance against graph position")
-df = data.patterns(driver, uri, db, cohort, key_a)
+df = data.patterns(reader, cohort=cohort, key=key_a)
 sample = df[df["sample"]]
 if sample.empty:
     st.info("No scored nuclei to place.")
 else:
-    sample = sample.assign(
-        degree_bin=sample["degree"].clip(upper=sample["degree"].quantile(0.98)).round().astype(int),
-        density_bin=(sample["density"] * 2).round() / 2,
-        border=(0.5 - (sample[["fx", "fy"]] - 0.5).abs().max(axis=1)).clip(lower=0),
-    )
+    sample = stats.position_bins(sample)
     left, right = st.columns(2)
-    by_degree = sample.groupby(["label", "degree_bin"]).agg(
-        importance=("percentile", "mean"), nuclei=("percentile", "size")).reset_index()
+    by_degree = stats.importance_by(sample, "degree_bin")
     left.plotly_chart(
         px.line(by_degree[by_degree["nuclei"] >= 5], x="degree_bin", y="importance", color="label", markers=True,
                 hover_data=["nuclei"], title="Mean importance percentile by degree",
@@ -92,8 +86,7 @@ else:
         .update_layout(height=320, margin=dict(t=40, b=10)).update_yaxes(range=[0, 1]),
         key="by_degree",
     )
-    by_density = sample.groupby(["label", "density_bin"]).agg(
-        importance=("percentile", "mean"), nuclei=("percentile", "size")).reset_index()
+    by_density = stats.importance_by(sample, "density_bin")
     right.plotly_chart(
         px.line(by_density[by_density["nuclei"] >= 5], x="density_bin", y="importance", color="label", markers=True,
                 hover_data=["nuclei"], title="Mean importance percentile by local density",
@@ -112,7 +105,7 @@ else:
 
 if key_b is not None:
     st.header("Agreement of A and B")
-    overlap = data.topk_overlap(df, data.patterns(driver, uri, db, cohort, key_b), k)
+    overlap = stats.topk_overlap(df, data.patterns(reader, cohort=cohort, key=key_b), k)
     if overlap.empty:
         st.info("A and B share no explained images.")
     else:

@@ -1,0 +1,263 @@
+"""The numbers behind the dashboard's charts: pure pandas/numpy functions, no Streamlit, no database.
+
+Pages read through :mod:`nucleograph.dashboard.data` (cached), compute here and draw with
+:mod:`nucleograph.dashboard.plots`; everything here takes DataFrames or plain values and returns them,
+so it is tested without a server.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SHAPE_FEATURES = {
+    "area": "area (px²)",
+    "circularity": "circularity",
+    "eccentricity": "eccentricity",
+    "solidity": "solidity",
+    "hematoxylin": "hematoxylin OD",
+    "degree": "degree",
+    "density": "local density (Σ NEAR weight)",
+}
+
+
+def explanation_label(e: dict[str, Any]) -> str:
+    """How an explanation is named in the pickers: run, model, method (and hops) and images scored.
+
+    Parameters
+    ----------
+    e : dict
+        One row of :func:`nucleograph.dashboard.data.explanations`.
+
+    Returns
+    -------
+    str
+        e.g. ``"ab12 · rsf-attention · occlusion k=1 (8 images)"``.
+    """
+    hops = f" k={e['hops']}" if e.get("hops") is not None else ""
+    return f"{e['run_id']} · {e.get('model') or '?'} · {e['method']}{hops} ({e['images']} images)"
+
+
+# --- models -----------------------------------------------------------------------------------------
+def confusion(run: dict[str, Any], preds: pd.DataFrame, *, split: str) -> tuple[np.ndarray, list[str]] | None:
+    """The run's confusion matrix (rows true, columns predicted) and class names.
+
+    Parameters
+    ----------
+    run : dict
+        The run as :func:`nucleograph.dashboard.data.runs` returns it (``class_names``, ``metrics``).
+    preds : DataFrame
+        Its stored predictions (``label``, ``pred``, ``split`` columns).
+    split : str
+        ``"test"`` sums the held-out matrices the run recorded per fold; any other split counts the
+        stored predictions of that split (``"all"``: every image).
+
+    Returns
+    -------
+    (ndarray, list of str) or None
+        The matrix and the class names, or None when the split has no predictions.
+    """
+    names = list(run.get("class_names") or sorted(set(preds["label"].dropna()) | set(preds["pred"].dropna())))
+    if split == "test":
+        folds = (run.get("metrics") or {}).get("folds") or []
+        mats = [np.asarray(f["confusion_matrix"]) for f in folds if f.get("confusion_matrix")]
+        if mats and all(m.shape == (len(names), len(names)) for m in mats):
+            return np.sum(mats, axis=0), names
+    sub = preds if split == "all" else preds[preds["split"] == split]
+    if sub.empty or not names:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    cm = np.zeros((len(names), len(names)), dtype=int)
+    for t, p in zip(sub["label"], sub["pred"], strict=True):
+        if t in index and p in index:
+            cm[index[t], index[p]] += 1
+    return cm, names
+
+
+# --- cohort patterns --------------------------------------------------------------------------------
+def top_vs_all(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Rows for "top-k" (rank < k) and "all" (the sample), with a ``group`` column.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Ranked nuclei as :func:`nucleograph.dashboard.data.patterns` returns them.
+    k : int
+        How many top-ranked nuclei per image form the top group.
+
+    Returns
+    -------
+    DataFrame
+        The sampled rows (group ``"all nuclei"``) followed by the top-k rows (group ``"top {k}"``).
+    """
+    top = df[df["rank"] < k].assign(group=f"top {k}")
+    rest = df[df["sample"]].assign(group="all nuclei")
+    return pd.concat([rest, top], ignore_index=True)
+
+
+def box_stats(df: pd.DataFrame, feature: str, by: list[str]) -> pd.DataFrame:
+    """Quartiles and 1.5 IQR whiskers per group, so box plots ship five numbers, not every nucleus.
+
+    Parameters
+    ----------
+    df : DataFrame
+        One row per nucleus with the ``by`` columns and ``feature``.
+    feature : str
+        The column summarised.
+    by : list of str
+        The grouping columns.
+
+    Returns
+    -------
+    DataFrame
+        Per group: ``q1, median, q3``, ``lowerfence``/``upperfence`` (the most extreme values within
+        1.5 IQR of the box) and ``n``.
+    """
+    g = df.groupby(by, sort=True)[feature]
+    stats = g.quantile([0.25, 0.5, 0.75]).unstack()
+    stats.columns = ["q1", "median", "q3"]
+    iqr = stats["q3"] - stats["q1"]
+    lo, hi = stats["q1"] - 1.5 * iqr, stats["q3"] + 1.5 * iqr
+    values = df[[*by, feature]].set_index(by)[feature]
+    joined = values.to_frame("v").join(lo.rename("lo")).join(hi.rename("hi"))
+    inside = joined[(joined["v"] >= joined["lo"]) & (joined["v"] <= joined["hi"])]["v"]
+    stats["lowerfence"] = inside.groupby(level=by).min()
+    stats["upperfence"] = inside.groupby(level=by).max()
+    stats["n"] = g.size()
+    return stats.reset_index()
+
+
+def effect_sizes(df: pd.DataFrame, k: int, features: list[str]) -> pd.DataFrame:
+    """Standardised mean difference (top-k minus all, in units of all nuclei's SD) per class and feature.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Ranked nuclei with ``label``, ``rank``, ``sample`` and the ``features`` columns.
+    k : int
+        How many top-ranked nuclei per image form the top group.
+    features : list of str
+        The columns compared.
+
+    Returns
+    -------
+    DataFrame
+        One row per class and feature: ``d`` (NaN when all nuclei's SD is 0 or undefined), the two
+        medians and the two group sizes.
+    """
+    out = []
+    for label, sub in df.groupby("label", sort=True):
+        top = sub[sub["rank"] < k]
+        base = sub[sub["sample"]]
+        for f in features:
+            sd = base[f].std()
+            d = (top[f].mean() - base[f].mean()) / sd if sd and not math.isnan(sd) else np.nan
+            out.append({"label": label, "feature": f, "d": d, "top_median": top[f].median(),
+                        "all_median": base[f].median(), "n_top": len(top), "n_all": len(base)})
+    return pd.DataFrame(out)
+
+
+def position_bins(sample: pd.DataFrame) -> pd.DataFrame:
+    """The sample with its graph position binned: ``degree_bin``, ``density_bin`` and ``border``.
+
+    Parameters
+    ----------
+    sample : DataFrame
+        Sampled nuclei with ``degree``, ``density`` and image-relative ``fx``/``fy``.
+
+    Returns
+    -------
+    DataFrame
+        ``sample`` plus the degree rounded (capped at its 98th percentile, so a few hubs do not
+        stretch the axis), the density to the nearest 0.5, and the distance to the nearest image
+        border as a fraction of the image.
+    """
+    return sample.assign(
+        degree_bin=sample["degree"].clip(upper=sample["degree"].quantile(0.98)).round().astype(int),
+        density_bin=(sample["density"] * 2).round() / 2,
+        border=(0.5 - (sample[["fx", "fy"]] - 0.5).abs().max(axis=1)).clip(lower=0),
+    )
+
+
+def importance_by(binned: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean importance percentile and nucleus count per class and value of ``column``.
+
+    Parameters
+    ----------
+    binned : DataFrame
+        Nuclei with ``label``, ``percentile`` and ``column`` (e.g. from :func:`position_bins`).
+    column : str
+        The binned position column.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``label``, ``column``, ``importance`` and ``nuclei``.
+    """
+    return binned.groupby(["label", column]).agg(
+        importance=("percentile", "mean"), nuclei=("percentile", "size")).reset_index()
+
+
+def topk_overlap(a: pd.DataFrame, b: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per image shared by two explanations: the Jaccard overlap of their top-k nuclei.
+
+    Parameters
+    ----------
+    a, b : DataFrame
+        Ranked nuclei (``image_id``, ``label``, ``rank``, ``nid``) of the two explanations.
+    k : int
+        How many top-ranked nuclei per image are compared.
+
+    Returns
+    -------
+    DataFrame
+        ``image_id``, ``label`` and ``jaccard`` for every image both explain.
+    """
+    ta = a[a["rank"] < k].groupby("image_id")["nid"].apply(set)
+    tb = b[b["rank"] < k].groupby("image_id")["nid"].apply(set)
+    labels = a.drop_duplicates("image_id").set_index("image_id")["label"]
+    rows = [
+        {"image_id": i, "label": labels.get(i), "jaccard": len(ta[i] & tb[i]) / max(1, len(ta[i] | tb[i]))}
+        for i in ta.index.intersection(tb.index)
+    ]
+    return pd.DataFrame(rows, columns=["image_id", "label", "jaccard"])
+
+
+# --- console ----------------------------------------------------------------------------------------
+def nucleus_points(columns: list[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Nuclei found in console results, to draw over their image.
+
+    Parameters
+    ----------
+    columns : list of str
+        The result's column names.
+    rows : list of dict
+        The result rows (nodes as dicts with ``_labels``, as the console returns them).
+
+    Returns
+    -------
+    DataFrame
+        ``image_id, nid, x, y`` from rows with ``image_id`` and ``x``/``y`` (or ``centroid_x/_y``)
+        columns, or from Nucleus nodes anywhere in a row; empty when the results hold no positions.
+    """
+    xk = "x" if "x" in columns else "centroid_x" if "centroid_x" in columns else None
+    yk = "y" if "y" in columns else "centroid_y" if "centroid_y" in columns else None
+    if "image_id" in columns and xk and yk:
+        pts = [{"image_id": r["image_id"], "nid": r.get("nid"), "x": r[xk], "y": r[yk]} for r in rows
+               if isinstance(r.get(xk), (int, float)) and isinstance(r.get(yk), (int, float))]
+    else:
+        pts = [{"image_id": node.get("image_id"), "nid": node.get("nid"), "x": node["centroid_x"],
+                "y": node["centroid_y"]} for node in _nucleus_nodes(rows)]
+    return pd.DataFrame(pts, columns=["image_id", "nid", "x", "y"])
+
+
+def _nucleus_nodes(rows: list[dict[str, Any]]):
+    """Nucleus nodes with a centroid, in row order, whether a value is one node or a list of them."""
+    for r in rows:
+        for v in r.values():
+            for node in v if isinstance(v, list) else [v]:
+                if isinstance(node, dict) and "Nucleus" in node.get("_labels", []) and "centroid_x" in node:
+                    yield node

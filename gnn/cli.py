@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Sequence
 
 from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
@@ -12,19 +13,49 @@ from nucleograph.db.driver import open_driver
 from nucleograph.errors import InputError
 from nucleograph.output import emit_json, format_table
 
-MODELS = ["rsf", "rsf-edge", "rsf-attention", "mlp"]
+
+def _registry_names() -> tuple[str, ...]:
+    from nucleograph.gnn.models import MODEL_NAMES
+
+    return MODEL_NAMES
+
+
+class _ModelNames(Sequence):
+    """The model registry's names (:data:`nucleograph.gnn.models.MODEL_NAMES`), read on first use.
+
+    Importing the models loads torch and DGL (about 3 s), and every ``nucleograph`` command builds
+    this module's parsers. argparse reads ``choices`` only to check a given ``--model`` or to print
+    help (``metavar`` keeps it from listing them while the parser is built), so only ``train`` and
+    ``experiment`` pay for the import, and they need torch anyway.
+    """
+
+    def __getitem__(self, index):
+        return _registry_names()[index]
+
+    def __len__(self) -> int:
+        return len(_registry_names())
+
+
+MODEL_CHOICES = _ModelNames()
+
+
+def _given(args, *names: str) -> dict:
+    """The options among ``names`` given on the command line; the others keep the library's defaults
+    (:class:`nucleograph.gnn.train.TrainConfig`), which are not repeated here."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the gnn subcommands to the ``nucleograph`` parser."""
     p = sub.add_parser("train", help="train a graph network on a cohort stored in Neo4j")
     p.add_argument("--cohort", required=True)
-    p.add_argument("--model", choices=MODELS, default="rsf")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--model", choices=MODEL_CHOICES, metavar="MODEL", help="one of %(choices)s; the first is the default")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, help="Adam's learning rate")
     p.add_argument("--folds", type=int, default=1, help="stratified k-fold cross-validation (default: one split)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--patience", type=int, default=10, help="early stopping on validation loss (0: off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patience", type=int, help="early stopping on validation loss (0: off)")
     p.add_argument("--resume", metavar="RUN", default=None, help="continue a crashed run from its last checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -33,9 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("table", choices=["table2"])
     p.add_argument("--cohort", action="append", required=True, help="a cohort (repeat for several)")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--models", default="rsf,rsf-edge,rsf-attention,mlp")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--models", default=None, help="comma-separated (default: every model of `train --help`)")
+    p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_experiment)
 
@@ -78,13 +109,16 @@ def _progress(args) -> bool:
 
 
 def cmd_train(args, settings: Settings) -> int:
+    """Run ``nucleograph train``; returns the exit status."""
     from nucleograph.gnn.service import train_cohort
 
+    options = _given(args, "model", "epochs", "lr", "seed", "batch_size")
+    if args.patience is not None:
+        options["patience"] = args.patience or None
     driver = open_driver(settings)
     try:
-        out = train_cohort(driver, settings, args.cohort, model=args.model, epochs=args.epochs, lr=args.lr,
-                           folds=args.folds, seed=args.seed, batch_size=args.batch_size,
-                           patience=args.patience or None, resume_run=args.resume, progress=_progress(args))
+        out = train_cohort(driver, settings, args.cohort, folds=args.folds, resume_run=args.resume,
+                           progress=_progress(args), **options)
     finally:
         driver.close()
     if args.json:
@@ -99,16 +133,20 @@ def cmd_train(args, settings: Settings) -> int:
 
 
 def cmd_experiment(args, settings: Settings) -> int:
+    """Run ``nucleograph experiment``; returns the exit status."""
     from nucleograph.gnn.experiment import table2
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = sorted(set(models) - set(MODELS))
+    if args.models is None:
+        models = list(MODEL_CHOICES)
+    else:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = sorted(set(models) - set(MODEL_CHOICES))
     if bad:
-        raise InputError(f"unknown model(s) {bad}: choose from {', '.join(MODELS)}")
+        raise InputError(f"unknown model(s) {bad}: choose from {', '.join(MODEL_CHOICES)}")
     driver = open_driver(settings)
     try:
-        out = table2(driver, settings, args.cohort, models=models, folds=args.folds, epochs=args.epochs,
-                     seed=args.seed, progress=_progress(args))
+        out = table2(driver, settings, args.cohort, models=models, folds=args.folds, progress=_progress(args),
+                     **_given(args, "epochs", "seed"))
     finally:
         driver.close()
     if args.json:
@@ -119,6 +157,7 @@ def cmd_experiment(args, settings: Settings) -> int:
 
 
 def cmd_runs(args, settings: Settings) -> int:
+    """Run ``nucleograph runs``; returns the exit status."""
     driver = open_driver(settings)
     try:
         rows = db_runs.list_runs(driver, cohort=args.cohort, database=settings.neo4j_database)
@@ -133,6 +172,7 @@ def cmd_runs(args, settings: Settings) -> int:
 
 
 def cmd_explain(args, settings: Settings) -> int:
+    """Run ``nucleograph explain``; returns the exit status."""
     from nucleograph.db import store
     from nucleograph.gnn.service import explain_run
 
@@ -157,6 +197,7 @@ def cmd_explain(args, settings: Settings) -> int:
 
 
 def cmd_scores(args, settings: Settings) -> int:
+    """Run ``nucleograph scores``; returns the exit status."""
     key = db_runs.explanation_key(args.run, args.method, args.hops)
     driver = open_driver(settings)
     try:
@@ -184,6 +225,7 @@ def cmd_scores(args, settings: Settings) -> int:
 
 
 def cmd_render(args, settings: Settings) -> int:
+    """Run ``nucleograph render``; returns the exit status."""
     import numpy as np
 
     from nucleograph.db import store

@@ -5,7 +5,8 @@ Edge channels
 Each undirected edge between nuclei ``i`` and ``j`` at distance ``d`` (pixels) carries ``L`` channels;
 the default (:func:`edge_channels`) has ``L = 2``:
 
-0. ``weight = 1 - d / max_distance`` clipped to ``[0, 1]`` (the paper's ``1 - d/100``),
+0. ``weight = 1 - d / max_distance`` clipped to ``[0, 1]`` (the paper's ``1 - d/100``;
+   :func:`nucleograph.ingest.graph.edge_weight`, the formula's one home),
 1. ``gaussian = exp(-d**2 / (2 sigma**2))`` with ``sigma = max_distance / 4``: it decays faster, so
    the model can tell touching nuclei from merely neighbouring ones.
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from nucleograph.errors import InputError
-from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
+from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, edge_weight
 
 from .keys import CENTROID, EFEAT, FEAT, NID
 
@@ -48,7 +49,7 @@ def edge_channels(distances, *, max_distance: float = DEFAULT_MAX_DISTANCE) -> n
     if np.any(d < 0) or not np.all(np.isfinite(d)):
         raise InputError("edge distances must be finite and >= 0; check the centroids used to build them")
     sigma = max_distance / 4.0
-    weight = np.clip(1.0 - d / max_distance, 0.0, 1.0)
+    weight = edge_weight(d, max_distance)  # ingest's formula: the model reads the weight ingest stores
     gauss = np.exp(-(d**2) / (2.0 * sigma**2))
     return np.stack([weight, gauss], axis=1).astype(np.float32)
 
@@ -155,10 +156,12 @@ class FeatureScaler:
         return (feat - mean) / std
 
     def to_dict(self) -> dict:
+        """Plain lists, for a checkpoint or JSON."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureScaler:
+        """Inverse of :meth:`to_dict`."""
         return cls(np.asarray(d["mean"], dtype=np.float32), np.asarray(d["std"], dtype=np.float32))
 
 
@@ -177,7 +180,14 @@ def standardize(graphs, scaler: FeatureScaler | None = None):
     return out, scaler
 
 
-def _check_labels(labels) -> np.ndarray:
+def check_labels(labels) -> np.ndarray:
+    """Labels as a flat array, checked to hold at least two classes.
+
+    Raises
+    ------
+    InputError
+        If there are no labels or only one class.
+    """
     y = np.asarray(labels).reshape(-1)
     if y.size == 0:
         raise InputError("no labels given: the cohort is empty")
@@ -187,6 +197,67 @@ def _check_labels(labels) -> np.ndarray:
             f"the cohort has only one class ({classes[0]!r}); a classifier needs images of at least two classes"
         )
     return y
+
+
+def class_targets(labels, n_graphs: int, n_classes: int | None = None) -> tuple[np.ndarray, int]:
+    """Training targets: labels as int64 ``0 .. C-1``, one per graph, and the class count ``C``.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (n_graphs,)
+    n_graphs : int
+    n_classes : int, optional
+        Default ``max(labels) + 1``.
+
+    Raises
+    ------
+    InputError
+        If the counts disagree, a label is not an integer in ``0 .. C-1``, or only one class occurs.
+    """
+    y = check_labels(labels)
+    if n_graphs != y.size:
+        raise InputError(f"{n_graphs} graphs but {y.size} labels")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise InputError("labels must be integers 0 .. C-1; map class names to integers first")
+    y = y.astype(np.int64)
+    n_classes = n_classes or int(y.max()) + 1
+    if y.max() >= n_classes:
+        raise InputError(f"label {y.max()} is out of range for n_classes={n_classes}")
+    return y, n_classes
+
+
+def graph_dims(graphs) -> tuple[int, int]:
+    """Node feature and edge channel counts shared by all ``graphs``, checked for training.
+
+    Returns
+    -------
+    (in_feats, edge_channels) : (int, int)
+
+    Raises
+    ------
+    InputError
+        If there are no graphs, one has no nuclei or lacks the features of :func:`to_dgl`, or the
+        graphs disagree on the counts.
+    """
+    if len(graphs) == 0:
+        raise InputError("no graphs given: the cohort is empty")
+    in_feats = edge_channels = None
+    for k, g in enumerate(graphs):
+        if g.num_nodes() == 0:
+            raise InputError(f"graph {k} has no nuclei; drop images without nuclei before training")
+        if FEAT not in g.ndata or EFEAT not in g.edata:
+            raise InputError(
+                f"graph {k} lacks ndata[{FEAT!r}] or edata[{EFEAT!r}]; build graphs with gnn.data.to_dgl"
+            )
+        f, e = g.ndata[FEAT].shape[1], (g.edata[EFEAT].shape[1] if g.edata[EFEAT].dim() == 2 else 1)
+        if in_feats is None:
+            in_feats, edge_channels = f, e
+        elif (f, e) != (in_feats, edge_channels):
+            raise InputError(
+                f"graph {k} has {f} node features and {e} edge channels, graph 0 has {in_feats} and {edge_channels}; "
+                "all graphs must share one feature set"
+            )
+    return in_feats, edge_channels
 
 
 def _group_labels(y: np.ndarray, groups):
@@ -243,7 +314,7 @@ def stratified_split(labels, groups=None, *, val: float = 0.15, test: float = 0.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise InputError(f"val={val} and test={test} must be fractions in [0, 1) with val + test < 1")
-    y = _check_labels(labels)
+    y = check_labels(labels)
     rng = np.random.default_rng(seed)
     if groups is None:
         return _split_units(y, val, test, rng)
@@ -260,7 +331,7 @@ def stratified_kfold(labels, k: int = 5, groups=None, *, seed: int = 0):
     list of (train_idx, test_idx)
         ``k`` pairs of sorted int64 arrays; the test parts partition the samples.
     """
-    y = _check_labels(labels)
+    y = check_labels(labels)
     if k < 2:
         raise InputError(f"k must be at least 2, got {k}")
     rng = np.random.default_rng(seed)

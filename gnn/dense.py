@@ -74,6 +74,7 @@ class DenseRSFReference(nn.Module):
 
     @classmethod
     def from_state_dict(cls, name: str, state_dict: dict, **build_kwargs) -> DenseRSFReference:
+        """The reference of a model built by :func:`nucleograph.gnn.models.build_model` from ``state_dict``."""
         model = build_model(name, **build_kwargs)
         model.load_state_dict(state_dict)
         return cls(model)

@@ -7,6 +7,7 @@ from typing import Any
 
 from nucleograph.config import Settings
 from nucleograph.gnn.service import train_cohort
+from nucleograph.gnn.train import TrainConfig
 
 PAPER_TABLE2 = {  # Sureka et al. 2020, Table II (accuracy)
     "breast": {"rsf": 0.94, "rsf-edge": 0.92, "rsf-attention": 0.90},
@@ -15,8 +16,8 @@ PAPER_TABLE2 = {  # Sureka et al. 2020, Table II (accuracy)
 
 
 def table2(
-    driver, settings: Settings, cohorts: list[str], *, models: list[str], folds: int = 5, epochs: int = 50,
-    seed: int = 0, progress: bool = False,
+    driver, settings: Settings, cohorts: list[str], *, models: list[str], folds: int = 5,
+    epochs: int = TrainConfig.epochs, seed: int = TrainConfig.seed, progress: bool = False,
 ) -> dict[str, Any]:
     """Train every model on every cohort with ``folds``-fold CV; return rows and a Markdown table."""
     rows = []

@@ -27,6 +27,7 @@ def confusion_matrix(y_true, y_pred, *, n_classes: int | None = None) -> np.ndar
 
 
 def accuracy(y_true, y_pred) -> float:
+    """Fraction of ``y_pred`` equal to ``y_true`` (NaN when empty)."""
     t, p = _labels(y_true, y_pred)
     return float(np.mean(t == p)) if t.size else float("nan")
 

@@ -21,6 +21,10 @@ explanations cannot forget it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from types import MappingProxyType
+
 import dgl
 import torch
 from torch import nn
@@ -31,6 +35,7 @@ from nucleograph.errors import InputError, ModelError
 from .data import FeatureScaler
 from .keys import EFEAT, FEAT
 from .layers import (
+    CSRAdjacency,
     DenseEdgeFeatureConv,
     DenseGraphEmbedPooling,
     DenseRSFConv,
@@ -38,8 +43,7 @@ from .layers import (
     NodeAttention,
     RSFConv,
 )
-
-MODEL_NAMES = ("rsf", "rsf-edge", "rsf-attention", "mlp")
+from .layers.spmm import csr_adjacency, uses_csr
 
 
 class GraphClassifier(nn.Module):
@@ -65,6 +69,7 @@ class GraphClassifier(nn.Module):
         self.feat_std.copy_(std)
 
     def scaler(self) -> FeatureScaler:
+        """The stored scaler, as a :class:`nucleograph.gnn.data.FeatureScaler`."""
         return FeatureScaler(
             self.feat_mean.cpu().float().numpy().copy(), self.feat_std.cpu().float().numpy().copy()
         )
@@ -188,16 +193,26 @@ class RSFNet(GraphClassifier):
     def extra_repr(self) -> str:
         return f"edge={self.use_edge}, attention={self.use_attention}"
 
-    def node_embeddings(self, graph):
+    def adjacency(self, graph) -> CSRAdjacency | None:
+        """The CSR matrices of ``graph``'s edge channels that the sparse layers share (None where
+        they use message passing instead: no edges)."""
+        efeat = self.edge_features(graph)
+        return csr_adjacency(graph, efeat) if uses_csr(graph, efeat) else None
+
+    def node_embeddings(self, graph, *, adjacency: CSRAdjacency | None = None):
         """Node states entering Pool1.
 
         Returns ``h2`` ``(N, c2)`` (after VConv2, batch norm, ReLU and, for ``rsf-attention``, the gate)
-        and the attention scores ``(N,)`` (None without attention).
+        and the attention scores ``(N,)`` (None without attention). ``adjacency``: from
+        :meth:`adjacency`, built here when None.
         """
         feat = self.input_features(graph)
-        efeat = self.edge_features(graph)
-        h = F.relu(self.bn1(self.vconv1(graph, feat, efeat)))
-        h = F.relu(self.bn2(self.vconv2(graph, h, efeat)))
+        if adjacency is None:
+            adjacency = self.adjacency(graph)
+        # the adjacency's own edge tensor: edge_features() returns a new one per call when it casts
+        efeat = adjacency.efeat if adjacency is not None else self.edge_features(graph)
+        h = F.relu(self.bn1(self.vconv1(graph, feat, efeat, adjacency=adjacency)))
+        h = F.relu(self.bn2(self.vconv2(graph, h, efeat, adjacency=adjacency)))
         scores = None
         if self.attention is not None:
             h, scores = self.attention(graph, h)
@@ -218,10 +233,14 @@ class RSFNet(GraphClassifier):
         x = F.relu(self.fc2(x))
         return self.fc3(x)
 
-    def forward(self, graph) -> torch.Tensor:
-        h, _ = self.node_embeddings(graph)
-        efeat = self.edge_features(graph)
-        v, adj = self.pool1(graph, h, efeat)
+    def forward(self, graph, *, adjacency: CSRAdjacency | None = None) -> torch.Tensor:
+        # one set of CSR matrices for the three sparse layers of this pass (or the caller's, from
+        # :meth:`adjacency`, when it runs the model on one graph many times)
+        if adjacency is None:
+            adjacency = self.adjacency(graph)
+        efeat = adjacency.efeat if adjacency is not None else self.edge_features(graph)
+        h, _ = self.node_embeddings(graph, adjacency=adjacency)
+        v, adj = self.pool1(graph, h, efeat, adjacency=adjacency)
         return self.head(v, adj)
 
 
@@ -257,23 +276,50 @@ class MeanMLP(GraphClassifier):
         return self.mlp(torch.cat([mean, logn], 1))
 
 
+#: The model registry, the one list of models: name -> builder
+#: ``(in_feats, edge_channels, n_classes, **kwargs) -> GraphClassifier``. The CLI's choices, the
+#: service, :func:`build_model` and the checkpoints (``config["model_name"]``) all read it.
+MODELS: MappingProxyType[str, Callable[..., GraphClassifier]] = MappingProxyType(
+    {
+        "rsf": RSFNet,
+        "rsf-edge": partial(RSFNet, edge=True),
+        "rsf-attention": partial(RSFNet, attention=True),
+        "mlp": MeanMLP,
+    }
+)
+#: The registry's names, in its order.
+MODEL_NAMES = tuple(MODELS)
+#: The model trained when none is named: the registry's first, the paper's plain RSF.
+DEFAULT_MODEL = MODEL_NAMES[0]
+
+
 def build_model(
     name: str, *, in_feats: int, edge_channels: int, n_classes: int = 2, **kwargs
 ) -> GraphClassifier:
-    """Build one of :data:`MODEL_NAMES` (``"rsf"``, ``"rsf-edge"``, ``"rsf-attention"``, ``"mlp"``).
+    """Build one of the registry's models (:data:`MODELS`).
 
-    Extra keyword arguments go to :class:`RSFNet` (``conv_feats``, ``pool_sizes``, ``fc_feats``,
-    ``edge_activation``) or :class:`MeanMLP` (``hidden``).
+    Parameters
+    ----------
+    name : str
+        A key of :data:`MODELS`: ``"rsf"``, ``"rsf-edge"``, ``"rsf-attention"`` or ``"mlp"``.
+    in_feats, edge_channels, n_classes : int
+    **kwargs
+        Go to :class:`RSFNet` (``conv_feats``, ``pool_sizes``, ``fc_feats``, ``edge_activation``) or
+        :class:`MeanMLP` (``hidden``).
+
+    Returns
+    -------
+    GraphClassifier
+
+    Raises
+    ------
+    ModelError
+        If ``name`` is not in the registry.
     """
-    if name == "mlp":
-        return MeanMLP(in_feats, edge_channels, n_classes, **kwargs)
-    if name == "rsf":
-        return RSFNet(in_feats, edge_channels, n_classes, **kwargs)
-    if name == "rsf-edge":
-        return RSFNet(in_feats, edge_channels, n_classes, edge=True, **kwargs)
-    if name == "rsf-attention":
-        return RSFNet(in_feats, edge_channels, n_classes, attention=True, **kwargs)
-    raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    builder = MODELS.get(name)
+    if builder is None:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return builder(in_feats, edge_channels, n_classes, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

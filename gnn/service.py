@@ -20,13 +20,17 @@ import dgl
 import numpy as np
 import torch
 from sqlalchemy.orm import Session
+from tqdm import tqdm
 
 from nucleograph.config import Settings
 from nucleograph.db import records as rec
 from nucleograph.db import runs as db_runs
 from nucleograph.db import store
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.checkpoints import load_checkpoint
 from nucleograph.gnn.data import edge_channels, to_dgl
+from nucleograph.gnn.models import DEFAULT_MODEL
+from nucleograph.gnn.train import TrainConfig, TrainResult, kfold, train_model
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 
 CACHE_VERSION = 1
@@ -34,6 +38,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class CohortData:
+    """A cohort's labelled graphs as :func:`load_cohort` reads them, with what identifies them."""
+
     cohort: str
     graphs: list[dgl.DGLGraph]
     labels: np.ndarray  # class index per graph
@@ -73,8 +79,6 @@ def load_cohort(driver, settings: Settings, cohort: str, *, cache: bool = True, 
     graphs, labels, ids, groups, skipped = [], [], [], [], []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(labelled), desc=f"read {cohort}", unit="graph")
     for g in store.read_graphs(driver, [r["id"] for r in labelled], database=db):
         if bar is not None:
@@ -100,6 +104,7 @@ def load_cohort(driver, settings: Settings, cohort: str, *, cache: bool = True, 
 
 
 def new_run_id() -> str:
+    """A fresh model-run id: ``r`` and 10 hex digits."""
     return "r" + uuid.uuid4().hex[:10]
 
 
@@ -107,19 +112,53 @@ def _summary_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _train_config(params: dict[str, Any]) -> TrainConfig:
+    """A run's TrainConfig from its recorded params; the settings params do not record keep their defaults."""
+    return TrainConfig(model_name=params["model"], model_kwargs=params["model_kwargs"] or {}, epochs=params["epochs"],
+                       lr=params["lr"], seed=params["seed"], batch_size=params["batch_size"],
+                       patience=params["patience"])
+
+
+def _pooled_metrics(results: list[TrainResult]) -> dict[str, Any]:
+    """Test metrics averaged over folds (with ``_std`` when there are several) and each fold's own."""
+    fold_metrics = [_summary_metrics(r.metrics) for r in results]
+    keys = sorted(set().union(*fold_metrics)) if fold_metrics else []
+    metrics: dict[str, Any] = {k: float(np.mean([m[k] for m in fold_metrics if k in m])) for k in keys}
+    if len(results) > 1:
+        metrics.update({f"{k}_std": float(np.std([m[k] for m in fold_metrics if k in m])) for k in keys})
+    metrics["folds"] = [r.metrics for r in results]
+    return metrics
+
+
+def _prediction_rows(data: CohortData, results: list[TrainResult]) -> list[dict[str, Any]]:
+    """One prediction per image: from the fold that held it out (single split: the one model, all images)."""
+    rows = []
+    for f, r in enumerate(results):
+        test_idx = set(np.asarray(r.split["test"]).tolist()) if len(results) > 1 else None
+        split_name = {int(i): s for s in ("train", "val", "test") for i in np.asarray(r.split[s]).tolist()}
+        for i, image_id in enumerate(data.image_ids):
+            if test_idx is not None and i not in test_idx:
+                continue
+            probs = r.proba[i].astype(float).tolist()
+            rows.append({"image_id": image_id, "props": {
+                "pred": data.class_names[int(r.predictions[i])], "prob": float(max(probs)), "probs": probs,
+                "split": split_name.get(i, "train"), "fold": f}})
+    return rows
+
+
 def train_cohort(
-    driver, settings: Settings, cohort: str, *, model: str = "rsf", epochs: int = 50, lr: float = 0.01,
-    folds: int = 1, seed: int = 0, batch_size: int = 8, patience: int | None = 10, resume_run: str | None = None,
-    progress: bool = False, model_kwargs: dict | None = None,
+    driver, settings: Settings, cohort: str, *, model: str = DEFAULT_MODEL, epochs: int = TrainConfig.epochs,
+    lr: float = TrainConfig.lr, folds: int = 1, seed: int = TrainConfig.seed, batch_size: int = TrainConfig.batch_size,
+    patience: int | None = TrainConfig.patience, resume_run: str | None = None, progress: bool = False,
+    model_kwargs: dict | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``cohort`` and record the run; returns the run id, metrics and paths.
 
     With ``folds > 1``, stratified k-fold cross-validation (grouped by patient when known): the test
     metrics are averaged over folds and each image's prediction comes from the fold that held it out.
-    ``resume_run`` continues a crashed run from its last checkpoint (same id and settings).
+    ``resume_run`` continues a crashed run from its last checkpoint (same id and settings). The
+    other settings are :class:`nucleograph.gnn.train.TrainConfig`'s defaults.
     """
-    from nucleograph.gnn.train import kfold, train_model
-
     data = load_cohort(driver, settings, cohort, progress=progress)
     if len(set(data.labels.tolist())) < 2:
         raise InputError(f"cohort {cohort!r} has only the class(es) {data.class_names}: training needs two; "
@@ -140,15 +179,15 @@ def train_cohort(
                                                   data_version=data.data_version, status="running"))
     run_dir = settings.home / "runs" / run_id
     groups = data.groups if all(g is not None for g in data.groups) else None
-    common = dict(model_name=params["model"], epochs=params["epochs"], lr=params["lr"], seed=params["seed"],
-                  batch_size=params["batch_size"], patience=params["patience"], progress=progress,
-                  model_kwargs=params["model_kwargs"] or None)
+    config = _train_config(params)
     t0 = time.perf_counter()
     try:
         if params["folds"] > 1:
-            results = kfold(data.graphs, data.labels, k=params["folds"], groups=groups, checkpoint_dir=run_dir, **common)
+            results = kfold(data.graphs, data.labels, config, k=params["folds"], groups=groups, checkpoint_dir=run_dir,
+                            progress=progress)
         else:
-            results = [train_model(data.graphs, data.labels, groups=groups, checkpoint_dir=run_dir / "fold0", **common)]
+            results = [train_model(data.graphs, data.labels, config, groups=groups, checkpoint_dir=run_dir / "fold0",
+                                   progress=progress)]
     except Exception as exc:
         with Session(engine) as session, session.begin():
             row = session.get(rec.ModelRunRecord, run_id)
@@ -156,24 +195,8 @@ def train_cohort(
         raise
     seconds = time.perf_counter() - t0
 
-    fold_metrics = [_summary_metrics(r.metrics) for r in results]
-    keys = sorted(set().union(*fold_metrics)) if fold_metrics else []
-    metrics: dict[str, Any] = {k: float(np.mean([m[k] for m in fold_metrics if k in m])) for k in keys}
-    if len(results) > 1:
-        metrics.update({f"{k}_std": float(np.std([m[k] for m in fold_metrics if k in m])) for k in keys})
-    metrics["folds"] = [r.metrics for r in results]
-    # one prediction per image: from the fold that held it out (single split: the one model, all images)
-    rows = []
-    for f, r in enumerate(results):
-        test_idx = set(np.asarray(r.split["test"]).tolist()) if len(results) > 1 else None
-        split_name = {int(i): s for s in ("train", "val", "test") for i in np.asarray(r.split[s]).tolist()}
-        for i, image_id in enumerate(data.image_ids):
-            if test_idx is not None and i not in test_idx:
-                continue
-            probs = r.proba[i].astype(float).tolist()
-            rows.append({"image_id": image_id, "props": {
-                "pred": data.class_names[int(r.predictions[i])], "prob": float(max(probs)), "probs": probs,
-                "split": split_name.get(i, "train"), "fold": f}})
+    metrics = _pooled_metrics(results)
+    rows = _prediction_rows(data, results)
     checkpoints = [str(r.checkpoint_path) for r in results]
     history = results[0].history
     props = {
@@ -200,8 +223,6 @@ def train_cohort(
 
 def load_run_models(driver, settings: Settings, run_id: str) -> tuple[dict[str, Any], list]:
     """The run's record and its fold models (eval mode); clear errors when either is gone."""
-    from nucleograph.gnn.train import load_checkpoint
-
     run = db_runs.get_run(driver, run_id, database=settings.neo4j_database)
     if run is None:
         raise InputError(f"no model run {run_id!r} in Neo4j: `nucleograph runs` lists them")
@@ -223,6 +244,7 @@ def explain_run(
     image_ids: list[str] | None = None, target: int | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j."""
+    # imported here: explain loads numba's compiled kernels (~1 s), which training runs do not need
     from nucleograph.gnn.explain import attention_scores, occlusion
 
     if method not in db_runs.METHODS:
@@ -245,8 +267,6 @@ def explain_run(
     done, skipped = [], []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(todo), desc=f"explain {run_id} {method}", unit="image")
     t0 = time.perf_counter()
     for g in store.read_graphs(driver, todo, database=db):

@@ -1,16 +1,18 @@
 """Training, checkpoints and prediction for the graph classifiers.
 
-``train_model`` fits one model (Adam, lr 0.01, cross-entropy) with early stopping on the validation
-loss, writes a checkpoint after every epoch and resumes from it after a crash; ``kfold`` repeats it
-over stratified folds. Everything is seeded (torch, dgl, and a numpy generator per epoch), so a
+``train_model`` fits one model with early stopping on the validation loss, writes a checkpoint after
+every epoch and resumes from it after a crash; ``kfold`` repeats it over stratified folds. What to
+train and how (model, Adam's lr 0.01, 50 epochs, batch size, patience, seed, ...) is one
+:class:`TrainConfig`. Everything is seeded (torch, dgl, and a numpy generator per epoch), so a
 resumed run gives the same result as an uninterrupted one.
+
+A run's steps, in the order they draw random numbers: :func:`_start_run`, :func:`_resume`, per epoch
+:func:`_train_epoch` and :func:`_validate`, then :func:`_finish`. Files: :mod:`nucleograph.gnn.checkpoints`.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +21,76 @@ import dgl
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from nucleograph.errors import InputError, ModelError
 
-from .data import FeatureScaler, _check_labels, stratified_kfold, stratified_split
-from .keys import EFEAT, FEAT
+from .checkpoints import (
+    CHECKPOINT_NAME,
+    MODEL_FILE_NAME,
+    data_fingerprint,
+    resume_state,
+    save_epoch,
+    save_model_file,
+)
+from .data import FeatureScaler, check_labels, class_targets, graph_dims, stratified_kfold, stratified_split
 from .metrics import classification_metrics
-from .models import MODEL_NAMES, GraphClassifier, build_model, count_parameters
+from .models import DEFAULT_MODEL, MODEL_NAMES, GraphClassifier, build_model, count_parameters
 
-CHECKPOINT_NAME = "checkpoint.pt"
-MODEL_FILE_NAME = "model.pt"
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how: the settings of one :func:`train_model` run.
+
+    Attributes
+    ----------
+    model_name : str
+        A key of :data:`nucleograph.gnn.models.MODELS`.
+    model_kwargs : dict
+        Passed to :func:`nucleograph.gnn.models.build_model`.
+    epochs : int
+        Epochs to run (a resumed run continues up to this many).
+    lr, weight_decay : float
+        Adam with ``lr`` (0.01 as in the paper).
+    batch_size : int
+        Graphs per step, shuffled every epoch.
+    seed : int
+        Seeds the model's initialisation, the batches' order and (without an explicit split) the split.
+    patience : int or None
+        Stop after this many epochs without a lower validation loss (None: never).
+    clip_norm : float or None
+        Clip the gradient norm of each step to this (None: off). Without it, lr 0.01 on undegree-
+        normalised RSF sums (a nucleus has ~15-20 neighbours) sometimes killed a run in its first
+        epochs (a fold stuck at chance with a constant loss of ln 2).
+    final_lr_fraction, lr_horizon : float, int
+        Cosine decay of the learning rate from ``lr`` to ``lr * final_lr_fraction`` over ``lr_horizon``
+        epochs (the paper's ~50), then flat (:meth:`lr_at`). It depends on the epoch number only, so a
+        run resumed from a checkpoint, or extended with more epochs, follows the same schedule. 1
+        keeps it flat.
+    val_fraction, test_fraction : float
+        Used without an explicit split: :func:`nucleograph.gnn.data.stratified_split`; :func:`kfold`
+        uses ``val_fraction`` for each fold's validation part.
+    """
+
+    model_name: str = DEFAULT_MODEL
+    model_kwargs: dict = field(default_factory=dict)
+    epochs: int = 50
+    lr: float = 0.01
+    batch_size: int = 8
+    seed: int = 0
+    patience: int | None = 10
+    weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
+    final_lr_fraction: float = 0.05
+    lr_horizon: int = 50
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (0-based) on the cosine schedule."""
+        phase = min(epoch, self.lr_horizon) / max(1, self.lr_horizon)
+        final = self.final_lr_fraction
+        return self.lr * (final + (1 - final) * 0.5 * (1 + np.cos(np.pi * phase)))
 
 
 @dataclass
@@ -44,17 +106,18 @@ class TrainResult:
     metrics : dict
         Test-set metrics (:func:`nucleograph.gnn.metrics.classification_metrics`); empty without a test set.
     history : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``.
+        Per epoch: ``epoch``, ``train_loss``, ``lr``, ``val_loss``, ``val_accuracy``.
     split : dict
         ``train``, ``val``, ``test`` index arrays into ``graphs``.
     proba : np.ndarray, shape (n_graphs, C)
         Class probabilities of every graph from the returned model.
     predictions : np.ndarray, shape (n_graphs,)
     checkpoint_path : Path or None
-        The final ``model.pt`` (loadable with :func:`load_checkpoint`).
+        The final ``model.pt`` (loadable with :func:`nucleograph.gnn.checkpoints.load_checkpoint`).
     n_parameters : int
     best_epoch : int
     config : dict
+        What identifies the run in its checkpoints (model, dimensions, optimiser settings, data).
     """
 
     model: GraphClassifier
@@ -78,26 +141,17 @@ def seed_everything(seed: int) -> None:
     dgl.seed(seed)
 
 
-def _check_graphs(graphs) -> tuple[int, int]:
-    if len(graphs) == 0:
-        raise InputError("no graphs given: the cohort is empty")
-    in_feats = edge_channels = None
-    for k, g in enumerate(graphs):
-        if g.num_nodes() == 0:
-            raise InputError(f"graph {k} has no nuclei; drop images without nuclei before training")
-        if FEAT not in g.ndata or EFEAT not in g.edata:
-            raise InputError(
-                f"graph {k} lacks ndata[{FEAT!r}] or edata[{EFEAT!r}]; build graphs with gnn.data.to_dgl"
-            )
-        f, e = g.ndata[FEAT].shape[1], (g.edata[EFEAT].shape[1] if g.edata[EFEAT].dim() == 2 else 1)
-        if in_feats is None:
-            in_feats, edge_channels = f, e
-        elif (f, e) != (in_feats, edge_channels):
-            raise InputError(
-                f"graph {k} has {f} node features and {e} edge channels, graph 0 has {in_feats} and {edge_channels}; "
-                "all graphs must share one feature set"
-            )
-    return in_feats, edge_channels
+def _resolve_split(
+    y: np.ndarray, split, groups, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if split is None:
+        split = stratified_split(y, groups, val=cfg.val_fraction, test=cfg.test_fraction, seed=cfg.seed)
+    train_idx, val_idx, test_idx = (np.asarray(s, dtype=np.int64).reshape(-1) for s in split)
+    if train_idx.size == 0:
+        raise InputError("the training split is empty")
+    if np.unique(y[train_idx]).size < 2:
+        raise InputError("the training split holds only one class; use more images or a different split/seed")
+    return train_idx, val_idx, test_idx
 
 
 def predict_proba(model: GraphClassifier, graphs, *, batch_size: int = 16) -> np.ndarray:
@@ -116,72 +170,165 @@ def predict_proba(model: GraphClassifier, graphs, *, batch_size: int = 16) -> np
     return np.concatenate(out, 0) if out else np.zeros((0, n_classes))
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+#: The TrainConfig fields a run's checkpoints must agree on to resume it (not ``epochs`` or
+#: ``patience``: a run may be extended; not the split fractions: ``data`` fingerprints the split).
+_IDENTIFYING = ("lr", "clip_norm", "final_lr_fraction", "lr_horizon", "batch_size", "seed", "weight_decay")
 
 
-def _fingerprint(labels: np.ndarray, split) -> str:
-    h = hashlib.sha1(np.asarray(labels, dtype=np.int64).tobytes())
-    for part in split:
-        h.update(np.asarray(part, dtype=np.int64).tobytes())
-        h.update(b"|")
-    return h.hexdigest()
+def _new_best() -> dict:
+    # a plain dict, because checkpoints store it as one
+    return {"loss": float("inf"), "state": None, "epoch": -1, "bad": 0, "stopped": False}
 
 
-def load_checkpoint(path) -> tuple[GraphClassifier, FeatureScaler, dict]:
-    """Load a ``model.pt`` or an epoch ``checkpoint.pt`` written by :func:`train_model`.
+@dataclass
+class RunState:
+    """The state of one training run: what its epoch checkpoint saves and :func:`_resume` restores."""
 
-    Returns the model in eval mode (best state when the checkpoint has one), its scaler and the
-    training config.
+    cfg: TrainConfig
+    config: dict  # the run's identity, stored in its checkpoints
+    model: GraphClassifier
+    scaler: FeatureScaler
+    optimizer: torch.optim.Optimizer
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=_new_best)
+    start_epoch: int = 0
+
+    def split(self) -> dict:
+        """``train``, ``val``, ``test`` index arrays."""
+        return {"train": self.train_idx, "val": self.val_idx, "test": self.test_idx}
+
+
+def _start_run(graphs, y: np.ndarray, split, cfg: TrainConfig, *, dims: tuple[int, int, int]) -> RunState:
+    """Seed, build the model with the training graphs' scaler, and make the optimiser.
+
+    ``dims``: ``(in_feats, edge_channels, n_classes)``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"no checkpoint at {path}; train a model first (gnn.train.train_model)")
-    try:
-        ckpt = torch.load(path, map_location="cpu")
-        config = ckpt["config"]
-    except Exception as exc:  # a truncated or foreign file
-        raise ModelError(
-            f"{path} is not a nucleograph checkpoint ({exc}); retrain or pass the right file"
-        ) from exc
+    in_feats, edge_channels, n_classes = dims
+    train_idx, val_idx, test_idx = split
+    model_kwargs = dict(cfg.model_kwargs)
+    config = {
+        "model_name": cfg.model_name,
+        "in_feats": in_feats,
+        "edge_channels": edge_channels,
+        "n_classes": n_classes,
+        "model_kwargs": model_kwargs,
+        **{key: getattr(cfg, key) for key in _IDENTIFYING},
+        "data": data_fingerprint(y, split),
+    }
+    # the seed comes first: it fixes the model's initial weights
+    seed_everything(cfg.seed)
     model = build_model(
-        config["model_name"],
-        in_feats=config["in_feats"],
-        edge_channels=config["edge_channels"],
-        n_classes=config["n_classes"],
-        **config.get("model_kwargs", {}),
+        cfg.model_name, in_feats=in_feats, edge_channels=edge_channels, n_classes=n_classes, **model_kwargs
     )
-    state = ckpt.get("best_state") or ckpt["model"]
-    model.load_state_dict(state)
+    scaler = FeatureScaler.fit([graphs[i] for i in train_idx])
+    model.set_scaler(scaler)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return RunState(cfg, config, model, scaler, optimizer, train_idx, val_idx, test_idx)
+
+
+def _resume(run: RunState, ckpt_path: Path) -> None:
+    """Continue ``run`` from ``ckpt_path`` (written by the same model, data and settings)."""
+    ckpt = resume_state(ckpt_path, run.config)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.history = ckpt["history"]
+    run.best = ckpt["best"]
+    run.start_epoch = ckpt["epoch"] + 1
+
+
+def _train_epoch(run: RunState, graphs, y: np.ndarray, epoch: int) -> dict:
+    """One pass over the shuffled training graphs; returns the epoch's history record so far."""
+    cfg, model, optimizer = run.cfg, run.model, run.optimizer
+    lr_now = cfg.lr_at(epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_now
+    # seeded by epoch number, so a resumed run draws what the uninterrupted one would have
+    torch.manual_seed(cfg.seed * 100003 + epoch)
+    model.train()
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(run.train_idx)
+    total, count = 0.0, 0
+    for start in range(0, order.size, cfg.batch_size):
+        chunk = order[start : start + cfg.batch_size]
+        bg = dgl.batch([graphs[i] for i in chunk])
+        target = torch.from_numpy(y[chunk])
+        loss = F.cross_entropy(model(bg), target)
+        optimizer.zero_grad()
+        loss.backward()
+        if cfg.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        optimizer.step()
+        total += float(loss) * chunk.size
+        count += chunk.size
+    return {
+        "epoch": epoch,
+        "train_loss": total / count,
+        "lr": lr_now,
+        "val_loss": float("nan"),
+        "val_accuracy": float("nan"),
+    }
+
+
+def _validate(run: RunState, val_graphs, y_val: np.ndarray, record: dict) -> None:
+    """Fill ``record``'s validation loss and accuracy; keep the best state and count toward patience."""
+    p = predict_proba(run.model, val_graphs)
+    record["val_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(y_val.size), y_val], 1e-12, None))))
+    record["val_accuracy"] = float(np.mean(p.argmax(1) == y_val))
+    best = run.best
+    if record["val_loss"] < best["loss"] - 1e-6:
+        best.update(
+            loss=record["val_loss"], state=copy.deepcopy(run.model.state_dict()), epoch=record["epoch"], bad=0
+        )
+    else:
+        best["bad"] += 1
+        if run.cfg.patience is not None and best["bad"] >= run.cfg.patience:
+            best["stopped"] = True
+
+
+def _finish(run: RunState, graphs, y: np.ndarray, ckpt_dir: Path | None) -> TrainResult:
+    """Load the best state, predict every graph, score the test split and write ``model.pt``."""
+    model, best, history = run.model, run.best, run.history
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        best_epoch = best["epoch"]
+    else:
+        best_epoch = history[-1]["epoch"] if history else -1
     model.eval()
-    return model, model.scaler(), config
+    proba = predict_proba(model, graphs)
+    test_idx = run.test_idx
+    metrics = classification_metrics(y[test_idx], proba[test_idx]) if test_idx.size else {}
+    model_path = None
+    if ckpt_dir:
+        model_path = ckpt_dir / MODEL_FILE_NAME
+        save_model_file(model_path, run, metrics=metrics, best_epoch=best_epoch)
+    return TrainResult(
+        model=model,
+        scaler=run.scaler,
+        metrics=metrics,
+        history=history,
+        split=run.split(),
+        proba=proba,
+        predictions=proba.argmax(1),
+        checkpoint_path=model_path,
+        n_parameters=count_parameters(model),
+        best_epoch=best_epoch,
+        config=run.config,
+    )
 
 
 def train_model(
     graphs,
     labels,
+    config: TrainConfig | None = None,
     *,
-    model_name: str,
-    epochs: int = 50,
-    lr: float = 0.01,
-    batch_size: int = 8,
-    seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
     split=None,
-    patience: int | None = 10,
+    groups=None,
+    n_classes: int | None = None,
     checkpoint_dir=None,
     resume: bool = True,
-    groups=None,
     progress: bool = False,
-    n_classes: int | None = None,
-    model_kwargs: dict | None = None,
-    weight_decay: float = 0.0,
-    clip_norm: float | None = 1.0,
-    final_lr_fraction: float = 0.05,
-    lr_horizon: int = 50,
 ) -> TrainResult:
     """Train one graph classifier.
 
@@ -191,242 +338,113 @@ def train_model(
         One graph per image, from :func:`nucleograph.gnn.data.to_dgl` (raw features).
     labels : array_like of int, shape (n,)
         Classes ``0 .. C-1``; at least two must occur.
-    model_name : {"rsf", "rsf-edge", "rsf-attention", "mlp"}
-    epochs, lr, batch_size, seed, weight_decay
-        Adam with ``lr`` (0.01 as in the paper) over shuffled batches of ``batch_size`` graphs.
-    clip_norm : float or None
-        Clip the gradient norm of each step to this (None: off). Without it, lr 0.01 on undegree-
-        normalised RSF sums (a nucleus has ~15-20 neighbours) sometimes killed a run in its first
-        epochs (a fold stuck at chance with a constant loss of ln 2).
-    final_lr_fraction, lr_horizon : float, int
-        Cosine decay of the learning rate from ``lr`` to ``lr * final_lr_fraction`` over ``lr_horizon``
-        epochs (the paper's ~50), then flat. It depends on the epoch number only, so a run resumed
-        from a checkpoint, or extended with more epochs, follows the same schedule. 1 keeps it flat.
-    val_fraction, test_fraction : float
-        Used when ``split`` is None: :func:`nucleograph.gnn.data.stratified_split` (by ``groups`` if given).
+    config : TrainConfig, optional
+        Model and training settings; default ``TrainConfig()`` (RSF, Adam lr 0.01, 50 epochs).
     split : (train, val, test) index arrays, optional
-        Explicit split; ``val`` or ``test`` may be empty.
-    patience : int or None
-        Stop after this many epochs without a lower validation loss (None: never).
+        Explicit split; ``val`` or ``test`` may be empty. Default: ``config``'s fractions, stratified
+        by class (and by ``groups`` if given).
+    groups : array_like, optional
+        A group (patient) per graph: a group's graphs stay in one part of the split.
+    n_classes : int, optional
+        Default ``max(labels) + 1``.
     checkpoint_dir : path, optional
         ``checkpoint.pt`` is rewritten after every epoch; with ``resume`` a run restarts from it.
         ``model.pt`` holds the final model.
+    resume : bool
+        Continue from ``checkpoint_dir``'s ``checkpoint.pt`` when there is one.
     progress : bool
         Show a progress bar over epochs.
-    n_classes : int, optional
-        Default ``max(labels) + 1``.
-    model_kwargs : dict, optional
-        Passed to :func:`nucleograph.gnn.models.build_model`.
 
     Returns
     -------
     TrainResult
-    """
-    if model_name not in MODEL_NAMES:
-        raise ModelError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    y = _check_labels(labels)
-    if len(graphs) != y.size:
-        raise InputError(f"{len(graphs)} graphs but {y.size} labels")
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise InputError("labels must be integers 0 .. C-1; map class names to integers first")
-    y = y.astype(np.int64)
-    n_classes = n_classes or int(y.max()) + 1
-    if y.max() >= n_classes:
-        raise InputError(f"label {y.max()} is out of range for n_classes={n_classes}")
-    in_feats, edge_channels = _check_graphs(graphs)
-    if split is None:
-        split = stratified_split(y, groups, val=val_fraction, test=test_fraction, seed=seed)
-    train_idx, val_idx, test_idx = (np.asarray(s, dtype=np.int64).reshape(-1) for s in split)
-    if train_idx.size == 0:
-        raise InputError("the training split is empty")
-    if np.unique(y[train_idx]).size < 2:
-        raise InputError("the training split holds only one class; use more images or a different split/seed")
-    model_kwargs = dict(model_kwargs or {})
-    config = {
-        "model_name": model_name,
-        "in_feats": in_feats,
-        "edge_channels": edge_channels,
-        "n_classes": n_classes,
-        "model_kwargs": model_kwargs,
-        "lr": lr,
-        "clip_norm": clip_norm,
-        "final_lr_fraction": final_lr_fraction,
-        "lr_horizon": lr_horizon,
-        "batch_size": batch_size,
-        "seed": seed,
-        "weight_decay": weight_decay,
-        "data": _fingerprint(y, (train_idx, val_idx, test_idx)),
-    }
 
-    seed_everything(seed)
-    model = build_model(
-        model_name, in_feats=in_feats, edge_channels=edge_channels, n_classes=n_classes, **model_kwargs
-    )
-    scaler = FeatureScaler.fit([graphs[i] for i in train_idx])
-    model.set_scaler(scaler)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    history: list[dict] = []
-    best = {"loss": float("inf"), "state": None, "epoch": -1, "bad": 0, "stopped": False}
-    start_epoch = 0
+    Raises
+    ------
+    ModelError
+        If the model is unknown, or the checkpoint to resume was written by another run.
+    InputError
+        If graphs, labels or split cannot be trained on (the message names the fix).
+    """
+    cfg = config or TrainConfig()
+    if cfg.model_name not in MODEL_NAMES:
+        raise ModelError(f"unknown model {cfg.model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    y, n_classes = class_targets(labels, len(graphs), n_classes)
+    in_feats, edge_channels = graph_dims(graphs)
+    split = _resolve_split(y, split, groups, cfg)
+    run = _start_run(graphs, y, split, cfg, dims=(in_feats, edge_channels, n_classes))
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     ckpt_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir else None
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location="cpu")
-            if ckpt.get("config") != config:
-                raise ModelError(
-                    f"{ckpt_path} was written by a run with another model, data or settings; "
-                    "pass resume=False to overwrite it or use another checkpoint_dir"
-                )
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            history = ckpt["history"]
-            best = ckpt["best"]
-            start_epoch = ckpt["epoch"] + 1
+            _resume(run, ckpt_path)
 
-    val_graphs = [graphs[i] for i in val_idx]
-    epoch_iter = range(start_epoch, epochs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epoch_iter = tqdm(
-            epoch_iter, total=epochs, initial=start_epoch, desc=f"train {model_name}", unit="epoch"
-        )
-    for epoch in epoch_iter:
-        if best["stopped"]:
-            break
-        phase = min(epoch, lr_horizon) / max(1, lr_horizon)
-        lr_now = lr * (final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + np.cos(np.pi * phase)))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        torch.manual_seed(seed * 100003 + epoch)
-        model.train()
-        order = np.random.default_rng([seed, epoch]).permutation(train_idx)
-        total, count = 0.0, 0
-        for start in range(0, order.size, batch_size):
-            chunk = order[start : start + batch_size]
-            bg = dgl.batch([graphs[i] for i in chunk])
-            target = torch.from_numpy(y[chunk])
-            loss = F.cross_entropy(model(bg), target)
-            optimizer.zero_grad()
-            loss.backward()
-            if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-            optimizer.step()
-            total += float(loss) * chunk.size
-            count += chunk.size
-        record = {
-            "epoch": epoch,
-            "train_loss": total / count,
-            "lr": lr_now,
-            "val_loss": float("nan"),
-            "val_accuracy": float("nan"),
-        }
-        if val_idx.size:
-            p = predict_proba(model, val_graphs)
-            yv = y[val_idx]
-            record["val_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(yv.size), yv], 1e-12, None))))
-            record["val_accuracy"] = float(np.mean(p.argmax(1) == yv))
-            if record["val_loss"] < best["loss"] - 1e-6:
-                best.update(
-                    loss=record["val_loss"], state=copy.deepcopy(model.state_dict()), epoch=epoch, bad=0
-                )
-            else:
-                best["bad"] += 1
-                if patience is not None and best["bad"] >= patience:
-                    best["stopped"] = True
-        history.append(record)
-        if progress:
-            epoch_iter.set_postfix(
-                loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}"
-            )
-        if ckpt_path:
-            _save_atomic(
-                {
-                    "config": config,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.to_dict(),
-                    "history": history,
-                    "best": best,
-                    "best_state": best["state"],
-                    "split": {"train": train_idx, "val": val_idx, "test": test_idx},
-                },
-                ckpt_path,
-            )
-
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-        best_epoch = best["epoch"]
-    else:
-        best_epoch = history[-1]["epoch"] if history else -1
-    model.eval()
-    proba = predict_proba(model, graphs)
-    metrics = classification_metrics(y[test_idx], proba[test_idx]) if test_idx.size else {}
-    model_path = None
-    if ckpt_dir:
-        model_path = ckpt_dir / MODEL_FILE_NAME
-        _save_atomic(
-            {
-                "config": config,
-                "model": model.state_dict(),
-                "scaler": scaler.to_dict(),
-                "history": history,
-                "metrics": metrics,
-                "best_epoch": best_epoch,
-                "split": {"train": train_idx, "val": val_idx, "test": test_idx},
-            },
-            model_path,
-        )
-    return TrainResult(
-        model=model,
-        scaler=scaler,
-        metrics=metrics,
-        history=history,
-        split={"train": train_idx, "val": val_idx, "test": test_idx},
-        proba=proba,
-        predictions=proba.argmax(1),
-        checkpoint_path=model_path,
-        n_parameters=count_parameters(model),
-        best_epoch=best_epoch,
-        config=config,
+    val_graphs, y_val = [graphs[i] for i in run.val_idx], y[run.val_idx]
+    epochs = tqdm(
+        range(run.start_epoch, cfg.epochs),
+        total=cfg.epochs,
+        initial=run.start_epoch,
+        desc=f"train {cfg.model_name}",
+        unit="epoch",
+        disable=not progress,
     )
+    for epoch in epochs:
+        if run.best["stopped"]:
+            break
+        record = _train_epoch(run, graphs, y, epoch)
+        if run.val_idx.size:
+            _validate(run, val_graphs, y_val, record)
+        run.history.append(record)
+        if progress:
+            epochs.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.3f}")
+        if ckpt_path:
+            save_epoch(ckpt_path, run, epoch)
+    return _finish(run, graphs, y, ckpt_dir)
 
 
 def kfold(
     graphs,
     labels,
+    config: TrainConfig | None = None,
     *,
     k: int = 5,
     groups=None,
-    seed: int = 0,
-    val_fraction: float = 0.15,
     checkpoint_dir=None,
     **train_kwargs,
 ) -> list[TrainResult]:
     """Stratified (and, with ``groups``, patient-grouped) K-fold cross-validation.
 
-    Each fold tests on its held-out part; a validation part of ``val_fraction`` is split off the rest
-    for early stopping. Checkpoints go to ``checkpoint_dir/fold{i}``. Other keywords go to
-    :func:`train_model`.
+    Each fold tests on its held-out part; a validation part of ``config.val_fraction`` is split off
+    the rest for early stopping. Checkpoints go to ``checkpoint_dir/fold{i}``.
+
+    Parameters
+    ----------
+    graphs, labels, config
+        As for :func:`train_model`; ``config.seed`` also seeds the folds.
+    k : int
+        Number of folds.
+    groups : array_like, optional
+        A group (patient) per graph, kept within one fold.
+    checkpoint_dir : path, optional
+    **train_kwargs
+        Other keywords of :func:`train_model` (``n_classes``, ``resume``, ``progress``).
 
     Returns
     -------
-    list of TrainResult, one per fold (``metrics`` are that fold's test metrics).
+    list of TrainResult
+        One per fold (``metrics`` are that fold's test metrics).
     """
-    y = _check_labels(labels)
+    cfg = config or TrainConfig()
+    y = check_labels(labels)
     g = None if groups is None else np.asarray(groups)
     results = []
-    for i, (rest, test_idx) in enumerate(stratified_kfold(y, k, g, seed=seed)):
+    for i, (rest, test_idx) in enumerate(stratified_kfold(y, k, g, seed=cfg.seed)):
         tr, va, _ = stratified_split(
-            y[rest], None if g is None else g[rest], val=val_fraction, test=0.0, seed=seed + i
+            y[rest], None if g is None else g[rest], val=cfg.val_fraction, test=0.0, seed=cfg.seed + i
         )
         split = (rest[tr], rest[va], test_idx)
         fold_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"fold{i}"
-        results.append(
-            train_model(graphs, y, split=split, seed=seed, checkpoint_dir=fold_dir, **train_kwargs)
-        )
+        results.append(train_model(graphs, y, cfg, split=split, checkpoint_dir=fold_dir, **train_kwargs))
     return results

@@ -4,8 +4,10 @@ from .attention import NodeAttention
 from .edgeconv import DenseEdgeFeatureConv, EdgeFeatureConv
 from .pooling import DenseGraphEmbedPooling, GraphEmbedPooling, dense_graph_embed_pool, to_dense_batch
 from .rsf import DenseRSFConv, RSFConv, dense_rsf_conv
+from .spmm import CSRAdjacency, csr_adjacency
 
 __all__ = [
+    "CSRAdjacency",
     "DenseEdgeFeatureConv",
     "DenseGraphEmbedPooling",
     "DenseRSFConv",
@@ -13,6 +15,7 @@ __all__ = [
     "GraphEmbedPooling",
     "NodeAttention",
     "RSFConv",
+    "csr_adjacency",
     "dense_graph_embed_pool",
     "dense_rsf_conv",
     "to_dense_batch",

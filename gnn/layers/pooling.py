@@ -10,7 +10,7 @@ from nucleograph.errors import InputError
 
 from ..keys import TMP_LOGIT
 from .rsf import DenseRSFConv, RSFConv, _check_efeat
-from .spmm import weighted_sums
+from .spmm import CSRAdjacency, csr_adjacency, uses_csr, weighted_sums
 
 
 def to_dense_batch(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,8 @@ class GraphEmbedPooling(nn.Module):
     Shapes
     ------
     feat ``(N, F)``, efeat ``(E, L)`` -> ``V'`` ``(B, K, F)``, ``A'`` ``(B, L, K, K)`` and, with
-    ``return_assignment=True``, ``S`` ``(N, K)`` as a third output.
+    ``return_assignment=True``, ``S`` ``(N, K)`` as a third output. ``adjacency`` as in
+    :class:`nucleograph.gnn.layers.RSFConv` (shared by the embedding convolution and ``A_l S``).
     """
 
     def __init__(self, in_feats: int, n_clusters: int, edge_channels: int):
@@ -67,18 +68,22 @@ class GraphEmbedPooling(nn.Module):
     def extra_repr(self) -> str:
         return f"in={self.in_feats}, clusters={self.n_clusters}, edge_channels={self.edge_channels}"
 
-    def forward(self, graph, feat, efeat=None, *, return_assignment: bool = False):
+    def forward(
+        self, graph, feat, efeat=None, *, adjacency: CSRAdjacency | None = None, return_assignment: bool = False
+    ):
         efeat = _check_efeat(graph, efeat, self.edge_channels)
         counts = graph.batch_num_nodes()
         if counts.numel() == 0 or bool((counts == 0).any()):
             raise InputError(
                 "graph-embed pooling got a graph with no nodes; an image without nuclei cannot be pooled"
             )
-        logits = self.embed(graph, feat, efeat)  # (N, K)
+        if adjacency is None and uses_csr(graph, efeat):
+            adjacency = csr_adjacency(graph, efeat)  # one set for the embedding and for A_l S
+        logits = self.embed(graph, feat, efeat, adjacency=adjacency)  # (N, K)
         with graph.local_scope():
             graph.ndata[TMP_LOGIT] = logits
             assign = dgl.softmax_nodes(graph, TMP_LOGIT)  # softmax over the nodes of each graph
-        a_s = weighted_sums(graph, efeat, assign)  # (N, L, K) = A_l S
+        a_s = weighted_sums(graph, efeat, assign, adjacency=adjacency)  # (N, L, K) = A_l S
         s_pad = to_dense_batch(assign, counts)  # (B, Nmax, K)
         v_pad = to_dense_batch(feat, counts)  # (B, Nmax, F)
         as_pad = to_dense_batch(a_s.reshape(a_s.shape[0], -1), counts)  # (B, Nmax, L*K)

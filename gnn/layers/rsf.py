@@ -9,7 +9,7 @@ from torch import nn
 from nucleograph.errors import InputError
 
 from ..keys import EFEAT
-from .spmm import weighted_sums
+from .spmm import CSRAdjacency, weighted_sums
 
 
 def _check_efeat(graph, efeat, edge_channels: int) -> torch.Tensor:
@@ -53,7 +53,9 @@ class RSFConv(nn.Module):
     Shapes
     ------
     feat ``(N, in_feats)``, efeat ``(E, L)`` (default ``graph.edata[EFEAT]``) -> ``(N, out_feats)``.
-    The weight has shape ``(L + 1, in_feats, out_feats)``; slice 0 is ``W_0``.
+    The weight has shape ``(L + 1, in_feats, out_feats)``; slice 0 is ``W_0``. ``adjacency``
+    (optional, from :func:`nucleograph.gnn.layers.spmm.csr_adjacency` for ``graph`` and ``efeat``)
+    lets several layers share one set of CSR matrices; without it the call builds its own.
     """
 
     def __init__(self, in_feats: int, out_feats: int, edge_channels: int, *, bias: bool = True):
@@ -73,7 +75,14 @@ class RSFConv(nn.Module):
     def extra_repr(self) -> str:
         return f"in={self.in_feats}, out={self.out_feats}, edge_channels={self.edge_channels}, bias={self.bias is not None}"
 
-    def forward(self, graph, feat: torch.Tensor, efeat: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        graph,
+        feat: torch.Tensor,
+        efeat: torch.Tensor | None = None,
+        *,
+        adjacency: CSRAdjacency | None = None,
+    ) -> torch.Tensor:
         if feat.shape[-1] != self.in_feats:
             raise InputError(f"RSFConv expects {self.in_feats} input features, got {feat.shape[-1]}")
         efeat = _check_efeat(graph, efeat, self.edge_channels)
@@ -81,9 +90,9 @@ class RSFConv(nn.Module):
             # project first, like DGL's GraphConv: fewer channels travel along the edges
             w = self.weight.transpose(0, 1).reshape(self.in_feats, -1)  # (F, (L+1)*O), one GEMM
             proj = (feat @ w).view(-1, self.edge_channels + 1, self.out_feats)  # (N, L+1, O)
-            rst = proj[:, 0] + weighted_sums(graph, efeat, proj[:, 1:]).sum(1)
+            rst = proj[:, 0] + weighted_sums(graph, efeat, proj[:, 1:], adjacency=adjacency).sum(1)
         else:
-            agg = weighted_sums(graph, efeat, feat)  # (N, L, F)
+            agg = weighted_sums(graph, efeat, feat, adjacency=adjacency)  # (N, L, F)
             full = torch.cat([feat.unsqueeze(1), agg], 1)  # (N, L+1, F)
             rst = full.reshape(full.shape[0], (self.edge_channels + 1) * self.in_feats) @ self.weight.reshape(
                 -1, self.out_feats

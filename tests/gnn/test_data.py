@@ -12,6 +12,7 @@ from nucleograph.gnn.data import (
     to_dgl,
 )
 from nucleograph.gnn.keys import CENTROID, EFEAT, FEAT, NID
+from nucleograph.ingest.graph import edge_weight
 
 
 def test_to_dgl_bidirected_same_channels():
@@ -30,6 +31,14 @@ def test_edge_channels_values():
     e = edge_channels([0.0, 50.0, 150.0])
     np.testing.assert_allclose(e[:, 0], [1.0, 0.5, 0.0])
     assert e[0, 1] == pytest.approx(1.0) and 0 < e[1, 1] < e[1, 0]
+
+
+def test_first_edge_channel_is_the_weight_ingest_stores():
+    d = np.array([0.0, 12.5, 37.0, 80.0, 99.9, 140.0])
+    for threshold in (100.0, 60.0):
+        np.testing.assert_array_equal(
+            edge_channels(d, max_distance=threshold)[:, 0], edge_weight(d, threshold).astype(np.float32)
+        )
 
 
 @pytest.mark.parametrize(

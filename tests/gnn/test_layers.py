@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import dgl
 import pytest
 import torch
@@ -15,6 +18,7 @@ from nucleograph.gnn.layers import (
     GraphEmbedPooling,
     NodeAttention,
     RSFConv,
+    csr_adjacency,
     dense_graph_embed_pool,
     dense_rsf_conv,
 )
@@ -130,3 +134,31 @@ def test_attention_gates_and_returns_scores():
     y, s = att(None, x)
     assert s.shape == (10,) and ((s > 0) & (s < 1)).all()
     assert torch.allclose(y, x * s[:, None])
+
+
+def test_shared_adjacency_gives_the_same_sums_and_rejects_other_tensors(batch):
+    torch.manual_seed(0)
+    efeat = batch.edata[EFEAT]
+    adjacency = csr_adjacency(batch, efeat)
+    conv, pool = RSFConv(4, 3, 2), GraphEmbedPooling(4, 5, 2)
+    x = batch.ndata[FEAT]
+    assert torch.equal(conv(batch, x, efeat, adjacency=adjacency), conv(batch, x, efeat))
+    shared = pool(batch, x, efeat, adjacency=adjacency)
+    assert all(torch.equal(a, b) for a, b in zip(shared, pool(batch, x, efeat), strict=True))
+    with pytest.raises(InputError, match="csr_adjacency"):
+        conv(batch, x, efeat.clone(), adjacency=adjacency)
+    efeat.mul_(1.0)  # an in-place change, even one that keeps the values, outdates the matrices
+    with pytest.raises(InputError, match="changed in place"):
+        conv(batch, x, efeat, adjacency=adjacency)
+
+
+def test_csr_matrix_spends_torchs_beta_warning_quietly():
+    # a fresh process: torch warns on its first CSR tensor only, which this session has long made
+    code = (
+        "import torch\n"
+        "from nucleograph.gnn.layers.spmm import csr_matrix\n"
+        "a = csr_matrix(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([2.0]), (1, 1))\n"
+        "assert (a @ torch.ones(1, 1)).item() == 2.0\n"
+    )
+    run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -7,7 +7,15 @@ from gnn_synth import make_graph
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.data import FeatureScaler, to_dgl
 from nucleograph.gnn.dense import DenseRSFReference
-from nucleograph.gnn.models import MODEL_NAMES, build_model, count_parameters
+from nucleograph.gnn.models import (
+    DEFAULT_MODEL,
+    MODEL_NAMES,
+    MODELS,
+    MeanMLP,
+    RSFNet,
+    build_model,
+    count_parameters,
+)
 
 RSF = ("rsf", "rsf-edge", "rsf-attention")
 
@@ -17,6 +25,15 @@ RSF = ("rsf", "rsf-edge", "rsf-attention")
 def test_about_300k_parameters(name, in_feats):
     n = count_parameters(build_model(name, in_feats=in_feats, edge_channels=2))
     assert 255_000 <= n <= 345_000
+
+
+def test_registry_builds_each_model_it_names():
+    assert MODEL_NAMES == ("rsf", "rsf-edge", "rsf-attention", "mlp") == tuple(MODELS)
+    assert DEFAULT_MODEL == "rsf"
+    built = {name: build_model(name, in_feats=4, edge_channels=2) for name in MODEL_NAMES}
+    assert isinstance(built["mlp"], MeanMLP) and all(isinstance(built[n], RSFNet) for n in RSF)
+    assert built["rsf-edge"].use_edge and built["rsf-attention"].use_attention
+    assert not (built["rsf"].use_edge or built["rsf"].use_attention)
 
 
 def test_unknown_model_name():

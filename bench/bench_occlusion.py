@@ -37,8 +37,9 @@ from bench_gnn import synthetic_graph  # noqa: E402
 
 from nucleograph.allocator import retain_freed_memory  # noqa: E402
 from nucleograph.gnn.data import edge_channels, to_dgl  # noqa: E402
-from nucleograph.gnn.explain import _occluded, _proba, occlusion  # noqa: E402
+from nucleograph.gnn.explain import occlusion  # noqa: E402
 from nucleograph.gnn.models import build_model  # noqa: E402
+from nucleograph.gnn.occlusion.reference import hop_ball, proba, proba_without  # noqa: E402
 from nucleograph.ingest.graph import build_edges  # noqa: E402
 
 
@@ -140,7 +141,7 @@ def main(argv=None) -> dict:
     dgl.seed(0)
     torch.manual_seed(0)
     if args.checkpoint:
-        from nucleograph.gnn.train import load_checkpoint
+        from nucleograph.gnn.checkpoints import load_checkpoint
 
         model, _, config = load_checkpoint(args.checkpoint)
         args.model, args.graph = config["model_name"], f"cached ({Path(args.graph_file).name})"
@@ -167,7 +168,7 @@ def main(argv=None) -> dict:
     fast_times, t_naive = [], 0.0
     with torch.no_grad():
         t = time.perf_counter()
-        p0 = _proba(model, g)
+        p0 = proba(model, g)
         c = int(np.argmax(p0))
         t_naive += time.perf_counter() - t
     # the first call in a process also loads the compiled index code (numba's on-disk cache, about 0.3 s
@@ -182,7 +183,7 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             t = time.perf_counter()
             for i in part:
-                naive[i] = p0[c] - _proba(model, _occluded(g, int(i), args.hops))[c]
+                naive[i] = p0[c] - proba_without(model, g, hop_ball(g, int(i), args.hops))[c]
             t_naive += time.perf_counter() - t
     t_fast, t_fast_best = float(np.median(fast_times)), min(fast_times)
     t_naive_all = t_naive * n / subset

@@ -9,22 +9,13 @@
 
 from __future__ import annotations
 
-import dgl
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from nucleograph.gnn.occlusion.reference import proba_without
+
 DEFAULT_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
-
-
-def _proba_without(model, graph, removed: np.ndarray, target: int) -> float:
-    keep = np.ones(graph.num_nodes(), dtype=bool)
-    keep[removed] = False
-    if not keep.any():
-        return 1.0 / model.n_classes  # no nuclei left: the uniform prior, as in occlusion
-    sub = dgl.node_subgraph(graph, torch.from_numpy(np.flatnonzero(keep)).to(graph.idtype), store_ids=False)
-    with torch.no_grad():
-        return float(torch.softmax(model(sub).double(), 1)[0, target])
 
 
 def deletion_curve(model, graph, scores, *, fractions=DEFAULT_FRACTIONS, target: int | None = None,
@@ -46,11 +37,11 @@ def deletion_curve(model, graph, scores, *, fractions=DEFAULT_FRACTIONS, target:
     """
     model.eval()
     n = graph.num_nodes()
+    ranked = np.argsort(-np.asarray(scores, dtype=float), kind="stable") if order is None else np.asarray(order)
     with torch.no_grad():
         p0 = torch.softmax(model(graph).double(), 1)[0]
-    c = int(p0.argmax()) if target is None else int(target)
-    ranked = np.argsort(-np.asarray(scores, dtype=float), kind="stable") if order is None else np.asarray(order)
-    probs = [_proba_without(model, graph, ranked[: int(round(f * n))], c) for f in fractions]
+        c = int(p0.argmax()) if target is None else int(target)
+        probs = [float(proba_without(model, graph, ranked[: int(round(f * n))])[c]) for f in fractions]
     return np.asarray(probs), c
 
 

@@ -3,7 +3,14 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from nucleograph.gnn.balls import ball_lists, batch_rows, layer_csr, padded_csr, row_blocks
+from nucleograph.gnn.occlusion.balls import (
+    OutEdges,
+    ball_lists,
+    batch_rows,
+    layer_csr,
+    padded_csr,
+    row_blocks,
+)
 
 
 def _graph(rng, n=60, p=0.06):
@@ -35,8 +42,9 @@ def test_batch_rows_are_the_balls_in_edges_sorted_by_distance(rng):
     centers = np.array([5, 0, 17])
     scratch = np.full(n, -1, dtype=np.int64)
     efeat = rng.random((2, order.size)).astype(np.float32)
-    occ, node, level_end, ptr, cols, vals, eid, below = batch_rows(
-        centers, *balls, hops, indptr, indices, order, efeat, scratch)
+    rows = batch_rows(centers, balls, OutEdges(indptr, indices, order), efeat, hops=hops, scratch=scratch)
+    occ, node, level_end, ptr, cols = rows.occ, rows.node, rows.level_end, rows.ptr, rows.cols
+    vals, eid, below = rows.vals, rows.eid, rows.below
     assert (scratch == -1).all()
     start, ball_node, ball_dist = balls
     dist_of = {(o, v): d for o, c in enumerate(centers)

@@ -6,8 +6,10 @@ from gnn_synth import make_graph
 
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.data import to_dgl
-from nucleograph.gnn.explain import attention_scores, occlusion, occlusion_naive
+from nucleograph.gnn.explain import Precision, attention_scores, occlusion, occlusion_naive
 from nucleograph.gnn.models import MODEL_NAMES, build_model
+from nucleograph.gnn.occlusion.cache import PoolingSums
+from nucleograph.gnn.occlusion.pooling import pool_products, redo_float64
 
 
 def _model(name, rng):
@@ -77,31 +79,25 @@ def test_attention_scores(rng):
 
 
 @pytest.mark.parametrize(("scale", "paths_used"), [(1.0, set()), (15.0, {"float64"}), (40.0, {"float64", "afresh"})])
-def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, rng, monkeypatch):
+def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, rng):
     """On a graph much larger than its balls the pooling corrections run as float32 products, in
     float64 for occlusions that remove much of a cluster's mass, and where the removed nuclei held
     virtually all of it (peaked assignments, as trained models have) the occlusion's pooling is summed
     afresh. Every path matches the naive loop."""
-    import nucleograph.gnn.explain as ex
-
     m = _model("rsf", rng)
     with torch.no_grad():
         m.pool1.embed.weight.mul_(scale)  # sharper assignments; at 40x single nuclei hold 1 - 1e-13
     g = make_graph(400, clustered=False, rng=rng)
     paths = {"float64": 0, "afresh": 0}
-    heavy_clusters, direct = ex._heavy_clusters, ex._afresh_clusters
 
-    def spy_heavy(r, heavy, *args, **kw):
-        paths["float64"] += int(heavy.any(1).sum())
-        return heavy_clusters(r, heavy, *args, **kw)
+    class Observed(Precision):  # the default tiers, counting the occlusions that leave float32
+        def tiers(self, state):
+            heavy, afresh = super().tiers(state)
+            paths["float64"] += int(heavy.any(1).sum())
+            paths["afresh"] += int(afresh.any(1).sum())
+            return heavy, afresh
 
-    def spy_direct(r, afresh, *args, **kw):
-        paths["afresh"] += int(afresh.any(1).sum())
-        return direct(r, afresh, *args, **kw)
-
-    monkeypatch.setattr(ex, "_heavy_clusters", spy_heavy)
-    monkeypatch.setattr(ex, "_afresh_clusters", spy_direct)
-    fast = occlusion(m, g, hops=1, batch_size=64)
+    fast = occlusion(m, g, hops=1, batch_size=64, precision=Observed())
     assert {k for k, v in paths.items() if v} == paths_used
     assert paths["float64"] + paths["afresh"] < g.num_nodes() / 2  # float32 stays the rule
     naive = occlusion_naive(m, g, hops=1)
@@ -109,44 +105,38 @@ def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, rng, monk
 
 
 @pytest.mark.parametrize("name", ["rsf", "rsf-edge"])
-def test_float64_cluster_redo_writes_exactly_its_rows_and_columns(name, rng, monkeypatch):
+def test_float64_cluster_redo_writes_exactly_its_rows_and_columns(name, rng):
     """The float64 redo of a few clusters per occlusion gives, for each of them, the row of E'^T H' and
     the row and column of E'^T A E' that float64 products over all clusters give, and touches no other
     entry."""
-    import nucleograph.gnn.explain as ex
-
     m = _model(name, rng)
     g = make_graph(120, clustered=True, rng=rng)
-    heavy_clusters, products, checked, last = ex._heavy_clusters, ex._pool_products, [], {}
+    checked = []
 
-    def spy_products(r, table, f2, de, e_new, dh):
-        last["args"] = (e_new, dh)
-        return products(r, table, f2, de, e_new, dh)
+    class Checked(Precision):  # float32_bound=-1 below: every batch redoes its clusters in float64
+        def tiers(self, state):
+            b, (K, L, _) = state.change.batch.b, state.sums.adj.shape[1:]
+            f2 = state.sums.num.shape[2]
+            image = state.change.image
+            prod, _ = pool_products(state.change, torch.float64)  # float64, every cluster
+            num_ref = image.totals.num + prod[:, :, :f2] + state.extra  # E'^T dH: float32 products kept
+            q = prod[:, :, f2:].reshape(b, K, L, K)
+            t_ref = image.totals.adj + q + q.permute(0, 3, 2, 1)
+            mask = np.random.default_rng(len(checked)).random((b, K)) < 0.2  # some occlusions, some clusters
+            mask[0] = False
+            num_x, t_x = torch.full_like(state.sums.num, torch.nan), torch.full_like(state.sums.adj, torch.nan)
+            redo_float64(state, mask, PoolingSums(num_x, state.sums.den, t_x))
+            o, k = np.nonzero(mask)
+            torch.testing.assert_close(num_x[o, k], num_ref[o, k], rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(t_x[o, k], t_ref[o, k], rtol=1e-9, atol=1e-12)  # rows
+            torch.testing.assert_close(t_x[o, :, :, k], t_ref[o, :, :, k], rtol=1e-9, atol=1e-12)  # columns
+            row_or_col = torch.from_numpy(mask[:, :, None, None] | mask[:, None, None, :]).expand_as(t_x)
+            assert bool(t_x[row_or_col].isfinite().all()) and bool(t_x[~row_or_col].isnan().all())
+            assert bool(num_x[torch.from_numpy(~mask)].isnan().all())
+            checked.append(int(mask.sum()))
+            return super().tiers(state)
 
-    def check(r, heavy, table64, f2, de, num_extra, num, t_full, num_o, t_o):
-        b, K, L = r.b, t_full.shape[0], t_full.shape[1]
-        prod, _ = products(r, table64, f2, de, *last["args"])  # float64, every cluster
-        num_ref = num + prod[:, :, :f2] + num_extra  # E'^T dH: float32 products kept (remaining mass only)
-        q = prod[:, :, f2:].reshape(b, K, L, K)
-        t_ref = t_full + q + q.permute(0, 3, 2, 1)
-        mask = np.random.default_rng(len(checked)).random((b, K)) < 0.2  # some occlusions, some clusters
-        mask[0] = False
-        num_x, t_x = torch.full_like(num_o, torch.nan), torch.full_like(t_o, torch.nan)
-        heavy_clusters(r, mask, table64, f2, de, num_extra, num, t_full, num_x, t_x)
-        o, k = np.nonzero(mask)
-        torch.testing.assert_close(num_x[o, k], num_ref[o, k], rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(t_x[o, k], t_ref[o, k], rtol=1e-9, atol=1e-12)  # rows
-        torch.testing.assert_close(t_x[o, :, :, k], t_ref[o, :, :, k], rtol=1e-9, atol=1e-12)  # columns
-        row_or_col = torch.from_numpy(mask[:, :, None, None] | mask[:, None, None, :]).expand_as(t_x)
-        assert bool(t_x[row_or_col].isfinite().all()) and bool(t_x[~row_or_col].isnan().all())
-        assert bool(num_x[torch.from_numpy(~mask)].isnan().all())
-        checked.append(int(mask.sum()))
-        return heavy_clusters(r, heavy, table64, f2, de, num_extra, num, t_full, num_o, t_o)
-
-    monkeypatch.setattr(ex, "_pool_products", spy_products)
-    monkeypatch.setattr(ex, "_FLOAT32_BOUND", -1.0)  # call the redo in every batch
-    monkeypatch.setattr(ex, "_heavy_clusters", check)
-    occlusion(m, g, hops=1, batch_size=32, threads=1)  # one batch at a time: `last` is its own
+    occlusion(m, g, hops=1, batch_size=32, threads=1, precision=Checked(float32_bound=-1.0))
     assert len(checked) == 4 and min(checked) > 0
 
 

@@ -1,0 +1,160 @@
+"""Fast exact occlusion for RSF models on symmetric graphs (``docs/occlusion.md``).
+
+Per image: one float64 pass of the model's layers up to Pool1 (:func:`build_image_cache`) and the
+balls of every nucleus (:class:`GraphIndex`). Per batch of occlusions: the three node convolutions
+before Pool1 update their cached pre-activations on the rows they change (:func:`_batch_change`), the
+pooling sums are corrected in closed form in the precision tier each cluster needs
+(:mod:`nucleograph.gnn.occlusion.pooling`), and the model's own head runs on all occlusions at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from nucleograph.gnn.models import RSFNet
+from nucleograph.gnn.occlusion.cache import ImageCache, build_image_cache
+from nucleograph.gnn.occlusion.pooling import (
+    BatchChange,
+    Precision,
+    class_probas,
+    float32_sums,
+    redo_float64,
+    sum_afresh,
+)
+from nucleograph.gnn.occlusion.reference import pick_target, proba
+from nucleograph.gnn.occlusion.rows import BatchRows, GraphIndex, take_rows
+
+
+def occlusion_rsf(model: RSFNet, graph, *, hops: int, target: int | None, batch_size: int, threads: int,
+                  precision: Precision) -> np.ndarray:
+    """Occlusion scores of every nucleus of ``graph`` (symmetric) for an RSF ``model`` in eval mode.
+
+    Parameters are those of :func:`nucleograph.gnn.explain.occlusion`, checked there. Occlusions with
+    similar ball sizes are batched together, so little padding is wasted.
+
+    Returns
+    -------
+    np.ndarray, shape (N,), float64
+    """
+    n = graph.num_nodes()
+    image = build_image_cache(model, graph)
+    p0 = proba(model, graph)
+    c = pick_target(p0, target)
+    src, dst = (t.numpy() for t in graph.edges())
+    index = GraphIndex.build(src, dst, model.edge_features(graph).numpy(), hops=hops, n_nodes=n)
+    by_size = np.argsort(index.ball_sizes(), kind="stable")
+    scores = np.empty(n)
+
+    def run(centers, scratch):
+        batch = BatchRows.build(centers, index, scratch)
+        scores[centers] = p0[c] - _batch_probas(model, image, batch, c, precision)
+
+    _each_batch(run, [by_size[start:start + batch_size] for start in range(0, n, batch_size)], n, threads)
+    return scores
+
+
+def _batch_probas(model: RSFNet, image: ImageCache, batch: BatchRows, target: int,
+                  precision: Precision) -> np.ndarray:
+    """Class-``target`` probabilities of the occluded graphs of one batch."""
+    state = float32_sums(_batch_change(model, image, batch))
+    heavy, afresh = precision.tiers(state)
+    if heavy.any():  # rows and columns first: the fresh sums overwrite the entries they share
+        redo_float64(state, heavy)
+    if afresh.any():
+        sum_afresh(state, afresh)
+    return class_probas(model, state, target)
+
+
+def _conv_update(conv, pre: torch.Tensor, *, removed_proj: torch.Tensor, removed: torch.Tensor,
+                 delta: torch.Tensor | None, edges: torch.Tensor) -> torch.Tensor:
+    """An RSF convolution's pre-activation on the kept rows it changes, updated in place.
+
+    The convolution is linear, so after its input lost the removed rows and changed by ``delta`` on the
+    first kept rows its output changes by ``delta W_0 + sum_l A_l P_l``, ``P_l`` the change of ``V W_l``
+    (weights first: fewer rows change than are updated). A removed row's ``P_l = -V W_l`` is looked up
+    in ``removed_proj`` ``(L, N, O)`` and its own output never computed (it leaves the graph).
+
+    ``pre`` ``(n_out, O)`` the cached pre-activations of the rows to update, ``removed`` the removed
+    rows' nodes, ``delta`` ``(n_changed, F)`` or None, ``edges`` the layer's in-edges with channel ``l``
+    in column block ``l`` (:attr:`BatchRows.conv_edges`).
+    """
+    w = conv.weight  # (L + 1, F, O)
+    n_rem, n_ch = removed.numel(), 0 if delta is None else delta.shape[0]
+    if pre.shape[0] == 0:  # the whole graph removed
+        return pre
+    proj = pre.new_empty(w.shape[0] - 1, n_rem + n_ch, w.shape[2])  # (L, n_in, O)
+    for ch in range(proj.shape[0]):
+        torch.index_select(removed_proj[ch], 0, removed, out=proj[ch, :n_rem])
+        if n_ch:
+            torch.matmul(delta, w[ch + 1], out=proj[ch, n_rem:])
+    if n_ch:
+        pre[:n_ch].addmm_(delta, w[0])
+    return pre.addmm_(edges, proj.view(-1, proj.shape[2]))
+
+
+def _batch_change(model: RSFNet, image: ImageCache, batch: BatchRows) -> BatchChange:
+    """The new node states of one batch's balls up to Pool1, each layer one hop further out.
+
+    The activations between the convolutions are those of :meth:`RSFNet.node_embeddings` (batch norm in
+    eval mode, ReLU, the attention gate), applied with the model's own modules.
+    """
+    node = torch.from_numpy(batch.node)
+    removed, n_rem = node[:batch.n_removed], batch.n_removed
+    rows1, rows2, rows3 = node[n_rem:batch.n_vconv1], node[n_rem:batch.n_vconv2], node[n_rem:]
+    pre1 = _conv_update(model.vconv1, take_rows(image.pre1, rows1), removed_proj=image.removed_proj[0],
+                        removed=removed, delta=None, edges=batch.conv_edges[0])
+    dh1 = F.relu(model.bn1(pre1)) - take_rows(image.h1, rows1)
+    pre2 = _conv_update(model.vconv2, take_rows(image.pre2, rows2), removed_proj=image.removed_proj[1],
+                        removed=removed, delta=dh1, edges=batch.conv_edges[1])
+    h_new = F.relu(model.bn2(pre2))
+    if model.attention is not None:
+        h_new, _ = model.attention(None, h_new)
+    dh = h_new - take_rows(image.h2, rows2)
+    z_new = _conv_update(model.pool1.embed, take_rows(image.z, rows3), removed_proj=image.removed_proj[2],
+                         removed=removed, delta=dh, edges=batch.conv_edges[2])
+    # new softmax numerators in float32, as the model computes its softmax: their rounding is relative
+    # to the remaining mass, which no correction amplifies
+    e_old = take_rows(image.e, node)
+    de = torch.cat([-e_old[:n_rem], torch.exp(z_new - image.shift.to(z_new.dtype)).double() - e_old[n_rem:]])
+    e_new = de[n_rem:batch.n_vconv2] + e_old[n_rem:batch.n_vconv2]
+    return BatchChange(batch, image, z_new, h_new, dh, de, e_new)
+
+
+def _each_batch(run: Callable[[np.ndarray, np.ndarray], None], batches: list[np.ndarray], n: int,
+                threads: int) -> None:
+    """``run(centers, scratch)`` for every batch of occlusions, on up to ``threads`` threads.
+
+    Each thread runs one intra-op thread: a batch is many mid-sized operations (gathers, paddings,
+    sparse and batched products) that two intra-op threads speed up less than two batches at once do
+    (bench/RESULTS.md, "Explanations"). ``scratch``: a node-sized ``-1`` array per thread.
+    """
+    workers = min(threads, len(batches))
+    if workers <= 1:
+        for centers in batches:
+            run(centers, np.full(n, -1, dtype=np.int64))
+        return
+    todo, lock, outer = iter(batches), threading.Lock(), torch.get_num_threads()
+
+    def worker():
+        torch.set_num_threads(1)
+        scratch = np.full(n, -1, dtype=np.int64)
+        with torch.no_grad():  # grad mode is per thread
+            while True:
+                with lock:
+                    centers = next(todo, None)
+                if centers is None:
+                    return
+                run(centers, scratch)
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(worker) for _ in range(workers)]:
+                f.result()  # re-raises a worker's error
+    finally:
+        torch.set_num_threads(outer)

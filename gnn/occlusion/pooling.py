@@ -1,0 +1,243 @@
+"""Pool1 of a batch of occlusions, corrected in closed form from the whole graph's sums, and its three
+precision tiers (``docs/occlusion.md``, "Pooling corrections" and "Precision tiers").
+
+:func:`float32_sums` corrects every cluster with float32 products; :class:`Precision` picks the
+clusters whose rounding bound that exceeds; :func:`redo_float64` redoes their rows and columns in
+float64 and :func:`sum_afresh` sums the clusters that the removed nuclei held virtually all of afresh;
+:func:`class_probas` runs the model's own head on the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nucleograph.gnn.layers.spmm import weighted_sums
+from nucleograph.gnn.models import RSFNet
+from nucleograph.gnn.occlusion.balls import row_blocks
+from nucleograph.gnn.occlusion.cache import ImageCache, PoolingSums
+from nucleograph.gnn.occlusion.rows import BatchRows, CSRArrays, take_rows
+
+#: float32 over float64 rounding: how much further float64 corrections stay as exact as float32 ones
+EPS_RATIO = torch.finfo(torch.float32).eps / torch.finfo(torch.float64).eps
+
+
+@dataclass(frozen=True)
+class BatchChange:
+    """How one batch of occlusions changes the rows of its balls, up to Pool1."""
+
+    batch: BatchRows
+    image: ImageCache
+    z_new: torch.Tensor  #: (n_rows - n_removed, K) ``Z'`` on the kept rows
+    h_new: torch.Tensor  #: (n_vconv2 - n_removed, F2) ``H'`` on the kept rows whose ``H`` changes
+    dh: torch.Tensor  #: ``H' - H`` on those rows
+    de: torch.Tensor  #: (n_rows, K) float64 ``dE = E' - E`` on every row (removed rows: ``-E``)
+    e_new: torch.Tensor  #: (n_vconv2 - n_removed, K) float64 ``E'`` on the kept rows whose ``H`` changes
+
+
+@dataclass
+class PoolingState:
+    """One batch's corrected pooling sums, as the float32 tier leaves them; the other tiers refine
+    ``sums`` in place."""
+
+    change: BatchChange
+    extra: torch.Tensor  #: (b, K, F2) ``E'^T dH`` as float32 products (remaining mass only: kept by every tier)
+    sums: PoolingSums  #: (b, ...) float64 sums of the occluded graphs
+    #: (b, K) numpy: each cluster's rounding bound over the model's own, ``M (1 + r)^2 / N``
+    #: (``docs/occlusion.md``); 0 for an occlusion that removes the whole graph
+    excess: np.ndarray
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Which precision tier corrects each (occlusion, cluster) of the fast path's pooling: the one
+    documented hook for forcing or observing the tiers (``occlusion(..., precision=...)``).
+
+    A cluster whose ``excess`` (:attr:`PoolingState.excess`) is at most ``float32_bound`` keeps its
+    float32 corrections; above ``afresh_bound`` it is summed afresh; in between its rows and columns
+    are redone in float64. The defaults are the bounds derived in ``docs/occlusion.md`` (exact to
+    within the model's own float32 rounding); other values only trade speed, e.g.
+    ``Precision(float32_bound=-1)`` redoes every cluster in float64. A subclass may override
+    :meth:`tiers` to observe them.
+    """
+
+    float32_bound: float = 1.0
+    afresh_bound: float = EPS_RATIO
+
+    def tiers(self, state: PoolingState) -> tuple[np.ndarray, np.ndarray]:
+        """``(float64, afresh)``: two disjoint ``(b, K)`` bool masks of the clusters to redo."""
+        afresh = state.excess > self.afresh_bound
+        return (state.excess > self.float32_bound) & ~afresh, afresh
+
+
+def pool_products(change: BatchChange, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corrections' products per occlusion in ``dtype``: ``dE^T [H | A E + A dE / 2]`` ``(b, K, F2 +
+    L K)`` and ``E'^T dH`` ``(b, K, F2)``.
+
+    Callers add float32 products to float64 sums, which promotes them exactly.
+    """
+    batch, table = change.batch, change.image.table(dtype)
+    de, e_new, dh = change.de.to(dtype), change.e_new.to(dtype), change.dh.to(dtype)
+    f2, k = change.image.h2.shape[1], de.shape[1]
+    rhs = take_rows(table, torch.from_numpy(batch.padded_node))  # (b M, F2 + L K)
+    for ch, a in enumerate(batch.padded_edges.matrices(dtype)):  # + A_l dE / 2, into the padded rows
+        rhs[:, f2 + ch * k:f2 + (ch + 1) * k].addmm_(a, de, alpha=0.5)
+    rhs = rhs.view(batch.b, -1, table.shape[1])  # (b, M, F2 + L K)
+    prod = torch.bmm(batch.layout.pad(de).transpose(1, 2), rhs)
+    extra = torch.bmm(batch.changed_layout.pad(e_new).transpose(1, 2), batch.changed_layout.pad(dh))
+    return prod, extra
+
+
+def float32_sums(change: BatchChange) -> PoolingState:
+    """Every cluster's pooling sums corrected by float32 products, and each cluster's rounding bound.
+
+    ``E'^T H' = E^T H + dE^T H + E'^T dH`` and ``E'^T A E' = E^T A E + Q + Q^T`` with
+    ``Q = dE^T (A E + A dE / 2)``; denominators and the bound in float64.
+    """
+    batch, image = change.batch, change.image
+    b, (k, n_ch, _), f2 = batch.b, image.totals.adj.shape, image.h2.shape[1]
+    occ = torch.from_numpy(batch.occ)
+    den = image.totals.den + torch.zeros(b, k, dtype=torch.float64).index_add_(0, occ, change.de)
+    moved = torch.zeros(b, k, dtype=torch.float64).index_add_(0, occ, change.de.abs())
+    prod, extra = pool_products(change, torch.float32)
+    num = image.totals.num + prod[:, :, :f2] + extra
+    q = prod[:, :, f2:].reshape(b, k, n_ch, k)
+    adj = image.totals.adj + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
+    ratio = (moved / den).nan_to_num(nan=torch.inf)
+    excess = ((1 + ratio) ** 2 * torch.from_numpy(batch.ball_sizes).unsqueeze(1) / batch.n_nodes).numpy()
+    excess[batch.emptied] = 0  # the whole graph removed: the uniform prior, nothing to pool
+    return PoolingState(change, extra, PoolingSums(num, den, adj), excess)
+
+
+def _marked_clusters(mask: np.ndarray, occ: np.ndarray):
+    """The occlusions with a marked cluster in ``mask`` ``(b, K)`` and their marked clusters.
+
+    Returns ``sel`` (those occlusions), ``clusters`` ``(len(sel), s)`` (their marked clusters, padded by
+    repeating the first: the same values are then written twice) and, for each row (``occ``: the rows'
+    occlusions), the position of its occlusion in ``sel``, -1 for the others."""
+    sel = np.flatnonzero(mask.any(1))
+    marked = mask[sel]
+    cnt = marked.sum(1)
+    s = int(cnt.max())
+    order = np.argsort(~marked, axis=1, kind="stable")[:, :s]  # marked clusters first
+    clusters = torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1]))
+    pick = np.full(mask.shape[0], -1, dtype=np.int64)
+    pick[sel] = np.arange(sel.size)
+    return sel, clusters, pick[occ]
+
+
+def _set_row_and_column(adj: torch.Tensor, occ_k: torch.Tensor, clusters: torch.Tensor, row: torch.Tensor) -> None:
+    """``adj[o, k, :, :] = adj[o, :, :, k]^T = row`` for the occlusions ``occ_k`` and clusters
+    ``clusters`` (``E'^T A_l E'`` is symmetric for a symmetric ``A_l``)."""
+    adj[occ_k, clusters] = row
+    adj.permute(0, 3, 2, 1)[occ_k, clusters] = row
+
+
+def redo_float64(state: PoolingState, mask: np.ndarray, out: PoolingSums | None = None) -> None:
+    """Redo in float64 the sums of the clusters ``mask`` ``(b, K)`` marks: for such an occlusion and
+    cluster ``k``, row ``k`` of ``E'^T H'`` and row and column ``k`` of ``E'^T A_l E'``, written into
+    ``out`` (default ``state.sums``) and nothing else.
+
+    Only the products with ``dE`` lose precision when the removed mass dwarfs the remaining one; the
+    float32 ``E'^T dH`` (``state.extra``) sums remaining mass only, so it is kept. Row ``k`` of
+    ``E'^T A_l E'`` is ``t[k] + dE_k^T (A_l E) + (A_l E_k)^T dE + (A_l dE_k)^T dE``: three products over
+    the ball rows with the one cluster ``k`` on one side, so a few clusters cost a fraction of all ``K``.
+    """
+    change, out = state.change, state.sums if out is None else out
+    batch, image, totals = change.batch, change.image, change.image.totals
+    (k, n_ch, _), f2 = totals.adj.shape, image.h2.shape[1]
+    sel, clusters, pick = _marked_clusters(mask, batch.occ)
+    b_s, s = clusters.shape
+    rows = np.flatnonzero(pick >= 0)  # the ball rows of the selected occlusions
+    layout = batch.layout.subset(batch.occ, rows, pick, b_s)
+    width = layout.width
+    rows_t = torch.from_numpy(rows)
+    de_rows = take_rows(change.de, rows_t)
+    de_all = layout.pad(de_rows)  # (b_s, M, K)
+    de_k = torch.gather(de_all, 2, clusters.unsqueeze(1).expand(b_s, width, s))  # (b_s, M, s)
+    node = batch.padded_node.reshape(batch.b, width)[sel].reshape(-1)  # each kept occlusion's padded block
+    tab = take_rows(image.table64, torch.from_numpy(node)).view(b_s, width, -1)  # [H | A E]
+    ae_k = torch.gather(tab[:, :, f2:].view(b_s, width, n_ch, k), 3,
+                        clusters.view(b_s, 1, 1, s).expand(b_s, width, n_ch, s))
+    # A_l dE_k over the selected occlusions' ball edges, straight into their padded rows
+    de_in = change.de.new_zeros(batch.n_rows, s)
+    de_in[rows_t] = torch.gather(de_rows, 1, clusters[torch.from_numpy(pick[rows])])
+    edges = batch.padded_edges
+    block = CSRArrays(*row_blocks(edges.ptr, edges.cols, edges.vals, sel, width), (b_s * width, batch.n_rows))
+    ade_k = torch.stack([a @ de_in for a in block.matrices()], 1).view(b_s, width, n_ch, s)
+    row = torch.bmm(de_k.transpose(1, 2), tab)  # (b_s, s, F2 + L K)
+    col = torch.bmm(de_all.transpose(1, 2), (ae_k + ade_k).view(b_s, width, n_ch * s)).view(b_s, k, n_ch, s)
+    adj_rows = totals.adj[clusters] + row[:, :, f2:].view(b_s, s, n_ch, k) + col.permute(0, 3, 2, 1)
+    occ_k = torch.from_numpy(sel).unsqueeze(1).expand(b_s, s)
+    out.num[occ_k, clusters] = totals.num[clusters] + row[:, :, :f2] + state.extra[occ_k, clusters]
+    _set_row_and_column(out.adj, occ_k, clusters, adj_rows)
+
+
+def sum_afresh(state: PoolingState, mask: np.ndarray, chunk: int = 16) -> None:
+    """Sum afresh, in float64, the pooling sums of the clusters ``mask`` ``(b, K)`` marks (the removed
+    nuclei held virtually all of their mass), in place in ``state.sums``.
+
+    Over all remaining nuclei, with the cluster's own softmax shift, as the model pools (sums of
+    non-negative terms: no cancellation at all). For such an occlusion and cluster ``k`` it writes
+    ``den``, row ``k`` of ``num`` and row and column ``k`` of ``adj``; the other clusters keep the global
+    shift, and the entries between the two kinds use each one's shift, so ``A' = adj / (den den)`` stays
+    consistent. ``chunk`` occlusions at a time bound the ``(chunk, N, K)`` temporaries.
+    """
+    change, sums = state.change, state.sums
+    batch, image = change.batch, change.image
+    n, n_ch = image.e.shape[0], image.efeat64.shape[1]
+    sel, clusters_all, pick = _marked_clusters(mask, batch.occ)
+    for lo in range(0, sel.size, chunk):
+        clusters = clusters_all[lo:lo + chunk]  # (f, s)
+        f, s = clusters.shape
+        rows = np.flatnonzero((pick >= lo) & (pick < lo + f))  # the ball rows of these occlusions
+        o, v, rows_t = torch.from_numpy(pick[rows] - lo), torch.from_numpy(batch.node[rows]), torch.from_numpy(rows)
+        # E' (global shift) of each occlusion: E with its ball rows changed (removed rows: e - e = 0)
+        e_occ = image.e.unsqueeze(0).repeat(f, 1, 1)  # (f, N, K)
+        e_occ[o, v] = image.e[v] + change.de[rows_t]
+        ek = _own_shift_numerators(change, clusters, rows, o, v)  # (f, s, N)
+        # E''^T H' = E''^T H + E''^T (H' - H), the second over the rows whose H changed
+        num_k = ek @ image.h2_64  # (f, s, F2)
+        ch = torch.from_numpy((rows >= batch.n_removed) & (rows < batch.n_vconv2))
+        dh = change.h_new[rows_t[ch] - batch.n_removed].double() - image.h2_64[v[ch]]
+        num_k.index_add_(0, o[ch], ek[o[ch], :, v[ch]].unsqueeze(2) * dh.unsqueeze(1))
+        # E'': E' with the afresh columns at their own shift; row k of E''^T A_l E'' is (A_l e''_k)^T E''
+        e_occ.scatter_(2, clusters.unsqueeze(1).expand(f, n, s), ek.transpose(1, 2))
+        aek = weighted_sums(image.graph, image.efeat64, ek.permute(2, 0, 1).reshape(n, f * s))  # (N, L, f s)
+        aek = aek.view(n, n_ch, f, s).permute(2, 3, 1, 0).reshape(f, s * n_ch, n)
+        occ_k = torch.from_numpy(sel[lo:lo + f]).unsqueeze(1).expand(f, s)
+        sums.den[occ_k, clusters] = ek.sum(2)
+        sums.num[occ_k, clusters] = num_k
+        _set_row_and_column(sums.adj, occ_k, clusters, torch.bmm(aek, e_occ).view(f, s, n_ch, -1))
+
+
+def _own_shift_numerators(change: BatchChange, clusters, rows, o, v) -> torch.Tensor:
+    """``(f, s, N)``: the softmax numerators of the occlusions' afresh clusters with their own shift,
+    removed nuclei at zero (logit ``-inf``). ``rows`` the occlusions' ball rows, ``o`` and ``v`` their
+    occlusion (``0..f-1``) and nucleus."""
+    batch, image = change.batch, change.image
+    z = image.z64.t()[clusters]  # (f, s, N)
+    removed = rows < batch.n_removed
+    z[o[removed], :, v[removed]] = -torch.inf
+    kept = torch.from_numpy(~removed)
+    rows_kept = torch.from_numpy(rows)[kept] - batch.n_removed
+    z[o[kept], :, v[kept]] = torch.gather(change.z_new[rows_kept].double(), 1, clusters[o[kept]])
+    return torch.exp(z - z.amax(2, keepdim=True))
+
+
+def class_probas(model: RSFNet, state: PoolingState, target: int) -> np.ndarray:
+    """``(b,)`` probability of class ``target`` for each occluded graph: the pooled graph through the
+    model's own head (batch norm in eval mode); the uniform prior where the whole graph was removed."""
+    batch, sums = state.change.batch, state.sums
+    b, n_ch = batch.b, sums.adj.shape[2]
+    adj = sums.adj
+    if not batch.channel_left.all():  # a channel with no edge left is exactly zero: no rounding residue
+        adj *= torch.from_numpy(batch.channel_left).double().view(b, 1, n_ch, 1)
+    den = torch.where(sums.den > 0, sums.den, torch.ones((), dtype=torch.float64))
+    v = sums.num.div_(den.unsqueeze(2))
+    a = adj.div_(den[:, :, None, None] * den[:, None, None, :]).permute(0, 2, 1, 3)
+    dtype = model.feat_mean.dtype
+    p = torch.softmax(model.head(v.to(dtype), a.to(dtype)).double(), 1)[:, target].numpy()
+    return np.where(batch.emptied, 1.0 / model.n_classes, p)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nucleograph.gnn.layers.spmm import CSRAdjacency, csr_adjacency
 from nucleograph.gnn.models import RSFNet
 
 
@@ -51,6 +52,7 @@ class ImageCache:
     z64: torch.Tensor  #: (N, K) float64 ``Z``
     h2_64: torch.Tensor  #: (N, F2) float64 ``H``
     efeat64: torch.Tensor  #: (E, L) float64 edge channels
+    adjacency64: CSRAdjacency  #: the float64 channels as CSR matrices, built once per image
 
     def table(self, dtype: torch.dtype) -> torch.Tensor:
         """The node table in ``dtype`` (float32 or float64)."""
@@ -115,5 +117,5 @@ def build_image_cache(model: RSFNet, graph) -> ImageCache:
                          for v, conv in ((x, model64.vconv1), (h1, model64.vconv2), (h2, model64.pool1.embed)))
     return ImageCache(
         graph, pre1.to(dtype), h1.to(dtype), pre2.to(dtype), h2.to(dtype), z.to(dtype), removed_proj,
-        shift, e, totals, table, table.float(), z, h2, efeat,
+        shift, e, totals, table, table.float(), z, h2, efeat, csr_adjacency(graph, efeat),
     )

@@ -107,6 +107,12 @@ def float32_sums(change: BatchChange) -> PoolingState:
     adj = image.totals.adj + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
     ratio = (moved / den).nan_to_num(nan=torch.inf)
     excess = ((1 + ratio) ** 2 * torch.from_numpy(batch.ball_sizes).unsqueeze(1) / batch.n_nodes).numpy()
+    # An occlusion can lift a cluster's logits far above the image's fixed shift (E' ~ 1e26): its
+    # float32 products then overflow although the bound above is small (the moved mass is about the new
+    # mass). Such a cluster is summed afresh with its own shift, like one whose mass was all removed;
+    # without this its scores were NaN.
+    finite = torch.isfinite(num).all(2) & torch.isfinite(adj).flatten(2).all(2)
+    excess[~finite.numpy()] = np.inf
     excess[batch.emptied] = 0  # the whole graph removed: the uniform prior, nothing to pool
     return PoolingState(change, extra, PoolingSums(num, den, adj), excess)
 
@@ -205,7 +211,8 @@ def sum_afresh(state: PoolingState, mask: np.ndarray, chunk: int = 16) -> None:
         num_k.index_add_(0, o[ch], ek[o[ch], :, v[ch]].unsqueeze(2) * dh.unsqueeze(1))
         # E'': E' with the afresh columns at their own shift; row k of E''^T A_l E'' is (A_l e''_k)^T E''
         e_occ.scatter_(2, clusters.unsqueeze(1).expand(f, n, s), ek.transpose(1, 2))
-        aek = weighted_sums(image.graph, image.efeat64, ek.permute(2, 0, 1).reshape(n, f * s))  # (N, L, f s)
+        aek = weighted_sums(image.graph, image.efeat64, ek.permute(2, 0, 1).reshape(n, f * s),
+                            adjacency=image.adjacency64)  # (N, L, f s)
         aek = aek.view(n, n_ch, f, s).permute(2, 3, 1, 0).reshape(f, s * n_ch, n)
         occ_k = torch.from_numpy(sel[lo:lo + f]).unsqueeze(1).expand(f, s)
         sums.den[occ_k, clusters] = ek.sum(2)

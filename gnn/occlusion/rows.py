@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nucleograph.gnn.layers import spmm
 from nucleograph.gnn.occlusion.balls import (
     Balls,
     BatchArrays,
@@ -53,7 +54,7 @@ def csr_matrix(ptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape, dtype
     values = torch.from_numpy(vals)
     if dtype is not None:
         values = values.to(dtype)
-    return torch.sparse_csr_tensor(torch.from_numpy(ptr), torch.from_numpy(cols), values, size=shape)
+    return spmm.csr_matrix(torch.from_numpy(ptr), torch.from_numpy(cols), values, shape)
 
 
 @dataclass(frozen=True)

@@ -151,3 +151,18 @@ def test_fast_occlusion_on_several_threads_equals_one_thread(name, rng):
     np.testing.assert_allclose(several, one, rtol=0, atol=1e-7)  # float32 rounding of other thread counts
     with pytest.raises(InputError, match="threads"):
         occlusion(m, g, threads=0)
+
+
+def test_fast_occlusion_is_finite_when_an_occlusion_lifts_a_cluster_far_above_the_shift():
+    """Removing a nucleus can raise a cluster's assignment logits far above the image's softmax shift
+    (E' ~ 1e26 here, node 248): the float32 corrections overflow while the rounding bound stays small.
+    Those clusters must be summed afresh: every score finite and equal to the naive loop (was NaN)."""
+    rng = np.random.default_rng(1)
+    m = _model("rsf", rng)
+    with torch.no_grad():
+        m.pool1.embed.weight.mul_(15.0)
+    g = make_graph(300, clustered=True, rng=rng)
+    fast = occlusion(m, g, hops=1, batch_size=32, threads=1)
+    naive = occlusion_naive(m, g, hops=1)
+    assert np.isfinite(fast).all()
+    assert np.abs(naive - fast).max() <= 1e-5

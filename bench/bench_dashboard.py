@@ -29,36 +29,32 @@ BUDGET_S = 2.0
 def prepare(cohort: str, occlusion_images: int) -> None:
     from nucleograph.config import Settings
     from nucleograph.db import runs as db_runs
-    from nucleograph.db.driver import open_driver
+    from nucleograph.db.graphdb import GraphDB
     from nucleograph.gnn.service import explain_run, train_cohort
 
     settings = Settings.from_env()
-    driver = open_driver(settings)
-    try:
-        db = settings.neo4j_database
-        runs = db_runs.list_runs(driver, cohort=cohort, database=db)
+    with GraphDB.open(settings) as db:
+        runs = db_runs.list_runs(db, cohort=cohort)
         if not runs:
             t = time.perf_counter()
-            run = train_cohort(driver, settings, cohort, model="rsf-attention", epochs=2, seed=0, patience=None,
+            run = train_cohort(db, settings, cohort, model="rsf-attention", epochs=2, seed=0, patience=None,
                                progress=True)
             print(f"trained {run['run_id']} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-            runs = db_runs.list_runs(driver, cohort=cohort, database=db)
+            runs = db_runs.list_runs(db, cohort=cohort)
         run_id = runs[0]["id"]
-        have = {e["method"] for e in db_runs.list_explanations(driver, run_id=run_id, database=db)}
+        have = {e["method"] for e in db_runs.list_explanations(db, run_id=run_id)}
         if "attention" not in have:
             t = time.perf_counter()
-            explain_run(driver, settings, run_id, method="attention", progress=True)
+            explain_run(db, settings, run_id, method="attention", progress=True)
             print(f"attention scores in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         if "occlusion" not in have and occlusion_images:
             from nucleograph.db import store
 
-            ids = [r["id"] for r in store.cohort_images(driver, cohort, database=db)][:: max(1, 200 // occlusion_images)]
+            ids = [r["id"] for r in store.cohort_images(db, cohort)][:: max(1, 200 // occlusion_images)]
             t = time.perf_counter()
-            explain_run(driver, settings, run_id, method="occlusion", hops=1, image_ids=ids[:occlusion_images],
+            explain_run(db, settings, run_id, method="occlusion", hops=1, image_ids=ids[:occlusion_images],
                         progress=True)
             print(f"occlusion scores in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    finally:
-        driver.close()
 
 
 def _clear_caches() -> None:
@@ -148,14 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                         "cold_over_budget": statistics.median(cold) / BUDGET_S})
 
     from nucleograph.config import Settings
-    from nucleograph.db.driver import open_driver
-
-    settings = Settings.from_env()
-    driver = open_driver(settings)
     from nucleograph.db import store
+    from nucleograph.db.graphdb import GraphDB
 
-    counts = store.cohort_counts(driver, args.cohort, database=settings.neo4j_database)
-    driver.close()
+    with GraphDB.open(Settings.from_env()) as db:
+        counts = store.cohort_counts(db, args.cohort)
     summary = {"cohort": args.cohort, **counts, "nuclei_per_image": counts["nuclei"] / max(1, counts["images"]),
                "explanations": len(expl) - 1, "repeat": args.repeat, "pages": results}
     if args.json:

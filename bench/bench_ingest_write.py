@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from nucleograph.db import local, schema, store
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB, chunks
 from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.pipeline import IngestParams, feature_names, process_image
 from nucleograph.ingest.synth import synthesize_cohort
@@ -38,23 +38,22 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-write-"))
     with local.temporary_server(launcher_from=Path(".nucleograph/test/launcher")) as (settings, _env):
-        driver = open_driver(settings)
-        db = settings.neo4j_database
-        schema.migrate(driver, database=db)
-        driver.execute_query(BARE_CONSTRAINT, database_=db)
+        db = GraphDB.open(settings)
+        schema.migrate(db)
+        db.write(BARE_CONSTRAINT)
         synthesize_cohort("breast", n_per_class=1, out_dir=work / "synth", seed=0)
         record = discover([work / "synth"])[0]
         params = IngestParams()
         graph = process_image(record, params)
         names = feature_names()
         n_rows = graph.n_nuclei + graph.n_edges
-        driver.execute_query("MERGE (:Cohort {name: 'bench'})", database_=db)
+        db.write("MERGE (:Cohort {name: 'bench'})")
 
         def ingest_once(k: int) -> float:
             g = copy.copy(graph)
             g.image_id = f"bench{k:011d}"
             t = time.perf_counter()
-            store.store_image_graph(driver, g, cohort="bench", params=params, feature_names=names, database=db)
+            store.store_image_graph(db, g, cohort="bench", params=params, feature_names=names)
             return time.perf_counter() - t
 
         def bare_once(k: int) -> float:
@@ -64,13 +63,12 @@ def main() -> None:
             rels = store.edge_rows(image_id, graph.nuclei, graph.edges)
 
             def work_tx(tx):
-                for start in range(0, len(nodes), store.BATCH):
-                    tx.run(BARE_NODES, rows=nodes[start : start + store.BATCH]).consume()
-                for start in range(0, len(rels), store.BATCH):
-                    tx.run(BARE_EDGES, rows=rels[start : start + store.BATCH]).consume()
+                for chunk in chunks(nodes, db.batch_size):
+                    tx.run(BARE_NODES, rows=chunk).consume()
+                for chunk in chunks(rels, db.batch_size):
+                    tx.run(BARE_EDGES, rows=chunk).consume()
 
-            with driver.session(database=db) as session:
-                session.execute_write(work_tx)
+            db.write_transaction(work_tx)
             return time.perf_counter() - t
 
         ingest_once(-1), bare_once(-1)  # warm-up: query plans, page cache
@@ -85,7 +83,7 @@ def main() -> None:
             "ingest_s_per_image": round(tot_i / args.reps, 3), "bare_s_per_image": round(tot_b / args.reps, 3),
             "ratio_ingest_over_bare": round(tot_b / tot_i, 3),
         }
-        driver.close()
+        db.close()
     if args.json:
         print(json.dumps(out, indent=2))
     else:

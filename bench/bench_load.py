@@ -23,13 +23,12 @@ import threading
 import time
 from pathlib import Path
 
-import neo4j
 import numpy as np
 
 from nucleograph.config import Settings
 from nucleograph.db import local, schema, store
 from nucleograph.db import queries as q
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.ingest.synth import synthesize_cohort
 
 PARTIAL = (
@@ -55,9 +54,8 @@ def main() -> None:
 
 
 def run(args, work: Path, settings: Settings, env: dict[str, str]) -> dict:
-    driver = open_driver(settings)
-    db = settings.neo4j_database
-    schema.migrate(driver, database=db)
+    db = GraphDB.open(settings)
+    schema.migrate(db)
 
     synthesize_cohort("prostate", n_per_class=args.images // 2, out_dir=work / "synth", seed=99, size=(384, 384))
     images = sorted((work / "synth" / "images").rglob("*.png"))
@@ -85,30 +83,26 @@ def run(args, work: Path, settings: Settings, env: dict[str, str]) -> dict:
         while not stop.is_set():
             try:
                 t = time.perf_counter()
-                driver.execute_query(q.DASH_COHORTS, database_=db, routing_=neo4j.RoutingControl.READ)
+                db.read(q.DASH_COHORTS)
                 latencies["cohorts"].append(time.perf_counter() - t)
                 cohort = f"load-{rng.randrange(4)}"
                 t = time.perf_counter()
-                rows, _, _ = driver.execute_query(q.DASH_COHORT_IMAGES, cohort=cohort, database_=db,
-                                                  routing_=neo4j.RoutingControl.READ)
+                rows = db.read(q.DASH_COHORT_IMAGES, cohort=cohort)
                 latencies["images"].append(time.perf_counter() - t)
                 if not rows:
                     continue
                 image = rng.choice(rows)["id"]
                 t = time.perf_counter()
-                g, _, _ = driver.execute_query(q.DASH_IMAGE_GRAPH, image_id=image, property=None, database_=db,
-                                               routing_=neo4j.RoutingControl.READ)
+                g = db.read(q.DASH_IMAGE_GRAPH, image_id=image, property=None)
                 latencies["graph"].append(time.perf_counter() - t)
                 if not g or not g[0]["nuclei"]:
                     continue
                 uid = f"{image}:{rng.choice(g[0]['nuclei'])[0]}"
                 t = time.perf_counter()
-                driver.execute_query(q.DASH_NUCLEUS, uid=uid, property=None, database_=db,
-                                     routing_=neo4j.RoutingControl.READ)
+                db.read(q.DASH_NUCLEUS, uid=uid, property=None)
                 latencies["nucleus"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                driver.execute_query(q.DASH_NEIGHBOURS, uid=uid, property=None, database_=db,
-                                     routing_=neo4j.RoutingControl.READ)
+                db.read(q.DASH_NEIGHBOURS, uid=uid, property=None)
                 latencies["neighbours"].append(time.perf_counter() - t)
             except Exception as exc:  # counted and reported: the point of a load test
                 errors.append(f"{type(exc).__name__}: {exc}")
@@ -132,10 +126,10 @@ def run(args, work: Path, settings: Settings, env: dict[str, str]) -> dict:
     stop.set()
     for u in users:
         u.join()
-    partial = driver.execute_query(PARTIAL, database_=db)[0][0]["c"]
-    stored = [store.cohort_counts(driver, f"load-{k}", database=db) for k in range(4)]
-    distinct = driver.execute_query("MATCH (i:Image) RETURN count(i) AS c", database_=db)[0][0]["c"]
-    driver.close()
+    partial = db.read(PARTIAL)[0]["c"]
+    stored = [store.cohort_counts(db, f"load-{k}") for k in range(4)]
+    distinct = db.read("MATCH (i:Image) RETURN count(i) AS c")[0]["c"]
+    db.close()
 
     def pct(values: list[float]) -> dict[str, float]:
         a = np.asarray(values) * 1000

@@ -309,4 +309,4 @@ def patterns(reader: Reader, *, cohort: str, key: str, per_image: int = 100) -> 
 @cached_read()
 def console_read(reader: Reader, *, query: str, params_json: str, limit: int):
     """A read-only console query (refused by the server if it writes); errors are not cached."""
-    return run_cypher(reader.db.driver, query, json.loads(params_json), database=reader.db.database, limit=limit)
+    return run_cypher(reader.db, query, json.loads(params_json), limit=limit)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-import neo4j
-
 from nucleograph.config import Settings
 from nucleograph.db import console, local, schema
 from nucleograph.db import queries as q
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.output import emit_json, format_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``db`` and ``cypher`` to the ``nucleograph`` parser."""
     db = sub.add_parser("db", help="start, stop, inspect and migrate the Neo4j database")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     p = dbsub.add_parser("start", help="start the local Neo4j (no-op if it runs) and apply migrations")
@@ -39,14 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_start(args, settings: Settings) -> int:
+    """Run ``nucleograph db start`` (start the local Neo4j (if local) and apply migrations); returns the exit status."""
     info = {"uri": settings.neo4j_uri}
     if settings.is_local:
         info.update(local.start(settings))
-    driver = open_driver(settings)
-    try:
-        info["migrations"] = schema.migrate(driver, database=settings.neo4j_database)
-    finally:
-        driver.close()
+    with GraphDB.open(settings) as db:
+        info["migrations"] = schema.migrate(db)
     if args.json:
         emit_json(info)
     elif info.get("started"):
@@ -57,6 +54,7 @@ def cmd_start(args, settings: Settings) -> int:
 
 
 def cmd_stop(args, settings: Settings) -> int:
+    """Run ``nucleograph db stop`` (stop the local Neo4j); returns the exit status."""
     stopped = local.stop(settings)
     if args.json:
         emit_json({"stopped": stopped})
@@ -65,11 +63,22 @@ def cmd_stop(args, settings: Settings) -> int:
     return 0
 
 
-def server_status(driver: neo4j.Driver, settings: Settings) -> dict:
-    db = settings.neo4j_database
-    comps, _, _ = driver.execute_query(q.SERVER_COMPONENTS, database_=db, routing_=neo4j.RoutingControl.READ)
-    counts, _, _ = driver.execute_query(q.COUNTS, database_=db, routing_=neo4j.RoutingControl.READ)
-    labels, _, _ = driver.execute_query(q.LABEL_COUNTS, database_=db, routing_=neo4j.RoutingControl.READ)
+def server_status(db: GraphDB, settings: Settings) -> dict:
+    """Server version and edition, store size, node, relationship and label counts, schema version.
+
+    Parameters
+    ----------
+    db : GraphDB
+    settings : Settings
+        Where the local server's store and pid file are.
+
+    Returns
+    -------
+    dict
+    """
+    comps = db.read(q.SERVER_COMPONENTS)
+    counts = db.read(q.COUNTS)
+    labels = db.read(q.LABEL_COUNTS)
     kernel = next((c for c in comps if c["name"] == "Neo4j Kernel"), comps[0])
     return {
         "uri": settings.neo4j_uri,
@@ -80,16 +89,14 @@ def server_status(driver: neo4j.Driver, settings: Settings) -> dict:
         "nodes": counts[0]["nodes"],
         "relationships": counts[0]["relationships"],
         "labels": {r["label"]: r["n"] for r in labels},
-        "schema_version": schema.current_version(driver, database=db),
+        "schema_version": schema.current_version(db),
     }
 
 
 def cmd_status(args, settings: Settings) -> int:
-    driver = open_driver(settings)
-    try:
-        info = server_status(driver, settings)
-    finally:
-        driver.close()
+    """Run ``nucleograph db status`` (print the server's status); returns the exit status."""
+    with GraphDB.open(settings) as db:
+        info = server_status(db, settings)
     if args.json:
         emit_json(info)
     else:
@@ -100,11 +107,9 @@ def cmd_status(args, settings: Settings) -> int:
 
 
 def cmd_migrate(args, settings: Settings) -> int:
-    driver = open_driver(settings)
-    try:
-        info = schema.migrate(driver, database=settings.neo4j_database)
-    finally:
-        driver.close()
+    """Run ``nucleograph db migrate`` (apply schema migrations); returns the exit status."""
+    with GraphDB.open(settings) as db:
+        info = schema.migrate(db)
     if args.json:
         emit_json(info)
     else:
@@ -113,14 +118,10 @@ def cmd_migrate(args, settings: Settings) -> int:
 
 
 def cmd_cypher(args, settings: Settings) -> int:
+    """Run ``nucleograph cypher``; returns the exit status."""
     params = console.parse_params(args.param)
-    driver = open_driver(settings)
-    try:
-        columns, rows = console.run_cypher(
-            driver, args.query, params, database=settings.neo4j_database, write=args.write, limit=args.limit
-        )
-    finally:
-        driver.close()
+    with GraphDB.open(settings) as db:
+        columns, rows = console.run_cypher(db, args.query, params, write=args.write, limit=args.limit)
     if args.json:
         emit_json(rows)
     else:

@@ -14,13 +14,29 @@ from typing import Any
 import neo4j
 from neo4j import exceptions as neo4j_exc
 
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import DatabaseError, InputError
 
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
-    """Turn ``["k=v", ...]`` into parameters; a value is read as JSON when it parses, else as text."""
+    """Turn ``["k=v", ...]`` into parameters; a value is read as JSON when it parses, else as text.
+
+    Parameters
+    ----------
+    pairs : list of str, optional
+        ``NAME=VALUE`` as given to ``--param``.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    InputError
+        A pair is not ``NAME=VALUE`` with a valid parameter name.
+    """
     params: dict[str, Any] = {}
     for pair in pairs or []:
         name, sep, raw = pair.partition("=")
@@ -34,7 +50,19 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def to_plain(value: Any) -> Any:
-    """Nodes, relationships, paths and temporal values as JSON-friendly Python values."""
+    """Nodes, relationships, paths and temporal values as JSON-friendly Python values.
+
+    Parameters
+    ----------
+    value : Any
+        A value of a driver record.
+
+    Returns
+    -------
+    Any
+        Nodes as dicts with ``_labels``, relationships with ``_type``, paths with ``_nodes`` and
+        ``_relationships``, temporal values as ISO text; anything else unchanged.
+    """
     if isinstance(value, neo4j.graph.Node):
         return {"_labels": sorted(value.labels), **{k: to_plain(v) for k, v in value.items()}}
     if isinstance(value, neo4j.graph.Relationship):
@@ -51,10 +79,24 @@ def to_plain(value: Any) -> Any:
 
 
 def run_cypher(
-    driver: neo4j.Driver, query: str, params: dict[str, Any] | None = None, *, database: str, write: bool = False,
-    limit: int | None = None,
+    db: GraphDB, query: str, params: dict[str, Any] | None = None, *, write: bool = False, limit: int | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Run ``query`` with ``params``; return (column names, rows as plain dicts).
+
+    Parameters
+    ----------
+    db : GraphDB
+    query : str
+        User Cypher (values only as ``$params``).
+    params : dict, optional
+    write : bool
+        Run in a write transaction; otherwise a read transaction, which the server keeps from writing.
+    limit : int, optional
+        Stop after this many rows.
+
+    Returns
+    -------
+    (list of str, list of dict)
 
     Raises
     ------
@@ -72,10 +114,8 @@ def run_cypher(
                 break
         return keys, rows
 
-    mode = neo4j.WRITE_ACCESS if write else neo4j.READ_ACCESS
     try:
-        with driver.session(database=database, default_access_mode=mode) as session:
-            return session.execute_write(work) if write else session.execute_read(work)
+        return db.write_transaction(work) if write else db.read_transaction(work)
     except neo4j_exc.ClientError as exc:
         if not write and _is_write_refusal(exc):
             raise DatabaseError(

@@ -9,17 +9,35 @@ from typing import Any
 import neo4j
 
 from nucleograph.db import queries as q
+from nucleograph.db.graphdb import GraphDB, chunks
 from nucleograph.errors import InputError
 
 METHODS = ("attention", "occlusion")
 _RUN_ID = re.compile(r"^r[0-9a-f]{6,32}$")
-BATCH = 10_000
 
 
 def score_property(run_id: str, method: str, hops: int | None = None) -> str:
     """The Nucleus property holding a run's scores for a method, e.g. ``imp_r1a2b3c4_occlusion_k1``.
 
     Built only from a generated run id and an allow-listed method, so it is safe as a property key.
+
+    Parameters
+    ----------
+    run_id : str
+        ``r`` and hex digits, as :func:`nucleograph.gnn.service.new_run_id` makes them.
+    method : str
+        One of :data:`METHODS`.
+    hops : int, optional
+        Occlusion's neighbourhood size (part of the name for occlusion only).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    InputError
+        ``run_id`` is not a run id, or ``method`` is unknown.
     """
     if not _RUN_ID.match(run_id):
         raise InputError(f"{run_id!r} is not a run id (r followed by hex digits, as `nucleograph train` prints)")
@@ -30,80 +48,170 @@ def score_property(run_id: str, method: str, hops: int | None = None) -> str:
 
 
 def explanation_key(run_id: str, method: str, hops: int | None = None) -> str:
+    """The key of a run's explanation (the score property without ``imp_``), e.g. ``r1a2b3c4_occlusion_k1``."""
     return score_property(run_id, method, hops).removeprefix("imp_")
 
 
-def save_run(driver: neo4j.Driver, *, run_id: str, cohort: str, props: dict[str, Any], database: str) -> None:
+def save_run(db: GraphDB, *, run_id: str, cohort: str, props: dict[str, Any]) -> None:
+    """Create the ``(:ModelRun)`` of ``cohort`` with ``props`` (nested values stored as JSON text).
+
+    Parameters
+    ----------
+    db : GraphDB
+    run_id : str
+    cohort : str
+    props : dict
+        Flat lists of scalars are stored as lists; other lists and dicts as JSON.
+    """
     clean = {k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) and not _is_flat_list(v)
                  else v) for k, v in props.items()}
-    driver.execute_query(q.CREATE_MODEL_RUN, run_id=run_id, cohort=cohort, props={**clean, "cohort": cohort},
-                         database_=database)
+    db.write(q.CREATE_MODEL_RUN, run_id=run_id, cohort=cohort, props={**clean, "cohort": cohort})
 
 
 def _is_flat_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, (int, float, str, bool)) for x in v)
 
 
-def save_predictions(driver: neo4j.Driver, run_id: str, rows: list[dict[str, Any]], *, database: str) -> None:
-    """``rows``: ``{"image_id", "props": {"pred", "prob", "probs", "split"}}`` per image."""
-    for start in range(0, len(rows), BATCH):
-        driver.execute_query(q.WRITE_PREDICTIONS, run_id=run_id, rows=rows[start : start + BATCH], database_=database)
+def save_predictions(db: GraphDB, run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Write a run's predictions, ``db.batch_size`` images per transaction.
+
+    Parameters
+    ----------
+    db : GraphDB
+    run_id : str
+    rows : list of dict
+        ``{"image_id", "props": {"pred", "prob", "probs", "split"}}`` per image.
+    """
+    db.write_batches(q.WRITE_PREDICTIONS, rows, run_id=run_id)
 
 
-def get_run(driver: neo4j.Driver, run_id: str, *, database: str) -> dict[str, Any] | None:
-    records, _, _ = driver.execute_query(q.MODEL_RUN, run_id=run_id, database_=database,
-                                         routing_=neo4j.RoutingControl.READ)
-    return dict(records[0]["run"]) if records else None
+def get_run(db: GraphDB, run_id: str) -> dict[str, Any] | None:
+    """The run's properties, or None when there is no such run.
+
+    Parameters
+    ----------
+    db : GraphDB
+    run_id : str
+
+    Returns
+    -------
+    dict or None
+    """
+    row = db.read_one(q.MODEL_RUN, run_id=run_id)
+    return dict(row["run"]) if row else None
 
 
-def list_runs(driver: neo4j.Driver, *, cohort: str | None = None, database: str) -> list[dict[str, Any]]:
-    records, _, _ = driver.execute_query(q.MODEL_RUNS, cohort=cohort, database_=database,
-                                         routing_=neo4j.RoutingControl.READ)
-    return [dict(r["run"]) for r in records]
+def list_runs(db: GraphDB, *, cohort: str | None = None) -> list[dict[str, Any]]:
+    """Every run's properties (of ``cohort`` only, when given).
+
+    Parameters
+    ----------
+    db : GraphDB
+    cohort : str, optional
+
+    Returns
+    -------
+    list of dict
+    """
+    return [dict(r["run"]) for r in db.read(q.MODEL_RUNS, cohort=cohort)]
 
 
-def predictions(driver: neo4j.Driver, run_id: str, *, database: str) -> list[dict[str, Any]]:
-    records, _, _ = driver.execute_query(q.RUN_PREDICTIONS, run_id=run_id, database_=database,
-                                         routing_=neo4j.RoutingControl.READ)
-    return [dict(r) for r in records]
+def predictions(db: GraphDB, run_id: str) -> list[dict[str, Any]]:
+    """The run's stored prediction per image.
+
+    Parameters
+    ----------
+    db : GraphDB
+    run_id : str
+
+    Returns
+    -------
+    list of dict
+    """
+    return db.read(q.RUN_PREDICTIONS, run_id=run_id)
 
 
-def save_scores(
-    driver: neo4j.Driver, *, run_id: str, method: str, hops: int | None, image_id: str, nids, scores, database: str
-) -> str:
+def save_scores(db: GraphDB, *, run_id: str, method: str, hops: int | None, image_id: str, nids, scores) -> str:
     """Write one image's per-nucleus scores (one transaction) and record it under the explanation.
 
-    Returns the property name. Other runs' and methods' properties are never touched.
+    Other runs' and methods' properties are never touched.
+
+    Parameters
+    ----------
+    db : GraphDB
+    run_id, method : str
+        Together with ``hops``, they name the score property (:func:`score_property`).
+    hops : int or None
+        Occlusion's neighbourhood size (ignored for attention).
+    image_id : str
+    nids : array_like of int
+        Nucleus ids, aligned with ``scores``.
+    scores : array_like of float
+
+    Returns
+    -------
+    str
+        The property name.
     """
     prop = score_property(run_id, method, hops)
     key = explanation_key(run_id, method, hops)
     rows = [[f"{image_id}:{int(n)}", float(s)] for n, s in zip(nids, scores, strict=True)]
-    driver.execute_query(q.MERGE_EXPLANATION, run_id=run_id, key=key, method=method,
-                         hops=hops if method == "occlusion" else None, property=prop, database_=database)
+    db.write(q.MERGE_EXPLANATION, run_id=run_id, key=key, method=method,
+             hops=hops if method == "occlusion" else None, property=prop)
 
     def work(tx: neo4j.ManagedTransaction) -> None:
-        for start in range(0, len(rows), BATCH):
-            tx.run(q.WRITE_SCORES, rows=rows[start : start + BATCH], property=prop).consume()
+        for chunk in chunks(rows, db.batch_size):
+            tx.run(q.WRITE_SCORES, rows=chunk, property=prop).consume()
         tx.run(q.MARK_EXPLAINED, key=key, image_ids=[image_id]).consume()
 
-    with driver.session(database=database) as session:
-        session.execute_write(work)
+    db.write_transaction(work)
     return prop
 
 
-def list_explanations(driver: neo4j.Driver, *, run_id: str | None = None, database: str) -> list[dict[str, Any]]:
-    records, _, _ = driver.execute_query(q.EXPLANATIONS, run_id=run_id, database_=database,
-                                         routing_=neo4j.RoutingControl.READ)
-    return [dict(r) for r in records]
+def list_explanations(db: GraphDB, *, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The explanations written (of ``run_id`` only, when given).
+
+    Parameters
+    ----------
+    db : GraphDB
+    run_id : str, optional
+
+    Returns
+    -------
+    list of dict
+    """
+    return db.read(q.EXPLANATIONS, run_id=run_id)
 
 
-def image_scores(driver: neo4j.Driver, image_id: str, prop: str, *, database: str) -> list[dict[str, Any]]:
-    records, _, _ = driver.execute_query(q.IMAGE_SCORES, image_id=image_id, property=prop, database_=database,
-                                         routing_=neo4j.RoutingControl.READ)
-    return [dict(r) for r in records]
+def image_scores(db: GraphDB, image_id: str, prop: str) -> list[dict[str, Any]]:
+    """One image's nuclei with their score under ``prop`` (null where unscored).
+
+    Parameters
+    ----------
+    db : GraphDB
+    image_id : str
+    prop : str
+        A score property from :func:`score_property` (never user text).
+
+    Returns
+    -------
+    list of dict
+    """
+    return db.read(q.IMAGE_SCORES, image_id=image_id, property=prop)
 
 
-def export_scores(driver: neo4j.Driver, key: str, *, image_ids: list[str] | None, database: str) -> list[dict[str, Any]]:
-    records, _, _ = driver.execute_query(q.SCORES_EXPORT, key=key, image_ids=image_ids, database_=database,
-                                         routing_=neo4j.RoutingControl.READ)
-    return [dict(r) for r in records]
+def export_scores(db: GraphDB, key: str, *, image_ids: list[str] | None) -> list[dict[str, Any]]:
+    """The scores of the explanation ``key``, one row per nucleus (of ``image_ids`` only, when given).
+
+    Parameters
+    ----------
+    db : GraphDB
+    key : str
+        From :func:`explanation_key`.
+    image_ids : list of str or None
+
+    Returns
+    -------
+    list of dict
+    """
+    return db.read(q.SCORES_EXPORT, key=key, image_ids=image_ids)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError
 from nucleograph.output import emit_json, format_table
 
@@ -115,12 +115,9 @@ def cmd_train(args, settings: Settings) -> int:
     options = _given(args, "model", "epochs", "lr", "seed", "batch_size")
     if args.patience is not None:
         options["patience"] = args.patience or None
-    driver = open_driver(settings)
-    try:
-        out = train_cohort(driver, settings, args.cohort, folds=args.folds, resume_run=args.resume,
+    with GraphDB.open(settings) as db:
+        out = train_cohort(db, settings, args.cohort, folds=args.folds, resume_run=args.resume,
                            progress=_progress(args), **options)
-    finally:
-        driver.close()
     if args.json:
         emit_json(out)
     else:
@@ -143,12 +140,9 @@ def cmd_experiment(args, settings: Settings) -> int:
     bad = sorted(set(models) - set(MODEL_CHOICES))
     if bad:
         raise InputError(f"unknown model(s) {bad}: choose from {', '.join(MODEL_CHOICES)}")
-    driver = open_driver(settings)
-    try:
-        out = table2(driver, settings, args.cohort, models=models, folds=args.folds, progress=_progress(args),
+    with GraphDB.open(settings) as db:
+        out = table2(db, settings, args.cohort, models=models, folds=args.folds, progress=_progress(args),
                      **_given(args, "epochs", "seed"))
-    finally:
-        driver.close()
     if args.json:
         emit_json(out)
     else:
@@ -158,11 +152,8 @@ def cmd_experiment(args, settings: Settings) -> int:
 
 def cmd_runs(args, settings: Settings) -> int:
     """Run ``nucleograph runs``; returns the exit status."""
-    driver = open_driver(settings)
-    try:
-        rows = db_runs.list_runs(driver, cohort=args.cohort, database=settings.neo4j_database)
-    finally:
-        driver.close()
+    with GraphDB.open(settings) as db:
+        rows = db_runs.list_runs(db, cohort=args.cohort)
     if args.json:
         emit_json(rows)
     else:
@@ -176,17 +167,14 @@ def cmd_explain(args, settings: Settings) -> int:
     from nucleograph.db import store
     from nucleograph.gnn.service import explain_run
 
-    driver = open_driver(settings)
-    try:
+    with GraphDB.open(settings) as db:
         image_ids = args.image
         if args.cohort and not image_ids:
-            image_ids = [r["id"] for r in store.cohort_images(driver, args.cohort, database=settings.neo4j_database)]
+            image_ids = [r["id"] for r in store.cohort_images(db, args.cohort)]
             if not image_ids:
                 raise InputError(f"cohort {args.cohort!r} has no images")
-        out = explain_run(driver, settings, args.run, method=args.method, hops=args.hops, image_ids=image_ids,
+        out = explain_run(db, settings, args.run, method=args.method, hops=args.hops, image_ids=image_ids,
                           target=args.target, progress=_progress(args))
-    finally:
-        driver.close()
     if args.json:
         emit_json(out)
     else:
@@ -199,11 +187,8 @@ def cmd_explain(args, settings: Settings) -> int:
 def cmd_scores(args, settings: Settings) -> int:
     """Run ``nucleograph scores``; returns the exit status."""
     key = db_runs.explanation_key(args.run, args.method, args.hops)
-    driver = open_driver(settings)
-    try:
-        rows = db_runs.export_scores(driver, key, image_ids=args.image, database=settings.neo4j_database)
-    finally:
-        driver.close()
+    with GraphDB.open(settings) as db:
+        rows = db_runs.export_scores(db, key, image_ids=args.image)
     if not rows:
         raise InputError(f"no {args.method} scores for run {args.run}: run `nucleograph explain --run {args.run} "
                          f"--method {args.method}` first")
@@ -233,18 +218,14 @@ def cmd_render(args, settings: Settings) -> int:
     from nucleograph.ingest.readers import read_image
 
     prop = db_runs.score_property(args.run, args.method, args.hops)
-    db = settings.neo4j_database
-    driver = open_driver(settings)
-    try:
-        graphs = list(store.read_graphs(driver, [args.image], database=db))
+    with GraphDB.open(settings) as db:
+        graphs = list(store.read_graphs(db, [args.image]))
         if not graphs:
             raise InputError(f"no image {args.image!r} in Neo4j (`nucleograph cypher 'MATCH (i:Image) RETURN i.id'`)")
-        scores = db_runs.image_scores(driver, args.image, prop, database=db)
-        run = db_runs.get_run(driver, args.run, database=db)
-        preds = {p["image_id"]: p for p in db_runs.predictions(driver, args.run, database=db)}
-        areas = store.nucleus_areas(driver, args.image, database=db)
-    finally:
-        driver.close()
+        scores = db_runs.image_scores(db, args.image, prop)
+        run = db_runs.get_run(db, args.run)
+        preds = {p["image_id"]: p for p in db_runs.predictions(db, args.run)}
+        areas = store.nucleus_areas(db, args.image)
     g = graphs[0]
     s = np.array([r["score"] if r["score"] is not None else np.nan for r in scores], dtype=float)
     if np.all(np.isnan(s)):

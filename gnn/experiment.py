@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from nucleograph.config import Settings
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.gnn.service import train_cohort
 from nucleograph.gnn.train import TrainConfig
 
@@ -16,15 +17,34 @@ PAPER_TABLE2 = {  # Sureka et al. 2020, Table II (accuracy)
 
 
 def table2(
-    driver, settings: Settings, cohorts: list[str], *, models: list[str], folds: int = 5,
+    db: GraphDB, settings: Settings, cohorts: list[str], *, models: list[str], folds: int = 5,
     epochs: int = TrainConfig.epochs, seed: int = TrainConfig.seed, progress: bool = False,
 ) -> dict[str, Any]:
-    """Train every model on every cohort with ``folds``-fold CV; return rows and a Markdown table."""
+    """Train every model on every cohort with ``folds``-fold CV; return rows and a Markdown table.
+
+    Parameters
+    ----------
+    db : GraphDB
+        Where the cohorts are stored and the runs are recorded.
+    settings : Settings
+    cohorts : list of str
+    models : list of str
+        Names from :data:`nucleograph.gnn.models.MODEL_NAMES`.
+    folds, epochs, seed : int
+        As :func:`nucleograph.gnn.service.train_cohort` takes them.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``rows`` (one per cohort and model), ``folds``, ``epochs``, ``seconds`` and ``markdown``.
+    """
     rows = []
     t0 = time.perf_counter()
     for cohort in cohorts:
         for model in models:
-            out = train_cohort(driver, settings, cohort, model=model, epochs=epochs, folds=folds, seed=seed,
+            out = train_cohort(db, settings, cohort, model=model, epochs=epochs, folds=folds, seed=seed,
                                progress=progress)
             m = out["metrics"]
             rows.append({"cohort": cohort, "model": model, "run_id": out["run_id"], "n_parameters": out["n_parameters"],

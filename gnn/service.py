@@ -26,6 +26,7 @@ from nucleograph.config import Settings
 from nucleograph.db import records as rec
 from nucleograph.db import runs as db_runs
 from nucleograph.db import store
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.checkpoints import load_checkpoint
 from nucleograph.gnn.data import edge_channels, to_dgl
@@ -52,21 +53,51 @@ class CohortData:
 
 
 def graph_from_arrays(g: dict[str, Any]) -> dgl.DGLGraph:
-    """A DGL graph from :func:`nucleograph.db.store.read_graphs` arrays (edge channels from the distances)."""
+    """A DGL graph from :func:`nucleograph.db.store.read_graphs` arrays (edge channels from the distances).
+
+    Parameters
+    ----------
+    g : dict
+        One item of :func:`~nucleograph.db.store.read_graphs`.
+
+    Returns
+    -------
+    dgl.DGLGraph
+    """
     return to_dgl(
         g["features"], g["src"], g["dst"], edge_channels(g["dist"], max_distance=g.get("threshold_px", DEFAULT_THRESHOLD_PX)),
         centroids=g["centroids"], nucleus_ids=g["nids"],
     )
 
 
-def load_cohort(driver, settings: Settings, cohort: str, *, cache: bool = True, progress: bool = False) -> CohortData:
-    """Read every labelled graph of ``cohort`` (cached on disk by the cohort's content hash)."""
-    db = settings.neo4j_database
-    images = [r for r in store.cohort_images(driver, cohort, database=db)]
+def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = True, progress: bool = False) -> CohortData:
+    """Read every labelled graph of ``cohort`` (cached on disk by the cohort's content hash).
+
+    Parameters
+    ----------
+    db : GraphDB
+    settings : Settings
+        ``home`` holds the disk cache.
+    cohort : str
+    cache : bool
+        Read from and write to the disk cache.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    CohortData
+
+    Raises
+    ------
+    InputError
+        The cohort has no images.
+    """
+    images = [r for r in store.cohort_images(db, cohort)]
     if not images:
         raise InputError(f"cohort {cohort!r} has no images in Neo4j: ingest some with "
                          f"`nucleograph ingest PATH --cohort {cohort}`")
-    version = store.cohort_fingerprint(driver, cohort, database=db)
+    version = store.cohort_fingerprint(db, cohort)
     cache_file = settings.home / "cache" / f"graphs-{CACHE_VERSION}-{version}.bin"
     meta_file = cache_file.with_suffix(".json")
     if cache and cache_file.exists() and meta_file.exists():
@@ -80,7 +111,7 @@ def load_cohort(driver, settings: Settings, cohort: str, *, cache: bool = True, 
     bar = None
     if progress:
         bar = tqdm(total=len(labelled), desc=f"read {cohort}", unit="graph")
-    for g in store.read_graphs(driver, [r["id"] for r in labelled], database=db):
+    for g in store.read_graphs(db, [r["id"] for r in labelled]):
         if bar is not None:
             bar.update(1)
         if len(g["nids"]) == 0:
@@ -104,7 +135,12 @@ def load_cohort(driver, settings: Settings, cohort: str, *, cache: bool = True, 
 
 
 def new_run_id() -> str:
-    """A fresh model-run id: ``r`` and 10 hex digits."""
+    """A fresh model-run id: ``r`` and 10 hex digits.
+
+    Returns
+    -------
+    str
+    """
     return "r" + uuid.uuid4().hex[:10]
 
 
@@ -147,7 +183,7 @@ def _prediction_rows(data: CohortData, results: list[TrainResult]) -> list[dict[
 
 
 def train_cohort(
-    driver, settings: Settings, cohort: str, *, model: str = DEFAULT_MODEL, epochs: int = TrainConfig.epochs,
+    db: GraphDB, settings: Settings, cohort: str, *, model: str = DEFAULT_MODEL, epochs: int = TrainConfig.epochs,
     lr: float = TrainConfig.lr, folds: int = 1, seed: int = TrainConfig.seed, batch_size: int = TrainConfig.batch_size,
     patience: int | None = TrainConfig.patience, resume_run: str | None = None, progress: bool = False,
     model_kwargs: dict | None = None,
@@ -158,8 +194,37 @@ def train_cohort(
     metrics are averaged over folds and each image's prediction comes from the fold that held it out.
     ``resume_run`` continues a crashed run from its last checkpoint (same id and settings). The
     other settings are :class:`nucleograph.gnn.train.TrainConfig`'s defaults.
+
+    Parameters
+    ----------
+    db : GraphDB
+        Where the cohort is read and the run and its predictions are written.
+    settings : Settings
+        The SQL run records and ``home`` (checkpoints, graph cache).
+    cohort : str
+    model : str
+        A name from :data:`nucleograph.gnn.models.MODEL_NAMES`.
+    epochs, lr, seed, batch_size, patience, model_kwargs
+        As :class:`nucleograph.gnn.train.TrainConfig` takes them.
+    folds : int
+        1 for a single split, k for k-fold cross-validation.
+    resume_run : str, optional
+        The id of a crashed run to continue.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``run_id, cohort, model, n_parameters, n_images, skipped_empty, data_version, from_cache,
+        seconds, metrics, checkpoints``.
+
+    Raises
+    ------
+    InputError
+        Fewer than two classes, or no run to resume.
     """
-    data = load_cohort(driver, settings, cohort, progress=progress)
+    data = load_cohort(db, settings, cohort, progress=progress)
     if len(set(data.labels.tolist())) < 2:
         raise InputError(f"cohort {cohort!r} has only the class(es) {data.class_names}: training needs two; "
                          "ingest images of the other class or use a cohort that has both")
@@ -206,9 +271,8 @@ def train_cohort(
         "seconds": round(seconds, 2), "status": "finished", "metrics": metrics, "history": history,
         **{k: v for k, v in metrics.items() if isinstance(v, float)},
     }
-    db = settings.neo4j_database
-    db_runs.save_run(driver, run_id=run_id, cohort=cohort, props=props, database=db)
-    db_runs.save_predictions(driver, run_id, rows, database=db)
+    db_runs.save_run(db, run_id=run_id, cohort=cohort, props=props)
+    db_runs.save_predictions(db, run_id, rows)
     with Session(engine) as session, session.begin():
         row = session.get(rec.ModelRunRecord, run_id)
         row.status, row.metrics, row.history = "finished", metrics, history
@@ -221,9 +285,27 @@ def train_cohort(
             "checkpoints": checkpoints}
 
 
-def load_run_models(driver, settings: Settings, run_id: str) -> tuple[dict[str, Any], list]:
-    """The run's record and its fold models (eval mode); clear errors when either is gone."""
-    run = db_runs.get_run(driver, run_id, database=settings.neo4j_database)
+def load_run_models(db: GraphDB, settings: Settings, run_id: str) -> tuple[dict[str, Any], list]:
+    """The run's record and its fold models (eval mode); clear errors when either is gone.
+
+    Parameters
+    ----------
+    db : GraphDB
+    settings : Settings
+    run_id : str
+
+    Returns
+    -------
+    (dict, list of torch.nn.Module)
+
+    Raises
+    ------
+    InputError
+        No such run.
+    ModelError
+        A checkpoint file is gone, or the run has none.
+    """
+    run = db_runs.get_run(db, run_id)
     if run is None:
         raise InputError(f"no model run {run_id!r} in Neo4j: `nucleograph runs` lists them")
     models = []
@@ -240,21 +322,47 @@ def load_run_models(driver, settings: Settings, run_id: str) -> tuple[dict[str, 
 
 
 def explain_run(
-    driver, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
+    db: GraphDB, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
     image_ids: list[str] | None = None, target: int | None = None, progress: bool = False,
 ) -> dict[str, Any]:
-    """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j."""
+    """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j.
+
+    Parameters
+    ----------
+    db : GraphDB
+    settings : Settings
+    run_id : str
+    method : str
+        ``occlusion`` (any model) or ``attention`` (rsf-attention runs).
+    hops : int
+        Occlusion's neighbourhood size.
+    image_ids : list of str, optional
+        Images of the run's cohort (default: all of them).
+    target : int, optional
+        Class index to explain (default: the predicted class).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``run_id, method, hops, property, images, skipped, seconds``.
+
+    Raises
+    ------
+    InputError
+        Unknown method, attention on a model without it, or images outside the cohort.
+    """
     # imported here: explain loads numba's compiled kernels (~1 s), which training runs do not need
     from nucleograph.gnn.explain import attention_scores, occlusion
 
     if method not in db_runs.METHODS:
         raise InputError(f"unknown method {method!r}: choose one of {', '.join(db_runs.METHODS)}")
-    run, models = load_run_models(driver, settings, run_id)
+    run, models = load_run_models(db, settings, run_id)
     if method == "attention" and run.get("model") != "rsf-attention":
         raise InputError(f"run {run_id} is a {run.get('model')} model: attention scores need an rsf-attention run "
                          "(use --method occlusion for any model)")
-    db = settings.neo4j_database
-    cohort_ids = [r["id"] for r in store.cohort_images(driver, run["cohort"], database=db)]
+    cohort_ids = [r["id"] for r in store.cohort_images(db, run["cohort"])]
     if image_ids:
         outside = sorted(set(image_ids) - set(cohort_ids))
         if outside:
@@ -262,14 +370,14 @@ def explain_run(
         todo = list(image_ids)
     else:
         todo = cohort_ids
-    fold_of = {p["image_id"]: p.get("fold", 0) for p in db_runs.predictions(driver, run_id, database=db)}
+    fold_of = {p["image_id"]: p.get("fold", 0) for p in db_runs.predictions(db, run_id)}
     prop = db_runs.score_property(run_id, method, hops)
     done, skipped = [], []
     bar = None
     if progress:
         bar = tqdm(total=len(todo), desc=f"explain {run_id} {method}", unit="image")
     t0 = time.perf_counter()
-    for g in store.read_graphs(driver, todo, database=db):
+    for g in store.read_graphs(db, todo):
         if bar is not None:
             bar.update(1)
         if len(g["nids"]) == 0:
@@ -282,8 +390,8 @@ def explain_run(
                 scores = attention_scores(model, graph)
             else:
                 scores = occlusion(model, graph, hops=hops, target=target)
-        db_runs.save_scores(driver, run_id=run_id, method=method, hops=hops, image_id=g["id"], nids=g["nids"],
-                            scores=np.asarray(scores, dtype=float), database=db)
+        db_runs.save_scores(db, run_id=run_id, method=method, hops=hops, image_id=g["id"], nids=g["nids"],
+                            scores=np.asarray(scores, dtype=float))
         done.append(g["id"])
     if bar is not None:
         bar.close()

@@ -7,7 +7,7 @@ import os
 import sys
 
 from nucleograph.config import Settings
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
@@ -85,13 +85,10 @@ def cmd_ingest(args, settings: Settings) -> int:
         raise InputError(f"no images found in {' '.join(args.paths)}" + (f" with classes {classes}" if classes else ""))
     params = IngestParams(detector=args.detector, threshold=args.threshold, threshold_unit=args.threshold_unit)
     task = next((r.meta.get("task") for r in records if r.meta.get("task")), None)
-    driver = open_driver(settings)
-    try:
-        summary = ingest_records(records, cohort=args.cohort, params=params, settings=settings, driver=driver,
+    with GraphDB.open(settings) as db:
+        summary = ingest_records(records, cohort=args.cohort, params=params, settings=settings, db=db,
                                  workers=max(1, args.workers), progress=not args.json and sys.stderr.isatty() or
                                  os.environ.get("NUCLEOGRAPH_PROGRESS") == "1", task=task)
-    finally:
-        driver.close()
     out = summary.as_dict()
     if args.json:
         emit_json(out)

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import neo4j
 from neo4j import exceptions as neo4j_exc
 
 from nucleograph.config import Settings
 from nucleograph.db import records as rec
 from nucleograph.db import store
 from nucleograph.db.driver import translate_errors
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import DatabaseError, NucleographError
 from nucleograph.ingest.cohort import ImageRecord
 from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
@@ -148,10 +148,10 @@ class _BatchWriter:
     SQL, its counts in the summary and a tick on the progress bar."""
 
     def __init__(
-        self, *, cohort: str, params: IngestParams, settings: Settings, driver: neo4j.Driver, task: str | None,
+        self, *, cohort: str, params: IngestParams, settings: Settings, db: GraphDB, task: str | None,
         engine, summary: IngestSummary, bar=None,
     ):
-        self.cohort, self.params, self.settings, self.driver, self.task = cohort, params, settings, driver, task
+        self.cohort, self.params, self.settings, self.db, self.task = cohort, params, settings, db, task
         self.engine, self.summary, self.bar = engine, summary, bar
         self.params_key = params.key()
         self.names = feature_names()
@@ -227,13 +227,11 @@ class _BatchWriter:
         return self._store_once(graph)
 
     def _store_once(self, graph: ImageGraph) -> store.StoreResult:
-        return store.store_image_graph(self.driver, graph, cohort=self.cohort, params=self.params,
-                                       feature_names=self.names, database=self.settings.neo4j_database,
-                                       task=self.task)
+        return store.store_image_graph(self.db, graph, cohort=self.cohort, params=self.params,
+                                       feature_names=self.names, task=self.task)
 
     def _if_current(self, image_id: str) -> store.StoreResult | None:
-        return store.if_current(self.driver, image_id, self.cohort, self.params_key,
-                                database=self.settings.neo4j_database, task=self.task)
+        return store.if_current(self.db, image_id, self.cohort, self.params_key, task=self.task)
 
 
 def _detect_serially(writer: _BatchWriter, todo: list[tuple[ImageRecord, str]], params: IngestParams) -> None:
@@ -267,7 +265,7 @@ def _detect_in_workers(
 
 
 def ingest_records(
-    records: list[ImageRecord], *, cohort: str, params: IngestParams, settings: Settings, driver: neo4j.Driver,
+    records: list[ImageRecord], *, cohort: str, params: IngestParams, settings: Settings, db: GraphDB,
     workers: int = 1, progress: bool = False, task: str | None = None,
 ) -> IngestSummary:
     """Ingest ``records`` into ``cohort``; return the summary (per-image outcomes are in SQL).
@@ -281,8 +279,9 @@ def ingest_records(
     params : IngestParams
         Detector, edge threshold and the other options that define each graph.
     settings : Settings
-        Neo4j database name and the SQL records URL.
-    driver : neo4j.Driver
+        The SQL records URL, and the Neo4j URI that connection errors name.
+    db : GraphDB
+        Where the graphs are written (opened and closed by the caller).
     workers : int
         Detection processes; 1 detects in this process.
     progress : bool
@@ -307,7 +306,7 @@ def ingest_records(
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), desc=f"ingest {cohort}", unit="image")
-    writer = _BatchWriter(cohort=cohort, params=params, settings=settings, driver=driver, task=task, engine=engine,
+    writer = _BatchWriter(cohort=cohort, params=params, settings=settings, db=db, task=task, engine=engine,
                           summary=summary, bar=bar)
     try:
         if params.detector == "unet":

@@ -30,7 +30,7 @@ log = logging.getLogger("nucleograph.scheduler")
 
 def labelled_count(rt: Runtime, cohort: str) -> int:
     """The number of labelled images of ``cohort`` in Neo4j."""
-    images = store.cohort_images(rt.driver(), cohort, database=rt.settings.neo4j_database)
+    images = store.cohort_images(rt.db(), cohort)
     return sum(1 for r in images if r.get("label") is not None)
 
 
@@ -88,7 +88,7 @@ def run_retrain(rt: Runtime, job_id: str, spec: RetrainSpec, *, scheduled_at: dt
             if n - base < spec.min_new:
                 out["skipped"] = f"{n - base} new labelled image(s) since the last training; need {spec.min_new}"
                 return out
-            version = store.cohort_fingerprint(rt.driver(), cohort, database=rt.settings.neo4j_database)
+            version = store.cohort_fingerprint(rt.db(), cohort)
             trigger_id = f"data:{version}"
             claimed = ledger.claim_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, job_id=job_id,
                                            owner=rt.owner, lease=opts.lease, n_labelled=n,
@@ -113,7 +113,7 @@ def _run_id_to_train(rt: Runtime, spec: RetrainSpec, trigger_id: str, run_id: st
     # its checkpoint instead of starting a second one.
     cohort = spec.cohort
     run_id = new_run_id()
-    version = store.cohort_fingerprint(rt.driver(), cohort, database=rt.settings.neo4j_database)
+    version = store.cohort_fingerprint(rt.db(), cohort)
     rec.add_record(rt.engine, rec.ModelRunRecord(id=run_id, cohort=cohort, model=spec.model,
                                                  params=spec.train_params(), data_version=version,
                                                  status="running"))
@@ -131,14 +131,14 @@ def _process_trigger(rt: Runtime, spec: RetrainSpec, trigger_id: str, out: dict[
         if stage == "train":
             run_id, resume = _run_id_to_train(rt, spec, trigger_id, run_id)
             log.info("training %s for trigger %s (run %s%s)", cohort, trigger_id, run_id, ", resumed" if resume else "")
-            trained = train_cohort(rt.driver(), rt.settings, cohort, resume_run=run_id, progress=False)
+            trained = train_cohort(rt.db(), rt.settings, cohort, resume_run=run_id, progress=False)
             stage = "explain" if spec.explain else "-"
             ledger.update_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, stage=stage,
                                   result={"metrics": {k: v for k, v in trained["metrics"].items()
                                                       if isinstance(v, float)}, "n_images": trained["n_images"]})
         explained = None
         if stage == "explain":
-            explained = explain_run(rt.driver(), rt.settings, run_id, method=spec.explain, hops=spec.hops)
+            explained = explain_run(rt.db(), rt.settings, run_id, method=spec.explain, hops=spec.hops)
             explained = {k: explained[k] for k in ("method", "hops", "property", "images", "seconds")}
         trig = ledger.get_trigger(rt.engine, cohort, trigger_id)
         result = {**(trig["result"] or {}), "explain": explained}

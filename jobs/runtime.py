@@ -1,5 +1,5 @@
-"""What a running job has: settings, options, the SQL engine, this process's owner id, a Neo4j driver
-opened on first use, and the heartbeat that keeps its claims (leases) alive.
+"""What a running job has: settings, options, the SQL engine, this process's owner id, a Neo4j
+connection (:class:`~nucleograph.db.graphdb.GraphDB`) opened on first use, and the heartbeat that keeps its claims (leases) alive.
 
 Work in progress is held under a lease in the ledger (:mod:`nucleograph.db.ledger`) that the heartbeat
 thread renews every ``lease / 3`` seconds; a scheduler killed with SIGKILL stops renewing, and after the
@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from nucleograph.config import Settings
 from nucleograph.db import ledger
 from nucleograph.db import records as rec
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import NucleographError
 from nucleograph.jobs.specs import SchedulerOptions
 
@@ -55,7 +55,7 @@ class JobItemsFailed(NucleographError):
 @dataclass
 class Runtime:
     """What a running job needs: settings, options, the SQL engine, this process's owner id and a
-    Neo4j driver opened on first use (so a Neo4j outage fails jobs, which retry, not the scheduler).
+    Neo4j connection opened on first use (so a Neo4j outage fails jobs, which retry, not the scheduler).
 
     It holds a driver and a process's identity, so it is never stored with a job: the scheduler hands
     it to the jobs it runs (see :class:`nucleograph.jobs.scheduler.RuntimeExecutor`).
@@ -65,27 +65,27 @@ class Runtime:
     options: SchedulerOptions
     engine: Engine
     owner: str
-    _driver: Any = None
+    _db: GraphDB | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def driver(self):
-        """The Neo4j driver, opened on the first call (thread-safe).
+    def db(self) -> GraphDB:
+        """The Neo4j driver and database, opened on the first call (thread-safe); closed by :meth:`close`.
 
         Returns
         -------
-        neo4j.Driver
+        GraphDB
         """
         with self._lock:
-            if self._driver is None:
-                self._driver = open_driver(self.settings)
-            return self._driver
+            if self._db is None:
+                self._db = GraphDB.open(self.settings)
+            return self._db
 
     def close(self) -> None:
-        """Close the driver (if opened) and dispose of the SQL engine."""
+        """Close the Neo4j driver (if opened) and dispose of the SQL engine."""
         with self._lock:
-            if self._driver is not None:
-                self._driver.close()
-                self._driver = None
+            if self._db is not None:
+                self._db.close()
+                self._db = None
         self.engine.dispose()
 
 

@@ -160,7 +160,7 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
         record = ImageRecord(path=im.path, label=im.label, patient=im.patient, mpp=im.mpp)
         try:
             summary = ingest_records([record], cohort=spec.cohort, params=params, settings=rt.settings,
-                                     driver=rt.driver(), workers=1, progress=False)
+                                     db=rt.db(), workers=1, progress=False)
         except Exception as exc:  # Neo4j or SQL gone: give the file back for a later retry, fail the run
             _fail_file(rt, spec, digest, f"{type(exc).__name__}: {exc}", out)
             raise

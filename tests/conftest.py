@@ -22,6 +22,7 @@ import pytest
 from nucleograph.config import Settings
 from nucleograph.db import local, schema
 from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_HOME = Path(os.environ.get("NUCLEOGRAPH_TEST_HOME") or ROOT / ".nucleograph" / "test").resolve()
@@ -91,9 +92,8 @@ def neo4j_settings() -> Settings:
     (RUN_HOME / "launcher").symlink_to(launcher, target_is_directory=True)
     settings = Settings.from_env(test_env())
     local.start(settings)
-    driver = open_driver(settings)
-    schema.migrate(driver, database=settings.neo4j_database)
-    driver.close()
+    with GraphDB.open(settings) as db:
+        schema.migrate(db)
     yield settings
     local.stop(settings)
     shutil.rmtree(RUN_HOME, ignore_errors=True)
@@ -109,6 +109,12 @@ def driver(neo4j_settings):
     drv = open_driver(neo4j_settings)
     yield drv
     drv.close()
+
+
+@pytest.fixture(scope="session")
+def graphdb(driver, neo4j_settings) -> GraphDB:
+    """The test database over the session's driver (the ``driver`` fixture owns and closes it)."""
+    return GraphDB(driver, neo4j_settings.neo4j_database)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import neo4j
 import pytest
 
 from nucleograph.cli import main
@@ -14,19 +13,18 @@ from nucleograph.errors import DatabaseError, InputError
 pytestmark = pytest.mark.neo4j
 
 
-def _schema_snapshot(driver, database):
-    cons, _, _ = driver.execute_query("SHOW CONSTRAINTS YIELD name RETURN collect(name) AS n", database_=database)
-    idx, _, _ = driver.execute_query("SHOW INDEXES YIELD name RETURN collect(name) AS n", database_=database)
+def _schema_snapshot(graphdb):
+    cons = graphdb.read("SHOW CONSTRAINTS YIELD name RETURN collect(name) AS n")
+    idx = graphdb.read("SHOW INDEXES YIELD name RETURN collect(name) AS n")
     return sorted(cons[0]["n"]), sorted(idx[0]["n"])
 
 
-def test_migrate_twice_changes_nothing(driver, neo4j_settings):
-    db = neo4j_settings.neo4j_database
-    first = schema.migrate(driver, database=db)
-    before = _schema_snapshot(driver, db)
-    second = schema.migrate(driver, database=db)
+def test_migrate_twice_changes_nothing(graphdb):
+    first = schema.migrate(graphdb)
+    before = _schema_snapshot(graphdb)
+    second = schema.migrate(graphdb)
     assert first["to"] == schema.LATEST and second == {"from": schema.LATEST, "to": schema.LATEST, "applied": 0}
-    assert _schema_snapshot(driver, db) == before
+    assert _schema_snapshot(graphdb) == before
     assert "image_id" in before[0] and "nucleus_uid" in before[0]
 
 
@@ -35,16 +33,14 @@ def test_cli_cypher_json(test_environ, capsys):
     assert json.loads(capsys.readouterr().out) == [{"x": 1, "name": "abc"}]
 
 
-def test_cli_cypher_refuses_create_without_write(test_environ, driver, unique_name, capsys):
+def test_cli_cypher_refuses_create_without_write(test_environ, graphdb, unique_name, capsys):
     code = main(["cypher", "CREATE (:Probe {name: $n})", "--param", f"n={unique_name}"])
     assert code == 1
     assert "read-only" in capsys.readouterr().err
-    rows, _, _ = driver.execute_query("MATCH (p:Probe {name: $n}) RETURN count(p) AS c", n=unique_name,
-                                      database_=test_environ.neo4j_database, routing_=neo4j.RoutingControl.READ)
+    rows = graphdb.read("MATCH (p:Probe {name: $n}) RETURN count(p) AS c", n=unique_name)
     assert rows[0]["c"] == 0
     assert main(["cypher", "CREATE (:Probe {name: $n})", "--param", f"n={unique_name}", "--write"]) == 0
-    rows, _, _ = driver.execute_query("MATCH (p:Probe {name: $n}) RETURN count(p) AS c", n=unique_name,
-                                      database_=test_environ.neo4j_database)
+    rows = graphdb.read("MATCH (p:Probe {name: $n}) RETURN count(p) AS c", n=unique_name)
     assert rows[0]["c"] == 1
 
 
@@ -53,6 +49,6 @@ def test_bad_param_is_explained():
         console.parse_params(["novalue"])
 
 
-def test_syntax_error_is_a_database_error(driver, neo4j_settings):
+def test_syntax_error_is_a_database_error(graphdb):
     with pytest.raises(DatabaseError, match="rejected"):
-        console.run_cypher(driver, "MATCH (n RETURN n", database=neo4j_settings.neo4j_database)
+        console.run_cypher(graphdb, "MATCH (n RETURN n")

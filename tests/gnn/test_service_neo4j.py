@@ -10,7 +10,7 @@ import pytest
 from nucleograph.cli import main
 from nucleograph.db import runs as db_runs
 from nucleograph.db import store
-from nucleograph.gnn.service import load_cohort
+from nucleograph.gnn.service import load_cohort, train_cohort
 from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.pipeline import IngestParams
 from nucleograph.ingest.run import ingest_records
@@ -20,16 +20,12 @@ pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory, neo4j_settings):
-    from nucleograph.db.driver import open_driver
-
+def cohort(tmp_path_factory, neo4j_settings, graphdb):
     out = tmp_path_factory.mktemp("prostate")
     synthesize_cohort("prostate", n_per_class=6, out_dir=out, seed=11, size=(512, 512))
     name = "svc-" + out.name[-8:]
-    driver = open_driver(neo4j_settings)
     summary = ingest_records(discover([out]), cohort=name, params=IngestParams(), settings=neo4j_settings,
-                             driver=driver)
-    driver.close()
+                             db=graphdb)
     assert summary.ok == 12
     return name
 
@@ -39,25 +35,17 @@ def _json(capsys):
 
 
 @pytest.fixture(scope="module")
-def attention_run(cohort, neo4j_settings):
-    from nucleograph.db.driver import open_driver
-    from nucleograph.gnn.service import train_cohort
-
-    driver = open_driver(neo4j_settings)
-    try:
-        return train_cohort(driver, neo4j_settings, cohort, model="rsf-attention", epochs=3, seed=1)
-    finally:
-        driver.close()
+def attention_run(cohort, neo4j_settings, graphdb):
+    return train_cohort(graphdb, neo4j_settings, cohort, model="rsf-attention", epochs=3, seed=1)
 
 
-def test_train_records_run_and_predictions(cohort, test_environ, driver, capsys):
+def test_train_records_run_and_predictions(cohort, test_environ, graphdb, capsys):
     assert main(["train", "--cohort", cohort, "--model", "rsf", "--epochs", "2", "--json"]) == 0
     out = _json(capsys)
     assert out["run_id"].startswith("r") and 200_000 < out["n_parameters"] < 400_000
-    db = test_environ.neo4j_database
-    run = db_runs.get_run(driver, out["run_id"], database=db)
+    run = db_runs.get_run(graphdb, out["run_id"])
     assert run["cohort"] == cohort and run["model"] == "rsf" and run["status"] == "finished"
-    preds = db_runs.predictions(driver, out["run_id"], database=db)
+    preds = db_runs.predictions(graphdb, out["run_id"])
     assert len(preds) == 12 and {p["split"] for p in preds} == {"train", "val", "test"}
     assert all(0.5 <= p["prob"] <= 1.0 and p["pred"] in ("Gleason3", "Gleason4") for p in preds)
     assert "accuracy" in out["metrics"] and Path(out["checkpoints"][0]).exists()
@@ -65,28 +53,27 @@ def test_train_records_run_and_predictions(cohort, test_environ, driver, capsys)
     assert out["run_id"] in {r["id"] for r in _json(capsys)}
 
 
-def test_second_load_comes_from_the_disk_cache(cohort, driver, neo4j_settings):
-    first = load_cohort(driver, neo4j_settings, cohort)
-    second = load_cohort(driver, neo4j_settings, cohort)
+def test_second_load_comes_from_the_disk_cache(cohort, graphdb, neo4j_settings):
+    first = load_cohort(graphdb, neo4j_settings, cohort)
+    second = load_cohort(graphdb, neo4j_settings, cohort)
     assert second.from_cache and second.data_version == first.data_version
     assert second.image_ids == first.image_ids and (second.labels == first.labels).all()
     assert [g.num_edges() for g in second.graphs] == [g.num_edges() for g in first.graphs]
 
 
-def test_missing_and_one_class_cohorts_are_explained(test_environ, driver, unique_name, tmp_path, capsys):
+def test_missing_and_one_class_cohorts_are_explained(test_environ, graphdb, unique_name, tmp_path, capsys):
     assert main(["train", "--cohort", unique_name]) == 1
     assert "nucleograph ingest" in capsys.readouterr().err
     synthesize_cohort("prostate", n_per_class=2, out_dir=tmp_path, seed=5, size=(384, 384))
     one_class = [r for r in discover([tmp_path]) if r.label == "Gleason3"]
-    ingest_records(one_class, cohort=unique_name, params=IngestParams(), settings=test_environ, driver=driver)
+    ingest_records(one_class, cohort=unique_name, params=IngestParams(), settings=test_environ, db=graphdb)
     assert main(["train", "--cohort", unique_name]) == 1
     assert "two" in capsys.readouterr().err
 
 
-def test_explain_occlusion_and_attention_side_by_side(cohort, attention_run, test_environ, driver, capsys, tmp_path):
+def test_explain_occlusion_and_attention_side_by_side(cohort, attention_run, test_environ, graphdb, capsys, tmp_path):
     run_id = attention_run["run_id"]
-    db = test_environ.neo4j_database
-    images = store.cohort_images(driver, cohort, database=db)
+    images = store.cohort_images(graphdb, cohort)
     first = images[0]["id"]
     assert main(["explain", "--run", run_id, "--method", "attention", "--json"]) == 0
     att = _json(capsys)
@@ -94,8 +81,8 @@ def test_explain_occlusion_and_attention_side_by_side(cohort, attention_run, tes
     assert main(["explain", "--run", run_id, "--method", "occlusion", "--image", first, "--json"]) == 0
     occ = _json(capsys)
     assert occ["images"] == 1 and occ["property"] != att["property"]
-    scores_att = db_runs.image_scores(driver, first, att["property"], database=db)
-    scores_occ = db_runs.image_scores(driver, first, occ["property"], database=db)
+    scores_att = db_runs.image_scores(graphdb, first, att["property"])
+    scores_occ = db_runs.image_scores(graphdb, first, occ["property"])
     assert len(scores_att) == images[0]["n_nuclei"]
     assert all(r["score"] is not None for r in scores_att + scores_occ)
     assert all(0.0 <= r["score"] <= 1.0 for r in scores_att)
@@ -112,7 +99,7 @@ def test_explain_occlusion_and_attention_side_by_side(cohort, attention_run, tes
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_explain_errors_are_clear(cohort, attention_run, test_environ, driver, capsys, tmp_path):
+def test_explain_errors_are_clear(cohort, attention_run, test_environ, capsys, tmp_path):
     run_id = attention_run["run_id"]
     assert main(["explain", "--run", run_id, "--image", "0000000000000000"]) == 1
     assert "not in the run's cohort" in capsys.readouterr().err

@@ -43,16 +43,16 @@ def _done(engine, cohort, n):
     return len(rows) == n and all(r["status"] == "done" for r in rows)
 
 
-def _clean_counts(driver, settings, images, cohort):
+def _clean_counts(graphdb, settings, images, cohort):
     """The counts of a clean, single ingest of the same files (into a cohort of its own)."""
     records = [ImageRecord(path=p, label=label) for p, label in images]
-    summary = ingest_records(records, cohort=cohort, params=IngestParams(), settings=settings, driver=driver)
+    summary = ingest_records(records, cohort=cohort, params=IngestParams(), settings=settings, db=graphdb)
     assert summary.failed == 0
-    return store.cohort_counts(driver, cohort, database=settings.neo4j_database)
+    return store.cohort_counts(graphdb, cohort)
 
 
-def _counts(driver, settings, cohort):
-    return store.cohort_counts(driver, cohort, database=settings.neo4j_database)
+def _counts(graphdb, cohort):
+    return store.cohort_counts(graphdb, cohort)
 
 
 def _remote_env(env: dict[str, str], settings: Settings) -> dict[str, str]:
@@ -76,7 +76,7 @@ def _remote_env(env: dict[str, str], settings: Settings) -> dict[str, str]:
 @pytest.mark.parametrize(("sql_url", "remote"), [("sqlite", False), ("postgresql", True)],
                          ids=["sqlite-local-uri", "postgresql-remote-uri"], indirect=["sql_url"])
 def test_dropped_files_are_ingested_once(remote, sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path,
-                                         driver, neo4j_settings, unique_name):
+                                         graphdb, neo4j_settings, unique_name):
     env = _remote_env(scheduler_env, neo4j_settings) if remote else scheduler_env
     watch = tmp_path / "watch"
     watch.mkdir()
@@ -93,21 +93,21 @@ def test_dropped_files_are_ingested_once(remote, sql_url, scheduler_env, start_s
     wait_for(lambda: ledger.job_history(engine, status="succeeded", limit=5), timeout=10, what="a finished run")
     assert p.stop() == 0, p.output()
 
-    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
-    assert _counts(driver, neo4j_settings, unique_name) == clean and clean["images"] == 4
+    clean = _clean_counts(graphdb, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(graphdb, unique_name) == clean and clean["images"] == 4
     rows = _files(engine, unique_name)
     assert sorted(r["outcome"] for r in rows) == ["stored"] * 4 and all(r["attempts"] == 1 for r in rows)
     with Session(engine) as s:  # one ingest record per file: nothing was ingested twice
         paths = s.scalars(select(rec.IngestRecord.path).where(rec.IngestRecord.cohort == unique_name)).all()
     assert len(paths) == 4
-    labels = {r["label"] for r in store.cohort_images(driver, unique_name, database=neo4j_settings.neo4j_database)}
+    labels = {r["label"] for r in store.cohort_images(graphdb, unique_name)}
     assert labels == {"InSitu", "Invasive"}
     assert "remote" not in p.output() or remote
     engine.dispose()
 
 
 def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(
-        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, graphdb, neo4j_settings, unique_name):
     watch = tmp_path / "watch"
     images = fresh_images(6)
     drop(images, watch)
@@ -132,8 +132,8 @@ def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(
              procs=[second])
     assert second.stop() == 0
 
-    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
-    assert _counts(driver, neo4j_settings, unique_name) == clean and clean["images"] == 6
+    clean = _clean_counts(graphdb, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(graphdb, unique_name) == clean and clean["images"] == 6
     rows = _files(engine, unique_name)
     assert len({r["content_hash"] for r in rows}) == 6
     taken_over = [r for r in rows if r["attempts"] == 2]
@@ -142,7 +142,7 @@ def test_kill_9_mid_ingest_then_restart_loses_and_duplicates_nothing(
 
 
 def test_two_schedulers_at_once_ingest_once_and_train_once(
-        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, graphdb, neo4j_settings, unique_name):
     watch = tmp_path / "watch"
     watch.mkdir()
     images = fresh_images(6)
@@ -164,8 +164,8 @@ def test_two_schedulers_at_once_ingest_once_and_train_once(
              timeout=30, what="more retrain checks", procs=[a, b])
     assert a.stop() == 0 and b.stop() == 0
 
-    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
-    assert _counts(driver, neo4j_settings, unique_name) == clean
+    clean = _clean_counts(graphdb, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(graphdb, unique_name) == clean
     rows = _files(engine, unique_name)
     assert len(rows) == 6 and all(r["attempts"] == 1 for r in rows)
     owners = {r["owner"] for r in rows}
@@ -177,7 +177,7 @@ def test_two_schedulers_at_once_ingest_once_and_train_once(
     assert trigger["result"]["explain"]["images"] == 6
     from nucleograph.db import runs as db_runs
 
-    assert [r["id"] for r in db_runs.list_runs(driver, cohort=unique_name, database=neo4j_settings.neo4j_database)] \
+    assert [r["id"] for r in db_runs.list_runs(graphdb, cohort=unique_name)] \
         == [trigger["run_id"]]
     assert owners  # (which scheduler took which file is up to the race)
     engine.dispose()
@@ -185,7 +185,7 @@ def test_two_schedulers_at_once_ingest_once_and_train_once(
 
 @pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
 def test_manual_ingest_beside_the_scheduler_duplicates_nothing(
-        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, graphdb, neo4j_settings, unique_name):
     watch = tmp_path / "watch"
     images = fresh_images(6)
     dropped = drop(images, watch)
@@ -197,22 +197,22 @@ def test_manual_ingest_beside_the_scheduler_duplicates_nothing(
     def run_manual():
         records = [ImageRecord(path=d.resolve(), label=label) for d, (_, label) in zip(dropped, images, strict=True)]
         manual["summary"] = ingest_records(records, cohort=unique_name, params=IngestParams(), settings=settings,
-                                           driver=driver)
+                                           db=graphdb)
 
     t = threading.Thread(target=run_manual)
     t.start()
     t.join(timeout=120)
     wait_for(lambda: _done(engine, unique_name, 6), timeout=120, what="the scheduler's ledger", procs=[p])
     assert p.stop() == 0
-    clean = _clean_counts(driver, neo4j_settings, images, unique_name + "-clean")
-    assert _counts(driver, neo4j_settings, unique_name) == clean and clean["images"] == 6
+    clean = _clean_counts(graphdb, neo4j_settings, images, unique_name + "-clean")
+    assert _counts(graphdb, unique_name) == clean and clean["images"] == 6
     assert manual["summary"].ok + manual["summary"].failed == 6
     engine.dispose()
 
 
 @pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
 def test_failures_are_retried_with_backoff_reported_and_abandoned(
-        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, driver, neo4j_settings, unique_name):
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, graphdb, neo4j_settings, unique_name):
     watch = tmp_path / "watch"
     good = drop(fresh_images(1), watch)
     (good[0].parent / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -231,7 +231,7 @@ def test_failures_are_retried_with_backoff_reported_and_abandoned(
     assert rows[good[0].name]["status"] == "done"
     failed = ledger.job_history(engine, job_id=f"{unique_name}-watch", status="failed")
     assert len(failed) >= 3 and all("broken.png" in r["error"] for r in failed)
-    assert _counts(driver, neo4j_settings, unique_name)["images"] == 1
+    assert _counts(graphdb, unique_name)["images"] == 1
     engine.dispose()
 
 

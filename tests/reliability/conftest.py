@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nucleograph.db import local, schema
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.ingest.synth import synthesize_cohort
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def private_neo4j(neo4j_settings):
     """A Neo4j of this test alone (its own store and port), so killing it disturbs no other test."""
     with local.temporary_server(launcher_from=neo4j_settings.home / "launcher") as (settings, env):
-        driver = open_driver(settings)
-        schema.migrate(driver, database=settings.neo4j_database)
-        driver.close()
+        with GraphDB.open(settings) as db:
+            schema.migrate(db)
         yield settings, env
 
 

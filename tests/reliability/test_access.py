@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import neo4j
 import pytest
 
 from nucleograph.cli import main
@@ -43,31 +42,30 @@ SNAPSHOT = (
 )
 
 
-def _snapshot(driver, db):
-    rows, _, _ = driver.execute_query(SNAPSHOT, database_=db, routing_=neo4j.RoutingControl.READ)
-    cons, _, _ = driver.execute_query("SHOW CONSTRAINTS YIELD name RETURN collect(name) AS c", database_=db)
-    idx, _, _ = driver.execute_query("SHOW INDEXES YIELD name RETURN collect(name) AS i", database_=db)
+def _snapshot(graphdb):
+    rows = graphdb.read(SNAPSHOT)
+    cons = graphdb.read("SHOW CONSTRAINTS YIELD name RETURN collect(name) AS c")
+    idx = graphdb.read("SHOW INDEXES YIELD name RETURN collect(name) AS i")
     r = dict(rows[0])
     r["labels"] = sorted(r["labels"])
     return r, sorted(cons[0]["c"]), sorted(idx[0]["i"])
 
 
 @pytest.mark.parametrize("query", WRITES)
-def test_console_cannot_change_anything(query, driver, neo4j_settings, test_environ, capsys):
-    db = neo4j_settings.neo4j_database
-    driver.execute_query("MERGE (:Probe {name: 'access-test'})", database_=db)  # something to tamper with
-    before = _snapshot(driver, db)
+def test_console_cannot_change_anything(query, graphdb, test_environ, capsys):
+    graphdb.write("MERGE (:Probe {name: 'access-test'})")  # something to tamper with
+    before = _snapshot(graphdb)
     with pytest.raises(DatabaseError):
-        run_cypher(driver, query, database=db)
+        run_cypher(graphdb, query)
     assert main(["cypher", query]) == 1  # the CLI without --write, the same way
     capsys.readouterr()
-    assert _snapshot(driver, db) == before
+    assert _snapshot(graphdb) == before
 
 
-def test_values_travel_as_parameters(driver, neo4j_settings):
+def test_values_travel_as_parameters(graphdb):
     """A value that looks like Cypher stays a value."""
     evil = "x'}) DETACH DELETE n //"
-    _, rows = run_cypher(driver, "RETURN $v AS v", {"v": evil}, database=neo4j_settings.neo4j_database)
+    _, rows = run_cypher(graphdb, "RETURN $v AS v", {"v": evil})
     assert rows == [{"v": evil}]
 
 

@@ -43,7 +43,7 @@ def _bad_files(folder):
     shutil.rmtree(good)
 
 
-def test_bad_files_each_fail_alone(tmp_path, test_environ, driver, unique_name, capsys):
+def test_bad_files_each_fail_alone(tmp_path, test_environ, graphdb, unique_name, capsys):
     _bad_files(tmp_path)
     code = main(["ingest", str(tmp_path), "--cohort", unique_name, "--json"])
     summary = json.loads(capsys.readouterr().out)
@@ -56,9 +56,9 @@ def test_bad_files_each_fail_alone(tmp_path, test_environ, driver, unique_name, 
     assert "max_pixels" in failed["bomb.png"] or "pixels" in failed["bomb.png"]
     assert summary["ok"] == 4  # good.png, png-named.tif, all-white.png, all-black.png
     images = {r["path"].rsplit("/", 1)[-1]: r for r in
-              store.cohort_images(driver, unique_name, database=test_environ.neo4j_database)}
+              store.cohort_images(graphdb, unique_name)}
     assert set(images) == {"good.png", "png-named.tif", "all-white.png", "all-black.png"}
     assert images["all-white.png"]["n_nuclei"] == 0 and images["all-black.png"]["n_nuclei"] == 0
     assert images["good.png"]["n_nuclei"] > 10
-    counts = store.cohort_counts(driver, unique_name, database=test_environ.neo4j_database)
+    counts = store.cohort_counts(graphdb, unique_name)
     assert counts == {"images": 4, "nuclei": summary["nuclei"], "edges": summary["edges"]}

@@ -11,11 +11,10 @@ import os
 import signal
 import time
 
-import neo4j
 import pytest
 
 from nucleograph.db import local, store
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.pipeline import IngestParams, process_image
 
@@ -37,14 +36,10 @@ def clean_counts(fifty_images):
 
 
 def _check_whole(settings, cohort, expected=None):
-    driver = open_driver(settings)
-    try:
-        db = settings.neo4j_database
-        partial, _, _ = driver.execute_query(PARTIAL, database_=db, routing_=neo4j.RoutingControl.READ)
-        orphans, _, _ = driver.execute_query(ORPHANS, database_=db, routing_=neo4j.RoutingControl.READ)
-        counts = store.cohort_counts(driver, cohort, database=db)
-    finally:
-        driver.close()
+    with GraphDB.open(settings) as db:
+        partial = db.read(PARTIAL)
+        orphans = db.read(ORPHANS)
+        counts = store.cohort_counts(db, cohort)
     assert [dict(r) for r in partial] == [], "an image is partially stored"
     assert orphans[0]["c"] == 0
     if expected is not None:
@@ -53,16 +48,13 @@ def _check_whole(settings, cohort, expected=None):
 
 
 def _wait_for_images(settings, cohort, n, proc, timeout=240):
-    driver = open_driver(settings)
-    try:
+    with GraphDB.open(settings) as db:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"ingest ended early: {proc.communicate()}"
-            if store.cohort_counts(driver, cohort, database=settings.neo4j_database)["images"] >= n:
+            if store.cohort_counts(db, cohort)["images"] >= n:
                 return
             time.sleep(0.2)
-    finally:
-        driver.close()
     raise AssertionError(f"fewer than {n} images stored within {timeout} s")
 
 

@@ -8,6 +8,7 @@ COPY ingest ./ingest
 COPY gnn ./gnn
 COPY dashboard ./dashboard
 COPY db ./db
+COPY jobs ./jobs
 RUN pip install --no-cache-dir "psycopg2-binary" -e . 
 ENV NUCLEOGRAPH_HOME=/var/lib/nucleograph
 EXPOSE 8501

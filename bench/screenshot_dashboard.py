@@ -4,12 +4,14 @@ Starts ``nucleograph dashboard`` on a free port (against the Neo4j that the envi
 drives Debian's ``chromium`` (``apt-get install -y chromium``) over the DevTools protocol, waits
 until the page has finished running, saves ``<out>/<page>.png`` and reads the page's DOM for
 Streamlit's exception box (``data-testid="stException"``). The Cypher page is shot twice: as
-opened, and after clicking Run on its first library query (results drawn over the image).
+opened, and after clicking Run on its first library query (results drawn over the image); so is the
+Image explorer: as opened, and after a real mouse click (``Input.dispatchMouseEvent``) on a nucleus
+of its chart, the path a user takes to inspect one.
 
     NUCLEOGRAPH_HOME=/tmp/dashbench NEO4J_URI=bolt://127.0.0.1:7690 \\
         .venv/bin/python bench/screenshot_dashboard.py --cohort bench --out /tmp/nucleograph-screenshots
 
-Exits 1 when any page shows an exception.
+Exits 1 when any page shows an exception, or the click on a nucleus opens no nucleus panel.
 """
 
 from __future__ import annotations
@@ -47,6 +49,25 @@ _STATE_JS = """(() => {
     errors: [...document.querySelectorAll('[data-testid="stAlertContentError"]')].map(e => e.innerText.slice(0, 300)),
     plots: document.querySelectorAll('.js-plotly-plot').length,
   });
+})()"""
+
+
+# Where the chart draws a nucleus, in viewport pixels: Plotly's own axis mapping (l2p) plus the plot
+# area's offset inside the chart's div. Picks the nucleus nearest the plot's centre, away from edges
+# and the colour bar.
+_NUCLEUS_JS = """(() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => (g.data || []).some(t => t.name === 'nuclei'));
+  if (!gd) return null;
+  gd.scrollIntoView({block: 'center'});
+  const t = gd._fullData.findIndex(t => t.name === 'nuclei');
+  const xs = Array.from(gd._fullData[t].x), ys = Array.from(gd._fullData[t].y);
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+  const px = i => [r.left + xa._offset + xa.l2p(xs[i]), r.top + ya._offset + ya.l2p(ys[i])];
+  const cx = r.left + xa._offset + xa._length / 2, cy = r.top + ya._offset + ya._length / 2;
+  let best = -1, bd = Infinity;
+  xs.forEach((_, i) => { const [x, y] = px(i); const d = (x - cx) ** 2 + (y - cy) ** 2; if (d < bd) { bd = d; best = i; } });
+  const [x, y] = px(best);
+  return JSON.stringify({index: best, x, y});
 })()"""
 
 
@@ -105,6 +126,23 @@ class Tab:
             time.sleep(0.25)
         return self.state(), time.monotonic() - t0
 
+    def click(self, x: float, y: float) -> None:
+        """A real left click at viewport pixel (x, y): move, press, release, as a mouse sends them."""
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        time.sleep(0.3)  # Plotly picks the hovered point on mousemove; the click selects it
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", buttons=1, clickCount=1)
+
+    def click_nucleus(self) -> dict | None:
+        """Click the nucleus nearest the centre of the explorer's chart; its index and position, or None."""
+        found = self.eval(_NUCLEUS_JS)
+        if not found:
+            return None
+        time.sleep(0.5)  # scrollIntoView
+        target = json.loads(self.eval(_NUCLEUS_JS))
+        self.click(target["x"], target["y"])
+        return target
+
     def screenshot(self, path: Path) -> None:
         height = self.eval("Math.max(document.body.scrollHeight, "
                            "(document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight)")
@@ -156,6 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             path = out / f"{page}.png"
             tab.screenshot(path)
             results.append({"page": page, "png": str(path), "seconds": round(seconds, 2), **state})
+            if page == "explorer":
+                target = tab.click_nucleus()
+                time.sleep(1.0)  # the rerun starts after the selection event reaches the server
+                state, seconds = tab.settle()
+                state["nucleus_panel"] = tab.eval(
+                    "[...document.querySelectorAll('[data-testid=\"stMetricLabel\"]')].map(e => e.innerText)"
+                    ".includes('degree')")
+                path = out / "explorer-click.png"
+                tab.screenshot(path)
+                results.append({"page": "explorer (after click)", "png": str(path), "seconds": round(seconds, 2),
+                                "clicked": target, **state})
             if page == "cypher":
                 tab.eval("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Run').click()")
                 state, seconds = tab.settle()
@@ -171,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         app.wait(timeout=20)
         shutil.rmtree(profile, ignore_errors=True)
 
-    bad = [r for r in results if r["exceptions"]]
+    bad = [r for r in results if r["exceptions"] or r.get("nucleus_panel") is False]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            flag = "EXCEPTION" if r["exceptions"] else ("error box" if r["errors"] else "ok")
+            flag = ("EXCEPTION" if r["exceptions"] else "error box" if r["errors"] else
+                    "no nucleus" if r.get("nucleus_panel") is False else "ok")
             print(f"{r['page']:20s} {flag:10s} {r['plots']} plot(s)  settled {r['seconds']:5.1f} s  {r['png']}")
             for e in r["exceptions"] + r["errors"]:
                 print(f"    {e.splitlines()[0] if e else e}")

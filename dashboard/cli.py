@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from nucleograph.config import Settings
@@ -32,4 +34,52 @@ def cmd_dashboard(args, settings: Settings) -> int:
                NEO4J_USER=settings.neo4j_user, NEO4J_DATABASE=settings.neo4j_database,
                NUCLEOGRAPH_SQL_URL=settings.sql_url)
     print(f"dashboard at http://{args.host}:{args.port} (Neo4j {settings.neo4j_uri}); Ctrl-C stops it", flush=True)
-    return subprocess.call(streamlit_command(args.host, args.port), env=env)
+    return run_forwarding_signals(streamlit_command(args.host, args.port), env=env)
+
+
+def run_forwarding_signals(cmd: list[str], *, env: dict[str, str] | None = None, grace: float = 10.0) -> int:
+    """Run ``cmd`` and wait for it; SIGTERM, SIGINT or SIGHUP to this process is passed on to it.
+
+    ``subprocess.call`` would leave the child running when this process is terminated (a service
+    manager's SIGTERM, ``kill``): Python dies at once and the orphaned Streamlit server keeps its port.
+    Here the signal goes to the child and this process waits for it to exit (killing it after
+    ``grace`` seconds), so stopping ``nucleograph dashboard`` stops the server.
+
+    Parameters
+    ----------
+    cmd : list of str
+        The child's command line.
+    env : dict, optional
+        The child's environment.
+    grace : float
+        Seconds the child has to exit after a forwarded signal before it is killed.
+
+    Returns
+    -------
+    int
+        The child's exit status (negative: the signal that ended it, as ``subprocess`` reports it).
+    """
+    child = subprocess.Popen(cmd, env=env)
+    forwarded: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        forwarded.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in handled}
+    deadline = None
+    try:
+        while True:
+            try:
+                # short waits, not one blocking wait: the grace period starts when a signal arrives
+                return child.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if forwarded and deadline is None:
+                    deadline = time.monotonic() + grace
+                if deadline is not None and time.monotonic() > deadline:
+                    child.kill()  # it ignored the forwarded signal for `grace` seconds
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-COLOUR_SCALES = ("Viridis", "Inferno", "Turbo", "RdBu_r", "Cividis")
+from nucleograph.dashboard.stats import colour_values
+from nucleograph.gnn.render import render_importance
+
+# RdBu_r first: diverging and centred on 0, like `nucleograph render`'s coolwarm (occlusion scores
+# can be negative: removing such a nucleus raised the predicted probability)
+COLOUR_SCALES = ("RdBu_r", "Viridis", "Inferno", "Turbo", "Cividis")
 CLASS_COLOURS = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
 
 
 def overlay(
     meta: dict, nuclei: pd.DataFrame, *, source: str | None, src=None, dst=None, colour: str | None = "score",
-    colour_title: str = "importance", colour_scale: str = "Viridis", highlight: list[int] | None = None,
-    selected: int | None = None, height: int = 720,
+    colour_title: str = "importance", colour_scale: str = "RdBu_r", scaling: str = "relative",
+    highlight: list[int] | None = None, selected: int | None = None, height: int = 720,
 ) -> go.Figure:
     """The image with its nuclei as points (coloured by ``colour`` when it has values) and NEAR edges.
+
+    Scores (``colour="score"``) are mapped by :func:`nucleograph.dashboard.stats.colour_values`
+    (``scaling``: ``"relative"`` is ``nucleograph render``'s scale); the hover shows the raw score.
+    Other columns (area) colour linearly. Nuclei are drawn as points at their centroids: the graph
+    stores no outlines (ingest keeps centroid, area and shape measures), so there are no contours
+    to draw when zoomed in.
 
     SVG traces, not WebGL: a few thousand nuclei draw fast either way, and Streamlit dropped a WebGL
     line trace over a layout image in headless Chromium. Coordinates stay in full-resolution pixels; the (possibly downsampled) image, a data URI, is stretched to the
@@ -42,7 +56,8 @@ def overlay(
     values = nuclei[colour] if colour and colour in nuclei and nuclei[colour].notna().any() else None
     marker = dict(size=7, line=dict(color="black", width=0.5))
     if values is not None:
-        marker.update(color=values, colorscale=colour_scale, showscale=True,
+        shown, limits = colour_values(values, scaling) if colour == "score" else (values, {})
+        marker.update(color=shown, colorscale=colour_scale, showscale=True, **limits,
                       colorbar=dict(title=dict(text=colour_title, side="right"), thickness=14))
         hover = "nucleus %{customdata[0]}<br>score %{customdata[1]:.4g}<br>area %{customdata[2]:.0f}<extra></extra>"
         custom = np.column_stack([nuclei["nid"], values, nuclei["area"]])
@@ -62,6 +77,37 @@ def overlay(
                                  marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(color="magenta", width=3))))
     _image_axes(fig, width, height_px, height)
     return fig
+
+
+def heatmap_png(image: np.ndarray, nuclei: pd.DataFrame, *, src=None, dst=None, title: str = "") -> bytes:
+    """The image's importance heat map as PNG bytes, drawn by ``nucleograph render``'s own function.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8
+        The full-resolution image.
+    nuclei : DataFrame
+        ``x, y, area, score`` per nucleus (as :func:`nucleograph.dashboard.data.image_graph` returns).
+    src, dst : array of int, optional
+        Edge endpoints as row indices into ``nuclei`` (drawn when given).
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    bytes
+        The PNG file.
+    """
+    centroids = nuclei[["x", "y"]].to_numpy(dtype=float)
+    radii = np.sqrt(np.maximum(nuclei["area"].to_numpy(dtype=float), 1.0) / np.pi)
+    edges = None
+    if src is not None and dst is not None and len(src):
+        ok = ~(pd.isna(src) | pd.isna(dst))
+        edges = (np.asarray(src[ok], dtype=np.int64), np.asarray(dst[ok], dtype=np.int64))
+    with tempfile.TemporaryDirectory(prefix="nucleograph-heatmap-") as tmp:
+        out = render_importance(image, centroids, radii, nuclei["score"].to_numpy(dtype=float),
+                                Path(tmp) / "heatmap.png", edges=edges, title=title)
+        return out.read_bytes()
 
 
 def points_over_image(meta: dict, points: pd.DataFrame, *, source: str | None, label: str = "result",

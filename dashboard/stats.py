@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nucleograph.gnn.render import relative_importance
+
 SHAPE_FEATURES = {
     "area": "area (px²)",
     "circularity": "circularity",
@@ -75,6 +77,188 @@ def confusion(run: dict[str, Any], preds: pd.DataFrame, *, split: str) -> tuple[
         if t in index and p in index:
             cm[index[t], index[p]] += 1
     return cm, names
+
+
+def epochs_run(run: dict[str, Any]) -> int | None:
+    """How many epochs the run trained (its first fold), not how many it was allowed.
+
+    Early stopping (``patience``) ends a fold before ``epochs``; the run stores the first fold's
+    history, one record per epoch trained.
+
+    Parameters
+    ----------
+    run : dict
+        The run as :func:`nucleograph.dashboard.data.runs` returns it (``history`` decoded).
+
+    Returns
+    -------
+    int or None
+        The number of history records, or the ``epochs`` setting when the run recorded no history.
+    """
+    history = run.get("history")
+    if isinstance(history, list) and history:
+        return len(history)
+    return run.get("epochs")
+
+
+def chance_rate(run: dict[str, Any], preds: pd.DataFrame | None = None) -> tuple[float, int, str | None] | None:
+    """The accuracy of always predicting the majority class of the run's test images.
+
+    A classifier whose test accuracy is at or below this rate has learned nothing usable (it may be
+    predicting one class for every image).
+
+    Parameters
+    ----------
+    run : dict
+        The run (``metrics.folds[*].confusion_matrix``: rows are the true classes of each fold's test
+        images; ``class_names``).
+    preds : DataFrame, optional
+        Its stored predictions (``label``, ``split``), used when the run holds no confusion matrices.
+
+    Returns
+    -------
+    (float, int, str or None) or None
+        The majority class's share of the test images, their number and the class's name; None when
+        the run has no test images.
+    """
+    folds = (run.get("metrics") or {}).get("folds") or []
+    mats = [np.asarray(f["confusion_matrix"]) for f in folds if isinstance(f, dict) and f.get("confusion_matrix")]
+    names = list(run.get("class_names") or [])
+    if mats and len({m.shape for m in mats}) == 1:
+        counts = np.sum(mats, axis=0).sum(axis=1)
+        total = int(counts.sum())
+        if total:
+            i = int(np.argmax(counts))
+            return float(counts[i] / total), total, names[i] if i < len(names) else None
+    if preds is not None and not preds.empty:
+        test = preds.loc[preds["split"] == "test", "label"]
+        if len(test):
+            counts = test.value_counts()
+            return float(counts.iloc[0] / len(test)), int(len(test)), str(counts.index[0])
+    return None
+
+
+def at_or_below_chance(run: dict[str, Any], preds: pd.DataFrame | None = None) -> str | None:
+    """A warning naming the figures when the run's test accuracy is at or below chance, else None.
+
+    Parameters
+    ----------
+    run : dict
+        The run (``accuracy``, and what :func:`chance_rate` reads).
+    preds : DataFrame, optional
+        Its stored predictions, for :func:`chance_rate`.
+
+    Returns
+    -------
+    str or None
+        e.g. ``"Test accuracy 0.333 is at or below chance: 0.333, ..."``; None when accuracy beats chance
+        or either figure is unknown.
+    """
+    acc = run.get("accuracy")
+    chance = chance_rate(run, preds)
+    if acc is None or chance is None or (isinstance(acc, float) and math.isnan(acc)):
+        return None
+    rate, n, name = chance
+    # a tolerance, so an accuracy equal to the rate up to float rounding counts as "at"
+    if acc > rate + 1e-9:
+        return None
+    majority = f" ({name})" if name else ""
+    return (f"Test accuracy {acc:.3f} is at or below chance: {rate:.3f}, the share of the majority class"
+            f"{majority} among the {n} test images, which a model predicting that class for every image "
+            "reaches. This model has learned nothing usable; its predictions and explanations are not "
+            "evidence. Train longer or on more images.")
+
+
+# --- image explorer ---------------------------------------------------------------------------------
+SCALINGS = {
+    "relative": "relative (÷ 99th percentile of |score|, as `render`)",
+    "log": "log (signed, for scores spanning orders of magnitude)",
+    "linear": "linear (raw scores)",
+}
+
+
+def colour_values(values: pd.Series | np.ndarray, scaling: str = "relative", *,
+                  percentile: float = 99.0) -> tuple[np.ndarray, dict[str, float]]:
+    """Importance scores mapped for a colour scale, with the scale's limits.
+
+    ``relative`` is :func:`nucleograph.gnn.render.relative_importance`, the scale of ``nucleograph
+    render``: scores divided by the ``percentile`` of their absolute values and clipped to [-1, 1], 0
+    in the middle, so a few extreme nuclei do not wash the others out (occlusion maps look binary on
+    a linear scale). ``log`` is a signed log, ``sign(s) log10(1 + |s| / t)`` with ``t`` the 5th
+    percentile of the non-zero ``|s|``, centred on 0. ``linear`` keeps the scores and Plotly's limits.
+
+    Parameters
+    ----------
+    values : Series or ndarray
+        Scores (NaN for nuclei without one).
+    scaling : {"relative", "log", "linear"}
+        The mapping.
+    percentile : float
+        The percentile of ``|score|`` that maps to 1 under ``relative``.
+
+    Returns
+    -------
+    (ndarray, dict)
+        The mapped values (NaN stays NaN) and the marker's ``cmin``/``cmax``/``cmid`` (empty for
+        ``linear``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``scaling``; the message lists the known ones.
+    """
+    s = np.asarray(values, dtype=float)
+    finite = np.isfinite(s)
+    if scaling == "linear" or not finite.any():
+        return s, {}
+    if scaling == "relative":
+        out = np.full(s.shape, np.nan)
+        out[finite] = relative_importance(s[finite], percentile=percentile)
+        return out, {"cmin": -1.0, "cmax": 1.0, "cmid": 0.0}
+    if scaling == "log":
+        mag = np.abs(s[finite])
+        nonzero = mag[mag > 0]
+        t = float(np.percentile(nonzero, 5)) if nonzero.size else 1.0
+        out = np.sign(s) * np.log10(1.0 + np.abs(s) / t)
+        lim = float(np.nanmax(np.abs(out))) or 1.0
+        return out, {"cmin": -lim, "cmax": lim, "cmid": 0.0}
+    raise ValueError(f"unknown colour scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+
+
+def feature_table(props: dict[str, Any], *, skip: tuple[str, ...] = ("uid", "image_id", "features"),
+                  digits: int = 4) -> pd.DataFrame:
+    """A nucleus's properties as ``feature, value`` rows, numbers rounded to ``digits`` significant digits.
+
+    Parameters
+    ----------
+    props : dict
+        The nucleus's stored properties.
+    skip : tuple of str
+        Properties left out (identifiers, the packed feature vector).
+    digits : int
+        Significant digits kept of a non-integer number.
+
+    Returns
+    -------
+    DataFrame
+        One row per property, sorted by name; values as text (a column mixes numbers and words).
+    """
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+            return str(v)
+        if isinstance(v, (int, np.integer)) or float(v).is_integer():
+            return str(int(v))
+        return f"{float(v):.{digits}g}"
+
+    items = [(k, fmt(v)) for k, v in sorted(props.items()) if k not in skip]
+    return pd.DataFrame(items, columns=["feature", "value"])
+
+
+def split_counts(preds: pd.DataFrame) -> dict[str, int]:
+    """How many of a run's predicted images were in each split (``train``, ``val``, ``test``)."""
+    if preds is None or preds.empty:
+        return {}
+    return {str(k): int(v) for k, v in preds["split"].value_counts().items()}
 
 
 # --- cohort patterns --------------------------------------------------------------------------------

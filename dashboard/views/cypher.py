@@ -3,6 +3,7 @@ table and, when they hold nuclei, drawn over their image. Writes are refused by 
 
 import json
 
+import pandas as pd
 import streamlit as st
 
 from nucleograph.dashboard import data, plots, stats
@@ -49,8 +50,9 @@ if st.button("Run", type="primary", key="cypher_run"):
         st.session_state["cypher_result"] = {"error": f"Parameters are not valid JSON: {exc}"}
     else:
         try:
-            columns, rows = data.console_read(reader, query=query, params_json=json.dumps(params, sort_keys=True),
-                                             limit=int(limit))
+            with st.spinner("Running the query..."):
+                columns, rows = data.console_read(reader, query=query, params_json=json.dumps(params, sort_keys=True),
+                                                 limit=int(limit))
             st.session_state["cypher_result"] = {"columns": columns, "rows": rows}
         except NucleographError as exc:
             st.session_state["cypher_result"] = {"error": str(exc)}
@@ -65,6 +67,8 @@ else:
     st.write(f"{len(rows)} row(s)" + (" (row limit reached)" if len(rows) >= limit else ""))
     shown = [{c: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for c, v in r.items()} for r in rows]
     st.dataframe(shown, hide_index=True, column_order=columns)
+    st.download_button("Results (CSV)", pd.DataFrame(shown, columns=columns).to_csv(index=False), "results.csv",
+                       "text/csv", key="cypher_csv", on_click="ignore", icon=":material/download:")
     points = stats.nucleus_points(columns, rows)
     if not points.empty:
         counts = points["image_id"].value_counts()

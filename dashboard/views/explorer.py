@@ -1,10 +1,12 @@
 """Image explorer: one image with its nuclei coloured by a run's importance scores, its edges, one
-nucleus's features and neighbours, and the run's prediction for the image."""
+nucleus's features and neighbours, and the run's prediction for the image with its split (test
+images only by default)."""
 
 import pandas as pd
 import streamlit as st
 
-from nucleograph.dashboard import data, plots, stats
+from nucleograph.dashboard import data, plots, selection, stats
+from nucleograph.ingest.readers import read_image
 
 reader = data.connect()
 st.title("Image explorer")
@@ -20,31 +22,51 @@ if images.empty:
 
 ids = images["id"].tolist()
 by_id = images.set_index("id")
-if st.session_state.get("explorer_image") not in ids:
-    wanted = st.query_params.get("image")
-    st.session_state["explorer_image"] = wanted if wanted in ids else ids[0]
 expls = data.explanations(reader, cohort=cohort)
 keys = [None] + [e["key"] for e in expls]
 expl_by_key = {e["key"]: e for e in expls}
 if "explorer_expl" not in st.session_state or st.session_state["explorer_expl"] not in keys:
     st.session_state["explorer_expl"] = keys[1] if len(keys) > 1 else None
 
-c1, c2, c3, c4 = st.columns([3, 4, 2, 1.3])
-image_id = c1.selectbox(
-    "Image", ids, key="explorer_image",
-    format_func=lambda i: f"{by_id.at[i, 'label']} · {i} · {int(by_id.at[i, 'n_nuclei'] or 0)} nuclei",
-)
+# The run (the explanation's, else the newest) decides each image's split, so it is picked first.
+c1, c2, c3 = st.columns([3, 4, 1.6])
 key = c2.selectbox("Importance (run · model · method)", keys, key="explorer_expl",
                    format_func=lambda k: "none (colour by area)" if k is None else stats.explanation_label(expl_by_key[k]))
-scale = c3.selectbox("Colour scale", plots.COLOUR_SCALES, key="explorer_scale")
-show_edges = c4.toggle("Edges", value=True, key="explorer_edges")
+expl = expl_by_key.get(key)
+prop = expl["property"] if expl else None
+run_id = expl["run_id"] if expl else None
+if run_id is None:
+    cohort_runs = data.runs(reader, cohort=cohort)
+    run_id = cohort_runs[0]["id"] if cohort_runs else None
+preds = data.run_predictions(reader, run_id=run_id) if run_id else None
+split_of = dict(zip(preds["image_id"], preds["split"], strict=True)) if preds is not None else {}
+has_test = "test" in split_of.values()
+wanted = st.query_params.get("image")
+if "explorer_test_only" not in st.session_state:
+    # on by default: a training image's prediction says nothing about how the model generalises
+    st.session_state["explorer_test_only"] = has_test and (wanted not in ids or split_of.get(wanted) == "test")
+test_only = c3.toggle("Test images only", key="explorer_test_only", disabled=not has_test,
+                      help=f"only the images run {run_id} held out for testing" if has_test else
+                      "the chosen run has no test images")
+shown_ids = [i for i in ids if split_of.get(i) == "test"] if test_only and has_test else ids
+if st.session_state.get("explorer_image") not in shown_ids:
+    st.session_state["explorer_image"] = wanted if wanted in shown_ids else shown_ids[0]
+image_id = c1.selectbox(
+    "Image", shown_ids, key="explorer_image",
+    format_func=lambda i: (f"{by_id.at[i, 'label']} · {i} · {int(by_id.at[i, 'n_nuclei'] or 0)} nuclei"
+                           + (f" · {split_of[i]}" if i in split_of else "")),
+)
+d1, d2, d3 = st.columns([2, 4, 1.3])
+scale = d1.selectbox("Colour scale", plots.COLOUR_SCALES, key="explorer_scale")
+scaling = d2.selectbox("Score scaling", list(stats.SCALINGS), key="explorer_scaling", format_func=stats.SCALINGS.get,
+                       help="relative: as `nucleograph render` draws it; linear shows occlusion maps almost binary")
+show_edges = d3.toggle("Edges", value=False, key="explorer_edges")
 if not expls:
     st.info("No explanations for this cohort yet: nuclei are coloured by area. Train and explain a run with "
             "`nucleograph train --cohort ...` then `nucleograph explain --run RUN_ID`.")
 
-expl = expl_by_key.get(key)
-prop = expl["property"] if expl else None
-graph = data.image_graph(reader, image_id=image_id, prop=prop)
+with st.spinner("Reading the image's nuclei and edges..."):
+    graph = data.image_graph(reader, image_id=image_id, prop=prop)
 if graph is None:
     st.warning(f"Image {image_id} is gone from Neo4j; refresh the data.")
     st.stop()
@@ -53,24 +75,22 @@ has_scores = bool(prop) and nuclei["score"].notna().any()
 if prop and not has_scores:
     st.info("This image has no scores under the chosen explanation (it was not explained); colouring by area.")
 
-# A click or lasso on the chart selects a nucleus; it is applied once, so the picker can still change it.
+# A click or lasso on the chart selects a nucleus. It is applied once per selection event (the
+# selection stays in the state across reruns), so the picker can still change the nucleus, and a
+# selection made on another image is not applied to this one.
 nids = nuclei["nid"].tolist()
-chosen = st.session_state.get("explorer_chart")
-points = (chosen or {}).get("selection", {}).get("points", []) if isinstance(chosen, dict) else []
-if points and points[0].get("customdata"):
-    picked = (image_id, int(points[0]["customdata"][0]))
-    if st.session_state.get("explorer_picked") != picked:
-        st.session_state["explorer_picked"] = picked
-        st.session_state["explorer_nid"] = picked[1]
+chart_state = st.session_state.get("explorer_chart")
+clicked = selection.selected_nid(chart_state, nids=nids)
+if clicked is not None:
+    event = selection.event_signature(chart_state)
+    if st.session_state.get("explorer_picked") != event:
+        st.session_state["explorer_picked"] = event
+        st.session_state["explorer_nid"] = clicked
 if st.session_state.get("explorer_nid") not in nids:
     st.session_state["explorer_nid"] = None
 
 left, right = st.columns([3, 1.25])
 with right:
-    run_id = expl["run_id"] if expl else None
-    if run_id is None:
-        cohort_runs = data.runs(reader, cohort=cohort)
-        run_id = cohort_runs[0]["id"] if cohort_runs else None
     st.subheader("Prediction")
     st.caption(f"true class **{meta['label']}** · patient {meta['patient']} · {meta['width']}×{meta['height']} px")
     pred = data.image_prediction(reader, run_id=run_id, image_id=image_id) if run_id else None
@@ -81,6 +101,12 @@ with right:
         ok = "(correct)" if pred["pred"] == meta["label"] else "(wrong)"
         st.metric(f"run {run_id} ({pred['split']})", f"{pred['pred']} {ok}", f"p = {pred['prob']:.3f}",
                   delta_color="off")
+        if pred["split"] == "test":
+            st.caption("split **test**: held out, the model never trained on this image")
+        else:
+            st.caption(f":orange[split **{pred['split']}**: the model "
+                       f"{'trained on' if pred['split'] == 'train' else 'chose its epoch on'} this image, so this "
+                       "prediction says little about how it generalises]")
         if pred.get("probs") and pred.get("class_names"):
             st.dataframe(pd.DataFrame({"class": pred["class_names"], "probability": pred["probs"]}),
                          hide_index=True, column_config={"probability": st.column_config.ProgressColumn(
@@ -100,24 +126,34 @@ with right:
             if has_scores and info["score"] is not None:
                 rank = int((nuclei["score"] > info["score"]).sum()) + 1
                 st.caption(f"rank {rank} of {nuclei['score'].notna().sum()} in this image")
-            skip = {"uid", "image_id", "features"}
-            feats = {k: v for k, v in sorted(info["props"].items()) if k not in skip}
-            st.dataframe(pd.DataFrame({"feature": list(feats), "value": [str(v) for v in feats.values()]}),
-                         hide_index=True, height=260)
+            st.dataframe(stats.feature_table(info["props"]), hide_index=True, height=260)
             st.caption(f"{len(neigh)} neighbours (nearest first)")
             st.dataframe(neigh, hide_index=True, height=200,
                          column_config={c: st.column_config.NumberColumn(format="%.3g")
                                         for c in ("dist", "weight", "area", "hematoxylin", "score")})
 
 with left:
-    colour, title = ("score", f"{expl['method']} importance") if has_scores else ("area", "area (px²)")
+    scaled = {"relative": " (relative)", "log": " (signed log)"}.get(scaling, "")
+    colour, title = ("score", f"{expl['method']} importance{scaled}") if has_scores else ("area", "area (px²)")
     source, why = data.image_source(meta["path"])
     if source is None:
         st.warning(f"Image pixels unavailable ({why}); drawing the nuclei alone.")
     fig = plots.overlay(meta, nuclei, source=source, src=graph["src"] if show_edges else None, dst=graph["dst"],
-                        colour=colour, colour_title=title, colour_scale=scale,
+                        colour=colour, colour_title=title, colour_scale=scale, scaling=scaling,
                         highlight=neigh["nid"].tolist() if not neigh.empty else None, selected=nid)
     st.plotly_chart(fig, key="explorer_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
                     config={"scrollZoom": True})
     st.caption(f"{len(nuclei):,} nuclei · {meta['n_edges'] or 0:,} NEAR edges · detector {meta['detector']} · "
-               "scroll to zoom, drag to pan, click a nucleus to inspect it")
+               "scroll to zoom, drag to pan, click a nucleus to inspect it (nuclei are drawn at their centroids: "
+               "the graph stores no outlines)")
+    stem = f"{image_id}_{prop or 'area'}"
+    b1, b2, _ = st.columns([1, 1, 2])
+    b1.download_button("Scores (CSV)", nuclei.assign(image_id=image_id).to_csv(index=False), f"{stem}.csv",
+                       "text/csv", key="explorer_csv", on_click="ignore", icon=":material/download:")
+    if has_scores and source is not None:
+        # drawn only when clicked (a callable runs on download), by `nucleograph render`'s function
+        b2.download_button(
+            "Heat map (PNG)", lambda: plots.heatmap_png(
+                read_image(meta["path"]), nuclei, src=graph["src"] if show_edges else None, dst=graph["dst"],
+                title=f"{meta['label']} | {image_id} | {expl['method']} importance, run {expl['run_id']}"),
+            f"{stem}.png", "image/png", key="explorer_png", on_click="ignore", icon=":material/download:")

@@ -24,15 +24,24 @@ if not runs:
     st.stop()
 
 METRICS = ["accuracy", "balanced_accuracy", "roc_auc", "f1"]
+chance = {r["id"]: stats.chance_rate(r) for r in runs}
 table = pd.DataFrame([
     {"id": r["id"], "model": r.get("model"), "created": r.get("created_at", "")[:19],
-     **{m: r.get(m) for m in METRICS}, "folds": r.get("folds"), "epochs": r.get("epochs"),
+     **{m: r.get(m) for m in METRICS},
+     "chance": chance[r["id"]][0] if chance[r["id"]] else None,
+     "vs chance": "⚠ at or below" if stats.at_or_below_chance(r) else None,
+     "folds": r.get("folds"), "epochs": stats.epochs_run(r), "max epochs": r.get("epochs"),
      "images": r.get("n_images"), "parameters": r.get("n_parameters"), "seconds": r.get("seconds")}
     for r in runs
 ])
 st.dataframe(table, hide_index=True, column_config={
-    m: st.column_config.ProgressColumn(m.replace("_", " "), min_value=0.0, max_value=1.0, format="%.3f")
-    for m in METRICS})
+    **{m: st.column_config.ProgressColumn(m.replace("_", " "), min_value=0.0, max_value=1.0, format="%.3f")
+       for m in METRICS},
+    "chance": st.column_config.NumberColumn(
+        "chance", format="%.3f", help="accuracy of predicting the majority class of the test images for all"),
+    "epochs": st.column_config.NumberColumn(
+        "epochs", help="epochs trained (first fold; early stopping can end a run before its max epochs)"),
+})
 
 by_id = {r["id"]: r for r in runs}
 c1, c2 = st.columns([3, 2])
@@ -49,6 +58,9 @@ for col, m in zip(cols, METRICS, strict=True):
                None if std is None else f"± {std:.3f} over folds", delta_color="off")
 
 preds = data.run_predictions(reader, run_id=run_id)
+flag = stats.at_or_below_chance(run, preds)
+if flag:
+    st.warning(f"Run {run_id}: {flag}", icon=":material/warning:")
 left, right = st.columns(2)
 with left:
     cm = stats.confusion(run, preds, split=split)

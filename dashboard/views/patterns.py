@@ -37,7 +37,8 @@ FEATURES = list(stats.SHAPE_FEATURES)
 def concept_panel(key: str, *, slot: str) -> None:
     """The top-k-versus-all comparison for one explanation."""
     e = by_key[key]
-    df = data.patterns(reader, cohort=cohort, key=key)
+    with st.spinner("Ranking every explained image's nuclei..."):
+        df = data.patterns(reader, cohort=cohort, key=key)
     if df.empty:
         st.info("This explanation holds no scores for the cohort's images.")
         return
@@ -71,7 +72,8 @@ else:
         concept_panel(key_b, slot="b")
 
 st.header("Importance against graph position")
-df = data.patterns(reader, cohort=cohort, key=key_a)
+with st.spinner("Ranking every explained image's nuclei..."):
+    df = data.patterns(reader, cohort=cohort, key=key_a)
 sample = df[df["sample"]]
 if sample.empty:
     st.info("No scored nuclei to place.")
@@ -105,7 +107,9 @@ else:
 
 if key_b is not None:
     st.header("Agreement of A and B")
-    overlap = stats.topk_overlap(df, data.patterns(reader, cohort=cohort, key=key_b), k)
+    with st.spinner("Ranking the second explanation's nuclei..."):
+        df_b = data.patterns(reader, cohort=cohort, key=key_b)
+    overlap = stats.topk_overlap(df, df_b, k)
     if overlap.empty:
         st.info("A and B share no explained images.")
     else:

@@ -7,6 +7,8 @@ images without any run, for the pages' "nothing yet" states.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nucleograph.ingest.cohort import discover
@@ -16,7 +18,7 @@ from nucleograph.ingest.synth import synthesize_cohort
 
 
 @pytest.fixture(scope="session")
-def dash_cohort(tmp_path_factory, neo4j_settings, driver) -> dict:
+def dash_cohort(tmp_path_factory, neo4j_settings, driver, graphdb) -> dict:
     """Names and ids of the dashboard's test cohort (ingested, trained, explained)."""
     from nucleograph.gnn.service import explain_run, train_cohort
 
@@ -25,14 +27,53 @@ def dash_cohort(tmp_path_factory, neo4j_settings, driver) -> dict:
     name, bare = "dash-test", "dash-test-bare"
     records = discover([out])
     for cohort in (name, bare):
-        summary = ingest_records(records, cohort=cohort, params=IngestParams(), settings=neo4j_settings, driver=driver)
+        summary = ingest_records(records, cohort=cohort, params=IngestParams(), settings=neo4j_settings, db=graphdb)
         assert summary.failed == 0
-    run = train_cohort(driver, neo4j_settings, name, model="rsf-attention", epochs=2, folds=2, seed=0,
+    run = train_cohort(graphdb, neo4j_settings, name, model="rsf-attention", epochs=2, folds=2, seed=0,
                        batch_size=4, patience=None)
-    occ = explain_run(driver, neo4j_settings, run["run_id"], method="occlusion", hops=1)
-    att = explain_run(driver, neo4j_settings, run["run_id"], method="attention")
+    occ = explain_run(graphdb, neo4j_settings, run["run_id"], method="occlusion", hops=1)
+    att = explain_run(graphdb, neo4j_settings, run["run_id"], method="attention")
     rows, _, _ = driver.execute_query(
         "MATCH (:Cohort {name: $c})<-[:IN_COHORT]-(i:Image) RETURN i.id AS id ORDER BY i.id",
         c=name, database_=neo4j_settings.neo4j_database)
     return {"name": name, "bare": bare, "run_id": run["run_id"], "occlusion": occ, "attention": att,
             "image_ids": [r["id"] for r in rows], "images": len(records)}
+
+
+@pytest.fixture(scope="session")
+def split_cohort(tmp_path_factory, neo4j_settings, driver, graphdb) -> dict:
+    """A cohort with a single-split run (train, val and test images) and its attention scores: the
+    explorer's split and "test images only". Six small tiles per class make three patients per class,
+    the fewest for which a patient-grouped split holds patients out for testing."""
+    from nucleograph.gnn.service import explain_run, train_cohort
+
+    name = "dash-test-split"
+    out = tmp_path_factory.mktemp("dash_split_synth")
+    synthesize_cohort("breast", n_per_class=6, out_dir=out, seed=7, size=(384, 288))
+    records = discover([out])
+    summary = ingest_records(records, cohort=name, params=IngestParams(), settings=neo4j_settings, db=graphdb)
+    assert summary.failed == 0
+    run = train_cohort(graphdb, neo4j_settings, name, model="rsf-attention", epochs=2, folds=1, seed=0,
+                       batch_size=4, patience=None)
+    explain_run(graphdb, neo4j_settings, run["run_id"], method="attention")
+    preds, _, _ = driver.execute_query(
+        "MATCH (:ModelRun {id: $r})-[p:PREDICTED]->(i:Image) RETURN i.id AS id, p.split AS split",
+        r=run["run_id"], database_=neo4j_settings.neo4j_database)
+    return {"name": name, "run_id": run["run_id"], "split": {p["id"]: p["split"] for p in preds}}
+
+
+@pytest.fixture(scope="session")
+def chance_cohort(neo4j_settings, driver) -> dict:
+    """A cohort whose one run is at chance: 4 of its 6 test images are class A and it predicts A for all
+    (accuracy 0.667 = the majority share), after 3 epochs of the 50 allowed (early stopping)."""
+    name, run_id = "dash-test-chance", "rdashchance"
+    metrics = {"accuracy": 4 / 6, "folds": [{"n": 6, "accuracy": 4 / 6, "confusion_matrix": [[4, 0], [2, 0]]}]}
+    history = [{"epoch": e, "train_loss": 0.69, "lr": 0.01, "val_loss": 0.69, "val_accuracy": 0.5} for e in range(3)]
+    driver.execute_query(
+        "MERGE (c:Cohort {name: $c}) "
+        "CREATE (r:ModelRun {id: $r, cohort: $c, model: 'rsf', epochs: 50, folds: 1, class_names: ['A', 'B'], "
+        "accuracy: $acc, metrics: $metrics, history: $history, status: 'finished', created_at: datetime()}) "
+        "CREATE (r)-[:TRAINED_ON]->(c)",
+        c=name, r=run_id, acc=4 / 6, metrics=json.dumps(metrics), history=json.dumps(history),
+        database_=neo4j_settings.neo4j_database)
+    return {"name": name, "run_id": run_id}

@@ -3,24 +3,30 @@ local Neo4j; the console refuses writes and changes nothing."""
 
 from __future__ import annotations
 
+import copy
 import json
+from pathlib import Path
 
 import pytest
+import streamlit as st
 from apptest_helpers import assert_clean, open_page
 
 from nucleograph.db import store
 
 pytestmark = pytest.mark.neo4j
 
+# st.session_state["explorer_chart"] after a real click on a nucleus in headless Chromium
+CLICK = json.loads((Path(__file__).parent / "plotly_click_selection.json").read_text())["state"]
+
 
 def _plotly_charts(at):
     return at.get("plotly_chart")
 
 
-def test_cohorts_page_counts_what_is_stored(dash_cohort, test_environ, driver):
+def test_cohorts_page_counts_what_is_stored(dash_cohort, test_environ, graphdb):
     at = open_page("cohorts", dash_cohort["name"])
     assert_clean(at)
-    counts = store.cohort_counts(driver, dash_cohort["name"], database=test_environ.neo4j_database)
+    counts = store.cohort_counts(graphdb, dash_cohort["name"])
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["images"] == str(counts["images"]) == str(dash_cohort["images"])
     assert metrics["nuclei"] == f"{counts['nuclei']:,}"
@@ -53,9 +59,77 @@ def test_explorer_colours_by_importance_and_inspects_a_nucleus(dash_cohort, test
     neighbours = at.dataframe[-1].value
     assert len(neighbours) == degree and list(neighbours["dist"]) == sorted(neighbours["dist"])
 
-    at.toggle(key="explorer_edges").set_value(False).run()
+    features = at.dataframe[-2].value
+    numbers = [float(v) for v in features["value"] if _is_number(v)]
+    assert numbers and all(x.is_integer() or f"{x:.4g}" in set(features["value"]) for x in numbers)  # rounded
+    assert len(at.get("download_button")) == 2  # scores CSV, heat-map PNG
+
+    assert at.toggle(key="explorer_edges").value is False  # edges off by default
+    at.toggle(key="explorer_edges").set_value(True).run()
+    at.selectbox(key="explorer_scaling").set_value("log").run()
     at.selectbox(key="explorer_expl").set_value(None).run()
     assert_clean(at)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _nucleus_with_neighbours(driver, database, image_id) -> tuple[int, int]:
+    rows, _, _ = driver.execute_query(
+        "MATCH (:Image {id: $i})-[:HAS_NUCLEUS]->(n:Nucleus) WITH n, COUNT { (n)-[:NEAR]-() } AS d "
+        "WHERE d > 0 RETURN n.nid AS nid, d ORDER BY d DESC, n.nid LIMIT 1", i=image_id, database_=database)
+    return rows[0]["nid"], rows[0]["d"]
+
+
+def test_explorer_click_as_a_browser_sends_it_opens_the_nucleus(dash_cohort, test_environ, driver):
+    at = open_page("explorer", dash_cohort["name"])
+    nid, degree = _nucleus_with_neighbours(driver, test_environ.neo4j_database, at.session_state["explorer_image"])
+    click = copy.deepcopy(CLICK)
+    click["selection"]["points"][0]["customdata"]["0"] = nid  # the captured payload, pointed at this image
+    at.session_state["explorer_chart"] = click
+    at.run()
+    assert_clean(at)
+    assert at.session_state["explorer_nid"] == nid
+    assert {m.label: m.value for m in at.metric}["degree"] == str(degree)
+    # the picker still wins over a selection already applied
+    other = next(n for n in at.selectbox(key="explorer_nid").options if str(n) != str(nid))
+    at.selectbox(key="explorer_nid").set_value(int(other)).run()
+    assert_clean(at)
+    assert at.session_state["explorer_nid"] == int(other)
+
+
+def test_explorer_survives_a_malformed_selection(dash_cohort, test_environ):
+    at = open_page("explorer", dash_cohort["name"])
+    at.session_state["explorer_chart"] = {"selection": {"points": [{"customdata": {"dtype": "f8", "bdata": "!!"}}]}}
+    at.run()
+    assert_clean(at)
+    assert at.session_state["explorer_nid"] is None
+
+
+def test_explorer_shows_the_split_and_defaults_to_test_images(split_cohort, test_environ):
+    st.cache_data.clear()  # the cohort list is cached for a minute; this cohort is new
+    split = split_cohort["split"]
+    test_ids = sorted(i for i, s in split.items() if s == "test")
+    assert test_ids and len(test_ids) < len(split)  # a single split: some images trained on
+    at = open_page("explorer", split_cohort["name"])
+    assert_clean(at)
+    assert at.session_state["explorer_test_only"] is True
+    assert sorted(at.selectbox(key="explorer_image").options) == sorted(
+        o for o in at.selectbox(key="explorer_image").options if o.split(" · ")[-1] == "test")
+    assert len(at.selectbox(key="explorer_image").options) == len(test_ids)
+    assert any("split **test**" in c.value for c in at.caption)
+    at.toggle(key="explorer_test_only").set_value(False).run()
+    assert len(at.selectbox(key="explorer_image").options) == len(split)
+    train_id = next(i for i, s in split.items() if s == "train")
+    at.selectbox(key="explorer_image").set_value(train_id).run()
+    assert_clean(at)
+    assert any("split **train**" in c.value for c in at.caption)
+    assert next(m for m in at.metric if m.label.startswith("run ")).label.endswith("(train)")
 
 
 def test_explorer_without_runs_says_so(dash_cohort, test_environ):
@@ -101,6 +175,18 @@ def test_models_page_shows_metrics_confusion_and_curves(dash_cohort, test_enviro
     assert_clean(at)
 
 
+def test_models_page_flags_a_run_at_chance(chance_cohort, test_environ):
+    st.cache_data.clear()  # the cohort list is cached for a minute; this cohort is new
+    at = open_page("models", chance_cohort["name"])
+    assert_clean(at)
+    warning = " ".join(w.value for w in at.warning)
+    assert "0.667 is at or below chance: 0.667" in warning and "6 test images" in warning
+    table = at.dataframe[0].value
+    row = table[table["id"] == chance_cohort["run_id"]].iloc[0]
+    assert row["vs chance"].startswith("⚠") and row["chance"] == pytest.approx(4 / 6)
+    assert (row["epochs"], row["max epochs"]) == (3, 50)  # epochs trained, not the setting
+
+
 def test_models_without_runs_says_so(dash_cohort, test_environ):
     at = open_page("models", dash_cohort["bare"])
     assert_clean(at)
@@ -130,6 +216,7 @@ def test_cypher_score_query_uses_an_explanation_property(dash_cohort, test_envir
     assert_clean(at)
     scores = list(at.dataframe[0].value["score"])
     assert len(scores) == params["limit"] and scores == sorted(scores, reverse=True)
+    assert len(at.get("download_button")) == 1  # the results as CSV
 
 
 @pytest.mark.parametrize("query", [

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from nucleograph.dashboard import stats as ds
+from nucleograph.gnn.render import relative_importance
 
 
 def test_nucleus_points_from_columns_and_from_nodes():
@@ -79,3 +81,50 @@ def test_importance_by_position_bins():
     by_degree = ds.importance_by(binned, "degree_bin")
     a1 = by_degree[(by_degree["label"] == "A") & (by_degree["degree_bin"] == 1)].iloc[0]
     assert (a1["importance"], a1["nuclei"]) == (0.5, 2)
+
+
+def test_relative_colour_scale_is_renders():
+    scores = np.r_[np.linspace(0.0, 0.01, 198), -0.9, np.nan]
+    shown, limits = ds.colour_values(scores, "relative")
+    assert limits == {"cmin": -1.0, "cmax": 1.0, "cmid": 0.0}
+    assert np.isnan(shown[-1])
+    assert np.allclose(shown[:-1], relative_importance(scores[:-1]))
+    # linear, the 198 small scores would share 1 % of the colour range (the "binary" look); relative,
+    # they span most of it and the one extreme nucleus is clipped
+    assert np.ptp(shown[:198]) > 0.9 and shown[198] == -1.0
+
+
+def test_log_and_linear_colour_scales():
+    scores = np.array([0.0, 1e-4, 1e-2, 1.0, -1.0])
+    shown, limits = ds.colour_values(scores, "log")
+    assert shown[0] == 0 and shown[3] == -shown[4] == limits["cmax"] and limits["cmid"] == 0
+    assert 0 < shown[1] < shown[2] < shown[3]
+    assert ds.colour_values(scores, "linear")[1] == {}
+    with pytest.raises(ValueError, match="relative, log, linear"):
+        ds.colour_values(scores, "sqrt")
+
+
+def test_chance_is_the_majority_share_of_the_test_images():
+    run = {"accuracy": 4 / 6, "class_names": ["A", "B"],
+           "metrics": {"folds": [{"confusion_matrix": [[2, 0], [1, 0]]}, {"confusion_matrix": [[2, 0], [1, 0]]}]}}
+    assert ds.chance_rate(run) == (4 / 6, 6, "A")
+    warning = ds.at_or_below_chance(run)
+    assert "0.667 is at or below chance: 0.667" in warning and "(A)" in warning and "6 test images" in warning
+    assert ds.at_or_below_chance({**run, "accuracy": 5 / 6}) is None
+    assert ds.at_or_below_chance({**run, "accuracy": 0.5}) is not None
+    preds = pd.DataFrame({"label": ["A", "B", "B", "A"], "split": ["test", "test", "test", "train"]})
+    assert ds.chance_rate({"metrics": {}}, preds) == (2 / 3, 3, "B")
+    assert ds.chance_rate({"metrics": {}}) is None and ds.at_or_below_chance({"accuracy": 0.1}) is None
+
+
+def test_epochs_run_counts_the_history_not_the_setting():
+    assert ds.epochs_run({"epochs": 50, "history": [{"epoch": e} for e in range(7)]}) == 7
+    assert ds.epochs_run({"epochs": 50, "history": None}) == 50
+
+
+def test_feature_table_rounds_numbers_and_keeps_words():
+    table = ds.feature_table({"area": 307.0, "circularity": 0.912345678, "nid": 5, "detector": "watershed",
+                              "uid": "i:5", "hematoxylin_od_mean": 1.23456789e-05})
+    assert dict(zip(table["feature"], table["value"], strict=True)) == {
+        "area": "307", "circularity": "0.9123", "detector": "watershed", "hematoxylin_od_mean": "1.235e-05",
+        "nid": "5"}

@@ -26,7 +26,7 @@ import pandas as pd
 from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
 from nucleograph.db import store
-from nucleograph.db.driver import open_driver
+from nucleograph.db.graphdb import GraphDB
 from nucleograph.gnn import faithfulness as fa
 from nucleograph.gnn.service import explain_run, graph_from_arrays, load_run_models
 
@@ -42,36 +42,35 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     settings = Settings.from_env()
-    driver = open_driver(settings)
-    db = settings.neo4j_database
+    db = GraphDB.open(settings)
     synth = Path(args.synth)
     manifest = pd.read_csv(synth / "manifest.csv")
     truth_by_path = {str((synth / p).resolve()): synth / n for p, n in zip(manifest["path"], manifest["nuclei"], strict=True)}
     rng = np.random.default_rng(args.seed)
     rows, enrich_rows = [], []
     for run_id in args.run:
-        run, models = load_run_models(driver, settings, run_id)
-        images = store.cohort_images(driver, run["cohort"], database=db)
+        run, models = load_run_models(db, settings, run_id)
+        images = store.cohort_images(db, run["cohort"])
         by_label = defaultdict(list)
         for im in images:
             by_label[im["label"]].append(im["id"])
         sample = [i for lab in sorted(by_label) for i in sorted(by_label[lab])[: args.per_class]]
         methods = ["occlusion"] + (["attention"] if run["model"] == "rsf-attention" else [])
-        fold_of = {p["image_id"]: int(p.get("fold") or 0) for p in db_runs.predictions(driver, run_id, database=db)}
+        fold_of = {p["image_id"]: int(p.get("fold") or 0) for p in db_runs.predictions(db, run_id)}
         for method in methods:
             t = time.perf_counter()
-            explain_run(driver, settings, run_id, method=method, hops=args.hops, image_ids=sample)
+            explain_run(db, settings, run_id, method=method, hops=args.hops, image_ids=sample)
             explain_s = time.perf_counter() - t
             prop = db_runs.score_property(run_id, method, args.hops)
             aucs, raucs = defaultdict(list), defaultdict(list)
             enrich = defaultdict(lambda: defaultdict(list))
             drawn: set[str] = set()  # one heat map per class
-            for g in store.read_graphs(driver, sample, database=db):
+            for g in store.read_graphs(db, sample):
                 if len(g["nids"]) == 0:
                     continue
                 model = models[min(fold_of.get(g["id"], 0), len(models) - 1)]
                 graph = graph_from_arrays(g)
-                s = np.array([r["score"] for r in db_runs.image_scores(driver, g["id"], prop, database=db)], dtype=float)
+                s = np.array([r["score"] for r in db_runs.image_scores(db, g["id"], prop)], dtype=float)
                 probs, _ = fa.deletion_curve(model, graph, s)
                 rand = np.mean([fa.deletion_curve(model, graph, s, order=rng.permutation(len(s)))[0]
                                 for _ in range(3)], axis=0)
@@ -85,7 +84,7 @@ def main() -> None:
                     from nucleograph.gnn.render import render_importance
                     from nucleograph.ingest.readers import read_image
 
-                    areas = store.nucleus_areas(driver, g["id"], database=db)
+                    areas = store.nucleus_areas(db, g["id"])
                     out = Path(args.figures) / f"{run['cohort']}_{run['model']}_{method}_{g['label']}.jpg"
                     render_importance(read_image(g["path"]), g["centroids"], np.sqrt(np.maximum(areas, 1) / np.pi), s,
                                       out, title=f"{g['label']} | {run['model']} | {method}", max_side=900, dpi=80)
@@ -100,7 +99,7 @@ def main() -> None:
                     enrich_rows.append({"cohort": run["cohort"], "model": run["model"], "method": method,
                                         "class": label, "role": role,
                                         "enrichment_top10": round(float(np.nanmean(vals)), 2)})
-    driver.close()
+    db.close()
     out = {"deletion": rows, "enrichment": enrich_rows}
     if args.json:
         print(json.dumps(out, indent=1))

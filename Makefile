@@ -23,6 +23,9 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
+	@echo "installing nucleograph and its pinned stack into $(VENV): the first time this downloads about 5 GB"
+	@echo "(torch's CUDA build, which also runs on CPU) and takes several minutes without printing more."
+	@echo "setuptools' 'Editable installation ... be careful with folders' warning is expected (README)."
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 

@@ -1,14 +1,17 @@
-"""`nucleograph db start|stop|status|migrate` and `nucleograph cypher`."""
+"""`nucleograph db start|stop|status|migrate`, `nucleograph images` and `nucleograph cypher`."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from nucleograph.config import Settings
-from nucleograph.db import console, local, schema
+from nucleograph.db import console, local, schema, store
 from nucleograph.db import queries as q
+from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
-from nucleograph.output import emit_json, format_table
+from nucleograph.errors import InputError
+from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_migrate)
 
-    c = sub.add_parser("cypher", help="run a Cypher query (read-only unless --write)")
+    p = sub.add_parser("images", help="list a cohort's images (ids for render, explain --image, the Cypher examples)",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--cohort", required=True, help="a cohort name, as given to `nucleograph ingest --cohort`")
+    p.add_argument("--run", default=None, help="add this model run's prediction and split (train/val/test) per image")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
+    p.set_defaults(func=cmd_images)
+
+    c = sub.add_parser("cypher", help="run a Cypher query (read-only unless --write)",
+                       formatter_class=DefaultsHelpFormatter)
     c.add_argument("query")
     c.add_argument("--param", action="append", metavar="NAME=VALUE", help="a query parameter (JSON or text)")
     c.add_argument("--write", action="store_true", help="run in a write transaction")
@@ -37,11 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_cypher)
 
 
+def _to_stderr(message: str) -> None:
+    print(f"db start: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_start(args, settings: Settings) -> int:
     """Run ``nucleograph db start`` (start the local Neo4j (if local) and apply migrations); returns the exit status."""
     info = {"uri": settings.neo4j_uri}
     if settings.is_local:
-        info.update(local.start(settings))
+        info.update(local.start(settings, say=_to_stderr))
     with GraphDB.open(settings) as db:
         info["migrations"] = schema.migrate(db)
     if args.json:
@@ -121,9 +136,32 @@ def cmd_cypher(args, settings: Settings) -> int:
     """Run ``nucleograph cypher``; returns the exit status."""
     params = console.parse_params(args.param)
     with GraphDB.open(settings) as db:
-        columns, rows = console.run_cypher(db, args.query, params, write=args.write, limit=args.limit)
+        try:
+            columns, rows = console.run_cypher(db, args.query, params, write=args.write, limit=args.limit)
+        except console.WriteRefused as exc:
+            raise console.WriteRefused(f"{exc} Run it with --write if you mean to change the database.") from exc
     if args.json:
         emit_json(rows)
     else:
         print(format_table(columns, rows))
+    return 0
+
+
+def cmd_images(args, settings: Settings) -> int:
+    """Run ``nucleograph images`` (a cohort's images, with a run's predictions when given); returns the exit status."""
+    with GraphDB.open(settings) as db:
+        images = store.cohort_images(db, args.cohort)
+        if not images:
+            names = store.cohort_names(db)
+            raise InputError(f"cohort {args.cohort!r} has no images; cohorts: {', '.join(names) or 'none yet'} "
+                             "(`nucleograph ingest PATH --cohort NAME` adds some)")
+        preds = {p["image_id"]: p for p in db_runs.predictions(db, args.run)} if args.run else {}
+    rows = [{"image_id": r["id"], "label": r["label"], "nuclei": r["n_nuclei"], "edges": r["n_edges"],
+             **({"pred": preds.get(r["id"], {}).get("pred"), "split": preds.get(r["id"], {}).get("split")}
+                if args.run else {}),
+             "path": r["path"]} for r in images]
+    if args.json:
+        emit_json(rows)
+    else:
+        print(format_table(list(rows[0]), rows, max_width=200))
     return 0

@@ -20,6 +20,11 @@ from nucleograph.errors import DatabaseError, InputError
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class WriteRefused(DatabaseError):
+    """A query that writes was run read-only. The message names no way around it: the dashboard
+    shows it to a browser user, who has none; the command line adds its ``--write`` hint."""
+
+
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     """Turn ``["k=v", ...]`` into parameters; a value is read as JSON when it parses, else as text.
 
@@ -100,8 +105,10 @@ def run_cypher(
 
     Raises
     ------
+    WriteRefused
+        The query writes and ``write`` is False.
     DatabaseError
-        The server refused the query (a write in read mode says to pass ``--write``).
+        The server rejected the query.
     """
 
     def work(tx: neo4j.ManagedTransaction):
@@ -118,9 +125,9 @@ def run_cypher(
         return db.write_transaction(work) if write else db.read_transaction(work)
     except neo4j_exc.ClientError as exc:
         if not write and _is_write_refusal(exc):
-            raise DatabaseError(
-                f"refused: this query writes, and the console is read-only ({exc.code}). "
-                "Run it with --write if you mean to change the database."
+            raise WriteRefused(
+                f"refused: this query writes, and the console is read-only ({exc.code}): the server runs it in "
+                "a read transaction, which cannot create, change or delete anything."
             ) from exc
         raise DatabaseError(f"Neo4j rejected the query: {exc.code}: {exc.message}") from exc
 

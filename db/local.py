@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ JAVA_FLAGS = [
     "-XX:+UseG1GC",
     "-XX:-OmitStackTraceInFastThrow",
 ]
+WAIT_REPORT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,15 @@ def _require_local(settings: Settings) -> None:
         )
 
 
-def build_launcher(settings: Settings, *, quiet: bool = True) -> Path:
-    """Build the launcher (compile + copy Neo4j's jars) unless it is already built; return its folder."""
+def _silent(message: str) -> None:
+    pass
+
+
+def build_launcher(settings: Settings, *, quiet: bool = True, say: Callable[[str], None] = _silent) -> Path:
+    """Build the launcher (compile + copy Neo4j's jars) unless it is already built; return its folder.
+
+    ``say`` is told, before the build, that it runs (the first build downloads Neo4j's jars: minutes).
+    """
     paths = LocalPaths.of(settings)
     stamp = paths.build / "source.sha256"
     digest = _source_digest()
@@ -74,12 +83,16 @@ def build_launcher(settings: Settings, *, quiet: bool = True) -> Path:
         shutil.rmtree(paths.build / "src")
     shutil.copytree(SOURCE_DIR / "src", paths.build / "src")
     cmd = ["mvn", "-B", "-q" if quiet else "-ntp", "package", "-DskipTests"]
+    say(f"building the Neo4j launcher with Maven in {paths.build} (first start only: downloads Neo4j's "
+        "jars, ~120 MB; 1-3 minutes)")
+    t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=paths.build, capture_output=True, text=True)
     if proc.returncode != 0:
         raise DatabaseError(
             f"building the Neo4j launcher failed (mvn package in {paths.build}):\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}"
         )
     stamp.write_text(digest)
+    say(f"built the launcher in {time.monotonic() - t0:.0f} s")
     return paths.build
 
 
@@ -114,8 +127,11 @@ def read_pid(settings: Settings) -> int | None:
     return pid
 
 
-def start(settings: Settings, *, timeout: float = 180.0) -> dict:
+def start(settings: Settings, *, timeout: float = 180.0, say: Callable[[str], None] = _silent) -> dict:
     """Start the local Neo4j in the background and wait until Bolt answers; a no-op if it runs.
+
+    ``say`` is told each stage (building the launcher, starting, waiting for Bolt) and, while it
+    waits, every ``WAIT_REPORT_SECONDS``, so a first start is not minutes of silence.
 
     Returns a dict with ``pid``, ``started`` (False if it was already running) and ``seconds``.
     """
@@ -127,7 +143,7 @@ def start(settings: Settings, *, timeout: float = 180.0) -> dict:
     if pid is not None:
         return {"pid": pid, "started": False, "seconds": 0.0}
     paths = LocalPaths.of(settings)
-    build = build_launcher(settings)
+    build = build_launcher(settings, say=say)
     paths.data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(
@@ -158,9 +174,14 @@ def start(settings: Settings, *, timeout: float = 180.0) -> dict:
         setsid=True,
     )
     paths.pid.write_text(str(pid))
+    say(f"starting Neo4j (pid {pid}, heap {settings.heap}, log {paths.log}); waiting for Bolt at {settings.neo4j_uri}")
     deadline = time.monotonic() + timeout
+    next_report = time.monotonic() + WAIT_REPORT_SECONDS
     last_error: Exception | None = None
     while time.monotonic() < deadline:
+        if time.monotonic() >= next_report:
+            say(f"still waiting for Bolt ({time.perf_counter() - t0:.0f} s)")
+            next_report += WAIT_REPORT_SECONDS
         exited, status = os.waitpid(pid, os.WNOHANG)
         if exited == pid:
             paths.pid.unlink(missing_ok=True)

@@ -66,6 +66,7 @@ COHORT_COUNTS_STORED = (
     "sum(COUNT { (i)-[:HAS_NUCLEUS]->() }) AS nuclei, "
     "sum(COUNT { (i)-[:HAS_NUCLEUS]->()-[:NEAR]->() }) AS edges"
 )
+COHORT_NAMES = "MATCH (c:Cohort) RETURN c.name AS name ORDER BY name"
 COHORT_IMAGES = (
     "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
     "RETURN i.id AS id, i.path AS path, i.label AS label, i.patient AS patient, i.n_nuclei AS n_nuclei, "
@@ -140,6 +141,16 @@ WRITE_SCORES = (
 MARK_EXPLAINED = (
     "MATCH (e:Explanation {key: $key}) "
     "SET e.images = [x IN e.images WHERE NOT x IN $image_ids] + $image_ids"
+)
+# The images of $image_ids recorded under the explanation whose every nucleus holds a finite score
+# (a re-ingested image, or a NaN an older version stored, is not "explained").
+EXPLAINED_IMAGES = (
+    "MATCH (e:Explanation {key: $key}) "
+    "UNWIND [x IN e.images WHERE x IN $image_ids] AS image_id "
+    "MATCH (i:Image {id: image_id}) "
+    "WHERE NOT EXISTS { MATCH (i)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "WHERE n[e.property] IS NULL OR isNaN(n[e.property]) OR abs(n[e.property]) = 1.0 / 0.0 } "
+    "RETURN collect(image_id) AS image_ids"
 )
 EXPLANATIONS = (
     "MATCH (e:Explanation) WHERE $run_id IS NULL OR e.run_id = $run_id "

@@ -168,6 +168,24 @@ def save_scores(db: GraphDB, *, run_id: str, method: str, hops: int | None, imag
     return prop
 
 
+def explained_images(db: GraphDB, key: str, image_ids: list[str]) -> list[str]:
+    """The images of ``image_ids`` whose nuclei all hold finite scores of the explanation ``key``.
+
+    Parameters
+    ----------
+    db : GraphDB
+    key : str
+        From :func:`explanation_key`.
+    image_ids : list of str
+
+    Returns
+    -------
+    list of str
+    """
+    row = db.read_one(q.EXPLAINED_IMAGES, key=key, image_ids=list(image_ids))
+    return list(row["image_ids"]) if row else []
+
+
 def list_explanations(db: GraphDB, *, run_id: str | None = None) -> list[dict[str, Any]]:
     """The explanations written (of ``run_id`` only, when given).
 

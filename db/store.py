@@ -253,6 +253,20 @@ def cohort_images(db: GraphDB, cohort: str) -> list[dict[str, Any]]:
     return db.read(q.COHORT_IMAGES, cohort=cohort)
 
 
+def cohort_names(db: GraphDB) -> list[str]:
+    """The names of every cohort.
+
+    Parameters
+    ----------
+    db : GraphDB
+
+    Returns
+    -------
+    list of str
+    """
+    return [r["name"] for r in db.read(q.COHORT_NAMES)]
+
+
 def cohort_counts(db: GraphDB, cohort: str) -> dict[str, int]:
     """Images, nuclei and NEAR edges actually stored for ``cohort`` (counted, not read from summaries).
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from collections.abc import Sequence
 
 from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
-from nucleograph.errors import InputError
-from nucleograph.output import emit_json, format_table
+from nucleograph.errors import InputError, ModelError
+from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table
 
 
 def _registry_names() -> tuple[str, ...]:
@@ -37,6 +38,7 @@ class _ModelNames(Sequence):
 
 
 MODEL_CHOICES = _ModelNames()
+_HELP = DefaultsHelpFormatter
 
 
 def _given(args, *names: str) -> dict:
@@ -47,17 +49,19 @@ def _given(args, *names: str) -> dict:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the gnn subcommands to the ``nucleograph`` parser."""
-    p = sub.add_parser("train", help="train a graph network on a cohort stored in Neo4j")
-    p.add_argument("--cohort", required=True)
+    # The defaults named in this help are TrainConfig's (not imported here: it loads torch); a test
+    # pins them to it.
+    p = sub.add_parser("train", help="train a graph network on a cohort stored in Neo4j", formatter_class=_HELP)
+    p.add_argument("--cohort", required=True, help="a cohort ingested with `nucleograph ingest --cohort`")
     p.add_argument("--model", choices=MODEL_CHOICES, metavar="MODEL", help="one of %(choices)s; the first is the default")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, help="Adam's learning rate")
+    p.add_argument("--epochs", type=int, help="most epochs to run (default: 50)")
+    p.add_argument("--lr", type=float, help="Adam's learning rate (default: 0.01)")
     p.add_argument("--folds", type=int, default=1, help="stratified k-fold cross-validation (default: one split)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--patience", type=int, help="early stopping on validation loss (0: off)")
+    p.add_argument("--seed", type=int, help="seeds the split, initialisation and batches (default: 0)")
+    p.add_argument("--batch-size", type=int, help="graphs per step (default: 8)")
+    p.add_argument("--patience", type=int, help="early stopping on validation loss, 0: off (default: 10)")
     p.add_argument("--resume", metavar="RUN", default=None, help="continue a crashed run from its last checkpoint")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the run (id, metrics, checkpoints) as JSON")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("experiment", help="reproduce a table of the paper")
@@ -70,42 +74,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_experiment)
 
-    p = sub.add_parser("runs", help="list model runs")
-    p.add_argument("--cohort", default=None)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("runs", help="list model runs (their ids are the RUN of explain, scores, render)",
+                       formatter_class=_HELP)
+    p.add_argument("--cohort", default=None, help="only this cohort's runs")
+    p.add_argument("--json", action="store_true", help="every run property as JSON")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("explain", help="per-nucleus importance for a run, written to Neo4j")
-    p.add_argument("--run", required=True)
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion")
-    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
+    p = sub.add_parser("explain", help="per-nucleus importance for a run, written to Neo4j", formatter_class=_HELP)
+    p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
     p.add_argument("--cohort", default=None, help="explain the run's images of this cohort (default: all)")
     p.add_argument("--image", action="append", default=None, help="an image id (repeat)")
-    p.add_argument("--target", type=int, default=None, help="class index to explain (default: predicted)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--target", type=int, default=None,
+                   help="class index to explain (default: predicted); recomputes every image")
+    p.add_argument("--force", action="store_true",
+                   help="recompute images that already have this run's scores for this method and hops")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("scores", help="export per-nucleus scores")
-    p.add_argument("--run", required=True)
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion")
-    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
-    p.add_argument("--image", action="append", default=None)
-    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p = sub.add_parser("scores", help="export per-nucleus scores", formatter_class=_HELP)
+    p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
+    p.add_argument("--image", action="append", default=None, help="an image id (repeat; default: all explained)")
+    p.add_argument("--format", choices=["csv", "json"], default="csv", help="output format")
     p.add_argument("--out", default="-", help="file (default: standard output)")
     p.set_defaults(func=cmd_scores)
 
-    p = sub.add_parser("render", help="draw a run's per-nucleus importance over the image")
-    p.add_argument("--image", required=True)
-    p.add_argument("--run", required=True)
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion")
-    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
+    p = sub.add_parser("render", help="draw a run's per-nucleus importance over the image", formatter_class=_HELP)
+    p.add_argument("--image", required=True, help="an image id (`nucleograph images --cohort C`)")
+    p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
     p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="image file to write (.png)")
     p.set_defaults(func=cmd_render)
-
-
-def _progress(args) -> bool:
-    return not getattr(args, "json", False) and sys.stderr.isatty()
 
 
 def cmd_train(args, settings: Settings) -> int:
@@ -117,7 +121,7 @@ def cmd_train(args, settings: Settings) -> int:
         options["patience"] = args.patience or None
     with GraphDB.open(settings) as db:
         out = train_cohort(db, settings, args.cohort, folds=args.folds, resume_run=args.resume,
-                           progress=_progress(args), **options)
+                           progress=True, **options)
     if args.json:
         emit_json(out)
     else:
@@ -126,7 +130,18 @@ def cmd_train(args, settings: Settings) -> int:
               f"in {out['seconds']} s")
         print("test: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "balanced_accuracy", "roc_auc", "f1")
                                    if k in m))
+    if out["metrics"].get("at_or_below_chance"):
+        print(chance_warning(out), file=sys.stderr)
     return 0
+
+
+def chance_warning(out: dict) -> str:
+    """The warning for a run whose test accuracy is at or below the majority-class rate."""
+    m = out["metrics"]
+    return (f"warning: run {out['run_id']}'s test accuracy {m['accuracy']:.3f} is at or below chance "
+            f"({m['chance_accuracy']:.3f}, the majority class's share of the test images): the model has learned "
+            "nothing usable, so its predictions and explanations are not evidence. Train on more images "
+            "(`nucleograph synth --n` is per class) or for more epochs (--epochs, --patience 0)")
 
 
 def cmd_experiment(args, settings: Settings) -> int:
@@ -141,7 +156,7 @@ def cmd_experiment(args, settings: Settings) -> int:
     if bad:
         raise InputError(f"unknown model(s) {bad}: choose from {', '.join(MODEL_CHOICES)}")
     with GraphDB.open(settings) as db:
-        out = table2(db, settings, args.cohort, models=models, folds=args.folds, progress=_progress(args),
+        out = table2(db, settings, args.cohort, models=models, folds=args.folds, progress=True,
                      **_given(args, "epochs", "seed"))
     if args.json:
         emit_json(out)
@@ -174,10 +189,13 @@ def cmd_explain(args, settings: Settings) -> int:
             if not image_ids:
                 raise InputError(f"cohort {args.cohort!r} has no images")
         out = explain_run(db, settings, args.run, method=args.method, hops=args.hops, image_ids=image_ids,
-                          target=args.target, progress=_progress(args))
+                          target=args.target, force=args.force, progress=True)
     if args.json:
         emit_json(out)
-    else:
+        return 0
+    if out["reused"]:
+        print(f"already explained: {out['reused']} images, use --force to recompute")
+    if out["images"] or not out["reused"]:
         print(f"{out['method']} scores of run {out['run_id']} written to {out['images']} images as "
               f"Nucleus.{out['property']} in {out['seconds']} s" +
               (f"; skipped {len(out['skipped'])}" if out["skipped"] else ""))
@@ -192,6 +210,7 @@ def cmd_scores(args, settings: Settings) -> int:
     if not rows:
         raise InputError(f"no {args.method} scores for run {args.run}: run `nucleograph explain --run {args.run} "
                          f"--method {args.method}` first")
+    _check_finite(rows, args)
     fh = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
     try:
         if args.format == "json":
@@ -207,6 +226,16 @@ def cmd_scores(args, settings: Settings) -> int:
         if fh is not sys.stdout:
             fh.close()
     return 0
+
+
+def _check_finite(rows: list[dict], args) -> None:
+    """Refuse to export a score that is not a finite number (older versions could store NaN)."""
+    bad = sorted({r["image_id"] for r in rows if r["score"] is not None and not math.isfinite(r["score"])})
+    if bad:
+        raise ModelError(f"run {args.run}'s {args.method} scores of {len(bad)} image(s) ({', '.join(bad[:5])}"
+                         f"{', ...' if len(bad) > 5 else ''}) hold NaN or infinite values, written by an older "
+                         f"version: recompute them with `nucleograph explain --run {args.run} --method {args.method}"
+                         f" --hops {args.hops}` (images with such scores are explained again)")
 
 
 def cmd_render(args, settings: Settings) -> int:

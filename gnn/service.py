@@ -20,7 +20,6 @@ import dgl
 import numpy as np
 import torch
 from sqlalchemy.orm import Session
-from tqdm import tqdm
 
 from nucleograph.config import Settings
 from nucleograph.db import records as rec
@@ -33,6 +32,7 @@ from nucleograph.gnn.data import edge_channels, to_dgl
 from nucleograph.gnn.models import DEFAULT_MODEL
 from nucleograph.gnn.train import TrainConfig, TrainResult, kfold, train_model
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
+from nucleograph.progress import progress as progress_bar
 
 CACHE_VERSION = 1
 
@@ -108,21 +108,16 @@ def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = T
     labelled = [r for r in images if r["label"] is not None]
     class_names = sorted({r["label"] for r in labelled})
     graphs, labels, ids, groups, skipped = [], [], [], [], []
-    bar = None
-    if progress:
-        bar = tqdm(total=len(labelled), desc=f"read {cohort}", unit="graph")
-    for g in store.read_graphs(db, [r["id"] for r in labelled]):
-        if bar is not None:
+    with progress_bar(total=len(labelled), desc=f"read {cohort}", unit="graph", enabled=progress) as bar:
+        for g in store.read_graphs(db, [r["id"] for r in labelled]):
             bar.update(1)
-        if len(g["nids"]) == 0:
-            skipped.append(g["id"])
-            continue
-        graphs.append(graph_from_arrays(g))
-        labels.append(class_names.index(g["label"]))
-        ids.append(g["id"])
-        groups.append(g["patient"])
-    if bar is not None:
-        bar.close()
+            if len(g["nids"]) == 0:
+                skipped.append(g["id"])
+                continue
+            graphs.append(graph_from_arrays(g))
+            labels.append(class_names.index(g["label"]))
+            ids.append(g["id"])
+            groups.append(g["patient"])
     data = CohortData(cohort, graphs, np.asarray(labels, dtype=np.int64), class_names, ids, groups, version, skipped)
     if cache and graphs:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +159,18 @@ def _pooled_metrics(results: list[TrainResult]) -> dict[str, Any]:
         metrics.update({f"{k}_std": float(np.std([m[k] for m in fold_metrics if k in m])) for k in keys})
     metrics["folds"] = [r.metrics for r in results]
     return metrics
+
+
+def _chance_flag(labels: np.ndarray, results: list[TrainResult], accuracy: float | None) -> dict[str, Any]:
+    """``chance_accuracy`` (the majority class's share of the test images, what predicting that class
+    for every image scores) and ``at_or_below_chance`` (test accuracy does not beat it); {} without
+    test images."""
+    test = np.concatenate([np.asarray(r.split["test"], dtype=np.int64) for r in results])
+    if test.size == 0 or accuracy is None:
+        return {}
+    chance = float(np.bincount(labels[test]).max() / test.size)
+    # a tolerance, so an accuracy equal to the rate up to float rounding counts as "at"
+    return {"chance_accuracy": chance, "at_or_below_chance": bool(accuracy <= chance + 1e-9)}
 
 
 def _prediction_rows(data: CohortData, results: list[TrainResult]) -> list[dict[str, Any]]:
@@ -261,6 +268,7 @@ def train_cohort(
     seconds = time.perf_counter() - t0
 
     metrics = _pooled_metrics(results)
+    metrics.update(_chance_flag(data.labels, results, metrics.get("accuracy")))
     rows = _prediction_rows(data, results)
     checkpoints = [str(r.checkpoint_path) for r in results]
     history = results[0].history
@@ -323,9 +331,13 @@ def load_run_models(db: GraphDB, settings: Settings, run_id: str) -> tuple[dict[
 
 def explain_run(
     db: GraphDB, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
-    image_ids: list[str] | None = None, target: int | None = None, progress: bool = False,
+    image_ids: list[str] | None = None, target: int | None = None, force: bool = False, progress: bool = False,
 ) -> dict[str, Any]:
     """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j.
+
+    Images whose nuclei already hold finite scores of this run, method and hops are not recomputed
+    (reported as ``reused``) unless ``force`` or an explicit ``target`` is given. A score that is
+    not finite is never written: the run stops with a :class:`ModelError` at the first such image.
 
     Parameters
     ----------
@@ -339,19 +351,24 @@ def explain_run(
     image_ids : list of str, optional
         Images of the run's cohort (default: all of them).
     target : int, optional
-        Class index to explain (default: the predicted class).
+        Class index to explain (default: the predicted class); recomputes every image.
+    force : bool
+        Recompute images that already have scores.
     progress : bool
-        Show a progress bar.
+        Show progress on standard error (a bar on a terminal, else a line every few seconds).
 
     Returns
     -------
     dict
-        ``run_id, method, hops, property, images, skipped, seconds``.
+        ``run_id, method, hops, property, images, reused, skipped, seconds``: ``images`` counts the
+        images scored now, ``reused`` those whose stored scores were kept.
 
     Raises
     ------
     InputError
         Unknown method, attention on a model without it, or images outside the cohort.
+    ModelError
+        The model gave a non-finite score (named: run, image, how many nuclei).
     """
     # imported here: explain loads numba's compiled kernels (~1 s), which training runs do not need
     from nucleograph.gnn.explain import attention_scores, occlusion
@@ -362,38 +379,53 @@ def explain_run(
     if method == "attention" and run.get("model") != "rsf-attention":
         raise InputError(f"run {run_id} is a {run.get('model')} model: attention scores need an rsf-attention run "
                          "(use --method occlusion for any model)")
-    cohort_ids = [r["id"] for r in store.cohort_images(db, run["cohort"])]
-    if image_ids:
-        outside = sorted(set(image_ids) - set(cohort_ids))
-        if outside:
-            raise InputError(f"image(s) {', '.join(outside)} are not in the run's cohort {run['cohort']!r}")
-        todo = list(image_ids)
-    else:
-        todo = cohort_ids
+    todo = _images_to_explain(db, run, image_ids)
+    key = db_runs.explanation_key(run_id, method, hops)
+    reused = [] if force or target is not None else db_runs.explained_images(db, key, todo)
+    todo = [i for i in todo if i not in set(reused)]
     fold_of = {p["image_id"]: p.get("fold", 0) for p in db_runs.predictions(db, run_id)}
-    prop = db_runs.score_property(run_id, method, hops)
     done, skipped = [], []
-    bar = None
-    if progress:
-        bar = tqdm(total=len(todo), desc=f"explain {run_id} {method}", unit="image")
     t0 = time.perf_counter()
-    for g in store.read_graphs(db, todo):
-        if bar is not None:
+    with progress_bar(total=len(todo), desc=f"explain {run_id} {method}", unit="image", enabled=progress) as bar:
+        for g in store.read_graphs(db, todo):
             bar.update(1)
-        if len(g["nids"]) == 0:
-            skipped.append({"image_id": g["id"], "reason": "no nuclei"})
-            continue
-        model = models[min(int(fold_of.get(g["id"], 0) or 0), len(models) - 1)]
-        graph = graph_from_arrays(g)
-        with torch.no_grad():
-            if method == "attention":
-                scores = attention_scores(model, graph)
-            else:
-                scores = occlusion(model, graph, hops=hops, target=target)
-        db_runs.save_scores(db, run_id=run_id, method=method, hops=hops, image_id=g["id"], nids=g["nids"],
-                            scores=np.asarray(scores, dtype=float))
-        done.append(g["id"])
-    if bar is not None:
-        bar.close()
-    return {"run_id": run_id, "method": method, "hops": hops if method == "occlusion" else None, "property": prop,
-            "images": len(done), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}
+            if len(g["nids"]) == 0:
+                skipped.append({"image_id": g["id"], "reason": "no nuclei"})
+                continue
+            model = models[min(int(fold_of.get(g["id"], 0) or 0), len(models) - 1)]
+            graph = graph_from_arrays(g)
+            with torch.no_grad():
+                if method == "attention":
+                    scores = attention_scores(model, graph)
+                else:
+                    scores = occlusion(model, graph, hops=hops, target=target)
+            scores = _finite_scores(scores, run_id=run_id, method=method, image_id=g["id"])
+            db_runs.save_scores(db, run_id=run_id, method=method, hops=hops, image_id=g["id"], nids=g["nids"],
+                                scores=scores)
+            done.append(g["id"])
+    return {"run_id": run_id, "method": method, "hops": hops if method == "occlusion" else None,
+            "property": db_runs.score_property(run_id, method, hops), "images": len(done), "reused": len(reused),
+            "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _images_to_explain(db: GraphDB, run: dict[str, Any], image_ids: list[str] | None) -> list[str]:
+    """``image_ids`` (checked to be in the run's cohort), or every image of the cohort."""
+    cohort_ids = [r["id"] for r in store.cohort_images(db, run["cohort"])]
+    if not image_ids:
+        return cohort_ids
+    outside = sorted(set(image_ids) - set(cohort_ids))
+    if outside:
+        raise InputError(f"image(s) {', '.join(outside)} are not in the run's cohort {run['cohort']!r}")
+    return list(image_ids)
+
+
+def _finite_scores(scores, *, run_id: str, method: str, image_id: str) -> np.ndarray:
+    """``scores`` as float64, or a ModelError when any is NaN or infinite (a NaN would rank first in Neo4j)."""
+    scores = np.asarray(scores, dtype=float)
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise ModelError(f"run {run_id}'s {method} scores of image {image_id} are not finite for {bad} of "
+                         f"{scores.size} nuclei (NaN or infinite); nothing was written for that image (images "
+                         "explained before it keep their scores). This is a bug in the model or the explainer: "
+                         "report it with the run id and image id")
+    return scores

@@ -21,9 +21,9 @@ import dgl
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from nucleograph.errors import InputError, ModelError
+from nucleograph.progress import progress as progress_bar
 
 from .checkpoints import (
     CHECKPOINT_NAME,
@@ -382,14 +382,8 @@ def train_model(
             _resume(run, ckpt_path)
 
     val_graphs, y_val = [graphs[i] for i in run.val_idx], y[run.val_idx]
-    epochs = tqdm(
-        range(run.start_epoch, cfg.epochs),
-        total=cfg.epochs,
-        initial=run.start_epoch,
-        desc=f"train {cfg.model_name}",
-        unit="epoch",
-        disable=not progress,
-    )
+    epochs = progress_bar(range(run.start_epoch, cfg.epochs), total=cfg.epochs, initial=run.start_epoch,
+                          desc=f"train {cfg.model_name}", unit="epoch", enabled=progress)
     for epoch in epochs:
         if run.best["stopped"]:
             break

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from nucleograph.config import Settings
@@ -13,29 +12,31 @@ from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.ingest.pipeline import DETECTORS, IngestParams
 from nucleograph.ingest.synth import TASKS, synthesize_cohort
-from nucleograph.output import emit_json
+from nucleograph.output import DefaultsHelpFormatter, emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``synth``, ``ingest`` and ``segmenter train`` to the ``nucleograph`` command line."""
-    p = sub.add_parser("synth", help="write a synthetic H&E cohort with ground-truth nuclei and roles")
+    p = sub.add_parser("synth", help="write a synthetic H&E cohort with ground-truth nuclei and roles",
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--n", type=int, required=True, help="images per class")
+    p.add_argument("--n", type=int, required=True, help="images per class (breast: 2 classes, so --n 20 writes 40)")
     p.add_argument("--out", required=True, help="output folder (images/, masks/, nuclei/, manifest.csv)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds every image (same seed, same cohort)")
     p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the paper's image sizes)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the manifest path as JSON")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("ingest", help="detect nuclei, build graphs and store them in Neo4j")
+    p = sub.add_parser("ingest", help="detect nuclei, build graphs and store them in Neo4j",
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("paths", nargs="+", help="images, slides, folders (BACH or with manifest.csv) or CSV manifests")
-    p.add_argument("--cohort", required=True)
-    p.add_argument("--detector", choices=DETECTORS, default="watershed")
+    p.add_argument("--cohort", required=True, help="the cohort to add the images to (created if new)")
+    p.add_argument("--detector", choices=DETECTORS, default="watershed", help="nucleus detector")
     p.add_argument("--classes", default=None, help="comma-separated labels to keep, e.g. InSitu,Invasive")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold (default %(default)s)")
-    p.add_argument("--threshold-unit", choices=["px", "um"], default="px")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold: nuclei closer than this are linked")
+    p.add_argument("--threshold-unit", choices=["px", "um"], default="px", help="unit of --threshold")
     p.add_argument("--workers", type=int, default=1, help="parallel detection processes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
 
     seg = sub.add_parser("segmenter", help="the U-Net nucleus segmenter")
@@ -87,8 +88,7 @@ def cmd_ingest(args, settings: Settings) -> int:
     task = next((r.meta.get("task") for r in records if r.meta.get("task")), None)
     with GraphDB.open(settings) as db:
         summary = ingest_records(records, cohort=args.cohort, params=params, settings=settings, db=db,
-                                 workers=max(1, args.workers), progress=not args.json and sys.stderr.isatty() or
-                                 os.environ.get("NUCLEOGRAPH_PROGRESS") == "1", task=task)
+                                 workers=max(1, args.workers), progress=True, task=task)
     out = summary.as_dict()
     if args.json:
         emit_json(out)

@@ -29,6 +29,7 @@ from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import DatabaseError, NucleographError
 from nucleograph.ingest.cohort import ImageRecord
 from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
+from nucleograph.progress import progress as progress_bar
 
 _WORKER_UNET = None  # the U-Net of this worker process, loaded once by _init_worker
 
@@ -285,7 +286,7 @@ def ingest_records(
     workers : int
         Detection processes; 1 detects in this process.
     progress : bool
-        Show a progress bar.
+        Show progress on standard error: a bar on a terminal, else a line every few seconds.
     task : str, optional
         The cohort's task (e.g. ``breast``), stored with it.
 
@@ -301,11 +302,7 @@ def ingest_records(
     t0 = time.perf_counter()
     engine = rec.open_engine(settings)
     summary = IngestSummary(cohort=cohort, images=len(records))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(records), desc=f"ingest {cohort}", unit="image")
+    bar = progress_bar(total=len(records), desc=f"ingest {cohort}", unit="image") if progress else None
     writer = _BatchWriter(cohort=cohort, params=params, settings=settings, db=db, task=task, engine=engine,
                           summary=summary, bar=bar)
     try:

@@ -1,7 +1,8 @@
-"""Printing results: a plain table for people, JSON for scripts."""
+"""Printing results: a plain table for people, JSON for scripts; ``--help`` that shows defaults."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -26,3 +27,20 @@ def format_table(columns: list[str], rows: list[dict[str, Any]], *, max_width: i
     lines += [" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, as ``(default: X)`` after its help text.
+
+    argparse's :class:`~argparse.ArgumentDefaultsHelpFormatter` also prints ``(default: None)`` and
+    ``(default: False)``, which say nothing (an unset option, a flag), and repeats a default the help
+    already names; this one skips those.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text
+                or not action.option_strings or isinstance(default, (list, tuple)) and not default):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()

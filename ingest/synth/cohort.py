@@ -10,6 +10,7 @@ from PIL import Image
 
 from nucleograph.ingest.synth.tasks import MANIFEST_COLUMNS, MPP, TASKS, check_task, resolve_size
 from nucleograph.ingest.synth.tile import synthesize_image
+from nucleograph.progress import progress as progress_bar
 
 __all__ = ["image_seed", "synthesize_cohort"]
 
@@ -91,10 +92,7 @@ def synthesize_cohort(
     resolve_size(task, size)
     out = pathlib.Path(out_dir)
     jobs = [(label, k) for label in TASKS[task] for k in range(n_per_class)]
-    if progress:
-        from tqdm import tqdm
-
-        jobs = tqdm(jobs, desc=f"synth {task}", unit="image")
+    jobs = progress_bar(jobs, desc=f"synth {task}", unit="image", enabled=progress)
     rows = []
     for label, k in jobs:
         tile = synthesize_image(

@@ -81,6 +81,8 @@ def test_data_survives_stop_and_start(neo4j_settings, tmp_path, monkeypatch, cap
     monkeypatch.delenv("NEO4J_PASSWORD", raising=False)
     try:
         assert main(["db", "start"]) == 0
+        err = capsys.readouterr().err
+        assert "db start: starting Neo4j" in err and "waiting for Bolt" in err  # not a silent wait
         assert main(["cypher", "CREATE (:Probe {v: $v})", "--param", "v=42", "--write"]) == 0
         assert main(["db", "stop"]) == 0
         assert local.read_pid(Settings.from_env()) is None
@@ -90,3 +92,21 @@ def test_data_survives_stop_and_start(neo4j_settings, tmp_path, monkeypatch, cap
         assert '"v": 42' in capsys.readouterr().out
     finally:
         main(["db", "stop"])
+
+
+def test_first_build_says_it_runs_maven(tmp_path, monkeypatch):
+    """The first start's Maven build (minutes) is announced before it runs, and its end after."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # a stand-in for Maven (the build tool, not the database): makes the folder a real build fills
+    (bin_dir / "mvn").write_text("#!/bin/sh\nmkdir -p target/lib\n")
+    (bin_dir / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    settings = Settings.from_env({"NUCLEOGRAPH_HOME": str(tmp_path / "home")})
+    said: list[str] = []
+    local.build_launcher(settings, say=said.append)
+    assert said[0].startswith("building the Neo4j launcher with Maven") and "first start only" in said[0]
+    assert said[1].startswith("built the launcher in")
+    said.clear()
+    local.build_launcher(settings, say=said.append)  # built: nothing to say
+    assert said == []

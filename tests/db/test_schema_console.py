@@ -36,12 +36,20 @@ def test_cli_cypher_json(test_environ, capsys):
 def test_cli_cypher_refuses_create_without_write(test_environ, graphdb, unique_name, capsys):
     code = main(["cypher", "CREATE (:Probe {name: $n})", "--param", f"n={unique_name}"])
     assert code == 1
-    assert "read-only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "read-only" in err and "--write" in err  # the command line names its flag
     rows = graphdb.read("MATCH (p:Probe {name: $n}) RETURN count(p) AS c", n=unique_name)
     assert rows[0]["c"] == 0
     assert main(["cypher", "CREATE (:Probe {name: $n})", "--param", f"n={unique_name}", "--write"]) == 0
     rows = graphdb.read("MATCH (p:Probe {name: $n}) RETURN count(p) AS c", n=unique_name)
     assert rows[0]["c"] == 1
+
+
+def test_write_refusal_names_no_cli_flag(graphdb, unique_name):
+    """The dashboard shows this message to a browser user: it must not tell them to pass --write."""
+    with pytest.raises(console.WriteRefused, match="read-only") as exc:
+        console.run_cypher(graphdb, "CREATE (:Probe {name: $n})", {"n": unique_name})
+    assert "--write" not in str(exc.value)
 
 
 def test_bad_param_is_explained():

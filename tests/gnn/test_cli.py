@@ -37,3 +37,41 @@ def test_unknown_model_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args(["train", "--cohort", "c", "--model", "gcn"])
     assert exc.value.code == 2 and "choose from 'rsf', 'rsf-edge'" in capsys.readouterr().err
+
+
+def _help(*argv: str) -> str:
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*argv, "--help"])
+
+
+def test_help_shows_the_defaults(capsys):
+    from nucleograph.gnn.train import TrainConfig
+
+    _help("train")
+    text = " ".join(capsys.readouterr().out.split()).split("options:")[1]  # argparse wraps lines
+    # the numbers the help names (not imported by the parser: torch) are TrainConfig's
+    for option, value in (("--epochs", TrainConfig.epochs), ("--lr", TrainConfig.lr), ("--seed", TrainConfig.seed),
+                          ("--batch-size", TrainConfig.batch_size), ("--patience", TrainConfig.patience)):
+        after = text.split(f"{option} {option.lstrip('-').upper().replace('-', '_')}")[1]
+        assert after.split(")")[0].endswith(f"(default: {value}"), (option, after[:80])
+    for command, shown in (("explain", "(default: occlusion)"), ("scores", "(default: csv)"),
+                           ("render", "(default: 1)")):
+        _help(command, *(["--run", "r0"] if command != "explain" else []))
+        out = " ".join(capsys.readouterr().out.split())
+        assert shown in out and "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_chance_flag_is_the_majority_share_of_the_test_images():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from nucleograph.gnn.service import _chance_flag
+
+    labels = np.array([0, 0, 0, 1, 1, 0])
+    one = [SimpleNamespace(split={"test": np.array([0, 1, 3])})]
+    assert _chance_flag(labels, one, 2 / 3) == {"chance_accuracy": 2 / 3, "at_or_below_chance": True}
+    assert _chance_flag(labels, one, 1.0)["at_or_below_chance"] is False
+    folds = [SimpleNamespace(split={"test": np.array([0, 3])}), SimpleNamespace(split={"test": np.array([1, 2, 4, 5])})]
+    assert _chance_flag(labels, folds, 0.5) == {"chance_accuracy": 4 / 6, "at_or_below_chance": True}
+    assert _chance_flag(labels, [SimpleNamespace(split={"test": np.array([], dtype=int)})], 0.5) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nucleograph.cli import main
@@ -41,7 +42,13 @@ def attention_run(cohort, neo4j_settings, graphdb):
 
 def test_train_records_run_and_predictions(cohort, test_environ, graphdb, capsys):
     assert main(["train", "--cohort", cohort, "--model", "rsf", "--epochs", "2", "--json"]) == 0
-    out = _json(capsys)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    # off a terminal, progress comes as lines on stderr (stdout stays clean JSON)
+    assert "read " + cohort + ": 12/12 graph" in captured.err and "train rsf: 2/2 epoch" in captured.err
+    m = out["metrics"]
+    assert m["at_or_below_chance"] == (m["accuracy"] <= m["chance_accuracy"] + 1e-9)
+    assert ("warning: run " in captured.err) == m["at_or_below_chance"]
     assert out["run_id"].startswith("r") and 200_000 < out["n_parameters"] < 400_000
     run = db_runs.get_run(graphdb, out["run_id"])
     assert run["cohort"] == cohort and run["model"] == "rsf" and run["status"] == "finished"
@@ -115,3 +122,111 @@ def test_gone_checkpoint_is_a_clear_error(cohort, test_environ, capsys):
     Path(out["checkpoints"][0]).unlink()
     assert main(["explain", "--run", out["run_id"]]) == 1
     assert "is gone" in capsys.readouterr().err
+
+
+def test_images_lists_ids_labels_and_a_runs_split(cohort, attention_run, test_environ, capsys):
+    assert main(["images", "--cohort", cohort, "--json"]) == 0
+    rows = _json(capsys)
+    assert len(rows) == 12 and set(rows[0]) == {"image_id", "label", "nuclei", "edges", "path"}
+    assert {r["label"] for r in rows} == {"Gleason3", "Gleason4"} and all(r["nuclei"] > 0 for r in rows)
+    assert main(["images", "--cohort", cohort, "--run", attention_run["run_id"]]) == 0
+    table = capsys.readouterr().out
+    assert "split" in table and "test" in table and rows[0]["image_id"] in table and "(12 rows)" in table
+    assert main(["images", "--cohort", "no-such-cohort"]) == 1
+    assert cohort in capsys.readouterr().err  # names the cohorts there are
+
+
+def test_non_finite_scores_are_never_stored(cohort, attention_run, test_environ, graphdb, capsys, monkeypatch):
+    """A NaN from the explainer fails the run loudly, naming run, image and count, and writes nothing."""
+    from nucleograph.gnn import explain
+
+    run_id = attention_run["run_id"]
+    first = store.cohort_images(graphdb, cohort)[0]["id"]
+    real = explain.occlusion
+
+    def with_nan(model, graph, **kwargs):
+        scores = np.array(real(model, graph, **kwargs), dtype=float)
+        scores[:3] = np.nan
+        return scores
+
+    monkeypatch.setattr(explain, "occlusion", with_nan)
+    assert main(["explain", "--run", run_id, "--hops", "3", "--image", first]) == 1
+    err = capsys.readouterr().err
+    assert f"run {run_id}" in err and f"image {first}" in err and "not finite for 3 of" in err
+    prop = db_runs.score_property(run_id, "occlusion", 3)
+    assert all(r["score"] is None for r in db_runs.image_scores(graphdb, first, prop))
+
+
+def test_scores_never_export_nan(cohort, attention_run, test_environ, graphdb, capsys):
+    """NaN an older version stored: `scores` refuses it, and `explain` recomputes that image."""
+    run_id = attention_run["run_id"]
+    first = store.cohort_images(graphdb, cohort)[0]["id"]
+    assert main(["explain", "--run", run_id, "--method", "attention", "--image", first, "--force", "--json"]) == 0
+    prop = _json(capsys)["property"]
+    # what an older version could leave behind (raw Cypher: the package refuses to write it)
+    graphdb.write(f"MATCH (:Image {{id: $i}})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n.nid < 2 SET n.{prop} = 0.0 / 0.0",
+                  i=first)
+    assert main(["scores", "--run", run_id, "--method", "attention", "--image", first]) == 1
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out.lower() and "NaN or infinite" in captured.err and first in captured.err
+    assert main(["explain", "--run", run_id, "--method", "attention", "--image", first, "--json"]) == 0
+    out = _json(capsys)
+    assert out["images"] == 1 and out["reused"] == 0  # the NaN image is not "already explained"
+    assert main(["scores", "--run", run_id, "--method", "attention", "--image", first]) == 0
+    text = capsys.readouterr().out
+    assert "nan" not in text.lower() and len(text.splitlines()) == 1 + len(db_runs.image_scores(graphdb, first, prop))
+
+
+def test_rerun_reuses_stored_scores_unless_forced(cohort, attention_run, test_environ, graphdb, capsys):
+    run_id = attention_run["run_id"]
+    a, b = [r["id"] for r in store.cohort_images(graphdb, cohort)[:2]]
+    args = ["explain", "--run", run_id, "--method", "occlusion", "--hops", "2"]
+    assert main([*args, "--image", a, "--json"]) == 0
+    first = _json(capsys)
+    assert (first["images"], first["reused"]) == (1, 0)
+    before = db_runs.image_scores(graphdb, a, first["property"])
+    assert main([*args, "--image", a, "--image", b]) == 0  # a reused, b (not yet explained) computed
+    out = capsys.readouterr().out
+    assert "already explained: 1 images, use --force to recompute" in out and "written to 1 images" in out
+    assert db_runs.image_scores(graphdb, a, first["property"]) == before
+    assert main([*args, "--image", a, "--image", b]) == 0
+    out = capsys.readouterr().out
+    assert "already explained: 2 images" in out and "written to" not in out
+    assert main([*args, "--image", a, "--image", b, "--force", "--json"]) == 0
+    forced = _json(capsys)
+    assert (forced["images"], forced["reused"]) == (2, 0)
+    expl = {e["key"]: e for e in db_runs.list_explanations(graphdb, run_id=run_id)}
+    assert expl[db_runs.explanation_key(run_id, "occlusion", 2)]["images"] == 2
+
+
+def _readme_queries() -> dict[str, str]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("```cypher\n", 1)[1].split("```", 1)[0]
+    parts = [p.strip() for p in block.split("// ") if p.strip()]
+    return {p.split(".", 1)[0]: p.split("\n", 1)[1] for p in parts}
+
+
+def test_readme_cypher_runs_with_the_console_parameter_names(cohort, attention_run, test_environ, graphdb, capsys):
+    """The README's queries run read-only as written, with the console library's $image_id, and the
+    ones that return nuclei return what the console draws (image_id, nid, x, y)."""
+    from nucleograph.db import console
+    from nucleograph.db.queries import CONSOLE_LIBRARY
+
+    run_id = attention_run["run_id"]
+    first = store.cohort_images(graphdb, cohort)[0]["id"]
+    assert main(["explain", "--run", run_id, "--image", first, "--json"]) == 0
+    capsys.readouterr()
+    queries = _readme_queries()
+    assert sorted(queries) == ["1", "2", "3", "4", "5", "6"]
+    library_params = {k for e in CONSOLE_LIBRARY.values() for k in e["params"]}
+    params = {"run": run_id, "image_id": first, "run_a": run_id, "run_b": run_id, "high": -1e9, "low": 1e9}
+    for number, query in queries.items():
+        assert "$image " not in query and "$image)" not in query and "$image}" not in query
+        columns, rows = console.run_cypher(graphdb, query, params)
+        assert rows or number == "5", f"README query {number} returned nothing"  # 5: misclassified images only
+        if number in ("1", "2", "4"):
+            assert {"image_id", "nid", "x", "y"} <= set(columns), number
+            assert {r["image_id"] for r in rows} == {first}
+    assert "image_id" in library_params
+    top = console.run_cypher(graphdb, queries["1"], params)[1]
+    assert all(np.isfinite(r["score"]) for r in top)

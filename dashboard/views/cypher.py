@@ -13,7 +13,7 @@ from nucleograph.errors import NucleographError
 reader = data.connect()
 st.title("Cypher")
 st.caption("Read-only: every query runs in a READ transaction, so the server refuses CREATE, MERGE, SET, "
-           "DELETE and write procedures. Write with `nucleograph cypher --write` instead.")
+           "DELETE and write procedures here.")
 
 cohort = st.session_state.get("cohort")
 images = data.cohort_images(reader, cohort=cohort) if cohort else None

@@ -164,8 +164,8 @@ def test_scores_never_export_nan(cohort, attention_run, test_environ, graphdb, c
     assert main(["explain", "--run", run_id, "--method", "attention", "--image", first, "--force", "--json"]) == 0
     prop = _json(capsys)["property"]
     # what an older version could leave behind (raw Cypher: the package refuses to write it)
-    graphdb.write(f"MATCH (:Image {{id: $i}})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n.nid < 2 SET n.{prop} = 0.0 / 0.0",
-                  i=first)
+    graphdb.write("MATCH (:Image {id: $i})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n.nid < 2 SET n += $nan",
+                  i=first, nan={prop: float("nan")})
     assert main(["scores", "--run", run_id, "--method", "attention", "--image", first]) == 1
     captured = capsys.readouterr()
     assert "nan" not in captured.out.lower() and "NaN or infinite" in captured.err and first in captured.err

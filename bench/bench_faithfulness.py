@@ -65,12 +65,12 @@ def main() -> None:
             aucs, raucs = defaultdict(list), defaultdict(list)
             enrich = defaultdict(lambda: defaultdict(list))
             drawn: set[str] = set()  # one heat map per class
-            for g in store.read_graphs(db, sample):
+            for g in store.read_graphs(db, run["cohort"], sample):
                 if len(g["nids"]) == 0:
                     continue
                 model = models[min(fold_of.get(g["id"], 0), len(models) - 1)]
                 graph = graph_from_arrays(g)
-                s = np.array([r["score"] for r in db_runs.image_scores(db, g["id"], prop)], dtype=float)
+                s = np.array([r["score"] for r in db_runs.image_scores(db, run["cohort"], g["id"], prop)], dtype=float)
                 probs, _ = fa.deletion_curve(model, graph, s)
                 rand = np.mean([fa.deletion_curve(model, graph, s, order=rng.permutation(len(s)))[0]
                                 for _ in range(3)], axis=0)
@@ -84,7 +84,7 @@ def main() -> None:
                     from nucleograph.gnn.render import render_importance
                     from nucleograph.ingest.readers import read_image
 
-                    areas = store.nucleus_areas(db, g["id"])
+                    areas = store.nucleus_areas(db, run["cohort"], g["id"])
                     out = Path(args.figures) / f"{run['cohort']}_{run['model']}_{method}_{g['label']}.jpg"
                     render_importance(read_image(g["path"]), g["centroids"], np.sqrt(np.maximum(areas, 1) / np.pi), s,
                                       out, title=f"{g['label']} | {run['model']} | {method}", max_side=900, dpi=80)

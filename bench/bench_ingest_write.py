@@ -59,7 +59,7 @@ def main() -> None:
         def bare_once(k: int) -> float:
             image_id = f"bare{k:012d}"
             t = time.perf_counter()
-            nodes = store.nucleus_rows(image_id, graph.nuclei, names)
+            nodes = store.nucleus_rows(image_id, image_id, graph.nuclei, names)
             rels = store.edge_rows(image_id, graph.nuclei, graph.edges)
 
             def work_tx(tx):

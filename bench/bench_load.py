@@ -32,8 +32,9 @@ from nucleograph.db.graphdb import GraphDB
 from nucleograph.ingest.synth import synthesize_cohort
 
 PARTIAL = (
-    "MATCH (i:Image) WITH i, COUNT { (i)-[:HAS_NUCLEUS]->() } AS n, COUNT { (i)-[:HAS_NUCLEUS]->()-[:NEAR]->() } AS e "
-    "WHERE n <> i.n_nuclei OR e <> i.n_edges RETURN count(i) AS c"
+    "MATCH (s:Segmentation) WITH s, COUNT { (s)-[:HAS_NUCLEUS]->() } AS n, "
+    "COUNT { (s)-[:HAS_NUCLEUS]->()-[:NEAR]->() } AS e "
+    "WHERE n <> s.n_nuclei OR e <> s.n_edges RETURN count(s) AS c"
 )
 
 
@@ -93,11 +94,11 @@ def run(args, work: Path, settings: Settings, env: dict[str, str]) -> dict:
                     continue
                 image = rng.choice(rows)["id"]
                 t = time.perf_counter()
-                g = db.read(q.DASH_IMAGE_GRAPH, image_id=image, property=None)
+                g = db.read(q.DASH_IMAGE_GRAPH, cohort=cohort, image_id=image, property=None)
                 latencies["graph"].append(time.perf_counter() - t)
                 if not g or not g[0]["nuclei"]:
                     continue
-                uid = f"{image}:{rng.choice(g[0]['nuclei'])[0]}"
+                uid = f"{g[0]['segmentation']}:{rng.choice(g[0]['nuclei'])[0]}"
                 t = time.perf_counter()
                 db.read(q.DASH_NUCLEUS, uid=uid, property=None)
                 latencies["nucleus"].append(time.perf_counter() - t)

@@ -207,9 +207,10 @@ def image_prediction(reader: Reader, *, run_id: str, image_id: str) -> dict[str,
 
 # --- one image --------------------------------------------------------------------------------------
 @cached_read(ttl=TTL_IMAGE)
-def image_graph(reader: Reader, *, image_id: str, prop: str | None) -> dict[str, Any] | None:
-    """One image's nuclei (DataFrame ``nid, x, y, area, score``), edges as row-index arrays, metadata."""
-    r = reader.db.read_one(q.DASH_IMAGE_GRAPH, image_id=image_id, property=prop)
+def image_graph(reader: Reader, *, cohort: str, image_id: str, prop: str | None) -> dict[str, Any] | None:
+    """One image's nuclei in ``cohort`` (DataFrame ``nid, x, y, area, score``), edges as row-index
+    arrays, metadata (with ``segmentation``, the key that nucleus uids start with)."""
+    r = reader.db.read_one(q.DASH_IMAGE_GRAPH, cohort=cohort, image_id=image_id, property=prop)
     if r is None:
         return None
     table = np.asarray([[np.nan if v is None else v for v in row] for row in r["nuclei"]], dtype=float).reshape(-1, 5)
@@ -217,14 +218,15 @@ def image_graph(reader: Reader, *, image_id: str, prop: str | None) -> dict[str,
     index = pd.Series(np.arange(len(nuclei)), index=nuclei["nid"].to_numpy())
     src = index.reindex(np.asarray(r["src"], dtype=np.int64)).to_numpy()
     dst = index.reindex(np.asarray(r["dst"], dtype=np.int64)).to_numpy()
-    meta = {k: r[k] for k in ("id", "path", "label", "patient", "width", "height", "detector", "n_nuclei", "n_edges")}
+    meta = {k: r[k] for k in ("id", "path", "label", "patient", "width", "height", "detector", "n_nuclei", "n_edges",
+                              "segmentation")}
     return {"meta": meta, "nuclei": nuclei, "src": src, "dst": dst}
 
 
 @cached_read(ttl=TTL_IMAGE)
-def image_meta(reader: Reader, *, image_id: str) -> dict[str, Any] | None:
-    """One image's node properties (path, width, height, ...), or None."""
-    return reader.db.read_one(q.IMAGE_BY_ID, image_id=image_id)
+def image_meta(reader: Reader, *, image_id: str, cohort: str | None = None) -> dict[str, Any] | None:
+    """One image's properties (path, label, ... as ``cohort`` holds it, or its first cohort), or None."""
+    return reader.db.read_one(q.IMAGE_BY_ID, image_id=image_id, cohort=cohort)
 
 
 @st.cache_data(ttl=TTL_IMAGE, show_spinner=False, max_entries=64)

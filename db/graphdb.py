@@ -133,6 +133,20 @@ class GraphDB:
         )
         return [dict(r) for r in records]
 
+    def run_implicit(self, query: str, **params: Any) -> None:
+        """Run one statement in an implicit (auto-commit) transaction, as schema commands and
+        ``CALL { ... } IN TRANSACTIONS`` batches need; not retried by the driver.
+
+        Parameters
+        ----------
+        query : str
+            A Cypher constant from :mod:`nucleograph.db.queries`.
+        **params
+            Its ``$parameters``.
+        """
+        with self.driver.session(database=self.database) as session:
+            session.run(query, params).consume()
+
     def write_batches(self, query: str, rows: list, **params: Any) -> None:
         """Run ``query`` (``UNWIND $rows AS row ...``) once per batch of ``rows``, each its own transaction.
 

@@ -17,6 +17,51 @@ SCHEMA_V2 = (
     "CREATE CONSTRAINT explanation_key IF NOT EXISTS FOR (e:Explanation) REQUIRE e.key IS UNIQUE",
     "CREATE INDEX model_run_cohort IF NOT EXISTS FOR (r:ModelRun) ON (r.cohort)",
 )
+# v3: cohorts independent of each other (issue 16). The label, patient, path and meta move from the
+# shared Image onto its IN_COHORT membership; each Image's graph becomes a (:Segmentation) that the
+# membership names; explanations record the segmentations they scored (EXPLAINS) instead of image ids.
+# Each data statement runs in batches of its own transactions and only touches what is still in the
+# old shape, so an interrupted migration is completed by running it again.
+SCHEMA_V3 = (
+    "CREATE CONSTRAINT segmentation_key IF NOT EXISTS FOR (s:Segmentation) REQUIRE s.key IS UNIQUE",
+    "CREATE INDEX nucleus_segmentation IF NOT EXISTS FOR (n:Nucleus) ON (n.segmentation, n.nid)",
+    "MATCH (i:Image) WHERE i.params_key IS NOT NULL AND NOT EXISTS { (i)-[:HAS_SEGMENTATION]->() } "
+    "CALL (i) { "
+    "  MERGE (s:Segmentation {key: i.id + ':' + i.params_key}) "
+    "  SET s.image_id = i.id, s.params_key = i.params_key, s.detector = i.detector, s.params = i.params, "
+    "      s.n_nuclei = i.n_nuclei, s.n_edges = i.n_edges, s.feature_names = i.feature_names, "
+    "      s.task = i.task, s.ingested_at = i.ingested_at "
+    "  MERGE (i)-[:HAS_SEGMENTATION]->(s) "
+    "} IN TRANSACTIONS OF 1000 ROWS",
+    "MATCH (i:Image)-[r:HAS_NUCLEUS]->(n:Nucleus) "
+    "CALL (i, r, n) { "
+    "  MATCH (i)-[:HAS_SEGMENTATION]->(s:Segmentation {key: i.id + ':' + i.params_key}) "
+    "  CREATE (s)-[:HAS_NUCLEUS]->(n) "
+    "  SET n.segmentation = s.key, n.uid = s.key + ':' + toString(n.nid) "
+    "  DELETE r "
+    "} IN TRANSACTIONS OF 10000 ROWS",
+    "MATCH (i:Image)-[m:IN_COHORT]->(:Cohort) WHERE m.segmentation IS NULL AND i.params_key IS NOT NULL "
+    "CALL (i, m) { "
+    "  SET m.label = i.label, m.patient = i.patient, m.path = i.path, m.meta = i.meta, "
+    "      m.segmentation = i.id + ':' + i.params_key, m.added_at = i.ingested_at "
+    "} IN TRANSACTIONS OF 1000 ROWS",
+    # an image listed as explained whose nuclei hold no score (re-ingested since) becomes stale
+    "MATCH (e:Explanation) WHERE e.images IS NOT NULL "
+    "UNWIND e.images AS image_id "
+    "MATCH (:Image {id: image_id})-[:HAS_SEGMENTATION]->(s:Segmentation) "
+    "WITH e, image_id, s, EXISTS { MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n[e.property] IS NOT NULL } AS scored "
+    "FOREACH (_ IN CASE WHEN scored THEN [1] ELSE [] END | MERGE (e)-[:EXPLAINS]->(s)) "
+    "SET e.stale_images = CASE WHEN scored THEN coalesce(e.stale_images, []) "
+    "ELSE [x IN coalesce(e.stale_images, []) WHERE x <> image_id] + image_id END",
+    "MATCH (e:Explanation) WHERE e.images IS NOT NULL "
+    "SET e.stale_images = coalesce(e.stale_images, []) REMOVE e.images",
+    "MATCH (i:Image) WHERE i.params_key IS NOT NULL "
+    "CALL (i) { "
+    "  REMOVE i.label, i.patient, i.path, i.params_key, i.detector, i.params, i.n_nuclei, i.n_edges, "
+    "         i.feature_names, i.meta, i.task "
+    "} IN TRANSACTIONS OF 1000 ROWS",
+    "DROP INDEX image_label IF EXISTS",
+)
 SCHEMA_VERSION = "MATCH (m:SchemaMigration) RETURN coalesce(max(m.version), 0) AS version"
 SCHEMA_RECORD = "MERGE (m:SchemaMigration {version: $version}) ON CREATE SET m.applied_at = datetime()"
 
@@ -30,75 +75,117 @@ COUNTS = (
 LABEL_COUNTS = "MATCH (n) UNWIND labels(n) AS label RETURN label, count(*) AS n ORDER BY label"
 
 # --- ingest -----------------------------------------------------------------------------------------
+# The data model (schema v3):
+#   (:Image {id})                      the bytes (content hash) and what they are: width, height, mpp
+#   (:Image)-[:HAS_SEGMENTATION]->(:Segmentation {key, params_key, detector, params, n_nuclei, ...})
+#   (:Segmentation)-[:HAS_NUCLEUS]->(:Nucleus {uid, segmentation, image_id, nid, ...})-[:NEAR]->(:Nucleus)
+#   (:Image)-[:IN_COHORT {label, patient, path, meta, segmentation}]->(:Cohort)
+# A cohort's membership holds the label, patient and path and names the segmentation the cohort uses,
+# so cohorts sharing an image never change each other; an image may carry several segmentations.
 IMAGE_STATE = (
     "OPTIONAL MATCH (i:Image {id: $image_id}) "
-    "RETURN i.params_key AS params_key, i.n_nuclei AS n_nuclei, i.n_edges AS n_edges, "
-    "EXISTS { MATCH (i)-[:IN_COHORT]->(:Cohort {name: $cohort}) } AS in_cohort"
+    "OPTIONAL MATCH (s:Segmentation {key: $segmentation}) "
+    "OPTIONAL MATCH (i)-[m:IN_COHORT]->(:Cohort {name: $cohort}) "
+    "RETURN s IS NOT NULL AS has_segmentation, s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
+    "m IS NOT NULL AS in_cohort, m.segmentation AS cohort_segmentation, m.label AS label, m.path AS path, "
+    "m.patient AS patient"
 )
 MERGE_COHORT = (
     "MERGE (c:Cohort {name: $cohort}) ON CREATE SET c.created_at = datetime(), c.task = $task "
     "SET c.task = coalesce(c.task, $task)"
 )
-LINK_IMAGE_COHORT = (
-    "MATCH (i:Image {id: $image_id}), (c:Cohort {name: $cohort}) MERGE (i)-[:IN_COHORT]->(c)"
+MERGE_IMAGE = (
+    "MERGE (i:Image {id: $image_id}) ON CREATE SET i.created_at = datetime() SET i += $props"
 )
-# Replacing an image's graph deletes its nuclei (and their NEAR edges) in the same transaction
-# that writes the new ones, so readers see the old graph or the new one, never a mix.
-DELETE_IMAGE_NUCLEI_TX = "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) DETACH DELETE n"
-UPSERT_IMAGE = (
-    "MERGE (i:Image {id: $image_id}) "
-    "SET i += $props, i.ingested_at = datetime() "
-    "WITH i MATCH (c:Cohort {name: $cohort}) MERGE (i)-[:IN_COHORT]->(c)"
+CREATE_SEGMENTATION = (
+    "MATCH (i:Image {id: $image_id}) "
+    "CREATE (i)-[:HAS_SEGMENTATION]->(s:Segmentation {key: $segmentation}) "
+    "SET s += $props, s.image_id = $image_id, s.ingested_at = datetime()"
+)
+# The membership: label, patient, path and the segmentation the cohort uses (set on every ingest).
+SET_MEMBERSHIP = (
+    "MATCH (i:Image {id: $image_id}), (c:Cohort {name: $cohort}) "
+    "MERGE (i)-[m:IN_COHORT]->(c) ON CREATE SET m.added_at = datetime() "
+    "SET m += $props, m.segmentation = $segmentation, m.updated_at = datetime()"
+)
+# After a cohort moved to another segmentation of an image: explanations of that cohort's runs that
+# scored the old nuclei list the image as stale; the old segmentation is deleted (nuclei, edges and
+# the scores on them) when no cohort uses it any more, and every explanation that scored it is stale.
+MARK_STALE_FOR_COHORT = (
+    "MATCH (e:Explanation)-[:EXPLAINS]->(:Segmentation {key: $old}) "
+    "WHERE EXISTS { MATCH (e)-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(:Cohort {name: $cohort}) } "
+    "OR NOT EXISTS { MATCH (:Image {id: $image_id})-[:IN_COHORT {segmentation: $old}]->() } "
+    "SET e.stale_images = [x IN coalesce(e.stale_images, []) WHERE x <> $image_id] + $image_id"
+)
+DELETE_UNUSED_SEGMENTATION = (
+    "MATCH (s:Segmentation {key: $old}) "
+    "WHERE NOT EXISTS { MATCH (:Image {id: $image_id})-[:IN_COHORT {segmentation: $old}]->() } "
+    "OPTIONAL MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "DETACH DELETE n, s"
 )
 CREATE_NUCLEI = (
-    "MATCH (i:Image {id: $image_id}) "
+    "MATCH (s:Segmentation {key: $segmentation}) "
     "UNWIND $rows AS row "
-    "CREATE (i)-[:HAS_NUCLEUS]->(n:Nucleus) SET n = row"
+    "CREATE (s)-[:HAS_NUCLEUS]->(n:Nucleus) SET n = row"
 )
 CREATE_NEAR = (
     "UNWIND $rows AS row "
     "MATCH (a:Nucleus {uid: row[0]}), (b:Nucleus {uid: row[1]}) "
     "CREATE (a)-[:NEAR {weight: row[2], dist: row[3]}]->(b)"
 )
+# A cohort's image with the segmentation it uses: every read below starts from this pattern.
 COHORT_COUNTS_STORED = (
-    "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
-    "RETURN count(i) AS images, "
-    "sum(COUNT { (i)-[:HAS_NUCLEUS]->() }) AS nuclei, "
-    "sum(COUNT { (i)-[:HAS_NUCLEUS]->()-[:NEAR]->() }) AS edges"
+    "MATCH (c:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image) "
+    "OPTIONAL MATCH (s:Segmentation {key: m.segmentation}) "
+    "RETURN count(m) AS images, "
+    "sum(COUNT { (s)-[:HAS_NUCLEUS]->() }) AS nuclei, "
+    "sum(COUNT { (s)-[:HAS_NUCLEUS]->()-[:NEAR]->() }) AS edges"
 )
 COHORT_NAMES = "MATCH (c:Cohort) RETURN c.name AS name ORDER BY name"
 COHORT_IMAGES = (
-    "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
-    "RETURN i.id AS id, i.path AS path, i.label AS label, i.patient AS patient, i.n_nuclei AS n_nuclei, "
-    "i.n_edges AS n_edges, i.width AS width, i.height AS height, i.detector AS detector, i.params_key AS params_key "
+    "MATCH (c:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image) "
+    "OPTIONAL MATCH (s:Segmentation {key: m.segmentation}) "
+    "RETURN i.id AS id, m.path AS path, m.label AS label, m.patient AS patient, s.n_nuclei AS n_nuclei, "
+    "s.n_edges AS n_edges, i.width AS width, i.height AS height, s.detector AS detector, "
+    "s.params_key AS params_key, m.segmentation AS segmentation "
     "ORDER BY i.id"
 )
+# An image by id, with its memberships (path and label per cohort) and its segmentations.
 IMAGE_BY_ID = (
     "MATCH (i:Image {id: $image_id}) "
-    "RETURN i.id AS id, i.path AS path, i.label AS label, i.patient AS patient, i.width AS width, "
-    "i.height AS height, i.n_nuclei AS n_nuclei, i.n_edges AS n_edges, i.detector AS detector, "
-    "i.feature_names AS feature_names, [(i)-[:IN_COHORT]->(c) | c.name] AS cohorts"
+    "OPTIONAL MATCH (i)-[m:IN_COHORT]->(c:Cohort) WHERE $cohort IS NULL OR c.name = $cohort "
+    "WITH i, m, c ORDER BY c.name "
+    "WITH i, collect(m {cohort: c.name, .label, .patient, .path, .segmentation}) AS memberships "
+    "WITH i, memberships, head(memberships) AS first "
+    "OPTIONAL MATCH (s:Segmentation {key: first.segmentation}) "
+    "RETURN i.id AS id, first.path AS path, first.label AS label, first.patient AS patient, "
+    "i.width AS width, i.height AS height, s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
+    "s.detector AS detector, s.feature_names AS feature_names, first.segmentation AS segmentation, "
+    "[x IN memberships | x.cohort] AS cohorts, memberships, "
+    "[(i)-[:HAS_SEGMENTATION]->(t) | t.key] AS segmentations"
 )
 # One query per batch of images returns each graph as parallel lists (not a row per edge).
 READ_GRAPHS = (
-    "MATCH (i:Image) WHERE i.id IN $ids "
-    "CALL (i) { "
-    "  MATCH (i)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image) WHERE i.id IN $ids "
+    "MATCH (s:Segmentation {key: m.segmentation}) "
+    "CALL (s) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
     "  WITH n ORDER BY n.nid "
     "  RETURN collect(n.nid) AS nids, collect(n.features) AS features, "
     "         collect(n.centroid_x) AS xs, collect(n.centroid_y) AS ys "
     "} "
-    "CALL (i) { "
-    "  MATCH (i)-[:HAS_NUCLEUS]->(a:Nucleus)-[r:NEAR]->(b:Nucleus) "
+    "CALL (s) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(a:Nucleus)-[r:NEAR]->(b:Nucleus) "
     "  RETURN collect(a.nid) AS src, collect(b.nid) AS dst, collect(r.weight) AS weight, collect(r.dist) AS dist "
     "} "
-    "RETURN i.id AS id, i.label AS label, i.patient AS patient, i.path AS path, i.feature_names AS feature_names, "
-    "i.params AS params, nids, features, xs, ys, src, dst, weight, dist"
+    "RETURN i.id AS id, m.label AS label, m.patient AS patient, m.path AS path, s.key AS segmentation, "
+    "s.feature_names AS feature_names, s.params AS params, nids, features, xs, ys, src, dst, weight, dist"
 )
 COHORT_FINGERPRINT = (
-    "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
-    "WITH i ORDER BY i.id "
-    "RETURN collect(i.id + ':' + i.params_key + ':' + coalesce(i.label, '')) AS keys"
+    "MATCH (c:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image) "
+    "WITH i, m ORDER BY i.id "
+    "RETURN collect(i.id + ':' + m.segmentation + ':' + coalesce(m.label, '') + ':' + coalesce(m.patient, '')) "
+    "AS keys"
 )
 
 # --- model runs -------------------------------------------------------------------------------------
@@ -120,56 +207,73 @@ MODEL_RUNS = (
 MODEL_RUN = "MATCH (r:ModelRun {id: $run_id}) RETURN r {.*, created_at: toString(r.created_at)} AS run"
 RUN_PREDICTIONS = (
     "MATCH (r:ModelRun {id: $run_id})-[p:PREDICTED]->(i:Image) "
-    "RETURN i.id AS image_id, i.path AS path, i.label AS label, p.pred AS pred, p.prob AS prob, "
+    "OPTIONAL MATCH (i)-[m:IN_COHORT]->(:Cohort {name: r.cohort}) "
+    "RETURN i.id AS image_id, m.path AS path, m.label AS label, p.pred AS pred, p.prob AS prob, "
     "p.probs AS probs, p.split AS split ORDER BY i.id"
 )
 
 # --- explanations -----------------------------------------------------------------------------------
 # Scores live on the nuclei as one property per (run, method): the name is built by
 # db.runs.score_property from a generated run id and an allow-listed method, never from user text.
+# (:Explanation)-[:EXPLAINS]->(:Segmentation) records which nuclei were scored; ``stale_images`` lists
+# the images whose nuclei the run's cohort replaced after they were scored (explain them again).
 MERGE_EXPLANATION = (
     "MATCH (r:ModelRun {id: $run_id}) "
     "MERGE (e:Explanation {key: $key}) "
     "SET e.run_id = $run_id, e.method = $method, e.hops = $hops, e.property = $property, "
-    "e.updated_at = datetime(), e.images = coalesce(e.images, []) "
+    "e.updated_at = datetime(), e.stale_images = coalesce(e.stale_images, []) "
     "MERGE (e)-[:OF_RUN]->(r)"
 )
 WRITE_SCORES = (
     "UNWIND $rows AS row "
     "MATCH (n:Nucleus {uid: row[0]}) SET n[$property] = row[1]"
 )
+# The image's segmentation is now explained, and the image is no longer stale.
 MARK_EXPLAINED = (
-    "MATCH (e:Explanation {key: $key}) "
-    "SET e.images = [x IN e.images WHERE NOT x IN $image_ids] + $image_ids"
+    "MATCH (e:Explanation {key: $key}), (s:Segmentation {key: $segmentation}) "
+    "MERGE (e)-[:EXPLAINS]->(s) "
+    "SET e.stale_images = [x IN coalesce(e.stale_images, []) WHERE x <> s.image_id]"
 )
-# The images of $image_ids recorded under the explanation whose every nucleus holds a finite score
-# (a re-ingested image, or a NaN an older version stored, is not "explained").
+# The images of $image_ids whose segmentation in the run's cohort the explanation scored, every
+# nucleus with a finite score (a re-ingested image, or a NaN an older version stored, is not "explained").
 EXPLAINED_IMAGES = (
-    "MATCH (e:Explanation {key: $key}) "
-    "UNWIND [x IN e.images WHERE x IN $image_ids] AS image_id "
-    "MATCH (i:Image {id: image_id}) "
-    "WHERE NOT EXISTS { MATCH (i)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "MATCH (e:Explanation {key: $key})-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(c:Cohort) "
+    "MATCH (c)<-[m:IN_COHORT]-(i:Image) WHERE i.id IN $image_ids "
+    "MATCH (e)-[:EXPLAINS]->(s:Segmentation {key: m.segmentation}) "
+    "WHERE NOT EXISTS { MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
     "WHERE n[e.property] IS NULL OR isNaN(n[e.property]) OR abs(n[e.property]) = 1.0 / 0.0 } "
-    "RETURN collect(image_id) AS image_ids"
+    "RETURN collect(i.id) AS image_ids"
 )
 EXPLANATIONS = (
     "MATCH (e:Explanation) WHERE $run_id IS NULL OR e.run_id = $run_id "
     "RETURN e.key AS key, e.run_id AS run_id, e.method AS method, e.hops AS hops, e.property AS property, "
-    "size(e.images) AS images ORDER BY e.run_id, e.method"
+    "COUNT { (e)-[:EXPLAINS]->() } AS images, coalesce(e.stale_images, []) AS stale_images "
+    "ORDER BY e.run_id, e.method"
 )
+# One image's nuclei (the segmentation its cohort uses) with their score under $property.
 IMAGE_SCORES = (
-    "MATCH (i:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+    "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
     "RETURN n.nid AS nid, n.centroid_x AS x, n.centroid_y AS y, n[$property] AS score ORDER BY n.nid"
 )
+# The explanation's scores on the nuclei they were computed on, with the image's path and label in
+# the run's cohort; ``current`` is false where the cohort has since moved to other nuclei.
 SCORES_EXPORT = (
-    "MATCH (e:Explanation {key: $key}) "
-    "MATCH (i:Image)-[:HAS_NUCLEUS]->(n:Nucleus) "
-    "WHERE i.id IN e.images AND ($image_ids IS NULL OR i.id IN $image_ids) "
-    "RETURN i.id AS image_id, i.path AS path, i.label AS label, n.nid AS nucleus_id, "
-    "n.centroid_x AS centroid_x, n.centroid_y AS centroid_y, n[e.property] AS score "
+    "MATCH (e:Explanation {key: $key})-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(c:Cohort) "
+    "MATCH (e)-[:EXPLAINS]->(s:Segmentation)<-[:HAS_SEGMENTATION]-(i:Image) "
+    "WHERE $image_ids IS NULL OR i.id IN $image_ids "
+    "OPTIONAL MATCH (i)-[m:IN_COHORT]->(c) "
+    "MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "RETURN i.id AS image_id, m.path AS path, m.label AS label, n.nid AS nucleus_id, "
+    "n.centroid_x AS centroid_x, n.centroid_y AS centroid_y, n[e.property] AS score, "
+    "coalesce(m.segmentation = s.key, false) AS current "
     "ORDER BY i.id, n.nid"
 )
-NUCLEUS_AREAS = "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) RETURN n.area AS area ORDER BY n.nid"
+NUCLEUS_AREAS = (
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+    "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "RETURN n.area AS area ORDER BY n.nid"
+)
 
 # === dashboard ======================================================================================
 # Score properties are passed as ``$property`` and read with ``n[$property]``; the dashboard only ever
@@ -184,30 +288,32 @@ DASH_COHORTS = (
 # Summaries stored on each Image at ingest (n_nuclei, n_edges): reading them keeps the page fast on
 # large cohorts; `nucleograph db status` and db.store.cohort_counts count the stored rows instead.
 DASH_COHORT_IMAGES = (
-    "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
-    "RETURN i.id AS id, i.path AS path, i.label AS label, i.patient AS patient, i.width AS width, "
-    "i.height AS height, i.detector AS detector, i.n_nuclei AS n_nuclei, i.n_edges AS n_edges, "
-    "toString(i.ingested_at) AS ingested_at ORDER BY i.label, i.id"
+    "MATCH (c:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image) "
+    "OPTIONAL MATCH (s:Segmentation {key: m.segmentation}) "
+    "RETURN i.id AS id, m.path AS path, m.label AS label, m.patient AS patient, i.width AS width, "
+    "i.height AS height, s.detector AS detector, s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
+    "toString(s.ingested_at) AS ingested_at ORDER BY label, id"
 )
 
 # --- one image --------------------------------------------------------------------------------------
 # One query, lists not rows: the nuclei as [nid, x, y, area, score] (ordered by nid; a list per nucleus
 # because collect() drops nulls and a missing score must stay a hole) and the NEAR edges as nid pairs.
 DASH_IMAGE_GRAPH = (
-    "MATCH (i:Image {id: $image_id}) "
-    "CALL (i) { "
-    "  MATCH (i)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image {id: $image_id}) "
+    "MATCH (s:Segmentation {key: m.segmentation}) "
+    "CALL (s) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
     "  WITH n ORDER BY n.nid "
     "  RETURN collect([n.nid, n.centroid_x, n.centroid_y, n.area, "
     "                  CASE WHEN $property IS NULL THEN null ELSE n[$property] END]) AS nuclei "
     "} "
-    "CALL (i) { "
-    "  MATCH (i)-[:HAS_NUCLEUS]->(a:Nucleus)-[:NEAR]->(b:Nucleus) "
+    "CALL (s) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(a:Nucleus)-[:NEAR]->(b:Nucleus) "
     "  RETURN collect(a.nid) AS src, collect(b.nid) AS dst "
     "} "
-    "RETURN i.id AS id, i.path AS path, i.label AS label, i.patient AS patient, i.width AS width, "
-    "i.height AS height, i.detector AS detector, i.n_nuclei AS n_nuclei, i.n_edges AS n_edges, "
-    "nuclei, src, dst"
+    "RETURN i.id AS id, m.path AS path, m.label AS label, m.patient AS patient, i.width AS width, "
+    "i.height AS height, s.detector AS detector, s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
+    "s.key AS segmentation, nuclei, src, dst"
 )
 DASH_NUCLEUS = (
     "MATCH (n:Nucleus {uid: $uid}) "
@@ -235,12 +341,14 @@ DASH_RUNS = (
 DASH_EXPLANATIONS = (
     "MATCH (e:Explanation)-[:OF_RUN]->(r:ModelRun)-[:TRAINED_ON]->(:Cohort {name: $cohort}) "
     "RETURN e.key AS key, e.run_id AS run_id, r.model AS model, e.method AS method, e.hops AS hops, "
-    "e.property AS property, size(e.images) AS images, toString(e.updated_at) AS updated_at "
+    "e.property AS property, COUNT { (e)-[:EXPLAINS]->() } AS images, "
+    "coalesce(e.stale_images, []) AS stale_images, toString(e.updated_at) AS updated_at "
     "ORDER BY r.created_at DESC, e.method, e.hops"
 )
 DASH_RUN_PREDICTIONS = (
     "MATCH (r:ModelRun {id: $run_id})-[p:PREDICTED]->(i:Image) "
-    "RETURN i.id AS image_id, i.label AS label, p.pred AS pred, p.prob AS prob, p.split AS split, "
+    "OPTIONAL MATCH (i)-[m:IN_COHORT]->(:Cohort {name: r.cohort}) "
+    "RETURN i.id AS image_id, m.label AS label, p.pred AS pred, p.prob AS prob, p.split AS split, "
     "p.fold AS fold ORDER BY i.id"
 )
 
@@ -255,10 +363,11 @@ PATTERN_COLUMNS = ("rank", "nid", "score", "area", "circularity", "eccentricity"
                    "degree", "density", "fx", "fy")
 DASH_PATTERNS = (
     "MATCH (e:Explanation {key: $key}) "
-    "WITH e.property AS prop, e.images AS explained "
-    "MATCH (c:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) WHERE i.id IN explained "
-    "CALL (i, prop) { "
-    "  MATCH (i)-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n[prop] IS NOT NULL "
+    "MATCH (c:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image) "
+    "MATCH (e)-[:EXPLAINS]->(s:Segmentation {key: m.segmentation}) "
+    "WITH e.property AS prop, i, m, s "
+    "CALL (i, s, prop) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n[prop] IS NOT NULL "
     "  WITH i, prop, n ORDER BY n[prop] DESC "
     "  WITH i, prop, collect(n) AS ranked "
     "  WITH i, prop, ranked, size(ranked) AS total, "
@@ -271,7 +380,7 @@ DASH_PATTERNS = (
     "         reduce(s = 0.0, w IN [(n)-[r:NEAR]-() | r.weight] | s + w), "
     "         n.centroid_x / i.width, n.centroid_y / i.height]) AS nuclei "
     "} "
-    "RETURN i.id AS image_id, i.label AS label, total, nuclei ORDER BY i.id"
+    "RETURN i.id AS image_id, m.label AS label, total, nuclei ORDER BY image_id"
 )
 
 # --- console library --------------------------------------------------------------------------------
@@ -281,99 +390,109 @@ DASH_PATTERNS = (
 CONSOLE_LIBRARY: dict[str, dict] = {
     "Neighbours of a nucleus (1 hop)": {
         "query": (
-            "MATCH (n:Nucleus {image_id: $image_id, nid: $nid})-[r:NEAR]-(m:Nucleus) "
-            "RETURN m.image_id AS image_id, m.nid AS nid, m.centroid_x AS x, m.centroid_y AS y, "
-            "r.dist AS dist, r.weight AS weight, m.area AS area ORDER BY dist"
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (n:Nucleus {segmentation: m.segmentation, nid: $nid})-[r:NEAR]-(o:Nucleus) "
+            "RETURN o.image_id AS image_id, o.nid AS nid, o.centroid_x AS x, o.centroid_y AS y, "
+            "r.dist AS dist, r.weight AS weight, o.area AS area ORDER BY dist"
         ),
-        "params": {"image_id": "", "nid": 1},
+        "params": {"cohort": "", "image_id": "", "nid": 1},
         "help": "The nuclei linked to one nucleus, nearest first.",
     },
     "Two-hop neighbourhood of a nucleus": {
         "query": (
-            "MATCH (n:Nucleus {image_id: $image_id, nid: $nid}) "
-            "MATCH p = (n)-[:NEAR*1..2]-(m:Nucleus) WHERE m <> n "
-            "WITH m, min(length(p)) AS hops "
-            "RETURN m.image_id AS image_id, m.nid AS nid, m.centroid_x AS x, m.centroid_y AS y, hops, "
-            "m.area AS area ORDER BY hops, nid"
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (n:Nucleus {segmentation: m.segmentation, nid: $nid}) "
+            "MATCH p = (n)-[:NEAR*1..2]-(o:Nucleus) WHERE o <> n "
+            "WITH o, min(length(p)) AS hops "
+            "RETURN o.image_id AS image_id, o.nid AS nid, o.centroid_x AS x, o.centroid_y AS y, hops, "
+            "o.area AS area ORDER BY hops, nid"
         ),
-        "params": {"image_id": "", "nid": 1},
+        "params": {"cohort": "", "image_id": "", "nid": 1},
         "help": "Every nucleus within two NEAR hops, with its hop distance.",
     },
     "Most connected nuclei of an image": {
         "query": (
-            "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) "
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
             "WITH n, COUNT { (n)-[:NEAR]-() } AS degree ORDER BY degree DESC LIMIT $limit "
             "RETURN n.image_id AS image_id, n.nid AS nid, n.centroid_x AS x, n.centroid_y AS y, degree, "
             "n.area AS area"
         ),
-        "params": {"image_id": "", "limit": 25},
+        "params": {"cohort": "", "image_id": "", "limit": 25},
         "help": "Hubs of the cell graph: the nuclei with the most neighbours.",
     },
     "Isolated nuclei of an image": {
         "query": (
-            "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) "
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
             "WHERE COUNT { (n)-[:NEAR]-() } <= $max_degree "
             "RETURN n.image_id AS image_id, n.nid AS nid, n.centroid_x AS x, n.centroid_y AS y, "
             "COUNT { (n)-[:NEAR]-() } AS degree, n.area AS area ORDER BY degree, nid"
         ),
-        "params": {"image_id": "", "max_degree": 1},
+        "params": {"cohort": "", "image_id": "", "max_degree": 1},
         "help": "Nuclei with at most max_degree neighbours (sparse stroma, edges of tissue).",
     },
     "Large nuclei with crowded neighbourhoods": {
         "query": (
-            "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n.area >= $min_area "
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n.area >= $min_area "
             "WITH n, COUNT { (n)-[:NEAR]-() } AS degree WHERE degree >= $min_degree "
             "RETURN n.image_id AS image_id, n.nid AS nid, n.centroid_x AS x, n.centroid_y AS y, n.area AS area, "
             "degree ORDER BY area DESC"
         ),
-        "params": {"image_id": "", "min_area": 200, "min_degree": 8},
+        "params": {"cohort": "", "image_id": "", "min_area": 200, "min_degree": 8},
         "help": "Big nuclei packed among many neighbours, as in crowded tumour nests.",
     },
     "Nuclei in a window": {
         "query": (
-            "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) "
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
             "WHERE $x0 <= n.centroid_x <= $x1 AND $y0 <= n.centroid_y <= $y1 "
             "RETURN n.image_id AS image_id, n.nid AS nid, n.centroid_x AS x, n.centroid_y AS y, n.area AS area, "
             "n.hematoxylin_od_mean AS hematoxylin ORDER BY nid"
         ),
-        "params": {"image_id": "", "x0": 0, "y0": 0, "x1": 400, "y1": 400},
+        "params": {"cohort": "", "image_id": "", "x0": 0, "y0": 0, "x1": 400, "y1": 400},
         "help": "The nuclei whose centroids fall in a rectangle (pixels).",
     },
     "Triangles around a nucleus": {
         "query": (
-            "MATCH (a:Nucleus {image_id: $image_id, nid: $nid})-[:NEAR]-(b:Nucleus)-[:NEAR]-(c:Nucleus)-[:NEAR]-(a) "
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (a:Nucleus {segmentation: m.segmentation, nid: $nid})-[:NEAR]-(b:Nucleus)-[:NEAR]-(c:Nucleus)-[:NEAR]-(a) "
             "WHERE b.nid < c.nid "
             "RETURN b.image_id AS image_id, b.nid AS nid, b.centroid_x AS x, b.centroid_y AS y, c.nid AS closes_with "
             "ORDER BY nid"
         ),
-        "params": {"image_id": "", "nid": 1},
+        "params": {"cohort": "", "image_id": "", "nid": 1},
         "help": "Closed triangles through one nucleus: how clustered its neighbourhood is.",
     },
     "Top-scored nuclei of an image": {
         "query": (
-            "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n[$property] IS NOT NULL "
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n[$property] IS NOT NULL "
             "RETURN n.image_id AS image_id, n.nid AS nid, n.centroid_x AS x, n.centroid_y AS y, "
             "n[$property] AS score, COUNT { (n)-[:NEAR]-() } AS degree ORDER BY score DESC LIMIT $limit"
         ),
-        "params": {"image_id": "", "property": "", "limit": 20},
+        "params": {"cohort": "", "image_id": "", "property": "", "limit": 20},
         "help": "The most important nuclei under one explanation (property: an Explanation's property).",
     },
     "Neighbourhood of the top-scored nucleus": {
         "query": (
-            "MATCH (:Image {id: $image_id})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n[$property] IS NOT NULL "
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+            "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n[$property] IS NOT NULL "
             "WITH n ORDER BY n[$property] DESC LIMIT 1 "
-            "MATCH (n)-[r:NEAR]-(m:Nucleus) "
-            "RETURN m.image_id AS image_id, m.nid AS nid, m.centroid_x AS x, m.centroid_y AS y, "
-            "m[$property] AS score, r.dist AS dist ORDER BY score DESC"
+            "MATCH (n)-[r:NEAR]-(o:Nucleus) "
+            "RETURN o.image_id AS image_id, o.nid AS nid, o.centroid_x AS x, o.centroid_y AS y, "
+            "o[$property] AS score, r.dist AS dist ORDER BY score DESC"
         ),
-        "params": {"image_id": "", "property": ""},
+        "params": {"cohort": "", "image_id": "", "property": ""},
         "help": "Are the neighbours of the most important nucleus important too?",
     },
     "Images of a cohort by nucleus count": {
         "query": (
-            "MATCH (:Cohort {name: $cohort})<-[:IN_COHORT]-(i:Image) "
-            "RETURN i.id AS id, i.label AS label, i.n_nuclei AS nuclei, i.n_edges AS edges, "
-            "round(toFloat(i.n_edges) / i.n_nuclei, 2) AS edges_per_nucleus ORDER BY nuclei DESC"
+            "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image) "
+            "MATCH (s:Segmentation {key: m.segmentation}) "
+            "RETURN i.id AS id, m.label AS label, s.n_nuclei AS nuclei, s.n_edges AS edges, "
+            "round(toFloat(s.n_edges) / s.n_nuclei, 2) AS edges_per_nucleus ORDER BY nuclei DESC"
         ),
         "params": {"cohort": ""},
         "help": "Which images are dense or sparse.",

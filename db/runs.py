@@ -131,8 +131,11 @@ def predictions(db: GraphDB, run_id: str) -> list[dict[str, Any]]:
     return db.read(q.RUN_PREDICTIONS, run_id=run_id)
 
 
-def save_scores(db: GraphDB, *, run_id: str, method: str, hops: int | None, image_id: str, nids, scores) -> str:
-    """Write one image's per-nucleus scores (one transaction) and record it under the explanation.
+def save_scores(
+    db: GraphDB, *, run_id: str, method: str, hops: int | None, segmentation: str, nids, scores
+) -> str:
+    """Write one image's per-nucleus scores (one transaction) and record its segmentation under the
+    explanation (``EXPLAINS``; the image leaves the explanation's stale list).
 
     Other runs' and methods' properties are never touched.
 
@@ -143,7 +146,8 @@ def save_scores(db: GraphDB, *, run_id: str, method: str, hops: int | None, imag
         Together with ``hops``, they name the score property (:func:`score_property`).
     hops : int or None
         Occlusion's neighbourhood size (ignored for attention).
-    image_id : str
+    segmentation : str
+        The key of the scored nuclei's segmentation (``read_graphs``'s ``segmentation``).
     nids : array_like of int
         Nucleus ids, aligned with ``scores``.
     scores : array_like of float
@@ -155,21 +159,22 @@ def save_scores(db: GraphDB, *, run_id: str, method: str, hops: int | None, imag
     """
     prop = score_property(run_id, method, hops)
     key = explanation_key(run_id, method, hops)
-    rows = [[f"{image_id}:{int(n)}", float(s)] for n, s in zip(nids, scores, strict=True)]
+    rows = [[f"{segmentation}:{int(n)}", float(s)] for n, s in zip(nids, scores, strict=True)]
     db.write(q.MERGE_EXPLANATION, run_id=run_id, key=key, method=method,
              hops=hops if method == "occlusion" else None, property=prop)
 
     def work(tx: neo4j.ManagedTransaction) -> None:
         for chunk in chunks(rows, db.batch_size):
             tx.run(q.WRITE_SCORES, rows=chunk, property=prop).consume()
-        tx.run(q.MARK_EXPLAINED, key=key, image_ids=[image_id]).consume()
+        tx.run(q.MARK_EXPLAINED, key=key, segmentation=segmentation).consume()
 
     db.write_transaction(work)
     return prop
 
 
 def explained_images(db: GraphDB, key: str, image_ids: list[str]) -> list[str]:
-    """The images of ``image_ids`` whose nuclei all hold finite scores of the explanation ``key``.
+    """The images of ``image_ids`` whose nuclei, in the segmentation the run's cohort uses now, all
+    hold finite scores of the explanation ``key``.
 
     Parameters
     ----------
@@ -201,12 +206,13 @@ def list_explanations(db: GraphDB, *, run_id: str | None = None) -> list[dict[st
     return db.read(q.EXPLANATIONS, run_id=run_id)
 
 
-def image_scores(db: GraphDB, image_id: str, prop: str) -> list[dict[str, Any]]:
-    """One image's nuclei with their score under ``prop`` (null where unscored).
+def image_scores(db: GraphDB, cohort: str, image_id: str, prop: str) -> list[dict[str, Any]]:
+    """One image's nuclei in ``cohort`` with their score under ``prop`` (null where unscored).
 
     Parameters
     ----------
     db : GraphDB
+    cohort : str
     image_id : str
     prop : str
         A score property from :func:`score_property` (never user text).
@@ -215,11 +221,13 @@ def image_scores(db: GraphDB, image_id: str, prop: str) -> list[dict[str, Any]]:
     -------
     list of dict
     """
-    return db.read(q.IMAGE_SCORES, image_id=image_id, property=prop)
+    return db.read(q.IMAGE_SCORES, cohort=cohort, image_id=image_id, property=prop)
 
 
 def export_scores(db: GraphDB, key: str, *, image_ids: list[str] | None) -> list[dict[str, Any]]:
-    """The scores of the explanation ``key``, one row per nucleus (of ``image_ids`` only, when given).
+    """The scores of the explanation ``key``, one row per nucleus (of ``image_ids`` only, when given),
+    on the nuclei they were computed on; ``current`` is False for images whose nuclei the run's
+    cohort has replaced since (stale scores).
 
     Parameters
     ----------

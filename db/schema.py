@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from nucleograph.db import queries as q
 from nucleograph.db.graphdb import GraphDB
+from nucleograph.errors import DatabaseError
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (q.SCHEMA_V1, q.SCHEMA_V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (q.SCHEMA_V1, q.SCHEMA_V2, q.SCHEMA_V3)
 LATEST = len(MIGRATIONS)
 
 
@@ -42,8 +43,32 @@ def migrate(db: GraphDB) -> dict:
     """
     start = current_version(db)
     for version in range(start + 1, LATEST + 1):
-        # Schema commands cannot share a transaction with data writes: one auto-commit each.
+        # Schema commands cannot share a transaction with data writes, and data migrations batch
+        # themselves (CALL ... IN TRANSACTIONS): each statement runs as its own implicit transaction.
         for statement in MIGRATIONS[version - 1]:
-            db.write(statement)
+            db.run_implicit(statement)
         db.write(q.SCHEMA_RECORD, version=version)
     return {"from": start, "to": max(start, LATEST), "applied": max(0, LATEST - start)}
+
+
+def require_current(db: GraphDB) -> None:
+    """Refuse to work on a store written by an older version until it is migrated.
+
+    Parameters
+    ----------
+    db : GraphDB
+
+    Raises
+    ------
+    DatabaseError
+        The store's schema is older (or newer) than this version's, naming the fix.
+    """
+    version = current_version(db)
+    if version == 0 or version == LATEST:  # 0: a new, empty database (migrated when first written)
+        return
+    if version < LATEST:
+        raise DatabaseError(f"the Neo4j store is at schema version {version}, this nucleograph needs {LATEST}: "
+                            "run `nucleograph db migrate` (it moves the stored data, keeps everything, and can "
+                            "be run again if interrupted)")
+    raise DatabaseError(f"the Neo4j store is at schema version {version}, newer than this nucleograph knows "
+                        f"({LATEST}): upgrade nucleograph")

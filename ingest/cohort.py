@@ -237,13 +237,14 @@ def discover(
     Returns
     -------
     records : list of ImageRecord
-        Sorted by path; duplicates removed.
+        Sorted by path; a path listed twice with the same label kept once. Manifest rows naming
+        missing files are kept (ingest records them as failed).
 
     Raises
     ------
     nucleograph.errors.InputError
-        A path does not exist, a manifest lacks columns or names missing files, nothing is
-        found, or a requested class has no images.
+        A path does not exist, a manifest lacks columns, nothing is found, or a requested class
+        has no images.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -255,7 +256,8 @@ def discover(
         if p.is_dir():
             found = _discover_dir(p)
         elif p.suffix.lower() == ".csv":
-            found = read_manifest(p)
+            # a row naming a missing file fails alone at ingest (README: a bad file never stops the batch)
+            found = read_manifest(p, missing_ok=True)
         elif is_image_file(p):
             found = [ImageRecord(path=p.resolve(), label=None)]
         else:
@@ -269,11 +271,13 @@ def discover(
                 "check the folder or give a manifest.csv."
             )
         records.extend(found)
-    seen: set[Path] = set()
+    # the same file twice with the same label is one image; with two labels both rows stay, and
+    # ingest refuses them together, naming both (a label must never be dropped silently)
+    seen: set[tuple[Path, str | None]] = set()
     unique = []
-    for r in sorted(records, key=lambda r: str(r.path)):
-        if r.path not in seen:
-            seen.add(r.path)
+    for r in sorted(records, key=lambda r: (str(r.path), str(r.label))):
+        if (r.path, r.label) not in seen:
+            seen.add((r.path, r.label))
             unique.append(r)
     if classes is not None:
         wanted = list(classes)

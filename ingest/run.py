@@ -23,10 +23,11 @@ from neo4j import exceptions as neo4j_exc
 
 from nucleograph.config import Settings
 from nucleograph.db import records as rec
-from nucleograph.db import store
+from nucleograph.db import schema, store
 from nucleograph.db.driver import translate_errors
 from nucleograph.db.graphdb import GraphDB
-from nucleograph.errors import DatabaseError, NucleographError
+from nucleograph.db.store import LabelConflict
+from nucleograph.errors import DatabaseError, InputError, NucleographError
 from nucleograph.ingest.cohort import ImageRecord
 from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
 from nucleograph.progress import progress as progress_bar
@@ -90,9 +91,11 @@ def _process(record: ImageRecord, params: IngestParams, image_id: str) -> ImageG
 class IngestSummary:
     """What one :func:`ingest_records` call did, in image counts (per-image outcomes are in SQL).
 
-    Every image ends ``ok`` (then exactly one of ``stored``, ``replaced``, ``unchanged`` or
-    ``linked``, as :class:`nucleograph.db.store.StoreResult` reports it) or ``failed`` (with an entry
-    in ``failures``). ``nuclei`` and ``edges`` count the ok images' graphs.
+    Every image ends ``ok`` (then exactly one of ``stored``, ``replaced``, ``unchanged``, ``linked``
+    or ``updated``, as :class:`nucleograph.db.store.StoreResult` reports it) or ``failed`` (with an entry
+    in ``failures``). ``nuclei`` and ``edges`` count the ok images' graphs. An ok image without a
+    single nucleus (blank glass, an all-white or all-black file) is stored with 0 nuclei, and also
+    counted in ``no_nuclei`` with its id in ``no_nuclei_images``, so that nobody mistakes it for data.
     """
 
     cohort: str
@@ -103,10 +106,13 @@ class IngestSummary:
     replaced: int = 0
     unchanged: int = 0
     linked: int = 0  # already stored with the same parameters, newly added to this cohort
+    updated: int = 0  # in this cohort with these nuclei already; its label, patient or path changed
     nuclei: int = 0
     edges: int = 0
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
+    no_nuclei: int = 0  # ok images stored with 0 nuclei (training and explanations skip them)
+    no_nuclei_images: list[str] = field(default_factory=list)  # their image ids
 
     def count_ok(self, result: store.StoreResult) -> None:
         """Count an image whose graph is in Neo4j, by how it got there (``result.status``)."""
@@ -120,12 +126,17 @@ class IngestSummary:
                 self.unchanged += 1
             case "linked":
                 self.linked += 1
+            case "updated":
+                self.updated += 1
             case _:
                 raise ValueError(
-                    f"unknown store status {result.status!r}; expected stored, replaced, unchanged or linked"
+                    f"unknown store status {result.status!r}; expected stored, replaced, unchanged, linked or updated"
                 )
         self.nuclei += result.nuclei
         self.edges += result.edges
+        if result.nuclei == 0:
+            self.no_nuclei += 1
+            self.no_nuclei_images.append(result.image_id)
 
     def count_failed(self, path: str, message: str) -> None:
         """Count an image that was not stored, with the error shown to the user."""
@@ -157,20 +168,54 @@ class _BatchWriter:
         self.params_key = params.key()
         self.names = feature_names()
 
-    def needs_detection(self, record: ImageRecord) -> str | None:
-        """The image id when ``record`` needs detection; None when it is finished already (stored
-        with the same parameters, or unreadable)."""
+    def hash_all(self, records: list[ImageRecord]) -> tuple[list[tuple[ImageRecord, str]], list]:
+        """Each readable record with its image id, the first row of any bytes first; then the later
+        rows with the same bytes and label (ingested once, linked after). Unreadable files, and
+        every row of bytes that rows label differently, are finished as failed here."""
+        rows: dict[str, list[ImageRecord]] = {}
+        for record in records:
+            if not Path(record.path).exists():
+                self.finish(record, None, InputError(
+                    f"{record.path}: not found (a manifest row names it): copy the file there or remove the row"))
+                continue
+            try:
+                rows.setdefault(content_hash(Path(record.path)), []).append(record)
+            except NucleographError as exc:
+                self.finish(record, None, exc)
+        firsts, duplicates = [], []
+        for image_id, same in rows.items():
+            labels = {r.label for r in same}
+            if len(labels) > 1:
+                listing = "; ".join(f"{r.path} labelled {r.label!r}" for r in same)
+                for r in same:
+                    self.finish(r, None, LabelConflict(
+                        f"{r.path}: the same image (bytes {image_id[:12]}) appears {len(same)} times with "
+                        f"different labels ({listing}). Fix the label of the wrong row, or remove the duplicate "
+                        "file; none of these rows was ingested"))
+                continue
+            firsts.append((same[0], image_id))
+            duplicates.extend((r, image_id) for r in same[1:])
+        return firsts, duplicates
+
+    def needs_detection(self, record: ImageRecord, image_id: str) -> bool:
+        """Whether ``record`` needs detection: False when it is finished already (stored with the
+        same parameters: linked to this cohort now; or refused)."""
         try:
-            image_id = content_hash(Path(record.path))
-        except NucleographError as exc:
+            with translate_errors(self.settings):
+                result = self._if_current(record, image_id)
+        except LabelConflict as exc:
             self.finish(record, None, exc)
-            return None
-        with translate_errors(self.settings):
-            result = self._if_current(image_id)
+            return False
         if result is None:
-            return image_id
+            return True
         self.finish(record, None, None, result)
-        return None
+        return False
+
+    def finish_duplicate(self, record: ImageRecord, image_id: str, first: ImageRecord) -> None:
+        """A second row with the same bytes and label: the first row's image, or its failure."""
+        if self.needs_detection(record, image_id):
+            self.finish(record, None, NucleographError(
+                f"{record.path}: the same image as {first.path}, which was not stored (see its error)"))
 
     def finish(
         self, record: ImageRecord, graph: ImageGraph | None, error: Exception | None,
@@ -211,12 +256,14 @@ class _BatchWriter:
         except neo4j_exc.ConstraintError:
             # another ingest (a scheduler, a second worker) stored the same image at the same
             # moment; our transaction was rolled back whole, so theirs is the stored graph
-            result = self._if_current(graph.image_id)
+            result = self._if_current(record, graph.image_id)
             if result is None:
                 return None, DatabaseError(f"{record.path}: stored concurrently with other parameters; ingest again")
             return result, None
         except neo4j_exc.Neo4jError as exc:
             return None, DatabaseError(f"{record.path}: Neo4j refused the graph: {exc}")
+        except LabelConflict as exc:
+            return None, exc
 
     def _store_with_retry(self, graph: ImageGraph, attempts: int = 3) -> store.StoreResult:
         # The connection can drop during COMMIT (Neo4j killed or restarted): the driver cannot know
@@ -231,8 +278,8 @@ class _BatchWriter:
         return store.store_image_graph(self.db, graph, cohort=self.cohort, params=self.params,
                                        feature_names=self.names, task=self.task)
 
-    def _if_current(self, image_id: str) -> store.StoreResult | None:
-        return store.if_current(self.db, image_id, self.cohort, self.params_key, task=self.task)
+    def _if_current(self, record: ImageRecord, image_id: str) -> store.StoreResult | None:
+        return store.if_current(self.db, record, image_id, self.cohort, self.params_key, task=self.task)
 
 
 def _detect_serially(writer: _BatchWriter, todo: list[tuple[ImageRecord, str]], params: IngestParams) -> None:
@@ -311,11 +358,16 @@ def ingest_records(
             from nucleograph.ingest.unet import load_unet
 
             load_unet()  # fail fast, before any worker starts, when the weights are missing or broken
-        todo = [(r, image_id) for r in records if (image_id := writer.needs_detection(r)) is not None]
+        schema.require_current(db)
+        firsts, duplicates = writer.hash_all(records)
+        todo = [(r, image_id) for r, image_id in firsts if writer.needs_detection(r, image_id)]
         if workers <= 1:
             _detect_serially(writer, todo, params)
         else:
             _detect_in_workers(writer, todo, params, workers)
+        first_of = {image_id: r for r, image_id in firsts}
+        for record, image_id in duplicates:
+            writer.finish_duplicate(record, image_id, first_of[image_id])
     finally:
         if bar is not None:
             bar.close()

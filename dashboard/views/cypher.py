@@ -76,7 +76,7 @@ else:
         if len(counts) > 1:
             image_id = st.selectbox("Image to draw", list(counts.index), key="cypher_image",
                                     format_func=lambda i: f"{i} ({counts[i]} nuclei)")
-        meta = data.image_meta(reader, image_id=image_id)
+        meta = data.image_meta(reader, image_id=image_id, cohort=cohort or None)
         if meta is None:
             st.warning(f"Image {image_id} is not in Neo4j.")
         else:

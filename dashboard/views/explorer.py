@@ -66,13 +66,17 @@ if not expls:
             "`nucleograph train --cohort ...` then `nucleograph explain --run RUN_ID`.")
 
 with st.spinner("Reading the image's nuclei and edges..."):
-    graph = data.image_graph(reader, image_id=image_id, prop=prop)
+    graph = data.image_graph(reader, cohort=cohort, image_id=image_id, prop=prop)
 if graph is None:
     st.warning(f"Image {image_id} is gone from Neo4j; refresh the data.")
     st.stop()
 nuclei, meta = graph["nuclei"], graph["meta"]
 has_scores = bool(prop) and nuclei["score"].notna().any()
-if prop and not has_scores:
+if expl and image_id in (expl.get("stale_images") or []):
+    st.warning(f"This image was re-ingested into {cohort} after run {run_id} explained it: its nuclei changed and "
+               f"the scores shown are missing. Explain it again: `nucleograph explain --run {run_id} --method "
+               f"{expl['method']} --image {image_id}`.")
+elif prop and not has_scores:
     st.info("This image has no scores under the chosen explanation (it was not explained); colouring by area.")
 
 # A click or lasso on the chart selects a nucleus. It is applied once per selection event (the
@@ -116,7 +120,7 @@ with right:
                        placeholder="click a nucleus")
     neigh = pd.DataFrame()
     if nid is not None:
-        uid = f"{image_id}:{nid}"
+        uid = f"{meta['segmentation']}:{nid}"
         info = data.nucleus(reader, uid=uid, prop=prop)
         neigh = data.neighbours(reader, uid=uid, prop=prop)
         if info is not None:

@@ -47,7 +47,7 @@ def test_explorer_colours_by_importance_and_inspects_a_nucleus(dash_cohort, test
     assert pred.value.split()[0] in {"InSitu", "Invasive"}
 
     rows, _, _ = driver.execute_query(
-        "MATCH (:Image {id: $i})-[:HAS_NUCLEUS]->(n:Nucleus) WITH n, COUNT { (n)-[:NEAR]-() } AS d "
+        "MATCH (:Image {id: $i})-[:HAS_SEGMENTATION]->()-[:HAS_NUCLEUS]->(n:Nucleus) WITH n, COUNT { (n)-[:NEAR]-() } AS d "
         "WHERE d > 0 RETURN n.nid AS nid, d ORDER BY d DESC LIMIT 1",
         i=image_id, database_=test_environ.neo4j_database)
     nid, degree = rows[0]["nid"], rows[0]["d"]
@@ -81,7 +81,7 @@ def _is_number(text: str) -> bool:
 
 def _nucleus_with_neighbours(driver, database, image_id) -> tuple[int, int]:
     rows, _, _ = driver.execute_query(
-        "MATCH (:Image {id: $i})-[:HAS_NUCLEUS]->(n:Nucleus) WITH n, COUNT { (n)-[:NEAR]-() } AS d "
+        "MATCH (:Image {id: $i})-[:HAS_SEGMENTATION]->()-[:HAS_NUCLEUS]->(n:Nucleus) WITH n, COUNT { (n)-[:NEAR]-() } AS d "
         "WHERE d > 0 RETURN n.nid AS nid, d ORDER BY d DESC, n.nid LIMIT 1", i=image_id, database_=database)
     return rows[0]["nid"], rows[0]["d"]
 

@@ -60,7 +60,8 @@ def test_new_parameters_replace_the_graph(small_cohort, test_environ, graphdb, u
     assert _counts(graphdb, unique_name) == {"images": 4, "nuclei": second["nuclei"], "edges": second["edges"]}
     # weights follow the new threshold: 1 - d/50, every d < 50
     rows = graphdb.read(
-        "MATCH (:Cohort {name: $c})<-[:IN_COHORT]-(:Image)-[:HAS_NUCLEUS]->()-[r:NEAR]->() "
+        "MATCH (:Cohort {name: $c})<-[m:IN_COHORT]-(:Image) "
+        "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->()-[r:NEAR]->() "
         "RETURN max(r.dist) AS dmax, max(abs(r.weight - (1 - r.dist / 50.0))) AS err",
         c=unique_name)
     assert rows[0]["dmax"] < 50 and rows[0]["err"] < 1e-9
@@ -101,7 +102,8 @@ def test_an_image_is_stored_whole_or_not_at_all(tmp_path, test_environ, graphdb,
     broken.nuclei = {**broken.nuclei, "bad": bad}
     with pytest.raises(neo4j.exceptions.ClientError, match="Property values"):
         store.store_image_graph(graphdb, broken, cohort=unique_name, params=params, feature_names=names, batch=10)
-    assert store.image_state(graphdb, graph.image_id, unique_name)["params_key"] is None
+    key = store.segmentation_key(graph.image_id, params.key())
+    assert store.image_state(graphdb, graph.image_id, unique_name, key)["cohort_segmentation"] is None
 
     store.store_image_graph(graphdb, graph, cohort=unique_name, params=params, feature_names=names)
     before = _counts(graphdb, unique_name)
@@ -111,14 +113,14 @@ def test_an_image_is_stored_whole_or_not_at_all(tmp_path, test_environ, graphdb,
         store.store_image_graph(graphdb, broken, cohort=unique_name, params=new_params, feature_names=names,
                                 batch=10)
     assert _counts(graphdb, unique_name) == before
-    assert store.image_state(graphdb, graph.image_id, unique_name)["params_key"] == params.key()
+    assert store.image_state(graphdb, graph.image_id, unique_name, key)["cohort_segmentation"] == key
 
 
 def test_read_graphs_returns_arrays(small_cohort, test_environ, graphdb, unique_name):
     summary = ingest_records(discover([small_cohort]), cohort=unique_name, params=IngestParams(),
                              settings=test_environ, db=graphdb)
     ids = [r["id"] for r in store.cohort_images(graphdb, unique_name)]
-    graphs = list(store.read_graphs(graphdb, ids, batch=3))
+    graphs = list(store.read_graphs(graphdb, unique_name, ids, batch=3))
     assert [g["id"] for g in graphs] == ids
     assert sum(len(g["nids"]) for g in graphs) == summary.nuclei
     assert sum(len(g["src"]) for g in graphs) == summary.edges

@@ -21,9 +21,9 @@ from nucleograph.ingest.pipeline import IngestParams, process_image
 pytestmark = [pytest.mark.reliability, pytest.mark.neo4j, pytest.mark.slow]
 
 PARTIAL = (
-    "MATCH (i:Image) "
-    "WITH i, COUNT { (i)-[:HAS_NUCLEUS]->() } AS n, COUNT { (i)-[:HAS_NUCLEUS]->()-[:NEAR]->() } AS e "
-    "WHERE n <> i.n_nuclei OR e <> i.n_edges RETURN i.id AS id, i.n_nuclei AS want, n AS got"
+    "MATCH (s:Segmentation) "
+    "WITH s, COUNT { (s)-[:HAS_NUCLEUS]->() } AS n, COUNT { (s)-[:HAS_NUCLEUS]->()-[:NEAR]->() } AS e "
+    "WHERE n <> s.n_nuclei OR e <> s.n_edges RETURN s.image_id AS id, s.n_nuclei AS want, n AS got"
 )
 ORPHANS = "MATCH (n:Nucleus) WHERE NOT ()-[:HAS_NUCLEUS]->(n) RETURN count(n) AS c"
 

@@ -4,6 +4,8 @@ any SQLAlchemy URL (e.g. ``postgresql+psycopg2://...``) through ``NUCLEOGRAPH_SQ
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -19,13 +21,17 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
     text,
+    update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.schema import CreateColumn
 
 from nucleograph.config import Settings
+from nucleograph.errors import DatabaseError
 
 
 def _now() -> dt.datetime:
@@ -72,6 +78,9 @@ class ModelRunRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the process training it (this_process()), so a run killed with -9 is told from a live one
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -125,6 +134,23 @@ def create_schema(engine: Engine, *metadatas: MetaData) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         for metadata in metadatas:
             metadata.create_all(conn)
+            _add_missing_columns(conn, metadata)
+
+
+def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
+    """Add the nullable columns a model gained since its table was created (``create_all`` skips tables
+    that exist), e.g. ``model_runs.pid`` in a records database of an older version."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:
+                raise DatabaseError(f"{table.name}.{column.name} is missing and NOT NULL: migrate it by hand")
+            # names from the model above, never user text
+            conn.execute(text(f"ALTER TABLE {conn.dialect.identifier_preparer.format_table(table)} ADD COLUMN "
+                              f"{CreateColumn(column).compile(dialect=conn.dialect)}"))
 
 
 def add_record(engine: Engine, record: Base) -> None:
@@ -146,3 +172,88 @@ def _as_dict(row: Base) -> dict[str, Any]:
         value = getattr(row, col.name)
         out[col.name] = value.isoformat() if isinstance(value, dt.datetime) else value
     return out
+
+
+RUNNING, INTERRUPTED, FAILED, FINISHED = "running", "interrupted", "failed", "finished"
+
+
+def this_process() -> dict[str, Any]:
+    """``pid`` and ``host`` of the calling process, as a :class:`ModelRunRecord` stores them."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def process_gone(pid: int | None, host: str | None) -> bool:
+    """True when process ``pid`` of ``host`` surely no longer runs.
+
+    False when it runs, or when that cannot be told: no pid recorded (older runs) or another host.
+    """
+    if pid is None or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def mark_dead_runs(engine: Engine, *, cohort: str | None = None) -> list[str]:
+    """Mark ``running`` runs whose training process is gone ``interrupted``; returns their ids.
+
+    A run stopped by Ctrl-C or SIGTERM marks itself; one killed with -9 (or by the machine going
+    down) cannot, so its record says ``running`` until this notices its process has ended.
+
+    Parameters
+    ----------
+    engine : Engine
+    cohort : str, optional
+        Only this cohort's runs.
+
+    Returns
+    -------
+    list of str
+    """
+    stmt = select(ModelRunRecord).where(ModelRunRecord.status == RUNNING)
+    if cohort is not None:
+        stmt = stmt.where(ModelRunRecord.cohort == cohort)
+    marked = []
+    with Session(engine) as session, session.begin():
+        for row in session.scalars(stmt).all():
+            if not process_gone(row.pid, row.host):
+                continue
+            # only if no resumed trainer took the run over since it was read
+            done = session.execute(
+                update(ModelRunRecord)
+                .where(ModelRunRecord.id == row.id, ModelRunRecord.status == RUNNING,
+                       ModelRunRecord.pid == row.pid, ModelRunRecord.host == row.host)
+                .values(status=INTERRUPTED, error=f"its training process (pid {row.pid} on {row.host}) ended "
+                                                  "before the run finished: killed?")
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount:
+                marked.append(row.id)
+    return marked
+
+
+def unfinished_runs(engine: Engine, *, cohort: str | None = None) -> list[dict[str, Any]]:
+    """Runs not ``finished`` (running, interrupted, failed), newest first; Neo4j holds finished runs only.
+
+    Parameters
+    ----------
+    engine : Engine
+    cohort : str, optional
+        Only this cohort's runs.
+
+    Returns
+    -------
+    list of dict
+        ``id, cohort, model, status, error, created_at, pid, host``.
+    """
+    stmt = (select(ModelRunRecord).where(ModelRunRecord.status != FINISHED)
+            .order_by(ModelRunRecord.created_at.desc()))
+    if cohort is not None:
+        stmt = stmt.where(ModelRunRecord.cohort == cohort)
+    keys = ("id", "cohort", "model", "status", "error", "created_at", "pid", "host")
+    with Session(engine) as session:
+        return [{k: v for k, v in _as_dict(r).items() if k in keys} for r in session.scalars(stmt)]

@@ -60,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seeds the split, initialisation and batches (default: 0)")
     p.add_argument("--batch-size", type=int, help="graphs per step (default: 8)")
     p.add_argument("--patience", type=int, help="early stopping on validation loss, 0: off (default: 10)")
-    p.add_argument("--resume", metavar="RUN", default=None, help="continue a crashed run from its last checkpoint")
+    p.add_argument("--split-by", choices=["patient", "image"], default=None,
+                   help="keep each patient's images in one part of the split (when all images have a patient), "
+                        "or split images independently (default: patient)")
+    p.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue a crashed or interrupted run from its last checkpoint (`nucleograph runs` "
+                        "lists them)")
     p.add_argument("--json", action="store_true", help="print the run (id, metrics, checkpoints) as JSON")
     p.set_defaults(func=cmd_train)
 
@@ -114,14 +119,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args, settings: Settings) -> int:
     """Run ``nucleograph train``; returns the exit status."""
+    from nucleograph.gnn.interrupt import TrainingInterrupted, sigterm_interrupts
     from nucleograph.gnn.service import train_cohort
 
-    options = _given(args, "model", "epochs", "lr", "seed", "batch_size")
+    options = _given(args, "model", "epochs", "lr", "seed", "batch_size", "split_by")
     if args.patience is not None:
         options["patience"] = args.patience or None
-    with GraphDB.open(settings) as db:
-        out = train_cohort(db, settings, args.cohort, folds=args.folds, resume_run=args.resume,
-                           progress=True, **options)
+    try:
+        # SIGTERM (kill, a service manager) stops training as Ctrl-C does, so the run records it
+        with sigterm_interrupts(), GraphDB.open(settings) as db:
+            out = train_cohort(db, settings, args.cohort, folds=args.folds, resume_run=args.resume,
+                               progress=True, **options)
+    except TrainingInterrupted as exc:
+        print(f"nucleograph: {exc}", file=sys.stderr)
+        return 130
     if args.json:
         emit_json(out)
     else:
@@ -167,13 +178,32 @@ def cmd_experiment(args, settings: Settings) -> int:
 
 def cmd_runs(args, settings: Settings) -> int:
     """Run ``nucleograph runs``; returns the exit status."""
+    from nucleograph.db import records as rec
+    from nucleograph.gnn.interrupt import resume_command
+
+    engine = rec.open_engine(settings)
+    try:
+        rec.mark_dead_runs(engine, cohort=args.cohort)  # runs killed with -9 still say "running"
+        unfinished = rec.unfinished_runs(engine, cohort=args.cohort)
+    finally:
+        engine.dispose()
     with GraphDB.open(settings) as db:
         rows = db_runs.list_runs(db, cohort=args.cohort)
+    # Neo4j holds finished runs; SQL also those running, failed or interrupted
+    known = {r["id"] for r in rows}
+    unfinished = [r for r in unfinished if r["id"] not in known]
+    for r in unfinished:
+        if r["status"] == rec.INTERRUPTED:
+            r["resume"] = resume_command(r["cohort"], r["id"])
+    rows = unfinished + rows
     if args.json:
         emit_json(rows)
     else:
         cols = ["id", "cohort", "model", "status", "accuracy", "roc_auc", "n_parameters", "created_at"]
         print(format_table(cols, rows))
+        for r in unfinished:
+            if "resume" in r:
+                print(f"run {r['id']} is {r['status']} ({r['error']}): continue it with `{r['resume']}`")
     return 0
 
 
@@ -207,6 +237,15 @@ def cmd_scores(args, settings: Settings) -> int:
     key = db_runs.explanation_key(args.run, args.method, args.hops)
     with GraphDB.open(settings) as db:
         rows = db_runs.export_scores(db, key, image_ids=args.image)
+        stale = [x for e in db_runs.list_explanations(db, run_id=args.run) if e["key"] == key
+                 for x in e["stale_images"]]
+    old = sorted({r["image_id"] for r in rows if not r["current"]} | set(stale))
+    if old:
+        print(f"warning: {len(old)} image(s) of this explanation ({', '.join(i[:12] for i in old[:5])}"
+              f"{', ...' if len(old) > 5 else ''}) were re-ingested into the run's cohort after they were scored: "
+              f"their scores are left out; rerun `nucleograph explain --run {args.run} --method {args.method}`",
+              file=sys.stderr)
+    rows = [{k: v for k, v in r.items() if k != "current"} for r in rows if r["current"]]
     if not rows:
         raise InputError(f"no {args.method} scores for run {args.run}: run `nucleograph explain --run {args.run} "
                          f"--method {args.method}` first")
@@ -248,20 +287,23 @@ def cmd_render(args, settings: Settings) -> int:
 
     prop = db_runs.score_property(args.run, args.method, args.hops)
     with GraphDB.open(settings) as db:
-        graphs = list(store.read_graphs(db, [args.image]))
-        if not graphs:
-            raise InputError(f"no image {args.image!r} in Neo4j (`nucleograph cypher 'MATCH (i:Image) RETURN i.id'`)")
-        scores = db_runs.image_scores(db, args.image, prop)
         run = db_runs.get_run(db, args.run)
+        if run is None:
+            raise InputError(f"no model run {args.run!r} in Neo4j: `nucleograph runs` lists them")
+        graphs = list(store.read_graphs(db, run["cohort"], [args.image]))
+        if not graphs:
+            raise InputError(f"no image {args.image!r} in run {args.run}'s cohort {run['cohort']!r}: "
+                             f"`nucleograph images --cohort {run['cohort']}` lists them")
+        scores = db_runs.image_scores(db, run["cohort"], args.image, prop)
         preds = {p["image_id"]: p for p in db_runs.predictions(db, args.run)}
-        areas = store.nucleus_areas(db, args.image)
+        areas = store.nucleus_areas(db, run["cohort"], args.image)
     g = graphs[0]
     s = np.array([r["score"] if r["score"] is not None else np.nan for r in scores], dtype=float)
     if np.all(np.isnan(s)):
         raise InputError(f"image {args.image} has no {args.method} scores for run {args.run}: run "
                          f"`nucleograph explain --run {args.run} --method {args.method} --image {args.image}`")
     pred = preds.get(args.image, {})
-    title = (f"{g['label']} | {run.get('model') if run else args.run} predicts {pred.get('pred')} "
+    title = (f"{g['label']} | {run.get('model')} predicts {pred.get('pred')} "
              f"(p={pred.get('prob', float('nan')):.2f}) | {args.method}")
     radii = np.sqrt(np.maximum(areas, 1.0) / np.pi)
     out = render_importance(read_image(g["path"]), g["centroids"], radii, s, args.out,

@@ -358,3 +358,57 @@ def stratified_kfold(labels, k: int = 5, groups=None, *, seed: int = 0):
             (np.flatnonzero(~test_mask).astype(np.int64), np.flatnonzero(test_mask).astype(np.int64))
         )
     return folds
+
+
+def check_test_split(labels, groups=None, *, folds: int = 1, val: float = 0.15, test: float = 0.15,
+                     seed: int = 0, name: str = "the cohort") -> None:
+    """Refuse a run that would have no test set (so no test metrics), naming the fixes that would work.
+
+    A single split (:func:`stratified_split`) gives the test part a unit (an image, or a patient with
+    ``groups``) of a class only when the class has three or more; ``folds`` folds
+    (:func:`stratified_kfold`) need ``folds`` units.
+
+    Parameters
+    ----------
+    labels : array_like, shape (n,)
+    groups : array_like, shape (n,), optional
+        The patient of each image: splits keep a patient's images together.
+    folds : int
+        1 for a single split, else the number of cross-validation folds.
+    val, test, seed
+        As :func:`stratified_split` takes them.
+    name : str
+        What the labels are of, for the message (e.g. ``cohort 'prostate'``).
+
+    Raises
+    ------
+    InputError
+        When the test set would be empty, or there are fewer units than folds.
+    """
+    y = check_labels(labels)
+    images_per_class = np.bincount(np.unique(y, return_inverse=True)[1])
+    if groups is None:
+        unit, units, per_class = "image", y.size, images_per_class
+    else:
+        glab = _group_labels(y, groups)[1]
+        unit, units, per_class = "patient", glab.size, np.bincount(np.unique(glab, return_inverse=True)[1])
+    has = f"{name} has {units} {unit}s" + ("" if groups is None else f" ({y.size} images)")
+    by_image = "split by image with --split-by image (a patient's images may then be in training and test)"
+    fixes = [f"ingest more {unit}s (at least 3 of each class)"]
+    if folds > 1:
+        if units >= folds:
+            return
+        if per_class.min() >= 2:  # then every fold trains on every class
+            fixes.insert(0, f"use --folds {units} or fewer")
+        if groups is not None and y.size >= folds and images_per_class.min() >= 2:
+            fixes.insert(0, by_image)
+        raise InputError(f"{has}: too few for {folds} folds, each of which tests on its own {unit}s. To fix it: "
+                         + "; or ".join(fixes))
+    if stratified_split(y, groups, val=val, test=test, seed=seed)[2].size:
+        return
+    if per_class.min() >= 2:
+        fixes.insert(0, "cross-validate with --folds 2 (each fold tests on the other half)")
+    if groups is not None and stratified_split(y, None, val=val, test=test, seed=seed)[2].size:
+        fixes.insert(0, by_image)
+    raise InputError(f"{has}, at most {per_class.max()} per class: a single split keeps them all for training, so "
+                     "the run would have no test set and no test metrics. To fix it: " + "; or ".join(fixes))

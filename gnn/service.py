@@ -8,8 +8,6 @@ prediction; ``explain_run`` writes per-nucleus scores back to the nuclei.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,22 +17,22 @@ from typing import Any
 import dgl
 import numpy as np
 import torch
-from sqlalchemy.orm import Session
 
 from nucleograph.config import Settings
 from nucleograph.db import records as rec
 from nucleograph.db import runs as db_runs
-from nucleograph.db import store
+from nucleograph.db import schema, store
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.checkpoints import load_checkpoint
-from nucleograph.gnn.data import edge_channels, to_dgl
+from nucleograph.gnn.data import check_test_split, edge_channels, to_dgl
+from nucleograph.gnn.graph_cache import read_cache, write_cache
+from nucleograph.gnn.interrupt import Terminated, TrainingInterrupted
 from nucleograph.gnn.models import DEFAULT_MODEL
+from nucleograph.gnn.run_record import record_finish, record_start, record_stop, resumed_params
 from nucleograph.gnn.train import TrainConfig, TrainResult, kfold, train_model
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.progress import progress as progress_bar
-
-CACHE_VERSION = 1
 
 
 @dataclass
@@ -92,24 +90,28 @@ def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = T
     ------
     InputError
         The cohort has no images.
+
+    Warns
+    -----
+    CacheWarning
+        The disk cache is corrupt: it is deleted, and the graphs are read from Neo4j and cached again.
     """
+    schema.require_current(db)
     images = [r for r in store.cohort_images(db, cohort)]
     if not images:
         raise InputError(f"cohort {cohort!r} has no images in Neo4j: ingest some with "
                          f"`nucleograph ingest PATH --cohort {cohort}`")
     version = store.cohort_fingerprint(db, cohort)
-    cache_file = settings.home / "cache" / f"graphs-{CACHE_VERSION}-{version}.bin"
-    meta_file = cache_file.with_suffix(".json")
-    if cache and cache_file.exists() and meta_file.exists():
-        graphs, _ = dgl.load_graphs(str(cache_file))
-        meta = json.loads(meta_file.read_text())
+    cached = read_cache(settings.home, version) if cache else None  # None, with a warning, when corrupt
+    if cached is not None:
+        graphs, meta = cached
         return CohortData(cohort, graphs, np.asarray(meta["labels"], dtype=np.int64), meta["class_names"],
                           meta["image_ids"], meta["groups"], version, meta["skipped"], from_cache=True)
     labelled = [r for r in images if r["label"] is not None]
     class_names = sorted({r["label"] for r in labelled})
     graphs, labels, ids, groups, skipped = [], [], [], [], []
     with progress_bar(total=len(labelled), desc=f"read {cohort}", unit="graph", enabled=progress) as bar:
-        for g in store.read_graphs(db, [r["id"] for r in labelled]):
+        for g in store.read_graphs(db, cohort, [r["id"] for r in labelled]):
             bar.update(1)
             if len(g["nids"]) == 0:
                 skipped.append(g["id"])
@@ -120,13 +122,12 @@ def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = T
             groups.append(g["patient"])
     data = CohortData(cohort, graphs, np.asarray(labels, dtype=np.int64), class_names, ids, groups, version, skipped)
     if cache and graphs:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        dgl.save_graphs(str(tmp), graphs)
-        tmp.replace(cache_file)
-        meta_file.write_text(json.dumps({"labels": data.labels.tolist(), "class_names": class_names,
-                                         "image_ids": ids, "groups": groups, "skipped": skipped}))
+        write_cache(settings.home, version, graphs, {"labels": data.labels.tolist(), "class_names": class_names,
+                                                     "image_ids": ids, "groups": groups, "skipped": skipped})
     return data
+
+
+SPLIT_BY = ("patient", "image")
 
 
 def new_run_id() -> str:
@@ -193,14 +194,19 @@ def train_cohort(
     db: GraphDB, settings: Settings, cohort: str, *, model: str = DEFAULT_MODEL, epochs: int = TrainConfig.epochs,
     lr: float = TrainConfig.lr, folds: int = 1, seed: int = TrainConfig.seed, batch_size: int = TrainConfig.batch_size,
     patience: int | None = TrainConfig.patience, resume_run: str | None = None, progress: bool = False,
-    model_kwargs: dict | None = None,
+    model_kwargs: dict | None = None, split_by: str = "patient",
 ) -> dict[str, Any]:
     """Train ``model`` on ``cohort`` and record the run; returns the run id, metrics and paths.
 
     With ``folds > 1``, stratified k-fold cross-validation (grouped by patient when known): the test
     metrics are averaged over folds and each image's prediction comes from the fold that held it out.
-    ``resume_run`` continues a crashed run from its last checkpoint (same id and settings). The
-    other settings are :class:`nucleograph.gnn.train.TrainConfig`'s defaults.
+    ``resume_run`` continues a crashed or interrupted run from its last checkpoint (same id and
+    settings). The other settings are :class:`nucleograph.gnn.train.TrainConfig`'s defaults.
+
+    The SQL record says ``running`` (with this process's pid and host) while it trains, then
+    ``finished``, ``failed`` (an error) or ``interrupted`` (Ctrl-C, or SIGTERM inside
+    :func:`nucleograph.gnn.interrupt.sigterm_interrupts`); a run killed with -9 is marked
+    ``interrupted`` when :func:`nucleograph.db.records.mark_dead_runs` next looks.
 
     Parameters
     ----------
@@ -216,9 +222,12 @@ def train_cohort(
     folds : int
         1 for a single split, k for k-fold cross-validation.
     resume_run : str, optional
-        The id of a crashed run to continue.
+        The id of a crashed or interrupted run to continue.
     progress : bool
         Show progress bars.
+    split_by : {"patient", "image"}
+        ``patient`` keeps each patient's images in one part of the split (when every image has a
+        patient); ``image`` splits images independently.
 
     Returns
     -------
@@ -229,29 +238,38 @@ def train_cohort(
     Raises
     ------
     InputError
-        Fewer than two classes, or no run to resume.
+        Fewer than two classes, a split without test images (too few patients or images; the
+        message names the fixes), or no run of this cohort to resume.
+    TrainingInterrupted
+        Ctrl-C or SIGTERM stopped training; the run is recorded ``interrupted``.
     """
     data = load_cohort(db, settings, cohort, progress=progress)
     if len(set(data.labels.tolist())) < 2:
         raise InputError(f"cohort {cohort!r} has only the class(es) {data.class_names}: training needs two; "
                          "ingest images of the other class or use a cohort that has both")
+    if split_by not in SPLIT_BY:
+        raise InputError(f"split_by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
     engine = rec.open_engine(settings)
     params = {"model": model, "epochs": epochs, "lr": lr, "folds": folds, "seed": seed, "batch_size": batch_size,
-              "patience": patience, "model_kwargs": model_kwargs or {}}
+              "patience": patience, "model_kwargs": model_kwargs or {}, "split_by": split_by}
     if resume_run is not None:
-        with Session(engine) as session:
-            row = session.get(rec.ModelRunRecord, resume_run)
-            if row is None:
-                raise InputError(f"no run {resume_run!r} to resume; `nucleograph runs` lists them")
-            params = dict(row.params)
-        run_id = resume_run
-    else:
-        run_id = new_run_id()
-        rec.add_record(engine, rec.ModelRunRecord(id=run_id, cohort=cohort, model=model, params=params,
-                                                  data_version=data.data_version, status="running"))
+        params = resumed_params(engine, resume_run, cohort)
+    run_id = resume_run or new_run_id()
     run_dir = settings.home / "runs" / run_id
-    groups = data.groups if all(g is not None for g in data.groups) else None
+    # runs recorded before split_by existed split by patient
+    by_patient = params.get("split_by", "patient") == "patient" and all(g is not None for g in data.groups)
+    groups = data.groups if by_patient else None
     config = _train_config(params)
+    # before training: a split without test images would store a run without test metrics
+    try:
+        check_test_split(data.labels, groups, folds=params["folds"], val=config.val_fraction,
+                         test=config.test_fraction, seed=config.seed, name=f"cohort {cohort!r}")
+    except InputError as exc:
+        if resume_run:  # a recorded run (e.g. one the retrain job made) must not stay "running"
+            record_stop(engine, run_id, rec.FAILED, f"InputError: {exc}")
+        raise
+    record_start(engine, run_id, new=None if resume_run else {
+        "cohort": cohort, "model": model, "params": params, "data_version": data.data_version})
     t0 = time.perf_counter()
     try:
         if params["folds"] > 1:
@@ -260,10 +278,12 @@ def train_cohort(
         else:
             results = [train_model(data.graphs, data.labels, config, groups=groups, checkpoint_dir=run_dir / "fold0",
                                    progress=progress)]
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM within sigterm_interrupts()
+        why = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        record_stop(engine, run_id, rec.INTERRUPTED, f"interrupted by {why}")
+        raise TrainingInterrupted(run_id, cohort, why) from exc
     except Exception as exc:
-        with Session(engine) as session, session.begin():
-            row = session.get(rec.ModelRunRecord, run_id)
-            row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+        record_stop(engine, run_id, rec.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     seconds = time.perf_counter() - t0
 
@@ -281,11 +301,7 @@ def train_cohort(
     }
     db_runs.save_run(db, run_id=run_id, cohort=cohort, props=props)
     db_runs.save_predictions(db, run_id, rows)
-    with Session(engine) as session, session.begin():
-        row = session.get(rec.ModelRunRecord, run_id)
-        row.status, row.metrics, row.history = "finished", metrics, history
-        row.checkpoint = json.dumps(checkpoints)
-        row.finished_at = dt.datetime.now(dt.UTC)
+    record_finish(engine, run_id, metrics=metrics, history=history, checkpoints=checkpoints)
     engine.dispose()
     return {"run_id": run_id, "cohort": cohort, "model": params["model"], "n_parameters": results[0].n_parameters,
             "n_images": len(data.graphs), "skipped_empty": data.skipped, "data_version": data.data_version,
@@ -387,7 +403,7 @@ def explain_run(
     done, skipped = [], []
     t0 = time.perf_counter()
     with progress_bar(total=len(todo), desc=f"explain {run_id} {method}", unit="image", enabled=progress) as bar:
-        for g in store.read_graphs(db, todo):
+        for g in store.read_graphs(db, run["cohort"], todo):
             bar.update(1)
             if len(g["nids"]) == 0:
                 skipped.append({"image_id": g["id"], "reason": "no nuclei"})
@@ -400,8 +416,8 @@ def explain_run(
                 else:
                     scores = occlusion(model, graph, hops=hops, target=target)
             scores = _finite_scores(scores, run_id=run_id, method=method, image_id=g["id"])
-            db_runs.save_scores(db, run_id=run_id, method=method, hops=hops, image_id=g["id"], nids=g["nids"],
-                                scores=scores)
+            db_runs.save_scores(db, run_id=run_id, method=method, hops=hops, segmentation=g["segmentation"],
+                                nids=g["nids"], scores=scores)
             done.append(g["id"])
     return {"run_id": run_id, "method": method, "hops": hops if method == "occlusion" else None,
             "property": db_runs.score_property(run_id, method, hops), "images": len(done), "reused": len(reused),

@@ -5,6 +5,7 @@ import torch
 from nucleograph.errors import InputError
 from nucleograph.gnn.data import (
     FeatureScaler,
+    check_test_split,
     edge_channels,
     standardize,
     stratified_kfold,
@@ -94,3 +95,36 @@ def test_kfold_partitions():
 def test_one_class_cohort_is_a_clear_error():
     with pytest.raises(InputError, match="only one class"):
         stratified_split([1, 1, 1])
+
+
+def test_a_split_without_test_images_is_refused_with_the_fixes_that_work():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    one_patient_per_class = ["a", "a", "a", "b", "b", "b"]
+    # what a run used to train on: every patient in training, nothing to test on
+    assert stratified_split(y, one_patient_per_class)[2].size == 0
+    with pytest.raises(InputError, match=r"cohort 'tiny' has 2 patients \(6 images\), at most 1 per class") as exc:
+        check_test_split(y, one_patient_per_class, name="cohort 'tiny'")
+    msg = str(exc.value)
+    # splitting by image leaves a test image of each class: offered; 2-fold CV would train on one class: not
+    assert "--split-by image" in msg and "--folds" not in msg and "ingest more patients" in msg
+    check_test_split(y, None, name="cohort 'tiny'")  # by image: one test image per class
+
+    two_per_class = ["a", "a", "b", "c", "c", "d"]
+    with pytest.raises(InputError, match="4 patients") as exc:
+        check_test_split(y, two_per_class, name="cohort 'tiny'")
+    assert "--folds 2" in str(exc.value)
+
+    with pytest.raises(InputError, match=r"has 4 images, at most 2 per class") as exc:
+        check_test_split([0, 0, 1, 1], name="cohort 'x'")
+    assert "--split-by" not in str(exc.value) and "ingest more images" in str(exc.value)
+    check_test_split(np.repeat([0, 1], 6), np.repeat(np.arange(6), 2))  # 3 patients per class: fine
+
+
+def test_too_few_patients_for_the_folds_name_the_fold_count_that_works():
+    y = np.repeat([0, 1], 4)
+    patients = np.repeat(np.arange(4), 2)  # 2 per class
+    with pytest.raises(InputError, match=r"4 patients \(8 images\): too few for 5 folds") as exc:
+        check_test_split(y, patients, folds=5, name="cohort 'c'")
+    assert "--folds 4 or fewer" in str(exc.value) and "--split-by image" in str(exc.value)
+    check_test_split(y, patients, folds=4)
+    assert all(t.size for _, t in stratified_kfold(y, 4, patients))

@@ -88,8 +88,8 @@ def test_explain_occlusion_and_attention_side_by_side(cohort, attention_run, tes
     assert main(["explain", "--run", run_id, "--method", "occlusion", "--image", first, "--json"]) == 0
     occ = _json(capsys)
     assert occ["images"] == 1 and occ["property"] != att["property"]
-    scores_att = db_runs.image_scores(graphdb, first, att["property"])
-    scores_occ = db_runs.image_scores(graphdb, first, occ["property"])
+    scores_att = db_runs.image_scores(graphdb, cohort, first, att["property"])
+    scores_occ = db_runs.image_scores(graphdb, cohort, first, occ["property"])
     assert len(scores_att) == images[0]["n_nuclei"]
     assert all(r["score"] is not None for r in scores_att + scores_occ)
     assert all(0.0 <= r["score"] <= 1.0 for r in scores_att)
@@ -154,7 +154,7 @@ def test_non_finite_scores_are_never_stored(cohort, attention_run, test_environ,
     err = capsys.readouterr().err
     assert f"run {run_id}" in err and f"image {first}" in err and "not finite for 3 of" in err
     prop = db_runs.score_property(run_id, "occlusion", 3)
-    assert all(r["score"] is None for r in db_runs.image_scores(graphdb, first, prop))
+    assert all(r["score"] is None for r in db_runs.image_scores(graphdb, cohort, first, prop))
 
 
 def test_scores_never_export_nan(cohort, attention_run, test_environ, graphdb, capsys):
@@ -164,8 +164,8 @@ def test_scores_never_export_nan(cohort, attention_run, test_environ, graphdb, c
     assert main(["explain", "--run", run_id, "--method", "attention", "--image", first, "--force", "--json"]) == 0
     prop = _json(capsys)["property"]
     # what an older version could leave behind (raw Cypher: the package refuses to write it)
-    graphdb.write("MATCH (:Image {id: $i})-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n.nid < 2 SET n += $nan",
-                  i=first, nan={prop: float("nan")})
+    graphdb.write("MATCH (:Image {id: $i})-[:HAS_SEGMENTATION]->(:Segmentation)-[:HAS_NUCLEUS]->(n:Nucleus) WHERE n.nid < 2 "
+                  "SET n += $nan", i=first, nan={prop: float("nan")})
     assert main(["scores", "--run", run_id, "--method", "attention", "--image", first]) == 1
     captured = capsys.readouterr()
     assert "nan" not in captured.out.lower() and "NaN or infinite" in captured.err and first in captured.err
@@ -174,7 +174,7 @@ def test_scores_never_export_nan(cohort, attention_run, test_environ, graphdb, c
     assert out["images"] == 1 and out["reused"] == 0  # the NaN image is not "already explained"
     assert main(["scores", "--run", run_id, "--method", "attention", "--image", first]) == 0
     text = capsys.readouterr().out
-    assert "nan" not in text.lower() and len(text.splitlines()) == 1 + len(db_runs.image_scores(graphdb, first, prop))
+    assert "nan" not in text.lower() and len(text.splitlines()) == 1 + len(db_runs.image_scores(graphdb, cohort, first, prop))
 
 
 def test_rerun_reuses_stored_scores_unless_forced(cohort, attention_run, test_environ, graphdb, capsys):
@@ -184,11 +184,11 @@ def test_rerun_reuses_stored_scores_unless_forced(cohort, attention_run, test_en
     assert main([*args, "--image", a, "--json"]) == 0
     first = _json(capsys)
     assert (first["images"], first["reused"]) == (1, 0)
-    before = db_runs.image_scores(graphdb, a, first["property"])
+    before = db_runs.image_scores(graphdb, cohort, a, first["property"])
     assert main([*args, "--image", a, "--image", b]) == 0  # a reused, b (not yet explained) computed
     out = capsys.readouterr().out
     assert "already explained: 1 images, use --force to recompute" in out and "written to 1 images" in out
-    assert db_runs.image_scores(graphdb, a, first["property"]) == before
+    assert db_runs.image_scores(graphdb, cohort, a, first["property"]) == before
     assert main([*args, "--image", a, "--image", b]) == 0
     out = capsys.readouterr().out
     assert "already explained: 2 images" in out and "written to" not in out

@@ -27,7 +27,7 @@ from nucleograph.config import Settings
 from nucleograph.db import queries as q
 from nucleograph.db.console import run_cypher
 from nucleograph.db.graphdb import GraphDB
-from nucleograph.db.records import ModelRunRecord, ingest_records, open_engine
+from nucleograph.db.records import ModelRunRecord, ingest_records, mark_dead_runs, open_engine
 from nucleograph.errors import NucleographError
 from nucleograph.ingest.readers import read_image
 
@@ -176,7 +176,9 @@ def runs(reader: Reader, *, cohort: str) -> list[dict[str, Any]]:
 
 @cached_read()
 def sql_runs(reader: Reader, *, cohort: str) -> pd.DataFrame:
-    """Runs as recorded in SQL (also those still running or failed, which Neo4j does not hold)."""
+    """Runs as recorded in SQL (also those still running or failed, which Neo4j does not hold); a run
+    whose training process died (kill -9) is shown, and recorded, as interrupted."""
+    mark_dead_runs(reader.engine, cohort=cohort)
     stmt = select(ModelRunRecord).where(ModelRunRecord.cohort == cohort).order_by(ModelRunRecord.created_at.desc())
     with Session(reader.engine) as session:
         rows = [

@@ -196,6 +196,15 @@ def image_state(db: GraphDB, image_id: str, cohort: str, segmentation: str) -> d
     return db.read(q.IMAGE_STATE, image_id=image_id, cohort=cohort, segmentation=segmentation)[0]
 
 
+def _known(state: dict[str, Any], member: Membership) -> Membership:
+    """``member`` with the stored label and patient where the record does not know them (a file
+    ingested alone, without a manifest or class folder, never erases what the cohort knows)."""
+    if not state["in_cohort"]:
+        return member
+    return replace(member, label=member.label if member.label is not None else state["label"],
+                   patient=member.patient if member.patient is not None else state["patient"])
+
+
 def _check_label(state: dict[str, Any], image_id: str, cohort: str, member: Membership) -> None:
     """Refuse a second path to the same bytes in one cohort with another label."""
     if not state["in_cohort"] or state["path"] == member.path or state["label"] == member.label:
@@ -245,8 +254,8 @@ def store_image_graph(
         The cohort holds these bytes under another path with another label.
     """
     key = segmentation_key(graph.image_id, params.key())
-    member = Membership.of(graph.record)
     state = image_state(db, graph.image_id, cohort, key)
+    member = _known(state, Membership.of(graph.record))
     _check_label(state, graph.image_id, cohort, member)
     if state["has_segmentation"]:
         return _link(db, state, graph.image_id, cohort, key, member, task=task)
@@ -310,8 +319,8 @@ def if_current(
         The cohort holds these bytes under another path with another label.
     """
     key = segmentation_key(image_id, params_key)
-    member = Membership.of(record)
     state = image_state(db, image_id, cohort, key)
+    member = _known(state, Membership.of(record))
     _check_label(state, image_id, cohort, member)
     if not state["has_segmentation"]:
         return None

@@ -57,6 +57,10 @@ def test_a_second_cohort_keeps_its_own_labels(four, test_environ, graphdb, uniqu
     again = _ingest(fixed, second, test_environ, graphdb)
     assert (again.updated, again.unchanged) == (1, 3)
     assert _labels(graphdb, first) == before
+    # a file ingested alone (no label known) with new parameters keeps the label the cohort knows
+    alone = _ingest([ImageRecord(records[1].path, None)], first, test_environ, graphdb, threshold=70)
+    assert alone.replaced == 1
+    assert _labels(graphdb, first) == before
 
 
 def test_two_labels_for_the_same_bytes_are_refused_naming_both(four, tmp_path, test_environ, graphdb, unique_name):

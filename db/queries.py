@@ -117,6 +117,12 @@ MARK_STALE_FOR_COHORT = (
     "OR NOT EXISTS { MATCH (:Image {id: $image_id})-[:IN_COHORT {segmentation: $old}]->() } "
     "SET e.stale_images = [x IN coalesce(e.stale_images, []) WHERE x <> $image_id] + $image_id"
 )
+# Back on nuclei an explanation of the cohort's runs scored (still stored: another cohort kept them).
+UNSTALE_FOR_COHORT = (
+    "MATCH (e:Explanation)-[:EXPLAINS]->(:Segmentation {key: $segmentation}) "
+    "WHERE EXISTS { MATCH (e)-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(:Cohort {name: $cohort}) } "
+    "SET e.stale_images = [x IN coalesce(e.stale_images, []) WHERE x <> $image_id]"
+)
 DELETE_UNUSED_SEGMENTATION = (
     "MATCH (s:Segmentation {key: $old}) "
     "WHERE NOT EXISTS { MATCH (:Image {id: $image_id})-[:IN_COHORT {segmentation: $old}]->() } "

@@ -289,6 +289,7 @@ def _set_membership(tx, state, image_id: str, cohort: str, key: str, member: Mem
     if old is not None and old != key:
         tx.run(q.MARK_STALE_FOR_COHORT, image_id=image_id, cohort=cohort, old=old).consume()
         tx.run(q.DELETE_UNUSED_SEGMENTATION, image_id=image_id, old=old).consume()
+        tx.run(q.UNSTALE_FOR_COHORT, image_id=image_id, cohort=cohort, segmentation=key).consume()
 
 
 def if_current(

@@ -172,14 +172,31 @@ def test_any_sequence_of_ingests_keeps_each_cohorts_counts(four, test_environ, g
         clean[t] = {"images": 2, "nuclei": sum(g.n_nuclei for g in graphs), "edges": sum(g.n_edges for g in graphs)}
     cohorts = [unique_name + "_c1", unique_name + "_c2"]
     last: dict[str, int] = {}
+    keys, exported, scored_at = {}, {}, {}
+    for n, c in enumerate(cohorts):  # both start at 100 px, each with its own run's scores
+        _ingest(records, c, test_environ, graphdb, threshold=100)
+        last[c] = scored_at[c] = 100
+        keys[c] = _explain_with_fake_model_scores(graphdb, c, f"r{unique_name[1:9]}{n}")
+        exported[c] = db_runs.export_scores(graphdb, keys[c], image_ids=None)
+    ids = sorted(r["id"] for r in store.cohort_images(graphdb, cohorts[0]))
+    scored_alive = True  # the 100 px nuclei both runs scored; deleted once no cohort uses them
     rng = random.Random(16)
-    for _ in range(8):
+    for _ in range(10):
         cohort, t = rng.choice(cohorts), rng.choice(thresholds)
         summary = _ingest(records, cohort, test_environ, graphdb, threshold=t)
         assert summary.ok == 2
         last[cohort] = t
+        scored_alive = scored_alive and 100 in last.values()
         for c, lt in last.items():
             assert store.cohort_counts(graphdb, c) == clean[lt], (c, lt)
+            # scores: intact while the cohort uses the nuclei they were computed on, else stale
+            unchanged = lt == scored_at[c] and scored_alive
+            assert sorted(db_runs.explained_images(graphdb, keys[c], ids)) == (ids if unchanged else []), c
+            expl = next(e for e in db_runs.list_explanations(graphdb) if e["key"] == keys[c])
+            if unchanged:
+                assert db_runs.export_scores(graphdb, keys[c], image_ids=None) == exported[c]
+            else:
+                assert sorted(expl["stale_images"]) == ids
         ids = [r["id"] for r in store.cohort_images(graphdb, cohorts[0] if cohorts[0] in last else cohort)]
         used = {r["segmentation"] for c in last for r in store.cohort_images(graphdb, c)}
         held = {s for i in ids for s in graphdb.read_one(

@@ -160,6 +160,7 @@ class Tab:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cohort", default=None, help="cohort to select (default: the first)")
+    p.add_argument("--image", default=None, help="image id the explorer opens on (default: its first)")
     p.add_argument("--out", default="/tmp/nucleograph-screenshots")
     p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     p.add_argument("--pages", default=",".join(PAGES), help="comma-separated subset of " + ", ".join(PAGES))
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         tab = Tab(target["webSocketDebuggerUrl"])
         tab.call("Page.enable")
         tab.call("Runtime.enable")
-        query = f"?cohort={urllib.parse.quote(args.cohort)}" if args.cohort else ""
+        query = "?" + urllib.parse.urlencode({k: v for k, v in (("cohort", args.cohort), ("image", args.image)) if v})
         for page in [x.strip() for x in args.pages.split(",") if x.strip()]:
             tab.call("Page.navigate", url=f"http://127.0.0.1:{port}/{URL_PATH.get(page, page)}{query}")
             state, seconds = tab.settle()

@@ -10,13 +10,17 @@ Exactly once rests on two SQL guarantees that SQLite and PostgreSQL both give:
 
 Times are UTC from the process clock; leases are tens of seconds, so hosts need clocks within a few
 seconds of each other (NTP).
+
+Attempts count only failures of the item itself (its own error, or a holder that died with it). An
+item given back because a database was unreachable (:func:`release_file`, :func:`release_trigger`)
+waits as ``pending`` with its attempts unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -29,7 +33,9 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    case,
     delete,
+    func,
     insert,
     or_,
     select,
@@ -40,15 +46,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nucleograph.db.records import create_schema
+from nucleograph.errors import InputError
 
 # statuses of a claimable item (a watched file or a retraining trigger)
 CLAIMED = "claimed"  # someone works on it; the lease says until when
+PENDING = "pending"  # waits for its next attempt (a database was down, or re-queued); no attempt spent
 FAILED = "failed"  # the last attempt failed; next_attempt_at says when to retry
 DONE = "done"
-ABANDONED = "abandoned"  # max_attempts failed attempts; reported, never retried automatically
+ABANDONED = "abandoned"  # max_attempts failed attempts; reported, retried only when changed or re-queued
+#: Statuses of a claimable item that are live state, never pruned.
+LIVE = (CLAIMED, PENDING, FAILED, ABANDONED)
 
 # statuses of a job run (history)
 RUNNING, SUCCEEDED, RUN_FAILED, LOST = "running", "succeeded", "failed", "lost"
+FINISHED_RUNS = (SUCCEEDED, RUN_FAILED, LOST)
 
 
 def utcnow() -> dt.datetime:
@@ -147,13 +158,9 @@ def create_tables(engine: Engine, *extra: MetaData) -> None:
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
-    out = {}
-    for col in row.__table__.columns:
-        value = getattr(row, col.name)
-        if isinstance(value, dt.datetime):
-            value = as_utc(value).isoformat()
-        out[col.name] = value
-    return out
+    """A mapped object, or a row of ``select(Table.__table__)``, as a dict with ISO times in UTC."""
+    values = row._mapping if hasattr(row, "_mapping") else {c.name: getattr(row, c.name) for c in row.__table__.columns}
+    return {k: as_utc(v).isoformat() if isinstance(v, dt.datetime) else v for k, v in values.items()}
 
 
 def _seconds(s: float) -> dt.timedelta:
@@ -242,9 +249,12 @@ def claim_file(engine: Engine, *, watch: str, content_hash: str, cohort: str, pa
                label: str | None, owner: str, lease: float, max_attempts: int) -> bool:
     """Claim a file for ingestion; True when this ``owner`` now holds it.
 
-    A new content hash is claimed by inserting its row. An existing row is taken over only when its
+    A new content hash is claimed by inserting its row. An existing row is taken over when its
     holder's lease expired (the holder was killed) or its last attempt failed and the backoff has
-    passed, and fewer than ``max_attempts`` attempts were made.
+    passed, and fewer than ``max_attempts`` attempts were made; or when it is ``pending`` (given back
+    during a database outage, or re-queued) and its wait is over. An ``abandoned`` file seen with a
+    newer modification time than the attempts that gave up on it (touched, copied in again) starts
+    afresh, with one attempt.
     """
     now = utcnow()
     until = now + _seconds(lease)
@@ -257,15 +267,19 @@ def claim_file(engine: Engine, *, watch: str, content_hash: str, cohort: str, pa
         return True
     except IntegrityError:
         pass
+    changed_since_abandoned = and_(WatchedFile.status == ABANDONED, WatchedFile.mtime_ns < mtime_ns)
     takeover = and_(
         WatchedFile.watch == watch, WatchedFile.content_hash == content_hash,
-        WatchedFile.attempts < max_attempts,
-        or_(and_(WatchedFile.status == CLAIMED, WatchedFile.lease_until < now),
-            and_(WatchedFile.status == FAILED, WatchedFile.next_attempt_at <= now)),
+        or_(and_(WatchedFile.attempts < max_attempts,
+                 or_(and_(WatchedFile.status == CLAIMED, WatchedFile.lease_until < now),
+                     and_(WatchedFile.status == FAILED, WatchedFile.next_attempt_at <= now))),
+            and_(WatchedFile.status == PENDING, WatchedFile.next_attempt_at <= now),
+            changed_since_abandoned),
     )
+    attempts = case((changed_since_abandoned, 1), else_=WatchedFile.attempts + 1)
     with engine.begin() as conn:
         result = conn.execute(update(WatchedFile).where(takeover).values(
-            status=CLAIMED, owner=owner, lease_until=until, attempts=WatchedFile.attempts + 1, path=path,
+            status=CLAIMED, owner=owner, lease_until=until, attempts=attempts, path=path,
             size=size, mtime_ns=mtime_ns, label=label,
         ))
         return result.rowcount == 1
@@ -292,6 +306,26 @@ def fail_file(engine: Engine, *, watch: str, content_hash: str, owner: str, erro
                            backoff=backoff, backoff_max=backoff_max)
 
 
+def release_file(engine: Engine, *, watch: str, content_hash: str, owner: str, reason: str, wait: float) -> bool:
+    """Give a claimed file back without spending an attempt: a database was unreachable, so the
+    attempt said nothing about the file. It waits ``pending`` for ``wait`` seconds, then any
+    scheduler may claim it. False when ``owner`` no longer held the claim (nothing changes)."""
+    where = and_(WatchedFile.watch == watch, WatchedFile.content_hash == content_hash,
+                 WatchedFile.owner == owner, WatchedFile.status == CLAIMED)
+    return _release(engine, WatchedFile, where, reason=reason, wait=wait)
+
+
+def _release(engine: Engine, table, where, *, reason: str, wait: float) -> bool:
+    """The claimed row of ``table`` matching ``where`` goes back to ``pending``; the claim's attempt
+    is taken back (a new row's first claim counted one)."""
+    with engine.begin() as conn:
+        return conn.execute(update(table).where(where).values(
+            status=PENDING, lease_until=None, error=reason[:4000],
+            attempts=case((table.attempts > 0, table.attempts - 1), else_=0),
+            next_attempt_at=utcnow() + _seconds(wait),
+        )).rowcount == 1
+
+
 def _record_failure(engine: Engine, table, where, *, error: str, max_attempts: int, backoff: float,
                     backoff_max: float) -> str | None:
     """The failed attempt of the claimed row of ``table`` matching ``where`` (which includes its owner):
@@ -315,6 +349,57 @@ def abandon_expired(engine: Engine, *, max_attempts: int) -> int:
         return conn.execute(update(WatchedFile).where(
             WatchedFile.status == CLAIMED, WatchedFile.lease_until < now, WatchedFile.attempts >= max_attempts,
         ).values(status=ABANDONED, error="the ingesting scheduler stopped during every attempt")).rowcount
+
+
+def requeue_files(engine: Engine, refs: Sequence[str] = (), *, all_abandoned: bool = False,
+                  watch: str | None = None) -> dict[str, Any]:
+    """Give failed or abandoned files a fresh start: status ``pending``, no attempts, due now.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+    refs : sequence of str
+        Files by absolute path or by content hash, as ``nucleograph jobs files`` lists them.
+    all_abandoned : bool
+        Also every abandoned file (of ``watch``, when given).
+    watch : str, optional
+        Only files of this watch folder (as its job stores it).
+
+    Returns
+    -------
+    result : dict
+        ``requeued`` (how many), ``files`` (the re-queued rows, as they were) and ``not_requeued``
+        (named files that are done, claimed or pending already: ``path``, ``status``).
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        A ref names no file of the ledger (of ``watch``); nothing is changed then.
+    """
+    scope = [WatchedFile.watch == watch] if watch is not None else []
+    matches = or_(WatchedFile.path.in_(list(refs)), WatchedFile.content_hash.in_(list(refs)))
+    retryable = WatchedFile.status.in_([FAILED, ABANDONED])
+    with engine.begin() as conn:
+        named = conn.execute(select(WatchedFile.watch, WatchedFile.content_hash, WatchedFile.path,
+                                    WatchedFile.status).where(matches, *scope)).all() if refs else []
+        unknown = [r for r in refs if not any(r in (row.path, row.content_hash) for row in named)]
+        if unknown:
+            where = f" of the watch folder {watch}" if watch is not None else ""
+            raise InputError(f"no watched file{where} is {', '.join(map(repr, unknown))}: give a path or content "
+                             "hash as `nucleograph jobs files` lists them")
+        chosen = [and_(WatchedFile.watch == w, WatchedFile.content_hash == h) for w, h, _, _ in named]
+        if all_abandoned:
+            chosen.append(and_(WatchedFile.status == ABANDONED, *scope))
+        rows = [_row_dict(r) for r in conn.execute(
+            select(WatchedFile.__table__).where(or_(*chosen), retryable))] if chosen else []
+        for row in rows:
+            conn.execute(update(WatchedFile).where(
+                WatchedFile.watch == row["watch"], WatchedFile.content_hash == row["content_hash"], retryable,
+            ).values(status=PENDING, attempts=0, owner=None, lease_until=None, next_attempt_at=utcnow(),
+                     error=None))
+    done = {(r["watch"], r["content_hash"]) for r in rows}
+    skipped = [{"path": p, "status": s} for w, h, p, s in named if (w, h) not in done]
+    return {"requeued": len(rows), "files": rows, "not_requeued": skipped}
 
 
 def watched_files(engine: Engine, *, cohort: str | None = None, watch: str | None = None,
@@ -348,19 +433,26 @@ def claim_trigger(engine: Engine, *, cohort: str, trigger_id: str, job_id: str, 
     with engine.begin() as conn:
         return conn.execute(update(RetrainTrigger).where(
             RetrainTrigger.cohort == cohort, RetrainTrigger.trigger_id == trigger_id,
-            RetrainTrigger.attempts < max_attempts,
-            or_(and_(RetrainTrigger.status == CLAIMED, RetrainTrigger.lease_until < now),
-                and_(RetrainTrigger.status == FAILED, RetrainTrigger.next_attempt_at <= now)),
+            _trigger_due(now, max_attempts),
         ).values(status=CLAIMED, owner=owner, lease_until=until, attempts=RetrainTrigger.attempts + 1)).rowcount == 1
 
 
+def _trigger_due(now: dt.datetime, max_attempts: int):
+    """Triggers someone should (re)try now: expired claims and due failures, under ``max_attempts``
+    attempts, and due ``pending`` ones (given back during an outage: no attempt spent)."""
+    return or_(
+        and_(RetrainTrigger.attempts < max_attempts,
+             or_(and_(RetrainTrigger.status == CLAIMED, RetrainTrigger.lease_until < now),
+                 and_(RetrainTrigger.status == FAILED, RetrainTrigger.next_attempt_at <= now))),
+        and_(RetrainTrigger.status == PENDING, RetrainTrigger.next_attempt_at <= now),
+    )
+
+
 def pending_triggers(engine: Engine, *, cohort: str, max_attempts: int) -> list[dict[str, Any]]:
-    """Triggers of ``cohort`` that someone should (re)try now: expired claims and due failures."""
-    now = utcnow()
+    """Triggers of ``cohort`` that someone should (re)try now: expired claims, due failures and due
+    pending triggers."""
     stmt = select(RetrainTrigger).where(
-        RetrainTrigger.cohort == cohort, RetrainTrigger.attempts < max_attempts,
-        or_(and_(RetrainTrigger.status == CLAIMED, RetrainTrigger.lease_until < now),
-            and_(RetrainTrigger.status == FAILED, RetrainTrigger.next_attempt_at <= now)),
+        RetrainTrigger.cohort == cohort, _trigger_due(utcnow(), max_attempts),
     ).order_by(RetrainTrigger.created_at)
     return _rows(engine, stmt)
 
@@ -389,6 +481,14 @@ def fail_trigger(engine: Engine, *, cohort: str, trigger_id: str, owner: str, er
                            backoff=backoff, backoff_max=backoff_max)
 
 
+def release_trigger(engine: Engine, *, cohort: str, trigger_id: str, owner: str, reason: str, wait: float) -> bool:
+    """As :func:`release_file`, for a retraining trigger (its stage and run id are kept, so the next
+    claim resumes it)."""
+    where = and_(RetrainTrigger.cohort == cohort, RetrainTrigger.trigger_id == trigger_id,
+                 RetrainTrigger.owner == owner, RetrainTrigger.status == CLAIMED)
+    return _release(engine, RetrainTrigger, where, reason=reason, wait=wait)
+
+
 def last_trained_count(engine: Engine, cohort: str) -> int:
     """Labelled images behind the cohort's latest trigger that trains or trained (0 if none):
     the baseline that "enough new labelled images" is counted from."""
@@ -404,6 +504,75 @@ def triggers(engine: Engine, *, cohort: str | None = None, limit: int = 200) -> 
     if cohort is not None:
         stmt = stmt.where(RetrainTrigger.cohort == cohort)
     return _rows(engine, stmt)
+
+
+# --- pruning -----------------------------------------------------------------------------------------
+def prune_history(engine: Engine, *, keep_days: float | None, keep_rows: int | None,
+                  keep_file: Callable[[dict[str, Any]], bool] | None = None, batch: int = 500) -> dict[str, int]:
+    """Delete finished job runs and done files' rows beyond the limits; live state is never touched.
+
+    A finished job run (succeeded, failed, lost) goes when it finished more than ``keep_days`` ago or
+    is not among the ``keep_rows`` newest finished runs; a ``done`` file of the ledger likewise (by
+    when it was done), unless ``keep_file(row)`` says to keep it. Running runs and pending, claimed,
+    failed or abandoned files (:data:`LIVE`) always stay; so do retraining triggers (the newest one of
+    a cohort is the baseline of "enough new labelled images").
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+    keep_days : float or None
+        Age limit in days; None or 0: none.
+    keep_rows : int or None
+        Rows kept per table (the newest); None or 0: no limit.
+    keep_file : callable, optional
+        ``keep_file(row) -> bool`` for each done file's row that the limits would delete (a dict as
+        :func:`watched_files` gives it); True keeps it.
+    batch : int
+        Rows per ``DELETE`` statement.
+
+    Returns
+    -------
+    dict
+        ``job_runs`` and ``files``: how many rows were deleted.
+    """
+    cutoff = utcnow() - dt.timedelta(days=float(keep_days)) if keep_days else None
+    runs_when = func.coalesce(JobRun.finished_at, JobRun.heartbeat_at)
+    out = {"job_runs": 0, "files": 0}
+    with engine.begin() as conn:
+        finished = JobRun.status.in_(FINISHED_RUNS)
+        limits = []
+        if cutoff is not None:
+            limits.append(runs_when < cutoff)
+        if keep_rows:
+            newest = select(JobRun.id).where(finished).order_by(JobRun.id.desc()).offset(keep_rows - 1).limit(1)
+            edge = conn.execute(newest).scalar_one_or_none()
+            if edge is not None:
+                limits.append(JobRun.id < edge)
+        if limits:
+            out["job_runs"] = conn.execute(delete(JobRun).where(finished, or_(*limits))).rowcount
+    with engine.begin() as conn:
+        done = WatchedFile.status == DONE
+        limits = []
+        if cutoff is not None:
+            limits.append(WatchedFile.done_at < cutoff)
+        if keep_rows:  # files done at the same instant as the last one kept stay too
+            edge = conn.execute(select(WatchedFile.done_at).where(done).order_by(WatchedFile.done_at.desc())
+                                .offset(keep_rows - 1).limit(1)).scalar_one_or_none()
+            if edge is not None:
+                limits.append(WatchedFile.done_at < edge)
+        if not limits:
+            return out
+        rows = [_row_dict(r) for r in conn.execute(select(WatchedFile.__table__).where(done, or_(*limits)))]
+        gone: dict[str, list[str]] = {}
+        for row in rows:
+            if keep_file is None or not keep_file(row):
+                gone.setdefault(row["watch"], []).append(row["content_hash"])
+        for watch, hashes in gone.items():
+            for start in range(0, len(hashes), batch):
+                out["files"] += conn.execute(delete(WatchedFile).where(
+                    done, WatchedFile.watch == watch, WatchedFile.content_hash.in_(hashes[start:start + batch]),
+                )).rowcount
+    return out
 
 
 # --- named locks -------------------------------------------------------------------------------------

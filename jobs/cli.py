@@ -1,4 +1,4 @@
-"""`nucleograph scheduler` and `nucleograph jobs list|add|remove|run-now|history|files|triggers`.
+"""`nucleograph scheduler` and `nucleograph jobs list|add|remove|run-now|history|files|triggers|retry|prune`.
 
 Every `nucleograph` command builds this parser, so this module imports only the light job modules
 (specs, the SQL engine). The commands that run or load stored jobs import
@@ -17,6 +17,7 @@ from nucleograph.db import ledger
 from nucleograph.errors import InputError
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.ingest.pipeline import DETECTORS
+from nucleograph.jobs.housekeeping import prune, requeue
 from nucleograph.jobs.runtime import open_engine
 from nucleograph.jobs.specs import RetrainSpec, SchedulerOptions, WatchSpec
 from nucleograph.output import emit_json, format_table
@@ -43,6 +44,7 @@ def _options(args) -> SchedulerOptions:
         poll=getattr(args, "poll", SchedulerOptions.poll), lease=args.lease, max_attempts=args.max_attempts,
         backoff=args.backoff, backoff_max=args.backoff_max, job_retries=args.job_retries, settle=args.settle,
         workers=getattr(args, "workers", SchedulerOptions.workers),
+        prune_every=getattr(args, "prune_every", SchedulerOptions.prune_every),
     )
 
 
@@ -82,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds between looks for jobs added by other processes (default 2)")
     p.add_argument("--workers", type=int, default=SchedulerOptions.workers, help="jobs run at once (default 4)")
     p.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (default: run until stopped)")
+    p.add_argument("--prune-every", type=float, default=SchedulerOptions.prune_every,
+                   help="seconds between prunings of the job history (default %(default)g; 0: never); the limits "
+                        "are NUCLEOGRAPH_JOBS_KEEP_DAYS and NUCLEOGRAPH_JOBS_KEEP_ROWS")
     _options_args(p)
     p.set_defaults(func=cmd_scheduler)
 
@@ -128,7 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = jsub.add_parser("files", help="the watch-folder ledger: each file's status, attempts and error")
     p.add_argument("--cohort", default=None)
-    p.add_argument("--status", choices=["claimed", "failed", "done", "abandoned"], default=None)
+    p.add_argument("--status", choices=[ledger.PENDING, ledger.CLAIMED, ledger.FAILED, ledger.DONE, ledger.ABANDONED],
+                   default=None)
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_files)
@@ -137,6 +143,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_triggers)
+
+    p = jsub.add_parser("retry", help="re-queue abandoned or failed files: attempts reset, ingested by the next scan")
+    p.add_argument("files", nargs="*", metavar="FILE", help="a path or content hash, as `jobs files` lists them")
+    p.add_argument("--all-abandoned", action="store_true", help="every abandoned file (of --job, if given)")
+    p.add_argument("--job", default=None, help="only files of this watch job's folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retry)
+
+    p = jsub.add_parser("prune", help="delete finished job runs and done files' records beyond the limits")
+    p.add_argument("--keep-days", type=float, default=None, metavar="D",
+                   help="keep what finished within D days (default NUCLEOGRAPH_JOBS_KEEP_DAYS, 30; 0: no age limit)")
+    p.add_argument("--keep-rows", type=int, default=None, metavar="N",
+                   help="keep the N newest rows of each (default NUCLEOGRAPH_JOBS_KEEP_ROWS, 100000; 0: no limit)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
 
 
 def _watch_spec(args, cohort: str) -> WatchSpec:
@@ -272,3 +293,47 @@ def cmd_triggers(args, settings: Settings) -> int:
         lambda engine: ledger.triggers(engine, cohort=args.cohort),
         ["cohort", "trigger_id", "status", "stage", "attempts", "n_labelled", "run_id", "error"],
     )
+
+
+def cmd_retry(args, settings: Settings) -> int:
+    """`nucleograph jobs retry FILE... | --all-abandoned [--job ID]`: re-queue files, attempts reset."""
+    watch = None
+    engine = open_engine(settings)
+    try:
+        if args.job is not None:
+            from nucleograph.jobs import scheduler as sch  # torch and DGL: only when a job command runs
+
+            job = sch.get_job(engine, args.job)
+            if job["kind"] != "watch":
+                raise InputError(f"job {args.job!r} is a {job['kind']} job: --job takes a watch job "
+                                 "(`nucleograph jobs list` shows them)")
+            watch = job["spec"]["watch"]
+        result = requeue(engine, args.files, all_abandoned=args.all_abandoned, watch=watch)
+    finally:
+        engine.dispose()
+    if args.json:
+        emit_json(result)
+        return 0
+    print(f"re-queued {result['requeued']} file(s); the next scan of their folder ingests them")
+    for f in result["files"]:
+        print(f"  {f['path']} (was {f['status']} after {f['attempts']} attempt(s))")
+    for f in result["not_requeued"]:
+        print(f"  not re-queued: {f['path']} is {f['status']}", file=sys.stderr)
+    return 0
+
+
+def cmd_prune(args, settings: Settings) -> int:
+    """`nucleograph jobs prune [--keep-days D] [--keep-rows N]`: delete the old finished job history."""
+    keep_days = settings.jobs_keep_days if args.keep_days is None else args.keep_days
+    keep_rows = settings.jobs_keep_rows if args.keep_rows is None else args.keep_rows
+    engine = open_engine(settings)
+    try:
+        pruned = prune(engine, keep_days=keep_days, keep_rows=keep_rows)
+    finally:
+        engine.dispose()
+    if args.json:
+        emit_json({**pruned, "keep_days": keep_days, "keep_rows": keep_rows})
+    else:
+        print(f"pruned {pruned['job_runs']} job run(s) and {pruned['files']} done file record(s) "
+              f"(kept {keep_days:g} days, {keep_rows} rows; 0 is no limit)")
+    return 0

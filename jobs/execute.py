@@ -2,12 +2,14 @@
 
 Used by the scheduler (:func:`nucleograph.jobs.scheduler.fire`) and by ``nucleograph jobs run-now``
 alike. Items that failed on their own (files, triggers) do not make the run retry: they carry their
-own backoff in the ledger and are taken up by a later run.
+own backoff in the ledger and are taken up by a later run. A run that found a database unreachable
+fails and is retried; its items spent no attempt (see :func:`nucleograph.jobs.runtime.is_outage`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 import traceback
@@ -16,7 +18,7 @@ from typing import Any
 from nucleograph.db import ledger
 from nucleograph.errors import ConfigError, InputError
 from nucleograph.jobs.retrain import run_retrain
-from nucleograph.jobs.runtime import JobItemsFailed, Runtime
+from nucleograph.jobs.runtime import JobItemsFailed, Runtime, is_outage
 from nucleograph.jobs.specs import spec_from_dict
 from nucleograph.jobs.watch import run_watch
 
@@ -56,6 +58,7 @@ def execute(rt: Runtime, *, job_id: str, kind: str, spec: dict[str, Any], trigge
     """
     opts = rt.options
     parsed = spec_from_dict(kind, spec)
+    rt.retry_deferred(("run",))  # history rows an SQL outage left "running"
     attempt = 0
     while True:
         attempt += 1
@@ -67,13 +70,13 @@ def execute(rt: Runtime, *, job_id: str, kind: str, spec: dict[str, Any], trigge
             else:
                 result = run_retrain(rt, job_id, parsed, scheduled_at=scheduled_at, manual=trigger == "manual")
         except JobItemsFailed as exc:
-            ledger.finish_run(rt.engine, run, status=ledger.RUN_FAILED, error=str(exc), result=exc.result)
+            _finish_run(rt, run, status=ledger.RUN_FAILED, error=str(exc), result=exc.result)
             log.error("job %s: %s", job_id, exc)
             return exc.result
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            ledger.finish_run(rt.engine, run, status=ledger.RUN_FAILED, error=error,
-                              result={"traceback": traceback.format_exc(limit=8)})
+            _finish_run(rt, run, status=ledger.RUN_FAILED, error=error,
+                        result={"traceback": traceback.format_exc(limit=8)})
             final = attempt > opts.job_retries or isinstance(exc, (InputError, ConfigError))
             wait = ledger.backoff_seconds(attempt, base=opts.backoff, cap=opts.backoff_max)
             log.error("job %s attempt %d failed: %s%s", job_id, attempt, error,
@@ -82,5 +85,17 @@ def execute(rt: Runtime, *, job_id: str, kind: str, spec: dict[str, Any], trigge
                 raise
             time.sleep(wait)
             continue
-        ledger.finish_run(rt.engine, run, status=ledger.SUCCEEDED, result=result)
+        _finish_run(rt, run, status=ledger.SUCCEEDED, result=result)
         return result
+
+
+def _finish_run(rt: Runtime, run: int, **values) -> None:
+    """Close the run's history row; when SQL is unreachable, the next run of a job closes it (else
+    this live process's heartbeat would keep it ``running``) and the outage is raised."""
+    finish = functools.partial(ledger.finish_run, rt.engine, run, **values)
+    try:
+        finish()
+    except Exception as exc:
+        if is_outage(exc):
+            rt.defer_write(("run", str(run)), finish)
+        raise

@@ -5,12 +5,14 @@ with any number of schedulers: ``data:<cohort fingerprint>`` when ``min_new`` la
 since the last training, ``cron:<scheduled time>`` for a crontab tick (every scheduler computes the same
 id from the scheduled time), ``manual:<now>`` for ``nucleograph jobs run-now``. A trigger moves through
 the stages ``train`` -> ``explain`` -> ``-``; its run id is recorded before training starts, so a
-scheduler that takes a killed one's trigger over resumes the same run from its checkpoint.
+scheduler that takes a killed one's trigger over resumes the same run from its checkpoint. A trigger
+whose training finds Neo4j or SQL unreachable is given back ``pending`` without spending an attempt.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from typing import Any
 
@@ -20,7 +22,7 @@ from nucleograph.db import ledger, store
 from nucleograph.db import records as rec
 from nucleograph.errors import NucleographError
 from nucleograph.gnn.service import explain_run, new_run_id, train_cohort
-from nucleograph.jobs.runtime import JobItemsFailed, Runtime
+from nucleograph.jobs.runtime import JobItemsFailed, Runtime, is_outage
 from nucleograph.jobs.specs import RetrainSpec
 
 __all__ = ["labelled_count", "run_retrain"]
@@ -59,8 +61,11 @@ def run_retrain(rt: Runtime, job_id: str, spec: RetrainSpec, *, scheduled_at: dt
     ------
     JobItemsFailed
         A trigger failed (it is retried on its own backoff); carries the result.
+    Exception
+        Neo4j or SQL is unreachable: the trigger in hand is given back without spending an attempt.
     """
     opts, cohort = rt.options, spec.cohort
+    rt.retry_deferred(("trigger", cohort))  # give-backs an SQL outage held up
     out: dict[str, Any] = {"cohort": cohort, "resumed": [], "trained": [], "skipped": None, "failures": []}
     for trig in ledger.pending_triggers(rt.engine, cohort=cohort, max_attempts=opts.max_attempts):
         if ledger.claim_trigger(rt.engine, cohort=cohort, trigger_id=trig["trigger_id"], job_id=job_id,
@@ -107,7 +112,8 @@ def _run_id_to_train(rt: Runtime, spec: RetrainSpec, trigger_id: str, run_id: st
     if run_id is not None:
         with Session(rt.engine) as session:
             row = session.get(rec.ModelRunRecord, run_id)
-            if row is not None and row.status == "running":  # its trainer was killed
+            # its trainer was killed (still "running", or "interrupted" once noticed or by SIGTERM/Ctrl-C)
+            if row is not None and row.status in (rec.RUNNING, rec.INTERRUPTED):
                 return run_id, True
     # Known before training starts, so a scheduler taking this trigger over resumes the same run from
     # its checkpoint instead of starting a second one.
@@ -147,8 +153,27 @@ def _process_trigger(rt: Runtime, spec: RetrainSpec, trigger_id: str, out: dict[
         out[key].append({"trigger": trigger_id, "run_id": run_id, **result})
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
+        if is_outage(exc):
+            _release_trigger(rt, cohort, trigger_id, error)
+            raise  # the run fails and is retried; the trigger spent no attempt
         status = ledger.fail_trigger(rt.engine, cohort=cohort, trigger_id=trigger_id, owner=rt.owner, error=error,
                                      max_attempts=opts.max_attempts, backoff=opts.backoff,
                                      backoff_max=opts.backoff_max)
         out["failures"].append({"trigger": trigger_id, "run_id": run_id, "status": status, "error": error})
         log.error("trigger %s of %s: %s (%s)", trigger_id, cohort, error, status)
+
+
+def _release_trigger(rt: Runtime, cohort: str, trigger_id: str, error: str) -> None:
+    """Give a claimed trigger back ``pending`` (its stage and run are kept); when SQL is down too, the
+    next run of the job does."""
+    release = functools.partial(ledger.release_trigger, rt.engine, cohort=cohort, trigger_id=trigger_id,
+                                owner=rt.owner, reason=f"waiting for the database: {error}", wait=rt.options.backoff)
+    try:
+        release()
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        log.warning("could not give trigger %s back now (%s); the next run will", trigger_id, exc)
+        rt.defer_write(("trigger", cohort, trigger_id), release)
+    else:
+        log.warning("gave trigger %s of %s back without spending an attempt: %s", trigger_id, cohort, error)

@@ -6,7 +6,8 @@ schedulers (or ``nucleograph jobs`` commands) share them. Two kinds of job, each
 ``watch`` (:mod:`nucleograph.jobs.watch`: ingest each new file of a folder once) and ``retrain``
 (:mod:`nucleograph.jobs.retrain`: train once per trigger, then explain). Their specs are in
 :mod:`nucleograph.jobs.specs`; a run's history rows and retries in :mod:`nucleograph.jobs.execute`;
-leases and their heartbeat in :mod:`nucleograph.jobs.runtime`.
+leases and their heartbeat in :mod:`nucleograph.jobs.runtime`; re-queueing files and pruning the
+history in :mod:`nucleograph.jobs.housekeeping`.
 
 This module is the APScheduler wiring: the stored job's entry point (:func:`fire`), the executor that
 hands it this process's runtime, adding, listing and removing stored jobs, ``run-now`` and the
@@ -39,8 +40,9 @@ from nucleograph.config import Settings
 from nucleograph.db import ledger
 from nucleograph.errors import ConfigError, InputError
 from nucleograph.jobs.execute import execute
+from nucleograph.jobs.housekeeping import prune_with_settings
 from nucleograph.jobs.runtime import JOB_TABLE, Runtime, heartbeating, open_runtime
-from nucleograph.jobs.specs import RetrainSpec, SchedulerOptions, WatchSpec
+from nucleograph.jobs.specs import RetrainSpec, SchedulerOptions, WatchSpec, check_job_id
 
 __all__ = ["FIRE_REF", "JOB_DEFAULTS", "RuntimeExecutor", "add_job", "fire", "get_job", "job_store", "list_jobs",
            "remove_job", "run_now", "serve", "upgrade_stored_jobs"]
@@ -224,8 +226,12 @@ def add_job(engine: Engine, job_id: str, spec: WatchSpec | RetrainSpec, *, repla
     Raises
     ------
     nucleograph.errors.InputError
-        A job with this id exists and ``replace`` is false.
+        A job with this id exists and ``replace`` is false, the id is unusable, or the watched folder
+        is not there (:meth:`~nucleograph.jobs.specs.WatchSpec.check_folder`). Nothing is stored then.
     """
+    check_job_id(job_id)
+    if isinstance(spec, WatchSpec):
+        spec.check_folder()
     kind = "watch" if isinstance(spec, WatchSpec) else "retrain"
     trigger = spec.trigger()
     now = dt.datetime.now(dt.UTC)
@@ -306,9 +312,20 @@ def _poll() -> None:
     """Wakes the scheduler every ``poll`` seconds to see jobs other processes added."""
 
 
+def _prune(rt: Runtime) -> None:
+    """Prune the job history with the limits of the settings (one scheduler at a time)."""
+    try:
+        prune_with_settings(rt.engine, rt.settings, owner=rt.owner, ttl=rt.options.lease)
+    except Exception as exc:  # the database blinked: the next pruning tries again
+        log.warning("pruning the job history failed: %s", exc)
+
+
 def serve(settings: Settings, options: SchedulerOptions, *, add: list[tuple[str, WatchSpec | RetrainSpec]] = (),
           run_for: float | None = None, stop: threading.Event | None = None) -> int:
     """Run the scheduler until SIGTERM/SIGINT, ``stop`` is set or ``run_for`` seconds passed.
+
+    Besides the stored jobs it prunes the job history when it starts and every
+    ``options.prune_every`` seconds, with the limits of ``settings`` (one scheduler at a time).
 
     Parameters
     ----------
@@ -340,6 +357,10 @@ def serve(settings: Settings, options: SchedulerOptions, *, add: list[tuple[str,
             job_defaults=JOB_DEFAULTS, timezone=dt.UTC,
         )
         sched.add_job(_poll, IntervalTrigger(seconds=options.poll), id="poll", jobstore="local", executor="local")
+        if options.prune_every > 0:  # now, then every prune_every seconds
+            sched.add_job(_prune, IntervalTrigger(seconds=options.prune_every), args=(rt,), id="prune",
+                          jobstore="local", executor="local", next_run_time=dt.datetime.now(dt.UTC),
+                          **JOB_DEFAULTS)
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,12 +3,14 @@
 A spec is stored in the job store as a plain dict (``dataclasses.asdict``) and rebuilt with
 :func:`spec_from_dict` each time the job runs, so a spec holds only values that survive that round
 trip. Every check raises :class:`nucleograph.errors.InputError` or ``ConfigError`` with the option
-to fix.
+to fix. What can change after a job is stored (a watch folder) is checked when it is added
+(:func:`check_job_id`, :meth:`WatchSpec.check_folder`) and again when it runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,38 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from nucleograph.db.runs import METHODS
 from nucleograph.errors import ConfigError, InputError
+from nucleograph.gnn.cli import MODEL_CHOICES
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.ingest.pipeline import IngestParams
 
-__all__ = ["KINDS", "SPECS", "RetrainSpec", "SchedulerOptions", "WatchSpec", "spec_from_dict"]
+__all__ = ["KINDS", "SPECS", "RetrainSpec", "SchedulerOptions", "WatchSpec", "check_job_id", "spec_from_dict"]
 
 KINDS = ("watch", "retrain")
+#: The longest job id and cohort name the job store and the ledger hold (their column widths).
+MAX_JOB_ID, MAX_COHORT = 191, 200
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it can name a stored job.
+
+    Raises
+    ------
+    nucleograph.errors.InputError
+        Empty, padded with spaces, or longer than 191 characters.
+    """
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise InputError("a job needs a non-empty --id, e.g. --id inbox-watch")
+    if job_id != job_id.strip() or len(job_id) > MAX_JOB_ID:
+        raise InputError(f"--id {job_id!r}: use at most {MAX_JOB_ID} characters, without leading or trailing spaces")
+    return job_id
+
+
+def _check_cohort(cohort: str, kind: str) -> None:
+    if not isinstance(cohort, str) or not cohort.strip():
+        raise InputError(f"a {kind} job needs --cohort (a non-empty name, e.g. --cohort inbox)")
+    if cohort != cohort.strip() or len(cohort) > MAX_COHORT or not cohort.isprintable():
+        raise InputError(f"--cohort {cohort!r}: use at most {MAX_COHORT} printable characters, without leading "
+                         "or trailing spaces")
 
 
 @dataclass(frozen=True)
@@ -43,10 +71,14 @@ class SchedulerOptions:
         Retry delay after the n-th failure: ``backoff * 2**(n-1)`` seconds, at most ``backoff_max``.
     job_retries : int
         In-process retries of a whole job run that raised (e.g. Neo4j unreachable), with the same backoff.
+        Such runs spend no attempt of the file or trigger they held.
     settle : float
         A file is ingested only when unmodified for this many seconds (it may still be being copied).
     workers : int
         Jobs that may run at the same time in this process.
+    prune_every : float
+        Seconds between prunings of the job history (:func:`nucleograph.jobs.housekeeping.prune`,
+        limits from :class:`~nucleograph.config.Settings`); 0: never.
 
     Raises
     ------
@@ -62,9 +94,10 @@ class SchedulerOptions:
     job_retries: int = 2
     settle: float = 2.0
     workers: int = 4
+    prune_every: float = 3600.0
 
     def __post_init__(self):
-        for name in ("poll", "lease", "settle", "backoff", "backoff_max"):
+        for name in ("poll", "lease", "settle", "backoff", "backoff_max", "prune_every"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"scheduler option {name} must be >= 0, got {getattr(self, name)}")
         if self.lease < 1:
@@ -91,8 +124,9 @@ class WatchSpec:
     Raises
     ------
     nucleograph.errors.InputError
-        No cohort, an interval that is not positive, or ingest parameters that
-        :class:`~nucleograph.ingest.pipeline.IngestParams` refuses.
+        No folder or cohort, an interval that is not positive, or ingest parameters that
+        :class:`~nucleograph.ingest.pipeline.IngestParams` refuses. Whether the folder exists is
+        checked by :meth:`check_folder` (when the job is added, and by each scan).
     """
 
     watch: str
@@ -103,12 +137,29 @@ class WatchSpec:
     threshold_unit: str = "px"
 
     def __post_init__(self):
-        if not self.cohort:
-            raise InputError("a watch job needs --cohort")
+        _check_cohort(self.cohort, "watch")
+        if not isinstance(self.watch, str | os.PathLike) or not str(self.watch).strip():
+            raise InputError("a watch job needs --watch FOLDER (the folder new images arrive in)")
         if not self.interval > 0:
             raise InputError(f"--interval must be positive, got {self.interval}")
         object.__setattr__(self, "watch", str(Path(self.watch).expanduser().resolve()))
         self.ingest_params()  # validates detector and threshold
+
+    def check_folder(self) -> None:
+        """Check that the watched folder is there and readable (when the job is added).
+
+        Raises
+        ------
+        nucleograph.errors.InputError
+            It does not exist, is not a folder, or cannot be listed: the message names the path.
+        """
+        path = Path(self.watch)
+        if not path.exists():
+            raise InputError(f"watch folder {path} does not exist: create it (mkdir -p {path}) or fix --watch")
+        if not path.is_dir():
+            raise InputError(f"--watch {path} is a file, not a folder: give the folder the images arrive in")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"watch folder {path} cannot be read by this user: fix its permissions or --watch")
 
     def ingest_params(self) -> IngestParams:
         """The ingest parameters of each file of this job."""
@@ -143,8 +194,9 @@ class RetrainSpec:
     Raises
     ------
     nucleograph.errors.InputError
-        No cohort, not exactly one of ``min_new`` and ``cron``, a bad crontab expression, or an
-        unknown explanation method.
+        No cohort, not exactly one of ``min_new`` and ``cron``, a bad crontab expression, a model
+        that is not in the registry (:data:`nucleograph.gnn.models.MODEL_NAMES`), an unknown
+        explanation method, or a training option out of range.
     """
 
     cohort: str
@@ -162,8 +214,7 @@ class RetrainSpec:
     hops: int = 1
 
     def __post_init__(self):
-        if not self.cohort:
-            raise InputError("a retrain job needs --cohort")
+        _check_cohort(self.cohort, "retrain")
         if (self.min_new is None) == (self.cron is None):
             raise InputError("a retrain job needs exactly one of --min-new N (new labelled images) or --cron EXPR")
         if self.min_new is not None and self.min_new < 1:
@@ -172,8 +223,17 @@ class RetrainSpec:
             raise InputError("--interval must be positive and --epochs at least 1")
         if self.cron is not None:
             self.trigger()  # validates the expression
+        if self.model not in MODEL_CHOICES:
+            raise InputError(f"--model {self.model!r} is not a model: choose one of {', '.join(MODEL_CHOICES)}")
         if self.explain is not None and self.explain not in METHODS:
             raise InputError(f"--explain {self.explain!r}: choose one of {', '.join(METHODS)} or none")
+        for name, low in (("folds", 1), ("batch_size", 1), ("hops", 1)):
+            if getattr(self, name) < low:
+                raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be positive, got {self.lr}")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"--patience must be at least 1 (or none), got {self.patience}")
 
     def trigger(self) -> IntervalTrigger | CronTrigger:
         """The APScheduler trigger: the crontab times, or every ``interval`` seconds for ``min_new``."""

@@ -5,13 +5,18 @@ A watched folder has one sub-folder per class (label = folder name) and/or a ``m
 ``nucleograph ingest`` reads it (rows may name files that have not arrived yet); files directly in the
 folder get label None. A file is claimed in the ledger (:mod:`nucleograph.db.ledger`) by its content
 hash before it is ingested, so it is ingested once even with several schedulers and across restarts.
+
+A file's attempts count only its own failures: when Neo4j or the SQL database is unreachable the file
+is given back ``pending`` (no attempt spent) and the run fails, to be retried like any failed run.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import MASK_DIRS, ImageRecord, is_image_file, read_manifest
 from nucleograph.ingest.pipeline import content_hash
 from nucleograph.ingest.run import ingest_records
-from nucleograph.jobs.runtime import JobItemsFailed, Runtime
+from nucleograph.jobs.runtime import JobItemsFailed, Runtime, is_outage
 from nucleograph.jobs.specs import WatchSpec
 
 __all__ = ["WatchedImage", "run_watch", "scan_watch_folder"]
@@ -135,9 +140,11 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
     JobItemsFailed
         Some files failed (each is retried on its own backoff); carries the result.
     Exception
-        Neo4j or SQL failed: the file in hand is given back for a later retry.
+        Neo4j or SQL is unreachable (:func:`~nucleograph.jobs.runtime.is_outage`): the file in hand is
+        given back ``pending`` without spending an attempt. Any other error of the run spends one.
     """
     opts = rt.options
+    rt.retry_deferred(("file", spec.watch))  # ledger writes an SQL outage held up
     ledger.abandon_expired(rt.engine, max_attempts=opts.max_attempts)
     settled = ledger.settled_stats(rt.engine, spec.watch)
     images = [im for im in scan_watch_folder(spec.watch, settle=opts.settle)
@@ -145,6 +152,8 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
     params = spec.ingest_params()
     out: dict[str, Any] = {"cohort": spec.cohort, "watch": spec.watch, "candidates": len(images), "ingested": 0,
                            "skipped": 0, "failed": 0, "abandoned": 0, "outcomes": {}, "failures": []}
+    if images:
+        rt.db()  # Neo4j down: fail the run before any file is claimed
     for im in images:
         try:
             digest = content_hash(im.path)
@@ -161,15 +170,19 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
         try:
             summary = ingest_records([record], cohort=spec.cohort, params=params, settings=rt.settings,
                                      db=rt.db(), workers=1, progress=False)
-        except Exception as exc:  # Neo4j or SQL gone: give the file back for a later retry, fail the run
-            _fail_file(rt, spec, digest, f"{type(exc).__name__}: {exc}", out)
+        except Exception as exc:  # fail the run (retried); an outage spends none of the file's attempts
+            if is_outage(exc):
+                _release_file(rt, spec, digest, f"{type(exc).__name__}: {exc}")
+            else:
+                _fail_file(rt, spec, digest, f"{type(exc).__name__}: {exc}", out)
             raise
         if summary.failed:
             _fail_file(rt, spec, digest, summary.failures[0]["error"], out)
             continue
-        outcome = next(s for s in ("stored", "replaced", "linked", "unchanged") if getattr(summary, s))
-        if ledger.finish_file(rt.engine, watch=spec.watch, content_hash=digest, owner=rt.owner,
-                              image_id=digest, outcome=outcome):
+        outcome = next(s for s in ("stored", "replaced", "linked", "updated", "unchanged") if getattr(summary, s))
+        finish = functools.partial(ledger.finish_file, rt.engine, watch=spec.watch, content_hash=digest,
+                                   owner=rt.owner, image_id=digest, outcome=outcome)
+        if _write_or_defer(rt, ("file", spec.watch, digest), finish):
             out["ingested"] += 1
             out["outcomes"][outcome] = out["outcomes"].get(outcome, 0) + 1
             log.info("%s: %s %s (%s)", job_id, outcome, im.path, im.label)
@@ -182,10 +195,36 @@ def run_watch(rt: Runtime, job_id: str, spec: WatchSpec) -> dict[str, Any]:
     return out
 
 
+def _write_or_defer(rt: Runtime, key: tuple[str, ...], write: Callable[[], Any]) -> Any:
+    """``write()`` to the ledger; when SQL is unreachable, leave it to the next run of the job (else
+    the claim would stay this live process's, its lease renewed by the heartbeat) and raise."""
+    try:
+        return write()
+    except Exception as exc:
+        if is_outage(exc):
+            log.warning("the ledger is unreachable (%s); the next run records %s", exc, key[-1])
+            rt.defer_write(key, write)
+        raise
+
+
+def _release_file(rt: Runtime, spec: WatchSpec, digest: str, error: str) -> None:
+    """Give the claimed file back ``pending``, spending no attempt (the caller raises the outage)."""
+    release = functools.partial(ledger.release_file, rt.engine, watch=spec.watch, content_hash=digest,
+                                owner=rt.owner, reason=f"waiting for the database: {error}", wait=rt.options.backoff)
+    try:
+        _write_or_defer(rt, ("file", spec.watch, digest), release)
+    except Exception as exc:  # SQL is down too (the write is deferred); the caller raises the outage
+        log.warning("could not give %s back now: %s", digest, exc)
+    else:
+        log.warning("gave %s back without spending an attempt: %s", digest, error)
+
+
 def _fail_file(rt: Runtime, spec: WatchSpec, digest: str, error: str, out: dict[str, Any]) -> None:
     opts = rt.options
-    status = ledger.fail_file(rt.engine, watch=spec.watch, content_hash=digest, owner=rt.owner, error=error,
-                              max_attempts=opts.max_attempts, backoff=opts.backoff, backoff_max=opts.backoff_max)
+    fail = functools.partial(ledger.fail_file, rt.engine, watch=spec.watch, content_hash=digest, owner=rt.owner,
+                             error=error, max_attempts=opts.max_attempts, backoff=opts.backoff,
+                             backoff_max=opts.backoff_max)
+    status = _write_or_defer(rt, ("file", spec.watch, digest), fail)
     if status == ledger.ABANDONED:
         out["abandoned"] += 1
         log.error("gave up on %s after %d attempts: %s", digest, opts.max_attempts, error)

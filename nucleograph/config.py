@@ -34,6 +34,9 @@ class Settings:
         ``NUCLEOGRAPH_NEO4J_HEAP`` (1g) and ``NUCLEOGRAPH_NEO4J_PAGECACHE`` (512m) for the local Neo4j.
     retry_seconds : float
         ``NUCLEOGRAPH_NEO4J_RETRY_SECONDS`` (60): how long a write is retried while Neo4j is unreachable.
+    jobs_keep_days, jobs_keep_rows : float, int
+        ``NUCLEOGRAPH_JOBS_KEEP_DAYS`` (30) and ``NUCLEOGRAPH_JOBS_KEEP_ROWS`` (100000): the finished job
+        history (job runs, done files of the watch ledger) the scheduler keeps; 0 lifts that limit.
     """
 
     home: Path
@@ -45,6 +48,8 @@ class Settings:
     heap: str = "1g"
     pagecache: str = "512m"
     retry_seconds: float = 60.0
+    jobs_keep_days: float = 30.0
+    jobs_keep_rows: int = 100_000
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -68,6 +73,8 @@ class Settings:
             heap=env.get("NUCLEOGRAPH_NEO4J_HEAP") or "1g",
             pagecache=env.get("NUCLEOGRAPH_NEO4J_PAGECACHE") or "512m",
             retry_seconds=float(env.get("NUCLEOGRAPH_NEO4J_RETRY_SECONDS") or 60.0),
+            jobs_keep_days=_limit(env, "NUCLEOGRAPH_JOBS_KEEP_DAYS", 30.0, float),
+            jobs_keep_rows=_limit(env, "NUCLEOGRAPH_JOBS_KEEP_ROWS", 100_000, int),
         )
 
     @property
@@ -104,3 +111,15 @@ class Settings:
                 f"{self.password_file} is generated"
             )
         raise ConfigError(f"NEO4J_PASSWORD is not set for the remote Neo4j at {self.neo4j_uri}")
+
+
+def _limit(env: dict[str, str], name: str, default, kind):
+    """A history limit from ``env[name]``: a number >= 0 (0: no limit)."""
+    raw = env.get(name) or ""
+    try:
+        value = kind(raw) if raw.strip() else default
+    except ValueError:
+        value = -1
+    if not value >= 0:  # also NaN
+        raise ConfigError(f"{name}={raw!r} must be a number >= 0 ({kind.__name__}; 0 keeps everything)")
+    return value

@@ -1,7 +1,7 @@
 """`nucleograph scheduler` against the real test Neo4j and real SQL (SQLite and PostgreSQL): files
 dropped into a watched folder are ingested once, also with two schedulers, beside a manual ingest and
 across a SIGKILL; retraining trains once per trigger and explains the run; failures are retried and
-reported."""
+reported; a Neo4j or SQL outage spends no file's attempts and loses no file."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from jobs_helpers import drop, wait_for
+from jobs_helpers import TcpProxy, drop, wait_for
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from nucleograph.cli import main
@@ -21,7 +23,7 @@ from nucleograph.config import Settings
 from nucleograph.db import ledger, store
 from nucleograph.db import records as rec
 from nucleograph.ingest.cohort import ImageRecord
-from nucleograph.ingest.pipeline import IngestParams
+from nucleograph.ingest.pipeline import IngestParams, content_hash
 from nucleograph.ingest.run import ingest_records
 from nucleograph.jobs.runtime import open_engine
 
@@ -269,3 +271,116 @@ def test_cli_jobs_add_list_run_now_history_remove(sql_url, test_environ, monkeyp
     assert "no job" in capsys.readouterr().err
     assert main(["jobs", "add", "retrain", "--id", "x", "--cohort", unique_name]) == 1
     assert "exactly one of --min-new" in capsys.readouterr().err
+
+
+def _failed_runs(engine, job_id):
+    return ledger.job_history(engine, job_id=job_id, status="failed", limit=1000)
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_a_neo4j_outage_spends_no_attempts_and_every_file_is_ingested_after_it(
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, graphdb, neo4j_settings, unique_name):
+    """Issue 16: with Neo4j down, each retry of a watched file used one of its attempts, so valid files
+    ended abandoned and were never ingested once Neo4j was back."""
+    neo4j = TcpProxy(neo4j_settings.neo4j_port)  # Neo4j as the scheduler reaches it: we cut it off
+    neo4j.up()
+    env = {**scheduler_env, "NEO4J_URI": f"bolt://127.0.0.1:{neo4j.port}",
+           "NUCLEOGRAPH_NEO4J_RETRY_SECONDS": "1"}  # the driver gives up after 1 s, not 60
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    images = fresh_images(3)
+    engine = _engine(env)
+    job = f"{unique_name}-watch"
+    p = start_scheduler(["--watch", str(watch), "--cohort", unique_name, *FAST, "--max-attempts", "2"], env)
+    drop(images[:1], watch)
+    wait_for(lambda: _done(engine, unique_name, 1), timeout=90, what="the file before the outage", procs=[p])
+
+    neo4j.down()
+    try:
+        failed_before = len(_failed_runs(engine, job))
+        drop(images[1:], watch)
+
+        def waited():  # both files given back more often than --max-attempts allows failures
+            rows = _files(engine, unique_name)
+            outage_runs = len(_failed_runs(engine, job)) - failed_before
+            return outage_runs >= 8 and sum(r["status"] == "pending" for r in rows) == 2
+
+        wait_for(waited, timeout=120, what="runs failing during the outage", procs=[p])
+        rows = _files(engine, unique_name)
+        assert not [r for r in rows if r["status"] in ("failed", "abandoned")], rows
+        pending = [r for r in rows if r["status"] == "pending"]
+        assert all(r["attempts"] == 0 and r["error"].startswith("waiting for the database") for r in pending)
+    finally:
+        neo4j.up()  # `db start`
+
+    wait_for(lambda: _done(engine, unique_name, 3), timeout=120, what="all files after the outage", procs=[p])
+    assert p.stop() == 0, p.output()
+    rows = _files(engine, unique_name)
+    assert [r["attempts"] for r in rows] == [1, 1, 1] and {r["outcome"] for r in rows} == {"stored"}
+    assert _counts(graphdb, unique_name)["images"] == 3
+    neo4j.down()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+def test_an_sql_outage_mid_ingest_loses_no_file(
+        sql_url, scheduler_env, start_scheduler, fresh_images, tmp_path, graphdb, neo4j_settings, unique_name):
+    """The records database (PostgreSQL) goes away while a file is claimed: the scheduler cannot even
+    write that it gives the file back. Once the database is back the file is ingested, with one
+    attempt, and no history row stays 'running'."""
+    url = make_url(sql_url)
+    postgres = TcpProxy(url.port)
+    postgres.up()
+    env = {**scheduler_env, "NUCLEOGRAPH_SQL_URL": url.set(port=postgres.port).render_as_string(hide_password=False)}
+    engine = _engine(scheduler_env)  # the test itself reaches the database directly
+    watch = tmp_path / "watch"
+    images = fresh_images(3)
+    p = start_scheduler(["--watch", str(watch), "--cohort", unique_name, *FAST, "--max-attempts", "2"], env)
+    drop(images, watch)
+    try:
+        wait_for(lambda: any(r["status"] == "claimed" for r in _files(engine, unique_name)), timeout=90,
+                 what="a file claimed", procs=[p], interval=0.05)
+        postgres.down()
+        time.sleep(5)  # longer than the lease (3 s)
+    finally:
+        postgres.up()
+    wait_for(lambda: _done(engine, unique_name, 3), timeout=150, what="all files after the outage", procs=[p])
+    wait_for(lambda: not ledger.job_history(engine, status="running"), timeout=30, what="no run left running",
+             procs=[p])
+    assert p.stop() == 0, p.output()
+    rows = _files(engine, unique_name)
+    assert [r["attempts"] for r in rows] == [1, 1, 1], rows
+    assert _counts(graphdb, unique_name)["images"] == 3
+    postgres.down()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+def test_jobs_retry_brings_an_abandoned_file_back(sql_url, test_environ, monkeypatch, fresh_images, tmp_path,
+                                                 unique_name, capsys, graphdb):
+    """A valid file abandoned before this fix (attempts spent on an outage) is ingested after
+    `jobs retry`; nothing else brings it back."""
+    monkeypatch.setenv("NUCLEOGRAPH_SQL_URL", sql_url)
+    watch = tmp_path / "watch"
+    [path] = drop(fresh_images(1), watch)
+    path = path.resolve()
+    job = f"{unique_name}-w"
+    assert main(["jobs", "add", "watch", "--id", job, "--cohort", unique_name, "--watch", str(watch)]) == 0
+    engine = _engine(dict(os.environ))
+    st = path.stat()
+    assert ledger.claim_file(engine, watch=str(watch.resolve()), content_hash=content_hash(path), cohort=unique_name,
+                             path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, label=None, owner="old",
+                             lease=30, max_attempts=1)
+    ledger.fail_file(engine, watch=str(watch.resolve()), content_hash=content_hash(path), owner="old",
+                     error="DatabaseError: no Neo4j answers", max_attempts=1, backoff=0, backoff_max=0)
+    capsys.readouterr()
+    assert main(["jobs", "run-now", job, "--settle", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["candidates"] == 0  # abandoned: not looked at again
+    assert main(["jobs", "retry", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("re-queued 1 file(s)")
+    assert main(["jobs", "run-now", job, "--settle", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcomes"] == {"stored": 1}
+    [row] = _files(engine, unique_name)
+    assert (row["status"], row["attempts"]) == ("done", 1)
+    assert _counts(graphdb, unique_name)["images"] == 1
+    engine.dispose()

@@ -275,6 +275,28 @@ SCORES_EXPORT = (
     "coalesce(m.segmentation = s.key, false) AS current "
     "ORDER BY i.id, n.nid"
 )
+# `nucleograph export`: the images an explanation scored (through EXPLAINS, so the nuclei the scores were
+# computed on), then one image's nuclei as lists [nid, x, y, type, outline, features, score, source_id].
+EXPORT_IMAGES = (
+    "MATCH (e:Explanation {key: $key})-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(c:Cohort) "
+    "MATCH (e)-[:EXPLAINS]->(s:Segmentation)<-[:HAS_SEGMENTATION]-(i:Image) "
+    "WHERE $image_ids IS NULL OR i.id IN $image_ids "
+    "OPTIONAL MATCH (i)-[m:IN_COHORT]->(c) "
+    "RETURN i.id AS image_id, m.path AS path, m.label AS label, i.width AS width, i.height AS height, "
+    "s.key AS segmentation, s.detector AS detector, s.feature_names AS feature_names, e.property AS property, "
+    "coalesce(m.segmentation = s.key, false) AS current "
+    "ORDER BY image_id"
+)
+EXPORT_NUCLEI = (
+    "MATCH (e:Explanation {key: $key})-[:EXPLAINS]->(s:Segmentation {key: $segmentation}) "
+    "CALL (e, s) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "  WITH n ORDER BY n.nid "
+    "  RETURN collect([n.nid, n.centroid_x, n.centroid_y, n.type, n.outline, n.features, n[e.property], "
+    "                  n.source_id]) AS nuclei "
+    "} "
+    "RETURN nuclei"
+)
 NUCLEUS_AREAS = (
     "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
     "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "

@@ -241,3 +241,43 @@ def export_scores(db: GraphDB, key: str, *, image_ids: list[str] | None) -> list
     list of dict
     """
     return db.read(q.SCORES_EXPORT, key=key, image_ids=image_ids)
+
+
+def export_images(db: GraphDB, key: str, *, image_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """The images the explanation ``key`` scored, with the segmentation it scored, the image's size,
+    path and label in the run's cohort; ``current`` is False where the cohort has moved to other nuclei.
+
+    Parameters
+    ----------
+    db : GraphDB
+    key : str
+        From :func:`explanation_key`.
+    image_ids : list of str, optional
+        Only these images.
+
+    Returns
+    -------
+    list of dict
+        ``image_id, path, label, width, height, segmentation, detector, feature_names, property, current``.
+    """
+    return db.read(q.EXPORT_IMAGES, key=key, image_ids=image_ids)
+
+
+def export_nuclei(db: GraphDB, key: str, segmentation: str) -> list[list[Any]]:
+    """The nuclei of ``segmentation`` with the explanation's score, one list per nucleus, by nucleus id.
+
+    Parameters
+    ----------
+    db : GraphDB
+    key : str
+        From :func:`explanation_key`.
+    segmentation : str
+        A segmentation the explanation scored (:func:`export_images`).
+
+    Returns
+    -------
+    list of list
+        ``[nid, centroid_x, centroid_y, type, outline, features, score, source_id]``.
+    """
+    row = db.read_one(q.EXPORT_NUCLEI, key=key, segmentation=segmentation)
+    return list(row["nuclei"]) if row else []

@@ -156,7 +156,8 @@ def segmentation_props(graph, *, params, feature_names: list[str], task: str | N
     Parameters
     ----------
     graph : ImageGraph
-    params : IngestParams
+    params : IngestParams or ImportParams
+        Anything with ``detector``, ``key()`` and JSON-able fields (an import names its file and hash).
     feature_names : list of str
     task : str or None
 
@@ -172,6 +173,8 @@ def segmentation_props(graph, *, params, feature_names: list[str], task: str | N
         "n_edges": graph.n_edges,
         "feature_names": feature_names,
         "task": task,
+        # imported nuclei: how many objects of the file were repaired, clipped or skipped (null: none)
+        "import_notes": json.dumps(graph.notes, sort_keys=True) if graph.notes else None,
     }
 
 

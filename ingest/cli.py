@@ -1,22 +1,31 @@
-"""`nucleograph synth`, `nucleograph ingest` and `nucleograph segmenter train`."""
+"""`nucleograph synth`, `nucleograph ingest`, `nucleograph export` and `nucleograph segmenter train`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nucleograph.config import Settings
+from nucleograph.db import runs as db_runs
+from nucleograph.db import store
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.export import EXPORT_FORMATS, export_explanation
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
+from nucleograph.ingest.importers import describe_notes
 from nucleograph.ingest.pipeline import DETECTORS, IngestParams
 from nucleograph.ingest.synth import TASKS, synthesize_cohort
 from nucleograph.output import DefaultsHelpFormatter, emit_json
 
+if TYPE_CHECKING:
+    from nucleograph.ingest.run import IngestSummary
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``synth``, ``ingest`` and ``segmenter train`` to the ``nucleograph`` command line."""
+    """Add ``synth``, ``ingest``, ``export`` and ``segmenter train`` to the ``nucleograph`` command line."""
     p = sub.add_parser("synth", help="write a synthetic H&E cohort with ground-truth nuclei and roles",
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("task", choices=sorted(TASKS))
@@ -36,8 +45,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold: nuclei closer than this are linked")
     p.add_argument("--threshold-unit", choices=["px", "um"], default="px", help="unit of --threshold")
     p.add_argument("--workers", type=int, default=1, help="parallel detection processes")
+    p.add_argument("--nuclei", default=None, metavar="PATH",
+                   help="the nuclei of a single image (QuPath/HoVer-Net/GeoJSON, GeoParquet or a label mask) "
+                        "instead of detecting them; for many images use a manifest nuclei column or IMAGE.geojson "
+                        "sidecars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("export", help="write a run's explanation as QuPath GeoJSON (one file per image)",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
+    p.add_argument("--out", required=True, help="folder to write IMAGE.geojson files to (created)")
+    p.add_argument("--format", choices=list(EXPORT_FORMATS), default="geojson", help="file format")
+    p.add_argument("--image", action="append", default=None, help="an image id (repeat; default: all explained)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_export)
 
     seg = sub.add_parser("segmenter", help="the U-Net nucleus segmenter")
     segsub = seg.add_subparsers(dest="segmenter_command", required=True)
@@ -84,21 +108,69 @@ def cmd_ingest(args, settings: Settings) -> int:
     records = discover(args.paths, classes=classes)
     if not records:
         raise InputError(f"no images found in {' '.join(args.paths)}" + (f" with classes {classes}" if classes else ""))
+    if args.nuclei:
+        _attach_nuclei(records, Path(args.nuclei))
     params = IngestParams(detector=args.detector, threshold=args.threshold, threshold_unit=args.threshold_unit)
     task = next((r.meta.get("task") for r in records if r.meta.get("task")), None)
     with GraphDB.open(settings) as db:
         summary = ingest_records(records, cohort=args.cohort, params=params, settings=settings, db=db,
                                  workers=max(1, args.workers), progress=True, task=task)
-    out = summary.as_dict()
+        no_nuclei = _no_nuclei_paths(db, summary)
+    out = {**summary.as_dict(), "no_nuclei_paths": no_nuclei}
     if args.json:
         emit_json(out)
     else:
         print(f"cohort {summary.cohort}: {summary.ok}/{summary.images} images ok ({summary.stored} stored, "
-              f"{summary.replaced} replaced, {summary.unchanged} unchanged, {summary.linked} linked), {summary.failed} failed; "
+              f"{summary.replaced} replaced, {summary.unchanged} unchanged, {summary.linked} linked, "
+              f"{summary.updated} updated), {summary.failed} failed; "
               f"{summary.nuclei} nuclei, {summary.edges} edges in {summary.seconds} s")
         for f in summary.failures:
             print(f"  failed: {f['error']}", file=sys.stderr)
+        for n in summary.import_notes:
+            counts = {k: v for k, v in n.items() if k not in ("path", "nuclei")}
+            print(f"  imported {n['nuclei']}: {describe_notes(counts)}", file=sys.stderr)
+        for path in no_nuclei:
+            print(f"  no nuclei found: {path}: stored with 0 nuclei (an all-white or all-black image, or blank "
+                  "glass?); training and explanations skip it. Check the file, or remove it from the cohort",
+                  file=sys.stderr)
     return 0 if summary.failed == 0 else 3
+
+
+def _attach_nuclei(records: list, nuclei: Path) -> None:
+    """Make ``nuclei`` the segmentation of the one image ``--nuclei`` may go with."""
+    if len(records) != 1:
+        raise InputError(f"--nuclei {nuclei} names the nuclei of one image, but {len(records)} images were given; "
+                         "for a cohort add a nuclei column to the manifest, or put IMAGE.geojson (or .json, "
+                         ".nuclei.parquet, .mask.png) next to each image")
+    if not nuclei.is_file():
+        raise InputError(f"--nuclei {nuclei}: no such file; check the path")
+    records[0].meta = {**(records[0].meta or {}), "nuclei": nuclei.resolve()}
+
+
+def cmd_export(args, settings: Settings) -> int:
+    """``nucleograph export``: one QuPath GeoJSON per image of a run's explanation."""
+    hops = args.hops if args.method == "occlusion" else None
+    with GraphDB.open(settings) as db:
+        out = export_explanation(db, run_id=args.run, method=args.method, hops=hops, out_dir=args.out,
+                                 fmt=args.format, image_ids=args.image, progress=not args.json)
+    if args.json:
+        emit_json(out)
+    else:
+        print(f"wrote {len(out['files'])} GeoJSON file(s), {out['nuclei']} nuclei, to {out['out']} "
+              "(QuPath: File > Import objects from file)")
+    if out["stale"]:
+        print(f"warning: {len(out['stale'])} image(s) were re-ingested into the run's cohort after they were "
+              f"scored and were left out; rerun `nucleograph explain --run {args.run} --method {args.method}`",
+              file=sys.stderr)
+    return 0
+
+
+def _no_nuclei_paths(db: GraphDB, summary: IngestSummary) -> list[str]:
+    """The paths (in this cohort) of the images ``summary`` stored without a single nucleus."""
+    if not summary.no_nuclei_images:
+        return []
+    ids = set(summary.no_nuclei_images)
+    return sorted({r["path"] or r["id"] for r in store.cohort_images(db, summary.cohort) if r["id"] in ids})
 
 
 def cmd_segmenter_train(args, settings: Settings) -> int:

@@ -54,8 +54,10 @@ _LABEL_KEY_COLUMNS = ("path", "image", "filename", "file", "name")
 
 
 def is_image_file(p: Path) -> bool:
+    # IMAGE.mask.png is the nuclei of IMAGE.png (a sidecar label mask, ingest.importers), not an image
     return (
         p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS | SLIDE_EXTENSIONS
+        and not p.stem.lower().endswith(".mask")
     )
 
 

@@ -20,6 +20,8 @@ from nucleograph.ingest.cohort import ImageRecord
 from nucleograph.ingest.detect import DETECTION_METHODS, detect_nuclei, detect_slide
 from nucleograph.ingest.features import FEATURE_COLUMNS, nucleus_features
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, build_edges, threshold_pixels
+from nucleograph.ingest.importers import ImportParams, import_image, import_slide
+from nucleograph.ingest.outlines import outlines
 from nucleograph.ingest.readers import is_slide, read_image, slide_info
 
 PIPELINE_VERSION = 1
@@ -77,6 +79,8 @@ class ImageGraph:
     edges: dict[str, np.ndarray]
     threshold_px: float
     timings: dict[str, float] = field(default_factory=dict)
+    #: imported nuclei: objects of the file repaired, clipped or skipped, by reason (ingest.importers)
+    notes: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_nuclei(self) -> int:
@@ -115,14 +119,21 @@ def content_hash(path: Path, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
-def process_image(record: ImageRecord, params: IngestParams, *, unet=None, image_id: str | None = None) -> ImageGraph:
+def process_image(
+    record: ImageRecord, params: IngestParams | ImportParams, *, unet=None, image_id: str | None = None
+) -> ImageGraph:
     """Turn one image or slide into an :class:`ImageGraph` (pure: touches no database).
+
+    Every nucleus gets an ``outline`` (:func:`nucleograph.ingest.outlines.outlines`), except those
+    detected on whole slides.
 
     Parameters
     ----------
     record : ImageRecord
         The file, its label and its microns per pixel.
-    params : IngestParams
+    params : IngestParams or ImportParams
+        Detect nuclei, or read them from the segmentation file :class:`ImportParams` names (then
+        measured the same way; ``notes`` counts what was repaired, clipped or skipped).
     unet : nucleograph.ingest.unet.UNet, optional
         Loaded network for ``params.detector == "unet"`` (default: the shipped weights).
     image_id : str, optional
@@ -135,7 +146,8 @@ def process_image(record: ImageRecord, params: IngestParams, *, unet=None, image
     Raises
     ------
     InputError
-        The file is unreadable, too small, too large, or the threshold needs a missing mpp.
+        The file is unreadable, too small, too large, or the threshold needs a missing mpp; or the
+        segmentation file is unusable.
     """
     path = Path(record.path)
     timings: dict[str, float] = {}
@@ -147,34 +159,54 @@ def process_image(record: ImageRecord, params: IngestParams, *, unet=None, image
             "add an mpp column to the manifest or use --threshold-unit px"
         )
     threshold_px = threshold_pixels(params.threshold, unit=params.threshold_unit, mpp=record.mpp)
-    kwargs = {"method": params.detector, "min_area": params.min_area}
-    if params.detector == "unet":
-        kwargs["model"] = unet
-    if is_slide(path):
-        info = slide_info(path)
-        width, height = info["level_dimensions"][0]
-        timings["read"] = time.perf_counter() - t
-        t = time.perf_counter()
-        nuclei = detect_slide(path, tile=params.slide_tile, **kwargs)
-        timings["detect+features"] = time.perf_counter() - t
-    else:
-        image = read_image(path)
-        height, width = image.shape[:2]
-        timings["read"] = time.perf_counter() - t
-        t = time.perf_counter()
-        labels = detect_nuclei(image, **kwargs)
-        timings["detect"] = time.perf_counter() - t
-        t = time.perf_counter()
-        nuclei = nucleus_features(image, labels)
-        timings["features"] = time.perf_counter() - t
+    width, height, nuclei, notes = _nuclei(path, params, unet, timings, t)
     t = time.perf_counter()
     centroids = np.stack([nuclei["centroid_x"], nuclei["centroid_y"]], axis=1).astype(np.float64)
     edges = build_edges(centroids.reshape(-1, 2), threshold=threshold_px)
     timings["edges"] = time.perf_counter() - t
     return ImageGraph(
         image_id=image_id, record=record, width=int(width), height=int(height), nuclei=nuclei, edges=edges,
-        threshold_px=float(threshold_px), timings=timings,
+        threshold_px=float(threshold_px), timings=timings, notes=notes,
     )
+
+
+def _nuclei(path: Path, params, unet, timings: dict[str, float], t: float):
+    """``width, height, nuclei, notes`` of the image or slide at ``path``: detected, or imported."""
+    imported = isinstance(params, ImportParams)
+    notes: dict[str, int] = {}
+    if is_slide(path):
+        width, height = slide_info(path)["level_dimensions"][0]
+        timings["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if imported:
+            nuclei, notes = import_slide(path, params, width=width, height=height)
+            timings["import+features"] = time.perf_counter() - t
+        else:
+            nuclei = detect_slide(path, tile=params.slide_tile, **_detect_kwargs(params, unet))
+            timings["detect+features"] = time.perf_counter() - t
+        return width, height, nuclei, notes
+    image = read_image(path)
+    height, width = image.shape[:2]
+    timings["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if imported:
+        nuclei, notes = import_image(image, params)
+        timings["import+features"] = time.perf_counter() - t
+        return width, height, nuclei, notes
+    labels = detect_nuclei(image, **_detect_kwargs(params, unet))
+    timings["detect"] = time.perf_counter() - t
+    t = time.perf_counter()
+    nuclei = nucleus_features(image, labels)
+    nuclei["outline"] = outlines(labels, nuclei["nucleus_id"])
+    timings["features"] = time.perf_counter() - t
+    return width, height, nuclei, notes
+
+
+def _detect_kwargs(params: IngestParams, unet) -> dict:
+    kwargs = {"method": params.detector, "min_area": params.min_area}
+    if params.detector == "unet":
+        kwargs["model"] = unet
+    return kwargs
 
 
 def feature_names() -> list[str]:

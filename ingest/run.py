@@ -29,6 +29,7 @@ from nucleograph.db.graphdb import GraphDB
 from nucleograph.db.store import LabelConflict
 from nucleograph.errors import DatabaseError, InputError, NucleographError
 from nucleograph.ingest.cohort import ImageRecord
+from nucleograph.ingest.importers import ImportParams, find_nuclei_file
 from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
 from nucleograph.progress import progress as progress_bar
 
@@ -83,7 +84,7 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _process(record: ImageRecord, params: IngestParams, image_id: str) -> ImageGraph:
+def _process(record: ImageRecord, params: IngestParams | ImportParams, image_id: str) -> ImageGraph:
     return process_image(record, params, unet=_WORKER_UNET, image_id=image_id)
 
 
@@ -113,6 +114,9 @@ class IngestSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
     no_nuclei: int = 0  # ok images stored with 0 nuclei (training and explanations skip them)
     no_nuclei_images: list[str] = field(default_factory=list)  # their image ids
+    # images whose nuclei came from a file in which objects were repaired, clipped or skipped:
+    # {"path", "nuclei" (the file), and a count per reason, as ingest.importers.describe_notes names them}
+    import_notes: list[dict[str, Any]] = field(default_factory=list)
 
     def count_ok(self, result: store.StoreResult) -> None:
         """Count an image whose graph is in Neo4j, by how it got there (``result.status``)."""
@@ -165,8 +169,22 @@ class _BatchWriter:
     ):
         self.cohort, self.params, self.settings, self.db, self.task = cohort, params, settings, db, task
         self.engine, self.summary, self.bar = engine, summary, bar
-        self.params_key = params.key()
         self.names = feature_names()
+        self._params: dict[tuple[str, str], IngestParams | ImportParams] = {}
+
+    def params_for(self, record: ImageRecord) -> IngestParams | ImportParams:
+        """How ``record``'s nuclei are made: imported from its segmentation file (manifest ``nuclei``
+        column or sidecar; the file's hash is part of the key), else detected with the batch's parameters.
+        Raises InputError (the image alone fails) when the named file is missing or ambiguous."""
+        key = (str(record.path), str((record.meta or {}).get("nuclei")))
+        if key not in self._params:
+            nuclei = find_nuclei_file(record)
+            self._params[key] = self.params if nuclei is None else \
+                ImportParams.of(self.params, nuclei, sha=content_hash(nuclei))
+        return self._params[key]
+
+    def _known_params(self, record: ImageRecord) -> IngestParams | ImportParams:
+        return self._params.get((str(record.path), str((record.meta or {}).get("nuclei"))), self.params)
 
     def hash_all(self, records: list[ImageRecord]) -> tuple[list[tuple[ImageRecord, str]], list]:
         """Each readable record with its image id, the first row of any bytes first; then the later
@@ -201,9 +219,10 @@ class _BatchWriter:
         """Whether ``record`` needs detection: False when it is finished already (stored with the
         same parameters: linked to this cohort now; or refused)."""
         try:
+            params_key = self.params_for(record).key()
             with translate_errors(self.settings):
-                result = self._if_current(record, image_id)
-        except LabelConflict as exc:
+                result = self._if_current(record, image_id, params_key)
+        except InputError as exc:  # a label conflict, or a missing or ambiguous nuclei file
             self.finish(record, None, exc)
             return False
         if result is None:
@@ -226,12 +245,15 @@ class _BatchWriter:
         started = time.perf_counter()
         if error is None and result is None:
             result, error = self._store(record, graph)
+        params = self._known_params(record)
         entry = rec.IngestRecord(
-            cohort=self.cohort, path=str(record.path), label=record.label, detector=self.params.detector,
-            params_key=self.params_key,
+            cohort=self.cohort, path=str(record.path), label=record.label, detector=params.detector,
+            params_key=params.key(),
         )
         if error is None:
             self.summary.count_ok(result)
+            if graph is not None and graph.notes:
+                self.summary.import_notes.append({"path": str(record.path), "nuclei": params.nuclei, **graph.notes})
             entry.image_id, entry.status = result.image_id, result.status
             entry.nuclei, entry.edges = result.nuclei, result.edges
             timings = graph.timings if graph is not None else {}
@@ -256,7 +278,7 @@ class _BatchWriter:
         except neo4j_exc.ConstraintError:
             # another ingest (a scheduler, a second worker) stored the same image at the same
             # moment; our transaction was rolled back whole, so theirs is the stored graph
-            result = self._if_current(record, graph.image_id)
+            result = self._if_current(record, graph.image_id, self._known_params(record).key())
             if result is None:
                 return None, DatabaseError(f"{record.path}: stored concurrently with other parameters; ingest again")
             return result, None
@@ -275,11 +297,11 @@ class _BatchWriter:
         return self._store_once(graph)
 
     def _store_once(self, graph: ImageGraph) -> store.StoreResult:
-        return store.store_image_graph(self.db, graph, cohort=self.cohort, params=self.params,
+        return store.store_image_graph(self.db, graph, cohort=self.cohort, params=self._known_params(graph.record),
                                        feature_names=self.names, task=self.task)
 
-    def _if_current(self, record: ImageRecord, image_id: str) -> store.StoreResult | None:
-        return store.if_current(self.db, record, image_id, self.cohort, self.params_key, task=self.task)
+    def _if_current(self, record: ImageRecord, image_id: str, params_key: str) -> store.StoreResult | None:
+        return store.if_current(self.db, record, image_id, self.cohort, params_key, task=self.task)
 
 
 def _detect_serially(writer: _BatchWriter, todo: list[tuple[ImageRecord, str]], params: IngestParams) -> None:
@@ -287,7 +309,7 @@ def _detect_serially(writer: _BatchWriter, todo: list[tuple[ImageRecord, str]], 
         _init_worker(params.detector, torch_threads())
     for record, image_id in todo:
         try:
-            graph, error = _process(record, params, image_id), None
+            graph, error = _process(record, writer.params_for(record), image_id), None
         except Exception as exc:  # recorded per image; the batch goes on
             graph, error = None, exc
         writer.finish(record, graph, error)
@@ -304,7 +326,7 @@ def _detect_in_workers(
         while queue or pending:
             while queue and len(pending) < 2 * workers:  # bounded: graphs wait in memory
                 record, image_id = queue.pop(0)
-                pending[pool.submit(_process, record, params, image_id)] = record
+                pending[pool.submit(_process, record, writer.params_for(record), image_id)] = record
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 record = pending.pop(fut)

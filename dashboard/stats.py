@@ -225,7 +225,8 @@ def colour_values(values: pd.Series | np.ndarray, scaling: str = "relative", *,
     raise ValueError(f"unknown colour scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
 
 
-def feature_table(props: dict[str, Any], *, skip: tuple[str, ...] = ("uid", "image_id", "features"),
+def feature_table(props: dict[str, Any], *, skip: tuple[str, ...] = ("uid", "image_id", "segmentation", "features",
+                                                                    "outline"),
                   digits: int = 4) -> pd.DataFrame:
     """A nucleus's properties as ``feature, value`` rows, numbers rounded to ``digits`` significant digits.
 
@@ -234,7 +235,7 @@ def feature_table(props: dict[str, Any], *, skip: tuple[str, ...] = ("uid", "ima
     props : dict
         The nucleus's stored properties.
     skip : tuple of str
-        Properties left out (identifiers, the packed feature vector).
+        Properties left out (identifiers, the packed feature vector, the outline polygon).
     digits : int
         Significant digits kept of a non-integer number.
 

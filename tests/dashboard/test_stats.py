@@ -124,7 +124,8 @@ def test_epochs_run_counts_the_history_not_the_setting():
 
 def test_feature_table_rounds_numbers_and_keeps_words():
     table = ds.feature_table({"area": 307.0, "circularity": 0.912345678, "nid": 5, "detector": "watershed",
-                              "uid": "i:5", "hematoxylin_od_mean": 1.23456789e-05})
+                              "uid": "i:5", "hematoxylin_od_mean": 1.23456789e-05, "segmentation": "i:k",
+                              "outline": [1.0, 2.0, 3.0, 4.0, 5.0, 1.0], "type": "Tumor"})
     assert dict(zip(table["feature"], table["value"], strict=True)) == {
         "area": "307", "circularity": "0.9123", "detector": "watershed", "hematoxylin_od_mean": "1.235e-05",
-        "nid": "5"}
+        "nid": "5", "type": "Tumor"}

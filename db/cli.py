@@ -11,7 +11,7 @@ from nucleograph.db import queries as q
 from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError
-from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table
+from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--param", action="append", metavar="NAME=VALUE", help="a query parameter (JSON or text)")
     c.add_argument("--write", action="store_true", help="run in a write transaction")
     c.add_argument("--json", action="store_true")
-    c.add_argument("--limit", type=int, default=None, help="stop after this many rows")
+    c.add_argument("--limit", type=positive_int, default=None, help="stop after this many rows (1 or more)")
     c.set_defaults(func=cmd_cypher)
 
 

@@ -8,21 +8,41 @@ procedures all fail). ``write=True`` uses a write transaction instead.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
 import neo4j
 from neo4j import exceptions as neo4j_exc
 
+from nucleograph.db.driver import AUTH_RATE_LIMIT
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import DatabaseError, InputError
 
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Neo4j integers are signed 64-bit; the driver cannot send a Python int outside this range.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: A query that needed more memory than the server grants: one transaction's limit
+#: (db.memory.transaction.max), all transactions' (dbms.memory.transaction.total.max) or the heap.
+OUT_OF_MEMORY_CODES = frozenset({
+    "Neo.TransientError.General.TransactionMemoryLimit",
+    "Neo.TransientError.General.MemoryPoolOutOfMemoryError",
+    "Neo.TransientError.General.OutOfMemoryError",
+})
 
 
 class WriteRefused(DatabaseError):
     """A query that writes was run read-only. The message names no way around it: the dashboard
     shows it to a browser user, who has none; the command line adds its ``--write`` hint."""
+
+
+class QueryOutOfMemory(DatabaseError):
+    """The server ran out of memory for a query. Not a Neo4j error, so the driver does not retry it:
+    the same query would only run out of memory again."""
+
+
+class _NotANumber(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in a ``--param`` value (Python's JSON reader accepts them)."""
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
@@ -40,7 +60,8 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     Raises
     ------
     InputError
-        A pair is not ``NAME=VALUE`` with a valid parameter name.
+        A pair is not ``NAME=VALUE`` with a valid parameter name; a value holds NaN or Infinity, a
+        float too large for 64 bits, or an integer outside Neo4j's 64-bit range.
     """
     params: dict[str, Any] = {}
     for pair in pairs or []:
@@ -48,10 +69,42 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not _PARAM_NAME.match(name):
             raise InputError(f"--param {pair!r}: write it as NAME=VALUE, e.g. --param image=ab12 or --param k=5")
         try:
-            params[name] = json.loads(raw)
+            params[name] = json.loads(raw, parse_constant=_refuse_constant)
+        except _NotANumber as exc:
+            raise InputError(
+                f"--param {name}={raw}: {exc} is not a number a query parameter can carry (JSON has no NaN or "
+                f"Infinity); write it in the query instead (toFloat('{exc}')), or pass it as text in quotes: "
+                f"--param '{name}=\"{raw}\"'"
+            ) from exc
         except json.JSONDecodeError:
             params[name] = raw
+        _check_numbers(name, raw, params[name])
     return params
+
+
+def _refuse_constant(constant: str) -> float:
+    raise _NotANumber(constant)
+
+
+def _check_numbers(name: str, raw: str, value: Any) -> None:
+    """Refuse numbers that Neo4j cannot store, naming the parameter (the driver would raise a bare
+    OverflowError for a large integer, and a float like 1e999 reads as infinity)."""
+    if isinstance(value, list):
+        for v in value:
+            _check_numbers(name, raw, v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _check_numbers(name, raw, v)
+    elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise InputError(
+            f"--param {name}={raw}: the integer {value} is outside Neo4j's 64-bit range ({INT64_MIN} to "
+            f"{INT64_MAX}); pass a float (e.g. {float(value):.6g}) or text in quotes: --param '{name}=\"{raw}\"'"
+        )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InputError(
+            f"--param {name}={raw}: the number is too large for a 64-bit float (it reads as infinity); "
+            f"pass a smaller number, or text in quotes: --param '{name}=\"{raw}\"'"
+        )
 
 
 def to_plain(value: Any) -> Any:
@@ -107,18 +160,25 @@ def run_cypher(
     ------
     WriteRefused
         The query writes and ``write`` is False.
+    QueryOutOfMemory
+        The query needed more memory than the server grants (not retried).
     DatabaseError
         The server rejected the query.
     """
 
     def work(tx: neo4j.ManagedTransaction):
-        result = tx.run(query, params or {})
-        keys = list(result.keys())
-        rows = []
-        for record in result:
-            rows.append({k: to_plain(record[k]) for k in keys})
-            if limit is not None and len(rows) >= limit:
-                break
+        try:
+            result = tx.run(query, params or {})
+            keys = list(result.keys())
+            rows = []
+            for record in result:
+                rows.append({k: to_plain(record[k]) for k in keys})
+                if limit is not None and len(rows) >= limit:
+                    break
+        except neo4j_exc.TransientError as exc:
+            if exc.code in OUT_OF_MEMORY_CODES:
+                raise QueryOutOfMemory(_out_of_memory_message(exc)) from exc
+            raise
         return keys, rows
 
     try:
@@ -132,6 +192,17 @@ def run_cypher(
         raise DatabaseError(f"Neo4j rejected the query: {exc.code}: {exc.message}") from exc
 
 
+def _out_of_memory_message(exc: neo4j_exc.Neo4jError) -> str:
+    return (
+        f"Neo4j ran out of memory for this query ({exc.code}: {exc.message}). It holds more in memory at once "
+        "than the server allows, e.g. a large collect() or list: return less (add LIMIT, page with SKIP and "
+        "LIMIT, count() or sum() instead of collecting), or give the server more memory (for the local one "
+        "NUCLEOGRAPH_NEO4J_HEAP, then restart it)."
+    )
+
+
 def _is_write_refusal(exc: neo4j_exc.ClientError) -> bool:
     code = exc.code or ""
+    if isinstance(exc, neo4j_exc.AuthError) or code == AUTH_RATE_LIMIT:
+        return False  # a login refused while opening a connection, whatever the query
     return "AccessMode" in code or "Forbidden" in code or "Security" in code

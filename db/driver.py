@@ -12,6 +12,9 @@ from neo4j import exceptions as neo4j_exc
 from nucleograph.config import Settings
 from nucleograph.errors import ConfigError, DatabaseError
 
+#: The server's answer to a login after too many wrong passwords in a row (a plain ClientError).
+AUTH_RATE_LIMIT = "Neo.ClientError.Security.AuthenticationRateLimit"
+
 
 def open_driver(settings: Settings, *, verify: bool = True) -> neo4j.Driver:
     """Create the driver (once per process; pass it on) and check that the server answers.
@@ -55,6 +58,17 @@ def translate_errors(settings: Settings) -> Iterator[None]:
         raise ConfigError(
             f"Neo4j at {settings.neo4j_uri} refused user {settings.neo4j_user!r}: fix NEO4J_PASSWORD "
             f"(and NEO4J_USER); the local server's password is in {settings.password_file}"
+        ) from exc
+    except neo4j_exc.ClientError as exc:
+        if exc.code != AUTH_RATE_LIMIT:
+            raise
+        # not an AuthError to the driver: after a few wrong passwords in a row the server locks the
+        # user for a while and answers every login, even a right one, with this code instead
+        raise ConfigError(
+            f"Neo4j at {settings.neo4j_uri} is refusing logins for user {settings.neo4j_user!r} for now: the "
+            f"password was wrong too many times in a row ({exc.code}). Fix NEO4J_PASSWORD (and NEO4J_USER; "
+            f"the local server's password is in {settings.password_file}), then wait a few seconds (the "
+            "server's dbms.security.auth_lock_time, 5 s by default) before trying again"
         ) from exc
     except (neo4j_exc.ServiceUnavailable, neo4j_exc.SessionExpired, OSError) as exc:
         hint = (

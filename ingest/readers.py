@@ -6,6 +6,7 @@ whose message names the file and says what to do.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +28,14 @@ __all__ = [
     "to_rgb8",
 ]
 
-#: Largest image :func:`read_image` decodes by default: 2**27 pixels (e.g. 11,585 x 11,585),
-#: about 400 MB as RGB. Larger images are whole slides: read them tile by tile with
-#: :func:`iter_slide_tiles`, or pass ``max_pixels=`` explicitly.
-DEFAULT_MAX_PIXELS = 2**27
+#: Largest image :func:`read_image` decodes by default: 2**25 pixels (5,793 x 5,793, 101 MB as RGB).
+#: Set by memory, not by decoding (``bench/bench_memory.py``, bench/RESULTS.md): an ingest worker
+#: peaks at about 43 MB per megapixel on top of 0.6 GB, watershed and U-Net alike, so
+#: ``--workers 2`` at this size peaked at 3.9 GB in all (at 2**26: 6.7 GB); and Neo4j writes an
+#: image's graph in one transaction, which at 2**26 pixels (34,000 nuclei, 390,000 edges) outgrew
+#: the local server's default 1 GB heap. Larger images are whole slides: read them tile by tile
+#: with :func:`iter_slide_tiles` (or save them as tiled TIFFs), or pass ``max_pixels=`` explicitly.
+DEFAULT_MAX_PIXELS = 2**25
 #: Smallest accepted side in pixels; a nucleus is about 10-20 px wide at 20x.
 MIN_SIDE = 32
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -113,13 +118,21 @@ def _is_tiff(path: Path) -> bool:
         return fh.read(4) in _TIFF_MAGIC
 
 
+def _too_large(path: Path, size: str, pixels: int, max_pixels: int) -> InputError:
+    return InputError(
+        f"{path}: {size} pixels exceeds max_pixels={max_pixels} ({pixels / 1e6:.1f} megapixels; one image "
+        f"may have at most {max_pixels:,} pixels, so that two ingest workers fit in 8 GB of memory and its "
+        "graph in one Neo4j transaction). Cut it "
+        "into tiles (e.g. 4096x4096) and ingest those, or save it as a tiled TIFF (`vips tiffsave IN OUT.tif "
+        "--tile --pyramid`) or keep it as a slide (.svs, .ndpi): ingest reads those tile by tile. From Python, "
+        "read slides with ingest.readers.iter_slide_tiles(), or pass read_image(..., max_pixels=N) with a "
+        "larger N if you trust the file and have the memory."
+    )
+
+
 def _check_size(path: Path, height: int, width: int, max_pixels: int | None) -> None:
     if max_pixels is not None and height * width > max_pixels:
-        raise InputError(
-            f"{path}: {width}x{height} pixels exceeds max_pixels={max_pixels} (a decompression bomb "
-            "or a whole slide). Read slides tile by tile with ingest.readers.iter_slide_tiles(), or "
-            "pass read_image(..., max_pixels=N) with a larger N if you trust the file."
-        )
+        raise _too_large(path, f"{width}x{height}", height * width, max_pixels)
     if min(height, width) < MIN_SIDE:
         raise InputError(
             f"{path}: image is too small ({width}x{height} pixels); nucleograph needs at least "
@@ -201,6 +214,10 @@ def _read_pil(path: Path, max_pixels: int | None) -> np.ndarray:
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
+        # Pillow refuses this before we see the size (above 2x its MAX_IMAGE_PIXELS); its message has the count
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found and max_pixels is not None:
+            raise _too_large(path, f"{int(found.group(1)):,}", int(found.group(1)), max_pixels) from exc
         raise InputError(
             f"{path}: {exc}. Convert it to a tiled pyramidal TIFF and read it with "
             "nucleograph.ingest.readers.iter_slide_tiles()."

@@ -20,7 +20,7 @@ from nucleograph.ingest.pipeline import DETECTORS
 from nucleograph.jobs.housekeeping import prune, requeue
 from nucleograph.jobs.runtime import open_engine
 from nucleograph.jobs.specs import RetrainSpec, SchedulerOptions, WatchSpec
-from nucleograph.output import emit_json, format_table
+from nucleograph.output import emit_json, format_table, positive_int
 
 
 def _options_args(p: argparse.ArgumentParser) -> None:
@@ -127,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = jsub.add_parser("history", help="past job runs: status, duration, error")
     p.add_argument("--job", default=None, help="only this job id")
     p.add_argument("--status", choices=["running", "succeeded", "failed", "lost"], default=None)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
 
@@ -135,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort", default=None)
     p.add_argument("--status", choices=[ledger.PENDING, ledger.CLAIMED, ledger.FAILED, ledger.DONE, ledger.ABANDONED],
                    default=None)
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=positive_int, default=200)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_files)
 

@@ -4,13 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
 
 def emit_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=False, default=str)
+    """Print ``value`` as strict JSON: NaN and infinities become ``null`` (as JavaScript's
+    ``JSON.stringify`` writes them), since Python's ``NaN``/``Infinity`` tokens are not JSON and
+    strict readers (``jq``, browsers, other languages) refuse the whole document."""
+    json.dump(finite_or_null(value), sys.stdout, indent=2, sort_keys=False, default=str, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, Infinity), at any depth, replaced by None."""
+    if isinstance(value, float):  # numpy's float64 too
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # arrays and numpy scalars
+        return finite_or_null(value.tolist())
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type=`` for counts such as ``--limit``: a whole number of at least 1.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        Shown by argparse as ``argument --limit: ...`` with exit status 2.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive count; give 1 or more")
+    return value
 
 
 def format_table(columns: list[str], rows: list[dict[str, Any]], *, max_width: int = 60) -> str:

@@ -37,13 +37,19 @@ st.selectbox("Query library", names, key="cypher_example", on_change=load_exampl
              help="Pick a named query; it fills the editor with the query and parameters for the current cohort.")
 st.caption(CONSOLE_LIBRARY[st.session_state["cypher_example"]]["help"])
 left, right = st.columns([3, 1])
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number Neo4j can store (strict JSON has no NaN or Infinity)")
+
+
 query = left.text_area("Query", key="cypher_query", height=160)
 params_text = right.text_area("Parameters (JSON)", key="cypher_params", height=160)
 limit = right.number_input("Row limit", 1, 100_000, 1000, key="cypher_limit")
 
 if st.button("Run", type="primary", key="cypher_run"):
     try:
-        params = json.loads(params_text or "{}")
+        params = json.loads(params_text or "{}", parse_constant=_no_constant)
         if not isinstance(params, dict):
             raise ValueError("parameters must be a JSON object, e.g. {\"image_id\": \"ab12\"}")
     except ValueError as exc:
@@ -56,6 +62,9 @@ if st.button("Run", type="primary", key="cypher_run"):
             st.session_state["cypher_result"] = {"columns": columns, "rows": rows}
         except NucleographError as exc:
             st.session_state["cypher_result"] = {"error": str(exc)}
+        except OverflowError:  # the driver's message for an integer outside 64 bits names no parameter
+            st.session_state["cypher_result"] = {
+                "error": "A parameter's integer is outside Neo4j's 64-bit range: pass it as a float or as text"}
 
 result = st.session_state.get("cypher_result")
 if result is None:

@@ -5,6 +5,12 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+DATA_STAMP := $(VENV)/.test-data
+# Real H&E with reference nuclei for tests/ingest/test_real_he.py and bench/bench_detect_real.py, from
+# the data files these wheels ship. Test-only and never in the default install: their dependency sets
+# conflict with the pinned stack (tiatoolbox needs numpy>=2), so they go in with --no-deps and the
+# tests read the files through importlib.metadata without importing the packages.
+TEST_DATA_WHEELS := histolytics==0.3.0 stardist==0.9.2 tiatoolbox==2.1.3
 DEMO    ?= .nucleograph/demo
 # 40 images per class (10 test images), RSF at Adam lr 0.003: at the default 0.01 the loss swings and
 # early stopping often keeps a model that predicts one class (issue 17). Test accuracy over training
@@ -14,7 +20,7 @@ N       ?= 40
 MODEL   ?= rsf
 LR      ?= 0.003
 
-.PHONY: install system-deps test demo lint clean-state
+.PHONY: install system-deps test-data test demo lint clean-state
 
 install: $(STAMP)
 
@@ -34,7 +40,13 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
-test: install
+test-data: $(DATA_STAMP)
+
+$(DATA_STAMP): Makefile | $(STAMP)
+	$(BIN)/pip install -q --no-deps $(TEST_DATA_WHEELS)
+	touch $(DATA_STAMP)
+
+test: install test-data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

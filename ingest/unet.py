@@ -7,9 +7,11 @@ The network (Ronneberger et al., 2015, narrowed) predicts two maps per pixel:
   (1 at the centre, falling to 0 at the edge), which separates touching nuclei.
 
 :func:`nucleograph.ingest.detect.detect_nuclei` with ``method="unet"`` turns them into instances by a
-watershed on ``dist`` inside ``prob > 0.5``. Inference is tiled with overlap, so any image
-size works in bounded memory. Torch threads and devices are the caller's: nothing here sets
-them, and ``device=`` defaults to ``"cpu"``.
+watershed on ``dist`` inside ``prob > 0.5``, seeded at the cores ``dist > 0.4``. The network runs
+at ``UNet.scale`` of the image's resolution (0.5 for the shipped weights: nuclei of 15-20 px become
+8-10 px, four times fewer pixels to convolve) and its maps are resized back. Inference is tiled
+with overlap, so any image size works in bounded memory. Torch threads and devices are the
+caller's: nothing here sets them, and ``device=`` defaults to ``"cpu"``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage as ndi
+from skimage.color import hed_from_rgb, rgb_from_hed
 from torch import nn
 from torch.nn import functional as F
 
@@ -27,6 +30,7 @@ from nucleograph.errors import InputError, ModelError
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "SYNTHETIC_WEIGHTS",
     "UNet",
     "distance_target",
     "load_unet",
@@ -34,8 +38,11 @@ __all__ = [
     "train_unet",
 ]
 
-#: Weights shipped with nucleograph, trained on synthetic H&E (see ingest/weights/README.md).
-DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "unet_synth.pt"
+#: Weights shipped with nucleograph and loaded by default: trained on real H&E (the upper two thirds
+#: of histolytics' hgsc_nest image) and synthetic tiles, run at half resolution (ingest/weights/README.md).
+DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "unet_he.pt"
+#: The earlier weights, trained on synthetic H&E only; the starting point of unet_he.pt's training.
+SYNTHETIC_WEIGHTS = Path(__file__).with_name("weights") / "unet_synth.pt"
 _MASK_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
@@ -60,6 +67,11 @@ class UNet(nn.Module):
     depth : int
         Number of 2x poolings; input sides must be multiples of ``2**depth``
         (:func:`predict_maps` pads for you).
+    scale : float
+        Resampling factor from image pixels to network pixels, part of the model because the
+        network learned nuclei at that size: ``0.5`` means images at the training resolution
+        (about 0.5 um/px) are halved before the network and its maps are brought back to full
+        size. :func:`predict_maps` and :func:`train_unet` apply it.
 
     Notes
     -----
@@ -67,11 +79,13 @@ class UNet(nn.Module):
     logits: channel 0 foreground, channel 1 normalised distance (apply a sigmoid to both).
     """
 
-    def __init__(self, width: int = 8, depth: int = 3):
+    def __init__(self, width: int = 8, depth: int = 3, scale: float = 1.0):
         super().__init__()
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1; got width={width}, depth={depth}")
-        self.width, self.depth = width, depth
+        if not 0.125 <= scale <= 1.0:
+            raise ValueError(f"scale must be in [0.125, 1]; got {scale}")
+        self.width, self.depth, self.scale = width, depth, float(scale)
         chans = [width * 2**k for k in range(depth + 1)]
         self.down = nn.ModuleList(
             [_block(3, chans[0])] + [_block(chans[k - 1], chans[k]) for k in range(1, depth + 1)]
@@ -93,7 +107,7 @@ class UNet(nn.Module):
         return self.head(x)
 
     def extra_repr(self) -> str:
-        return f"width={self.width}, depth={self.depth}"
+        return f"width={self.width}, depth={self.depth}, scale={self.scale:g}"
 
 
 # ----------------------------------------------------------------------------- inference
@@ -145,21 +159,41 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
 
 
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W), antialiased when shrinking, so training and inference agree."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 @torch.inference_mode()
 def predict_maps(
-    net: UNet, image: np.ndarray, *, tile: int = 512, overlap: int = 64, device: str = "cpu"
+    net: UNet,
+    image: np.ndarray,
+    *,
+    tile: int = 1024,
+    overlap: int = 64,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability and normalised distance maps of an RGB image, tile by tile.
 
-    Each tile is predicted with ``overlap // 2`` pixels of context on every side and only its
-    centre is kept, so tile seams do not show; the image border is mirrored.
+    The image is first resampled by ``net.scale`` (antialiased bilinear); the maps are brought
+    back to the image's size the same way. Each tile is predicted with ``overlap // 2`` network
+    pixels of context on every side and only its centre is kept, so tile seams do not show; the
+    image border is mirrored.
 
     Parameters
     ----------
     net : UNet
     image : (H, W, 3) uint8 ndarray
     tile : int, optional
-        Network input side; a multiple of ``2**net.depth``.
+        Largest network input side, in network pixels; a multiple of ``2**net.depth``. An image
+        that fits is predicted in one window only as large as it needs.
     overlap : int, optional
         Context shared by neighbouring tiles, even, ``< tile``.
     device : str, optional
@@ -177,23 +211,19 @@ def predict_maps(
     if overlap % 2 or not 0 <= overlap < tile:
         raise ValueError(f"overlap must be even and in [0, tile); got {overlap}")
     device_net = _inference_copy(net).to(device)
-    h, w = image.shape[:2]
-    core, m = tile - overlap, overlap // 2
-    # Small images: one tile just big enough.
-    if h <= core and w <= core:
-        th, tw = -(-(h + overlap) // mult) * mult, -(-(w + overlap) // mult) * mult
-    else:
-        th = tw = tile
+    full_h, full_w = image.shape[:2]
+    x = _resize(_to_tensor(image).unsqueeze(0), _scaled_size(full_h, full_w, net.scale))[0]
+    _, h, w = x.shape
+    m = overlap // 2
+    # Per axis: one window just big enough, else windows of `tile` whose cores cover the image.
+    th = min(tile, -(-(h + overlap) // mult) * mult)
+    tw = min(tile, -(-(w + overlap) // mult) * mult)
     core_h, core_w = th - overlap, tw - overlap
     ny, nx = -(-h // core_h), -(-w // core_w)
     pad_b, pad_r = ny * core_h + overlap - h - m, nx * core_w + overlap - w - m
-    padded = np.pad(
-        image,
-        ((m, pad_b), (m, pad_r), (0, 0)),
-        mode="reflect" if min(h, w) > max(m, pad_b, pad_r) else "edge",
-    )
-    x = _to_tensor(padded)
-    out = np.zeros((2, ny * core_h, nx * core_w), np.float32)
+    mode = "reflect" if min(h, w) > max(m, pad_b, pad_r) else "edge"
+    x = torch.from_numpy(np.pad(x.numpy(), ((0, 0), (m, pad_b), (m, pad_r)), mode=mode))
+    out = torch.zeros((2, ny * core_h, nx * core_w))
     for iy in range(ny):
         for ix in range(nx):
             y0, x0 = iy * core_h, ix * core_w
@@ -201,8 +231,9 @@ def predict_maps(
                 x[:, y0 : y0 + th, x0 : x0 + tw].unsqueeze(0).to(device, memory_format=torch.channels_last)
             )
             pred = torch.sigmoid(device_net(window))[0, :, m : m + core_h, m : m + core_w]
-            out[:, y0 : y0 + core_h, x0 : x0 + core_w] = pred.cpu().numpy()
-    return out[0, :h, :w], out[1, :h, :w]
+            out[:, y0 : y0 + core_h, x0 : x0 + core_w] = pred.cpu()
+    maps = _resize(out[None, :, :h, :w], (full_h, full_w))[0].clamp_(0.0, 1.0).numpy()
+    return maps[0], maps[1]
 
 
 # ----------------------------------------------------------------------------- training
@@ -289,13 +320,69 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return mask.astype(np.int32)
 
 
-def _augment_colour(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random stain strength and brightness, in optical-density space (B, 3, H, W in [0, 1])."""
+# Ruifrok-Johnston stain vectors (skimage's), in optical density: rows H, E, DAB.
+_RGB_FROM_HED = torch.from_numpy(rgb_from_hed).float()
+_HED_FROM_RGB = torch.from_numpy(hed_from_rgb).float()
+
+
+def _augment_colour(x: torch.Tensor, gen: torch.Generator, *, stain: float = 0.3) -> torch.Tensor:
+    """Random stain amounts and colour cast, in optical-density space (B, 3, H, W in [0, 1]).
+
+    Hematoxylin and eosin are scaled independently by up to ``1 +- stain`` (staining and section
+    thickness vary between labs), then each RGB channel by up to 10 % with a small offset (scanner
+    colour balance). Without it a network trained on one slide's colours fails on the next.
+    """
     od = -torch.log(x.clamp_min(1.0 / 255.0))
     b = x.shape[0]
-    scale = 1.0 + 0.25 * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
+    hed = torch.einsum("bchw,cs->bshw", od, _HED_FROM_RGB)
+    amount = 1.0 + stain * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
+    od = torch.einsum("bshw,sc->bchw", hed * amount, _RGB_FROM_HED)
+    cast = 1.0 + 0.1 * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
     shift = 0.05 * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
-    return torch.exp(-(od * scale + shift).clamp_min(0.0)).clamp(0.0, 1.0)
+    return torch.exp(-(od * cast + shift).clamp_min(0.0)).clamp(0.0, 1.0)
+
+
+def _load_training_pairs(pairs, *, scale: float, patch: int) -> list[torch.Tensor]:
+    """Each pair as one (5, h, w) tensor at network resolution: RGB, foreground, distance target."""
+    from .readers import read_image
+
+    stacks = []
+    for img_path, mask_path in pairs:
+        img = read_image(img_path)
+        mask = _read_mask(mask_path, img.shape[:2])
+        planes = torch.cat(
+            [
+                _to_tensor(img),
+                torch.from_numpy(mask > 0).float()[None],
+                torch.from_numpy(distance_target(mask))[None],
+            ]
+        )
+        planes = _resize(planes[None], _scaled_size(*img.shape[:2], scale))[0]
+        if min(planes.shape[1:]) < patch:
+            raise InputError(
+                f"{img_path}: image is smaller than patch={patch} network pixels "
+                f"(after scale={scale:g}); lower patch="
+            )
+        stacks.append(planes)
+    return stacks
+
+
+def _sample_batch(stacks, weights, *, batch_size, patch, zoom, gen) -> torch.Tensor:
+    """Random patches (B, 5, patch, patch): pixel-weighted image choice, zoom, rot90 and flip."""
+    out = []
+    for _ in range(batch_size):
+        k = int(torch.multinomial(weights, 1, generator=gen))
+        _, h, w = stacks[k].shape
+        z = zoom[0] + (zoom[1] - zoom[0]) * float(torch.rand(1, generator=gen))
+        side = min(h, w, max(8, round(patch / z)))
+        y0 = int(torch.randint(h - side + 1, (1,), generator=gen))
+        x0 = int(torch.randint(w - side + 1, (1,), generator=gen))
+        p = _resize(stacks[k][None, :, y0 : y0 + side, x0 : x0 + side], (patch, patch))[0]
+        p = torch.rot90(p, int(torch.randint(4, (1,), generator=gen)), dims=(-2, -1))
+        if bool(torch.randint(2, (1,), generator=gen)):
+            p = torch.flip(p, dims=(-1,))
+        out.append(p)
+    return torch.stack(out)
 
 
 def train_unet(
@@ -310,6 +397,9 @@ def train_unet(
     lr: float = 3e-3,
     width: int = 8,
     depth: int = 3,
+    scale: float = 1.0,
+    zoom: tuple[float, float] = (1.0, 1.0),
+    init: str | Path | None = None,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -327,8 +417,8 @@ def train_unet(
     epochs : int, optional
         Passes; one epoch draws ``steps_per_epoch`` batches of random patches.
     patch : int, optional
-        Patch side; a multiple of ``2**depth``. 128 px holds several nuclei at 0.4-0.5 um/px
-        and keeps a CPU step near 0.25 s; the defaults are the recipe of the shipped weights.
+        Patch side in network pixels; a multiple of ``2**depth``. 128 px holds several nuclei
+        and keeps a CPU step near 0.25 s.
     batch_size : int, optional
     steps_per_epoch : int, optional
         Default: enough patches to cover the training pixels once.
@@ -336,6 +426,15 @@ def train_unet(
         Adam learning rate, decayed by cosine to 5 % over training.
     width, depth : int, optional
         Network size (see :class:`UNet`); width 8, depth 3 is 121k parameters, about 0.5 MB.
+    scale : float, optional
+        Image-to-network resampling, stored in the checkpoint (see :class:`UNet`); 0.5 runs the
+        network on half-size images, four times cheaper, for nuclei of 15-20 px.
+    zoom : (float, float), optional
+        Range of random magnification of each patch, so the network tolerates images a little
+        finer or coarser than its training images; ``(1, 1)``: none.
+    init : str or Path, optional
+        Checkpoint to start from (fine-tuning) instead of a random initialisation; it must have
+        the same ``width`` and ``depth``. Its ``scale`` is replaced by ``scale``.
     seed : int, optional
         Seeds patch sampling, augmentation and initialisation.
     device : str, optional
@@ -346,30 +445,38 @@ def train_unet(
     -------
     history : dict
         ``loss`` (mean per epoch), ``seconds``, ``images`` and ``out``.
-    """
-    from .readers import read_image
 
+    Raises
+    ------
+    ValueError
+        For a bad ``epochs``, ``patch``, ``scale`` or ``zoom``.
+    InputError
+        For missing folders, unmatched images or unreadable masks.
+    """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}")
     if patch % 2**depth or patch < 2**depth:
         raise ValueError(f"patch must be a positive multiple of {2**depth}; got {patch}")
-    pairs = _pairs(Path(images_dir), Path(masks_dir))
-    images, fgs, dists = [], [], []
-    for img_path, mask_path in pairs:
-        img = read_image(img_path)
-        mask = _read_mask(mask_path, img.shape[:2])
-        if min(img.shape[:2]) < patch:
-            raise InputError(f"{img_path}: image is smaller than patch={patch}; lower patch=")
-        images.append(_to_tensor(img))
-        fgs.append(torch.from_numpy(mask > 0).float())
-        dists.append(torch.from_numpy(distance_target(mask)))
+    if not 0 < zoom[0] <= zoom[1]:
+        raise ValueError(f"zoom must be (low, high) with 0 < low <= high; got {zoom}")
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     # channels-last halves the step time of these narrow convolutions on CPU
-    net = UNet(width=width, depth=depth).to(device, memory_format=torch.channels_last)
+    net = UNet(width=width, depth=depth, scale=scale)
+    if init is not None:
+        start_net = load_unet(init)
+        if (start_net.width, start_net.depth) != (width, depth):
+            raise ValueError(
+                f"{init}: init has width={start_net.width}, depth={start_net.depth} but training asks "
+                f"for width={width}, depth={depth}; pass the same width and depth"
+            )
+        net.load_state_dict(start_net.state_dict())
+    net = net.to(device, memory_format=torch.channels_last)
+    pairs = _pairs(Path(images_dir), Path(masks_dir))
+    stacks = _load_training_pairs(pairs, scale=scale, patch=patch)
+    pixels = torch.tensor([float(t.shape[1] * t.shape[2]) for t in stacks])
+    gen = torch.Generator().manual_seed(seed)
     if steps_per_epoch is None:
-        pixels = sum(t.shape[1] * t.shape[2] for t in images)
-        steps_per_epoch = max(1, pixels // (patch * patch * batch_size))
+        steps_per_epoch = max(1, int(pixels.sum()) // (patch * patch * batch_size))
     total = epochs * steps_per_epoch
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.05 * lr)
@@ -383,25 +490,9 @@ def train_unet(
     net.train()
     running = []
     for step in steps:
-        xs, fs, ds = [], [], []
-        for _ in range(batch_size):
-            k = int(torch.randint(len(images), (1,), generator=gen))
-            _, h, w = images[k].shape
-            y0 = int(torch.randint(h - patch + 1, (1,), generator=gen))
-            x0 = int(torch.randint(w - patch + 1, (1,), generator=gen))
-            win = np.s_[..., y0 : y0 + patch, x0 : x0 + patch]
-            x, f, d = images[k][win], fgs[k][win], dists[k][win]
-            rot = int(torch.randint(4, (1,), generator=gen))
-            flip = bool(torch.randint(2, (1,), generator=gen))
-            x, f, d = (torch.rot90(t, rot, dims=(-2, -1)) for t in (x, f, d))
-            if flip:
-                x, f, d = (torch.flip(t, dims=(-1,)) for t in (x, f, d))
-            xs.append(x)
-            fs.append(f)
-            ds.append(d)
-        x = _augment_colour(torch.stack(xs), gen).to(device, memory_format=torch.channels_last)
-        f = torch.stack(fs).unsqueeze(1).to(device)
-        d = torch.stack(ds).unsqueeze(1).to(device)
+        b = _sample_batch(stacks, pixels, batch_size=batch_size, patch=patch, zoom=zoom, gen=gen)
+        x = _augment_colour(b[:, :3], gen).to(device, memory_format=torch.channels_last)
+        f, d = b[:, 3:4].to(device), b[:, 4:5].to(device)
         logits = net(x)
         loss = F.binary_cross_entropy_with_logits(logits[:, :1], f) + 4.0 * F.mse_loss(
             torch.sigmoid(logits[:, 1:]), d
@@ -421,10 +512,11 @@ def train_unet(
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     torch.save(
         {
-            "config": {"width": width, "depth": depth},
+            "config": {"width": width, "depth": depth, "scale": scale},
             "state_dict": state,
             "train": {k: v for k, v in history.items() if k != "out"}
-            | {"epochs": epochs, "patch": patch, "seed": seed},
+            | {"epochs": epochs, "patch": patch, "seed": seed, "zoom": list(zoom)}
+            | {"init": str(init) if init is not None else None},
         },
         out,
     )

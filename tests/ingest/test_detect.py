@@ -3,12 +3,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from nucleograph.ingest.detect import (
+    DEFAULT_METHOD,
+    DETECTION_METHODS,
+    aggregated_jaccard_index,
     detect_nuclei,
     detect_slide,
     filter_labels,
     match_centroids,
+    panoptic_quality,
+    rasterize_polygons,
+    split_by_cores,
     split_instances,
 )
 from nucleograph.ingest.features import ALL_COLUMNS, nucleus_features
@@ -40,8 +47,9 @@ def _centroids(image, labels):
     return np.c_[f["centroid_x"], f["centroid_y"]]
 
 
-def test_watershed_on_real_he(svs_region):
-    labels = detect_nuclei(svs_region)
+@pytest.mark.parametrize("method", DETECTION_METHODS)
+def test_detectors_on_real_he(svs_region, method):
+    labels = detect_nuclei(svs_region, method=method)
     assert labels.dtype == np.int32 and labels.shape == svs_region.shape[:2]
     n = int(labels.max())
     assert 300 < n < 2000, n  # hundreds of nuclei in this field
@@ -53,10 +61,26 @@ def test_watershed_on_real_he(svs_region):
 
 
 def test_watershed_on_synthetic(synth_tile):
-    labels = detect_nuclei(synth_tile.image)
+    labels = detect_nuclei(synth_tile.image, method="watershed")
     true = synth_tile.nuclei[["centroid_x", "centroid_y"]].to_numpy()
     scores = match_centroids(_centroids(synth_tile.image, labels), true, radius=8)
     assert scores["f1"] > 0.8, scores
+
+
+@pytest.mark.parametrize(
+    ("task", "label", "seed", "size"),
+    [("breast", "Invasive", 2024, (512, 512)), ("prostate", "Gleason4", 2025, (768, 768))],
+)
+def test_default_detector_on_synthetic_holdout(task, label, seed, size):
+    # Held out: the shipped U-Net trained on synthetic generator seeds 101 and 102.
+    from nucleograph.ingest import synth
+
+    tile = synth.synthesize_image(task, label, rng=np.random.default_rng(seed), size=size)
+    labels = detect_nuclei(tile.image)
+    true = tile.nuclei[["centroid_x", "centroid_y"]].to_numpy()
+    scores = match_centroids(_centroids(tile.image, labels), true, radius=8)
+    assert scores["f1"] >= 0.95, scores
+    assert aggregated_jaccard_index(tile.mask, labels) > 0.8
 
 
 def test_labels_are_sequential_and_filtered(svs_region):
@@ -88,6 +112,7 @@ def test_noise_on_glass_has_no_nuclei():
         (np.zeros((32, 32, 3), np.uint8), {"min_area": 0}, ValueError, "min_area must be >= 1"),
         (np.zeros((32, 32, 3), np.uint8), {"min_area": 50, "max_area": 10}, ValueError, "max_area"),
         (np.zeros((32, 32, 3), np.uint8), {"min_distance": 0}, ValueError, "min_distance"),
+        (np.zeros((32, 32, 3), np.uint8), {"core": 1.0}, ValueError, r"core must be in \(0, 1\)"),
     ],
 )
 def test_bad_arguments(image, kwargs, error, match):
@@ -106,6 +131,76 @@ def test_split_instances_separates_touching_discs():
     labels = split_instances(mask, ndi.distance_transform_edt(mask), min_distance=6)
     assert labels.max() == 2
     assert labels[30, 25] != labels[30, 60]
+
+
+def test_default_method_is_registered():
+    # The pipeline's detector choices are DETECTION_METHODS; a default outside them would fail there.
+    assert DEFAULT_METHOD in DETECTION_METHODS
+
+
+def test_split_by_cores():
+    from skimage.draw import disk
+
+    mask = np.zeros((60, 120), bool)
+    mask[disk((30, 30), 14)] = True
+    mask[disk((30, 56), 14)] = True  # overlapping: one connected component
+    mask[5:8, 100:103] = True  # a speck with no core is still one object
+    dist = np.zeros(mask.shape, np.float32)
+    for c in (30, 56):
+        rr, cc = np.ogrid[:60, :120]
+        dist = np.maximum(dist, np.clip(1 - np.hypot(rr - 30, cc - c) / 14, 0, 1))
+    labels = split_by_cores(mask, dist * mask, core=0.4)
+    assert labels.max() == 3
+    assert labels[30, 25] != labels[30, 60] and labels[6, 101] > 0
+    assert (labels > 0).sum() == mask.sum()
+    assert split_by_cores(np.zeros((5, 5), bool), np.zeros((5, 5))).max() == 0
+    # A spindle whose predicted distance ripples along its axis (period 6 px): unsmoothed each ripple
+    # is a core of its own; smoothed (sigma 2) one core remains, so one nucleus.
+    rr, cc = np.ogrid[:40, :100]
+    spindle = ((rr - 20) / 8.0) ** 2 + ((cc - 50) / 40.0) ** 2 <= 1
+    radial = np.clip(1 - np.abs(rr - 20) / 8.0, 0, 1) * np.clip(1 - np.abs(cc - 50) / 40.0, 0, 1) ** 0.3
+    ripple = (radial * (0.85 + 0.15 * np.cos(2 * np.pi * (cc - 50) / 6)) * spindle).astype(np.float32)
+    assert ndi.gaussian_filter(ripple, 2.0).max() > 0.65  # the smoothed core exists
+    assert split_by_cores(spindle, ripple, core=0.65, smooth=0).max() > 2
+    assert split_by_cores(spindle, ripple, core=0.65, smooth=2.0).max() == 1
+
+
+def test_aggregated_jaccard_index_and_panoptic_quality():
+    true = np.zeros((20, 40), np.int32)
+    true[2:8, 2:8] = 1  # 36 px
+    true[2:8, 20:26] = 2  # 36 px, missed
+    pred = np.zeros_like(true)
+    pred[2:8, 2:7] = 5  # 30 px inside nucleus 1: IoU 30/36
+    pred[12:16, 30:34] = 7  # 16 px false detection
+    # AJI = 30 / (36 + 36 (unpaired true) + 16 (unused pred))
+    assert aggregated_jaccard_index(true, pred) == pytest.approx(30 / 88)
+    s = panoptic_quality(true, pred)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1)
+    assert s["sq"] == pytest.approx(30 / 36) and s["dq"] == pytest.approx(0.5)
+    assert s["pq"] == pytest.approx(0.5 * 30 / 36)
+    assert aggregated_jaccard_index(true, true) == 1.0 and panoptic_quality(true, true)["pq"] == 1.0
+    empty = np.zeros_like(true)
+    assert aggregated_jaccard_index(empty, empty) == 1.0 and aggregated_jaccard_index(true, empty) == 0.0
+    # One prediction over two true nuclei: the pair with the higher IoU wins, the merge costs AJI.
+    merged = np.where(true > 0, 1, 0).astype(np.int32)
+    assert aggregated_jaccard_index(true, merged) == pytest.approx((36 + 36) / (72 + 72))
+    with pytest.raises(ValueError, match="one shape"):
+        aggregated_jaccard_index(true, pred[:10])
+    with pytest.raises(TypeError, match="integer label image"):
+        panoptic_quality(true, pred.astype(float))
+
+
+def test_rasterize_polygons():
+    import shapely
+
+    # A square through pixel centres (2..6, 3..8) and a triangle; the outline's pixels are inside.
+    square = shapely.box(2, 3, 6, 8)
+    labels = rasterize_polygons([square, shapely.Polygon([(10, 10), (14, 10), (10, 14)])], (20, 20))
+    assert labels.dtype == np.int32 and labels.shape == (20, 20)
+    np.testing.assert_array_equal(np.argwhere(labels == 1).min(0), [3, 2])
+    np.testing.assert_array_equal(np.argwhere(labels == 1).max(0), [8, 6])
+    assert (labels == 1).sum() == 5 * 6
+    assert labels[10, 10] == 2 and labels[13, 13] == 0
 
 
 def test_filter_labels():
@@ -127,7 +222,8 @@ def test_match_centroids():
 
 def test_detect_slide_merges_tiles():
     svs = _svs()
-    feats = detect_slide(svs, tile=1024, overlap=128, max_tiles=3)  # the top row: x seams at 960 and 1856
+    # The tiling logic, with the watershed so the bounds below stay those of issue 3.
+    feats = detect_slide(svs, method="watershed", tile=1024, overlap=128, max_tiles=3)  # x seams at 960, 1856
     assert tuple(feats) == ALL_COLUMNS
     n = len(feats["nucleus_id"])
     assert 300 < n < 10000, n
@@ -140,3 +236,19 @@ def test_detect_slide_merges_tiles():
     assert len(cKDTree(pts).query_pairs(1.0)) == 0
     # Nuclei found across tile seams (x = 960 +- 20).
     assert ((pts[:, 0] > 940) & (pts[:, 0] < 980)).sum() > 10
+
+
+def test_detect_slide_loads_the_unet_once(monkeypatch):
+    from nucleograph.ingest import unet
+
+    calls = []
+    real_load = unet.load_unet
+
+    def counting_load(*args, **kwargs):
+        calls.append(1)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "load_unet", counting_load)
+    feats = detect_slide(_svs(), method="unet", tile=1024, overlap=128, max_tiles=2)
+    assert len(calls) == 1
+    assert len(feats["nucleus_id"]) > 100

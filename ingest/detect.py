@@ -302,6 +302,7 @@ def detect_slide(
         slide pixels at ``level`` and ``nucleus_id`` renumbered 1..N across the slide.
     """
     from .features import concat_features, nucleus_features
+    from .outlines import outlines, shift_outlines
     from .readers import iter_slide_tiles, slide_info
 
     if overlap < 0 or overlap >= tile:
@@ -330,6 +331,7 @@ def detect_slide(
             continue
         labels = detect_nuclei(rgb, method=method, **detect_kwargs)
         feats = nucleus_features(rgb, labels)
+        feats["outline"] = outlines(labels, feats["nucleus_id"])
         cx, cy = feats["centroid_x"], feats["centroid_y"]
         h, w = rgb.shape[:2]
         lo_x = half if x0 > 0 else -np.inf
@@ -340,6 +342,7 @@ def detect_slide(
         part = {k: v[keep] for k, v in feats.items()}
         part["centroid_x"] = part["centroid_x"] + x0
         part["centroid_y"] = part["centroid_y"] + y0
+        part["outline"] = shift_outlines(part["outline"], x0, y0)
         parts.append(part)
     out = concat_features(parts)
     out["nucleus_id"] = np.arange(1, out["nucleus_id"].size + 1, dtype=out["nucleus_id"].dtype)

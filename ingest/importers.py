@@ -48,7 +48,7 @@ from scipy import ndimage
 from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import ImageRecord
 from nucleograph.ingest.features import concat_features, nucleus_features
-from nucleograph.ingest.outlines import EDGE_OFFSET, compact_rings, outlines, rasterise
+from nucleograph.ingest.outlines import EDGE_OFFSET, compact_rings, outlines, rasterise, shift_outlines
 from nucleograph.ingest.readers import iter_slide_tiles
 
 __all__ = [
@@ -792,7 +792,7 @@ def import_slide(
         lost += n_lost
         feats["centroid_x"] = feats["centroid_x"] + x0
         feats["centroid_y"] = feats["centroid_y"] + y0
-        feats["outline"] = _objects([_shift(o, x0, y0) for o in feats["outline"]])
+        feats["outline"] = shift_outlines(feats["outline"], x0, y0)
         parts.append(feats)
     out = concat_features(parts) if parts else {}
     notes["empty"] += lost
@@ -808,6 +808,3 @@ def _tiles_with_nuclei(path, tile, overlap, by_tile, cols, step) -> Iterator[tup
             yield x0, y0, rgb
 
 
-def _shift(flat: list[float], x0: int, y0: int) -> list[float]:
-    xy = np.asarray(flat, dtype=np.float64).reshape(-1, 2) + (x0, y0)
-    return np.round(xy, 1).ravel().tolist()

@@ -224,3 +224,25 @@ def rasterise(geometries: Sequence, shape: tuple[int, int]) -> np.ndarray:
                 inside = labels[rr, cc] == k
                 labels[rr[inside], cc[inside]] = 0
     return labels
+
+
+def shift_outlines(flats: Sequence[Sequence[float]], x0: float, y0: float) -> np.ndarray:
+    """Outlines moved by ``(x0, y0)``: a tile's outlines in its slide's coordinates.
+
+    Parameters
+    ----------
+    flats : sequence of flat ``[x0, y0, x1, y1, ...]`` lists
+        As :func:`outlines` returns them.
+    x0, y0 : float
+        The tile's offset in the slide.
+
+    Returns
+    -------
+    (N,) object ndarray of list of float
+        Rounded to 0.1 px, as stored.
+    """
+    out = np.empty(len(flats), dtype=object)
+    for i, flat in enumerate(flats):
+        xy = np.asarray(flat, dtype=np.float64).reshape(-1, 2) + (x0, y0)
+        out[i] = np.round(xy, 1).ravel().tolist()
+    return out

@@ -224,9 +224,12 @@ def test_detect_slide_merges_tiles():
     svs = _svs()
     # The tiling logic, with the watershed so the bounds below stay those of issue 3.
     feats = detect_slide(svs, method="watershed", tile=1024, overlap=128, max_tiles=3)  # x seams at 960, 1856
-    assert tuple(feats) == ALL_COLUMNS
+    assert tuple(feats) == (*ALL_COLUMNS, "outline")
     n = len(feats["nucleus_id"])
     assert 300 < n < 10000, n
+    # each outline is in slide coordinates, around its own centroid (export and display draw them)
+    middle = np.array([np.asarray(o, dtype=float).reshape(-1, 2).mean(axis=0) for o in feats["outline"]])
+    assert np.abs(middle - np.c_[feats["centroid_x"], feats["centroid_y"]]).max() < 10
     np.testing.assert_array_equal(feats["nucleus_id"], np.arange(1, n + 1))
     assert feats["centroid_x"].max() < 2220 and feats["centroid_y"].max() < 1024 - 64
     # Nuclei in tile overlaps are kept once: no two centroids nearly coincide.

@@ -208,6 +208,15 @@ def _known(state: dict[str, Any], member: Membership) -> Membership:
                    patient=member.patient if member.patient is not None else state["patient"])
 
 
+def _where(db: GraphDB, record, image_id: str, cohort: str, params_key: str) -> tuple[str, dict, Membership]:
+    """The segmentation key, what is stored, and the membership ``record`` asks for (checked)."""
+    key = segmentation_key(image_id, params_key)
+    state = image_state(db, image_id, cohort, key)
+    member = _known(state, Membership.of(record))
+    _check_label(state, image_id, cohort, member)
+    return key, state, member
+
+
 def _check_label(state: dict[str, Any], image_id: str, cohort: str, member: Membership) -> None:
     """Refuse a second path to the same bytes in one cohort with another label."""
     if not state["in_cohort"] or state["path"] == member.path or state["label"] == member.label:
@@ -256,10 +265,7 @@ def store_image_graph(
     LabelConflict
         The cohort holds these bytes under another path with another label.
     """
-    key = segmentation_key(graph.image_id, params.key())
-    state = image_state(db, graph.image_id, cohort, key)
-    member = _known(state, Membership.of(graph.record))
-    _check_label(state, graph.image_id, cohort, member)
+    key, state, member = _where(db, graph.record, graph.image_id, cohort, params.key())
     if state["has_segmentation"]:
         return _link(db, state, graph.image_id, cohort, key, member, task=task)
     nodes = nucleus_rows(key, graph.image_id, graph.nuclei, feature_names)
@@ -322,10 +328,7 @@ def if_current(
     LabelConflict
         The cohort holds these bytes under another path with another label.
     """
-    key = segmentation_key(image_id, params_key)
-    state = image_state(db, image_id, cohort, key)
-    member = _known(state, Membership.of(record))
-    _check_label(state, image_id, cohort, member)
+    key, state, member = _where(db, record, image_id, cohort, params_key)
     if not state["has_segmentation"]:
         return None
     return _link(db, state, image_id, cohort, key, member, task=task)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
-from nucleograph.db import store
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import discover
@@ -21,7 +20,7 @@ from nucleograph.ingest.synth import TASKS, synthesize_cohort
 from nucleograph.output import DefaultsHelpFormatter, emit_json
 
 if TYPE_CHECKING:
-    from nucleograph.ingest.run import IngestSummary
+    pass
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,10 +114,8 @@ def cmd_ingest(args, settings: Settings) -> int:
     with GraphDB.open(settings) as db:
         summary = ingest_records(records, cohort=args.cohort, params=params, settings=settings, db=db,
                                  workers=max(1, args.workers), progress=True, task=task)
-        no_nuclei = _no_nuclei_paths(db, summary)
-    out = {**summary.as_dict(), "no_nuclei_paths": no_nuclei}
     if args.json:
-        emit_json(out)
+        emit_json(summary.as_dict())
     else:
         print(f"cohort {summary.cohort}: {summary.ok}/{summary.images} images ok ({summary.stored} stored, "
               f"{summary.replaced} replaced, {summary.unchanged} unchanged, {summary.linked} linked, "
@@ -129,7 +126,7 @@ def cmd_ingest(args, settings: Settings) -> int:
         for n in summary.import_notes:
             counts = {k: v for k, v in n.items() if k not in ("path", "nuclei")}
             print(f"  imported {n['nuclei']}: {describe_notes(counts)}", file=sys.stderr)
-        for path in no_nuclei:
+        for path in sorted(summary.no_nuclei_paths):
             print(f"  no nuclei found: {path}: stored with 0 nuclei (an all-white or all-black image, or blank "
                   "glass?); training and explanations skip it. Check the file, or remove it from the cohort",
                   file=sys.stderr)
@@ -163,14 +160,6 @@ def cmd_export(args, settings: Settings) -> int:
               f"scored and were left out; rerun `nucleograph explain --run {args.run} --method {args.method}`",
               file=sys.stderr)
     return 0
-
-
-def _no_nuclei_paths(db: GraphDB, summary: IngestSummary) -> list[str]:
-    """The paths (in this cohort) of the images ``summary`` stored without a single nucleus."""
-    if not summary.no_nuclei_images:
-        return []
-    ids = set(summary.no_nuclei_images)
-    return sorted({r["path"] or r["id"] for r in store.cohort_images(db, summary.cohort) if r["id"] in ids})
 
 
 def cmd_segmenter_train(args, settings: Settings) -> int:

@@ -96,7 +96,7 @@ class IngestSummary:
     or ``updated``, as :class:`nucleograph.db.store.StoreResult` reports it) or ``failed`` (with an entry
     in ``failures``). ``nuclei`` and ``edges`` count the ok images' graphs. An ok image without a
     single nucleus (blank glass, an all-white or all-black file) is stored with 0 nuclei, and also
-    counted in ``no_nuclei`` with its id in ``no_nuclei_images``, so that nobody mistakes it for data.
+    counted in ``no_nuclei`` with its path in ``no_nuclei_paths``, so that nobody mistakes it for data.
     """
 
     cohort: str
@@ -113,13 +113,13 @@ class IngestSummary:
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
     no_nuclei: int = 0  # ok images stored with 0 nuclei (training and explanations skip them)
-    no_nuclei_images: list[str] = field(default_factory=list)  # their image ids
+    no_nuclei_paths: list[str] = field(default_factory=list)  # their files
     # images whose nuclei came from a file in which objects were repaired, clipped or skipped:
     # {"path", "nuclei" (the file), and a count per reason, as ingest.importers.describe_notes names them}
     import_notes: list[dict[str, Any]] = field(default_factory=list)
 
-    def count_ok(self, result: store.StoreResult) -> None:
-        """Count an image whose graph is in Neo4j, by how it got there (``result.status``)."""
+    def count_ok(self, result: store.StoreResult, path: str) -> None:
+        """Count the image at ``path`` whose graph is in Neo4j, by how it got there (``result.status``)."""
         self.ok += 1
         match result.status:
             case "stored":
@@ -140,7 +140,7 @@ class IngestSummary:
         self.edges += result.edges
         if result.nuclei == 0:
             self.no_nuclei += 1
-            self.no_nuclei_images.append(result.image_id)
+            self.no_nuclei_paths.append(path)
 
     def count_failed(self, path: str, message: str) -> None:
         """Count an image that was not stored, with the error shown to the user."""
@@ -251,7 +251,7 @@ class _BatchWriter:
             params_key=params.key(),
         )
         if error is None:
-            self.summary.count_ok(result)
+            self.summary.count_ok(result, str(record.path))
             if graph is not None and graph.notes:
                 self.summary.import_notes.append({"path": str(record.path), "nuclei": params.nuclei, **graph.notes})
             entry.image_id, entry.status = result.image_id, result.status

@@ -193,24 +193,31 @@ class RSFNet(GraphClassifier):
     def extra_repr(self) -> str:
         return f"edge={self.use_edge}, attention={self.use_attention}"
 
-    def adjacency(self, graph) -> CSRAdjacency | None:
-        """The CSR matrices of ``graph``'s edge channels that the sparse layers share (None where
-        they use message passing instead: no edges)."""
-        efeat = self.edge_features(graph)
+    def adjacency(self, graph, efeat: torch.Tensor | None = None) -> CSRAdjacency | None:
+        """The CSR matrices of ``graph``'s edge channels (or of ``efeat`` ``(E, L)``, given in their
+        place) that the sparse layers share (None where they use message passing instead: no edges,
+        or channels that need a gradient)."""
+        efeat = self.edge_features(graph) if efeat is None else efeat
         return csr_adjacency(graph, efeat) if uses_csr(graph, efeat) else None
 
-    def node_embeddings(self, graph, *, adjacency: CSRAdjacency | None = None):
+    def node_embeddings(
+        self, graph, *, adjacency: CSRAdjacency | None = None, feat: torch.Tensor | None = None,
+        efeat: torch.Tensor | None = None,
+    ):
         """Node states entering Pool1.
 
         Returns ``h2`` ``(N, c2)`` (after VConv2, batch norm, ReLU and, for ``rsf-attention``, the gate)
         and the attention scores ``(N,)`` (None without attention). ``adjacency``: from
-        :meth:`adjacency`, built here when None.
+        :meth:`adjacency`, built here when None. ``feat`` (*standardised* ``(N, in_feats)``) and
+        ``efeat`` ``(E, L)`` replace the graph's own features and edge channels (explainers that
+        differentiate through them or mask them, :mod:`nucleograph.gnn.attribution`).
         """
-        feat = self.input_features(graph)
+        feat = self.input_features(graph) if feat is None else feat
         if adjacency is None:
-            adjacency = self.adjacency(graph)
-        # the adjacency's own edge tensor: edge_features() returns a new one per call when it casts
-        efeat = adjacency.efeat if adjacency is not None else self.edge_features(graph)
+            adjacency = self.adjacency(graph, efeat)
+        if efeat is None:
+            # the adjacency's own edge tensor: edge_features() returns a new one per call when it casts
+            efeat = adjacency.efeat if adjacency is not None else self.edge_features(graph)
         h = F.relu(self.bn1(self.vconv1(graph, feat, efeat, adjacency=adjacency)))
         h = F.relu(self.bn2(self.vconv2(graph, h, efeat, adjacency=adjacency)))
         scores = None
@@ -233,13 +240,18 @@ class RSFNet(GraphClassifier):
         x = F.relu(self.fc2(x))
         return self.fc3(x)
 
-    def forward(self, graph, *, adjacency: CSRAdjacency | None = None) -> torch.Tensor:
+    def forward(
+        self, graph, *, adjacency: CSRAdjacency | None = None, feat: torch.Tensor | None = None,
+        efeat: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         # one set of CSR matrices for the three sparse layers of this pass (or the caller's, from
-        # :meth:`adjacency`, when it runs the model on one graph many times)
+        # :meth:`adjacency`, when it runs the model on one graph many times); feat and efeat as in
+        # node_embeddings
         if adjacency is None:
-            adjacency = self.adjacency(graph)
-        efeat = adjacency.efeat if adjacency is not None else self.edge_features(graph)
-        h, _ = self.node_embeddings(graph, adjacency=adjacency)
+            adjacency = self.adjacency(graph, efeat)
+        if efeat is None:
+            efeat = adjacency.efeat if adjacency is not None else self.edge_features(graph)
+        h, _ = self.node_embeddings(graph, adjacency=adjacency, feat=feat, efeat=efeat)
         v, adj = self.pool1(graph, h, efeat, adjacency=adjacency)
         return self.head(v, adj)
 

@@ -10,7 +10,10 @@ linearly to all N (reported as ``naive_extrapolated: true``). The max abs differ
 nuclei both computed.
 
     ./.venv/bin/python bench/bench_occlusion.py [--nodes 1500] [--hops 1] [--model rsf]
-        [--graph delaunay|image|synth-breast] [--json]
+        [--graph delaunay|image|synth-breast] [--output logodds|prob] [--json]
+
+``--output`` picks what both sides score: the drop of the class's log-odds (the default) or of its
+probability.
 
 The fast path is timed ``--repeats`` times, each run followed by a slice of the naive loop (so a
 change of the machine's speed during the benchmark affects both); the ratio uses the median
@@ -36,10 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gnn import synthetic_graph  # noqa: E402
 
 from nucleograph.allocator import retain_freed_memory  # noqa: E402
+from nucleograph.db.runs import OUTPUTS  # noqa: E402
 from nucleograph.gnn.data import edge_channels, to_dgl  # noqa: E402
 from nucleograph.gnn.explain import occlusion  # noqa: E402
 from nucleograph.gnn.models import build_model  # noqa: E402
-from nucleograph.gnn.occlusion.reference import hop_ball, proba, proba_without  # noqa: E402
+from nucleograph.gnn.occlusion.reference import (  # noqa: E402
+    graph_value,
+    hop_ball,
+    proba,
+    without,
+)
 from nucleograph.ingest.graph import build_edges  # noqa: E402
 
 
@@ -115,6 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--hops", type=int, default=1)
     ap.add_argument("--model", default="rsf")
     ap.add_argument("--graph", choices=sorted(GRAPHS), default="delaunay")
+    ap.add_argument("--output", choices=OUTPUTS, default="logodds", help="what the occlusion scores measure")
     ap.add_argument(
         "--naive-subset", type=int, default=0, help="time naive on this many nuclei and extrapolate"
     )
@@ -170,20 +180,21 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         p0 = proba(model, g)
         c = int(np.argmax(p0))
+        v0 = graph_value(model, g, c, args.output)
         t_naive += time.perf_counter() - t
     # the first call in a process also loads the compiled index code (numba's on-disk cache, about 0.3 s
     # once per process, not per image): timed apart, not among the runs
     t = time.perf_counter()
-    occlusion(model, g, hops=args.hops)
+    occlusion(model, g, hops=args.hops, output=args.output)
     t_first = time.perf_counter() - t
     for part in slices:
         t = time.perf_counter()
-        fast = occlusion(model, g, hops=args.hops)
+        fast = occlusion(model, g, hops=args.hops, output=args.output)
         fast_times.append(time.perf_counter() - t)
         with torch.no_grad():
             t = time.perf_counter()
             for i in part:
-                naive[i] = p0[c] - proba_without(model, g, hop_ball(g, int(i), args.hops))[c]
+                naive[i] = v0 - graph_value(model, without(g, hop_ball(g, int(i), args.hops)), c, args.output)
             t_naive += time.perf_counter() - t
     t_fast, t_fast_best = float(np.median(fast_times)), min(fast_times)
     t_naive_all = t_naive * n / subset
@@ -193,6 +204,7 @@ def main(argv=None) -> dict:
         "mean_degree": g.num_edges() / g.num_nodes(),
         "nodes": n,
         "hops": args.hops,
+        "output": args.output,
         "threads": torch.get_num_threads(),
         "allocator_retains_freed_memory": tuned,
         "loadavg": os.getloadavg()[0],
@@ -214,7 +226,7 @@ def main(argv=None) -> dict:
         extra = f" (timed on {subset} nuclei, extrapolated)" if out["naive_extrapolated"] else ""
         print(f"load average {out['loadavg']:.1f} (other processes skew timings)")
         print(f"{args.model}, {args.graph} graph, N={n} ({out['mean_degree']:.1f} neighbours each), "
-              f"hops={args.hops}, {out['threads']} CPU threads")
+              f"hops={args.hops}, output={args.output}, {out['threads']} CPU threads")
         print(f"naive {t_naive_all:.1f} s{extra}   fast {t_fast:.2f} s (median of {args.repeats}; "
               f"best {t_fast_best:.2f} s)   ratio {out['ratio']:.1f}x (best {out['ratio_best']:.1f}x)")
         print(f"first fast call in this process {t_first:.2f} s (loads the compiled index code once)")

@@ -28,6 +28,8 @@ from nucleograph.db import queries as q
 from nucleograph.db.console import run_cypher
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.db.records import ModelRunRecord, ingest_records, mark_dead_runs, open_engine
+from nucleograph.db.records import evaluations as evaluation_records
+from nucleograph.db.runs import explanation_title
 from nucleograph.errors import NucleographError
 from nucleograph.ingest.readers import read_image
 
@@ -192,6 +194,30 @@ def sql_runs(reader: Reader, *, cohort: str) -> pd.DataFrame:
 def explanations(reader: Reader, *, cohort: str) -> list[dict[str, Any]]:
     """The explanations of the cohort's runs (key, run, model, method, hops, score property, images)."""
     return reader.db.read(q.DASH_EXPLANATIONS, cohort=cohort)
+
+
+#: Columns of :func:`evaluations` besides one ``AUROC <role>`` column per ground-truth role.
+EVALUATION_COLUMNS = ["evaluated", "explanation", "images", "deletion", "insertion", "sparsity", "ties", "stability",
+                      "structure AUROC", "stability vs", "truth"]
+
+
+@cached_read()
+def evaluations(reader: Reader, *, run_id: str) -> pd.DataFrame:
+    """The run's explanation evaluations recorded in SQL (``nucleograph evaluate``), newest first: overall
+    means, and the AUROC of each ground-truth role above stroma as ``AUROC <role>`` columns."""
+    rows = []
+    for r in evaluation_records(reader.engine, run_id=run_id):
+        summary = r["summary"] or {}
+        roles = (summary.get("overall") or {}).get("role_auroc") or {}
+        rows.append({
+            "evaluated": str(r["created_at"])[:19], "explanation": explanation_title(r["method"], r["hops"], r["output"]),
+            "images": r["n_images"], "deletion": r["deletion_ratio"], "insertion": r["insertion_ratio"],
+            "sparsity": r["sparsity"], "ties": r["tie_share"], "stability": r["stability"],
+            "structure AUROC": r["structure_auroc"], "stability vs": summary.get("stability_from"),
+            "truth": summary.get("truth"), **{f"AUROC {role}": v.get("mean") for role, v in sorted(roles.items())},
+        })
+    return pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(
+        EVALUATION_COLUMNS + [c for r in rows for c in r if c.startswith("AUROC ")])))
 
 
 @cached_read()

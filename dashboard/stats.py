@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nucleograph.db.runs import METHOD_NOTES, explanation_title
 from nucleograph.gnn.render import relative_importance
 
 SHAPE_FEATURES = {
@@ -26,8 +27,8 @@ SHAPE_FEATURES = {
 }
 
 
-def explanation_label(e: dict[str, Any]) -> str:
-    """How an explanation is named in the pickers: run, model, method (and hops) and images scored.
+def method_title(e: dict[str, Any]) -> str:
+    """What an explanation's scores are: method, hops and output, e.g. ``"occlusion k=1, log-odds drop"``.
 
     Parameters
     ----------
@@ -37,10 +38,25 @@ def explanation_label(e: dict[str, Any]) -> str:
     Returns
     -------
     str
-        e.g. ``"ab12 · rsf-attention · occlusion k=1 (8 images)"``.
     """
-    hops = f" k={e['hops']}" if e.get("hops") is not None else ""
-    return f"{e['run_id']} · {e.get('model') or '?'} · {e['method']}{hops} ({e['images']} images)"
+    return explanation_title(e["method"], e.get("hops"), e.get("output"))
+
+
+def explanation_label(e: dict[str, Any]) -> str:
+    """How an explanation is named in the pickers: run, model, method (with hops and output) and images
+    scored.
+
+    Parameters
+    ----------
+    e : dict
+        One row of :func:`nucleograph.dashboard.data.explanations`.
+
+    Returns
+    -------
+    str
+        e.g. ``"ab12 · rsf-attention · occlusion k=1, log-odds drop (8 images)"``.
+    """
+    return f"{e['run_id']} · {e.get('model') or '?'} · {method_title(e)} ({e['images']} images)"
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -446,3 +462,13 @@ def _nucleus_nodes(rows: list[dict[str, Any]]):
             for node in v if isinstance(v, list) else [v]:
                 if isinstance(node, dict) and "Nucleus" in node.get("_labels", []) and "centroid_x" in node:
                     yield node
+
+
+def methods_help() -> str:
+    """The pickers' help: what a nucleus's score means for each explanation method (markdown list).
+
+    Returns
+    -------
+    str
+    """
+    return "\n".join(f"- **{m}**: {note}" for m, note in METHOD_NOTES.items())

@@ -2,6 +2,13 @@
 
 Labels and property names never come from user text; where one must vary it is taken from an
 allow-list in the calling module.
+
+Explanation scores: one Nucleus property per (run, method[, hops, output]), named in the
+Explanation's ``property``. Occlusion records its ``output``: ``logodds`` (the drop of the explained
+class's log-odds, ``imp_<run>_occlusion_k<h>_logodds``) or ``prob`` (the drop of its probability,
+``imp_<run>_occlusion_k<h>``: the name and meaning every occlusion score had before outputs existed).
+An occlusion Explanation written then has no ``output`` and is read as ``prob`` (:data:`LEGACY_OUTPUT`,
+:data:`EXPLANATION_OUTPUT`); nothing stored is renamed or rewritten, so no migration is needed.
 """
 
 # --- schema (db/schema.py applies these in order; each is idempotent) -------------------------------
@@ -215,18 +222,24 @@ RUN_PREDICTIONS = (
     "MATCH (r:ModelRun {id: $run_id})-[p:PREDICTED]->(i:Image) "
     "OPTIONAL MATCH (i)-[m:IN_COHORT]->(:Cohort {name: r.cohort}) "
     "RETURN i.id AS image_id, m.path AS path, m.label AS label, p.pred AS pred, p.prob AS prob, "
-    "p.probs AS probs, p.split AS split ORDER BY i.id"
+    "p.probs AS probs, p.split AS split, p.fold AS fold ORDER BY i.id"
 )
 
 # --- explanations -----------------------------------------------------------------------------------
-# Scores live on the nuclei as one property per (run, method): the name is built by
-# db.runs.score_property from a generated run id and an allow-listed method, never from user text.
+# Scores live on the nuclei as one property per (run, method, hops, output): the name is built by
+# db.runs.score_property from a generated run id and allow-listed names, never from user text.
+# ``output`` (occlusion only) says what the scores measure: "logodds" or "prob" (see the module's
+# docstring); readers return it as EXPLANATION_OUTPUT does, so a legacy occlusion reads as "prob".
+LEGACY_OUTPUT = "prob"
+EXPLANATION_OUTPUT = (
+    "coalesce(e.output, CASE WHEN e.method = 'occlusion' THEN '" + LEGACY_OUTPUT + "' END) AS output"
+)
 # (:Explanation)-[:EXPLAINS]->(:Segmentation) records which nuclei were scored; ``stale_images`` lists
 # the images whose nuclei the run's cohort replaced after they were scored (explain them again).
 MERGE_EXPLANATION = (
     "MATCH (r:ModelRun {id: $run_id}) "
     "MERGE (e:Explanation {key: $key}) "
-    "SET e.run_id = $run_id, e.method = $method, e.hops = $hops, e.property = $property, "
+    "SET e.run_id = $run_id, e.method = $method, e.hops = $hops, e.output = $output, e.property = $property, "
     "e.updated_at = datetime(), e.stale_images = coalesce(e.stale_images, []) "
     "MERGE (e)-[:OF_RUN]->(r)"
 )
@@ -252,9 +265,14 @@ EXPLAINED_IMAGES = (
 )
 EXPLANATIONS = (
     "MATCH (e:Explanation) WHERE $run_id IS NULL OR e.run_id = $run_id "
-    "RETURN e.key AS key, e.run_id AS run_id, e.method AS method, e.hops AS hops, e.property AS property, "
-    "COUNT { (e)-[:EXPLAINS]->() } AS images, coalesce(e.stale_images, []) AS stale_images "
+    "RETURN e.key AS key, e.run_id AS run_id, e.method AS method, e.hops AS hops, " + EXPLANATION_OUTPUT + ", "
+    "e.property AS property, COUNT { (e)-[:EXPLAINS]->() } AS images, coalesce(e.stale_images, []) AS stale_images "
     "ORDER BY e.run_id, e.method"
+)
+# `nucleograph evaluate`: the latest evaluation's summary (JSON text) on the explanation it evaluated.
+SET_EVALUATION = (
+    "MATCH (e:Explanation {key: $key}) SET e.evaluation = $evaluation, e.evaluated_at = datetime() "
+    "RETURN e.key AS key"
 )
 # One image's nuclei (the segmentation its cohort uses) with their score under $property.
 IMAGE_SCORES = (
@@ -284,6 +302,7 @@ EXPORT_IMAGES = (
     "OPTIONAL MATCH (i)-[m:IN_COHORT]->(c) "
     "RETURN i.id AS image_id, m.path AS path, m.label AS label, i.width AS width, i.height AS height, "
     "s.key AS segmentation, s.detector AS detector, s.feature_names AS feature_names, e.property AS property, "
+    "e.method AS method, e.hops AS hops, " + EXPLANATION_OUTPUT + ", "
     "coalesce(m.segmentation = s.key, false) AS current "
     "ORDER BY image_id"
 )
@@ -369,9 +388,9 @@ DASH_RUNS = (
 DASH_EXPLANATIONS = (
     "MATCH (e:Explanation)-[:OF_RUN]->(r:ModelRun)-[:TRAINED_ON]->(:Cohort {name: $cohort}) "
     "RETURN e.key AS key, e.run_id AS run_id, r.model AS model, e.method AS method, e.hops AS hops, "
-    "e.property AS property, COUNT { (e)-[:EXPLAINS]->() } AS images, "
+    + EXPLANATION_OUTPUT + ", e.property AS property, COUNT { (e)-[:EXPLAINS]->() } AS images, "
     "coalesce(e.stale_images, []) AS stale_images, toString(e.updated_at) AS updated_at "
-    "ORDER BY r.created_at DESC, e.method, e.hops"
+    "ORDER BY r.created_at DESC, e.method, e.hops, output"
 )
 DASH_RUN_PREDICTIONS = (
     "MATCH (r:ModelRun {id: $run_id})-[p:PREDICTED]->(i:Image) "
@@ -501,7 +520,8 @@ CONSOLE_LIBRARY: dict[str, dict] = {
             "n[$property] AS score, COUNT { (n)-[:NEAR]-() } AS degree ORDER BY score DESC LIMIT $limit"
         ),
         "params": {"cohort": "", "image_id": "", "property": "", "limit": 20},
-        "help": "The most important nuclei under one explanation (property: an Explanation's property).",
+        "help": "The most important nuclei under one explanation (property: an Explanation's property; "
+                "occlusion ..._k1_logodds holds log-odds drops, ..._k1 probability drops).",
     },
     "Neighbourhood of the top-scored nucleus": {
         "query": (

@@ -83,6 +83,33 @@ class ModelRunRecord(Base):
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
+class EvaluationRecord(Base):
+    """One evaluation of an explanation (``nucleograph evaluate``): overall means of its metrics, and the
+    whole summary (per class, per role, per image) as JSON."""
+
+    __tablename__ = "explanation_evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40), index=True)
+    cohort: Mapped[str] = mapped_column(String(200), index=True)
+    method: Mapped[str] = mapped_column(String(40))
+    hops: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    explanation_key: Mapped[str] = mapped_column(String(200), index=True)
+    n_images: Mapped[int] = mapped_column(Integer, default=0)
+    deletion_auc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    deletion_random_auc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    deletion_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # lower is better
+    insertion_auc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    insertion_random_auc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    insertion_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)  # higher is better
+    sparsity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tie_share: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    structure_auroc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 def open_engine(settings: Settings) -> Engine:
     """The SQL engine for the run records, with tables created if missing."""
     url = settings.sql_url
@@ -257,3 +284,48 @@ def unfinished_runs(engine: Engine, *, cohort: str | None = None) -> list[dict[s
     keys = ("id", "cohort", "model", "status", "error", "created_at", "pid", "host")
     with Session(engine) as session:
         return [{k: v for k, v in _as_dict(r).items() if k in keys} for r in session.scalars(stmt)]
+
+
+def add_evaluation(engine: Engine, **fields: Any) -> dict[str, Any]:
+    """Record one explanation evaluation (the columns of :class:`EvaluationRecord`); returns the stored row.
+
+    Parameters
+    ----------
+    engine : Engine
+    **fields
+        ``run_id, cohort, method, hops, output, explanation_key, n_images``, the metric columns and
+        ``summary`` (strict JSON: no NaN).
+
+    Returns
+    -------
+    dict
+        The row, with its ``id`` and ``created_at``.
+    """
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        row = EvaluationRecord(**fields)
+        session.add(row)
+    return _as_dict(row)
+
+
+def evaluations(engine: Engine, *, run_id: str | None = None, cohort: str | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+    """Recorded explanation evaluations, newest first (of ``run_id`` or ``cohort`` only, when given).
+
+    Parameters
+    ----------
+    engine : Engine
+    run_id, cohort : str, optional
+    limit : int
+
+    Returns
+    -------
+    list of dict
+        Every column of :class:`EvaluationRecord`.
+    """
+    stmt = select(EvaluationRecord).order_by(EvaluationRecord.id.desc()).limit(limit)
+    if run_id is not None:
+        stmt = stmt.where(EvaluationRecord.run_id == run_id)
+    if cohort is not None:
+        stmt = stmt.where(EvaluationRecord.cohort == cohort)
+    with Session(engine) as session:
+        return [_as_dict(r) for r in session.scalars(stmt)]

@@ -12,14 +12,55 @@ from nucleograph.db import queries as q
 from nucleograph.db.graphdb import GraphDB, chunks
 from nucleograph.errors import InputError
 
-METHODS = ("attention", "occlusion")
+METHODS = ("attention", "occlusion", "gradxinput", "ig", "gnnexplainer")
+#: What a nucleus's score means, per method (help texts and pickers; README "Explanations").
+METHOD_NOTES = {
+    "attention": "the rsf-attention gate of the nucleus, in (0, 1)",
+    "occlusion": "drop of the class's score when the nucleus and its k-hop neighbourhood are removed",
+    "gradxinput": "gradient x input, a first-order estimate of how much the class's log-odds would fall if "
+                  "the nucleus's features went to the cohort mean (signed)",
+    "ig": "integrated gradients, the nucleus's share of the class's log-odds over the same graph with every "
+          "nucleus at the cohort mean (signed; the shares sum to that difference)",
+    "gnnexplainer": "GNNExplainer's learnt edge mask averaged over the nucleus's edges, in [0, 1]: high where "
+                    "they are needed to keep the class's log-odds",
+}
 _RUN_ID = re.compile(r"^r[0-9a-f]{6,32}$")
+#: What an occlusion score measures: the drop of the explained class's log-odds (the default; it does
+#: not saturate) or of its probability (what every occlusion stored before outputs existed measures).
+OUTPUTS = ("logodds", "prob")
+OUTPUT_LABELS = {"logodds": "log-odds drop", "prob": "probability drop"}
+#: The ``output`` of an occlusion explanation stored before outputs existed (no ``output`` on its node).
+LEGACY_OUTPUT = q.LEGACY_OUTPUT
 
 
-def score_property(run_id: str, method: str, hops: int | None = None) -> str:
-    """The Nucleus property holding a run's scores for a method, e.g. ``imp_r1a2b3c4_occlusion_k1``.
+def explanation_title(method: str, hops: int | None = None, output: str | None = None) -> str:
+    """How readers name an explanation, e.g. ``"occlusion k=1, log-odds drop"`` or ``"attention"``.
 
-    Built only from a generated run id and an allow-listed method, so it is safe as a property key.
+    Parameters
+    ----------
+    method : str
+    hops : int, optional
+        Shown as ``k=hops`` when given.
+    output : str, optional
+        One of :data:`OUTPUTS` (occlusion only); an occlusion without one is a legacy probability drop.
+
+    Returns
+    -------
+    str
+    """
+    title = method + (f" k={int(hops)}" if hops is not None else "")
+    if method == "occlusion":
+        title += ", " + OUTPUT_LABELS.get(output or LEGACY_OUTPUT, str(output))
+    return title
+
+
+def score_property(run_id: str, method: str, hops: int | None = None, *, output: str = "logodds") -> str:
+    """The Nucleus property holding a run's scores for a method, e.g. ``imp_r1a2b3c4_occlusion_k1_logodds``.
+
+    Built only from a generated run id and allow-listed names, so it is safe as a property key.
+    Occlusion's log-odds drops end in ``_logodds``; its probability drops keep the name that every
+    occlusion score had before outputs existed (``imp_<run>_occlusion_k<hops>``), so scores stored by
+    older versions keep their meaning and both outputs of one run and hops live side by side.
 
     Parameters
     ----------
@@ -29,6 +70,8 @@ def score_property(run_id: str, method: str, hops: int | None = None) -> str:
         One of :data:`METHODS`.
     hops : int, optional
         Occlusion's neighbourhood size (part of the name for occlusion only).
+    output : {"logodds", "prob"}
+        What the occlusion scores measure (:data:`OUTPUTS`); ignored for the other methods.
 
     Returns
     -------
@@ -37,19 +80,23 @@ def score_property(run_id: str, method: str, hops: int | None = None) -> str:
     Raises
     ------
     InputError
-        ``run_id`` is not a run id, or ``method`` is unknown.
+        ``run_id`` is not a run id, or ``method`` or ``output`` is unknown.
     """
     if not _RUN_ID.match(run_id):
         raise InputError(f"{run_id!r} is not a run id (r followed by hex digits, as `nucleograph train` prints)")
     if method not in METHODS:
         raise InputError(f"unknown explanation method {method!r}: choose one of {', '.join(METHODS)}")
-    suffix = f"_k{int(hops)}" if method == "occlusion" else ""
+    suffix = ""
+    if method == "occlusion":
+        if output not in OUTPUTS:
+            raise InputError(f"unknown occlusion output {output!r}: choose one of {', '.join(OUTPUTS)}")
+        suffix = f"_k{int(hops)}" + ("_logodds" if output == "logodds" else "")
     return f"imp_{run_id}_{method}{suffix}"
 
 
-def explanation_key(run_id: str, method: str, hops: int | None = None) -> str:
-    """The key of a run's explanation (the score property without ``imp_``), e.g. ``r1a2b3c4_occlusion_k1``."""
-    return score_property(run_id, method, hops).removeprefix("imp_")
+def explanation_key(run_id: str, method: str, hops: int | None = None, *, output: str = "logodds") -> str:
+    """The key of a run's explanation (the score property without ``imp_``), e.g. ``r1a2b3c4_occlusion_k1_logodds``."""
+    return score_property(run_id, method, hops, output=output).removeprefix("imp_")
 
 
 def save_run(db: GraphDB, *, run_id: str, cohort: str, props: dict[str, Any]) -> None:
@@ -132,7 +179,8 @@ def predictions(db: GraphDB, run_id: str) -> list[dict[str, Any]]:
 
 
 def save_scores(
-    db: GraphDB, *, run_id: str, method: str, hops: int | None, segmentation: str, nids, scores
+    db: GraphDB, *, run_id: str, method: str, hops: int | None, segmentation: str, nids, scores,
+    output: str = "logodds",
 ) -> str:
     """Write one image's per-nucleus scores (one transaction) and record its segmentation under the
     explanation (``EXPLAINS``; the image leaves the explanation's stale list).
@@ -151,17 +199,21 @@ def save_scores(
     nids : array_like of int
         Nucleus ids, aligned with ``scores``.
     scores : array_like of float
+    output : {"logodds", "prob"}
+        What occlusion scores measure (:data:`OUTPUTS`), recorded as the explanation's ``output``;
+        ignored (stored as null) for the other methods.
 
     Returns
     -------
     str
         The property name.
     """
-    prop = score_property(run_id, method, hops)
-    key = explanation_key(run_id, method, hops)
+    prop = score_property(run_id, method, hops, output=output)
+    key = explanation_key(run_id, method, hops, output=output)
     rows = [[f"{segmentation}:{int(n)}", float(s)] for n, s in zip(nids, scores, strict=True)]
-    db.write(q.MERGE_EXPLANATION, run_id=run_id, key=key, method=method,
-             hops=hops if method == "occlusion" else None, property=prop)
+    occ = method == "occlusion"
+    db.write(q.MERGE_EXPLANATION, run_id=run_id, key=key, method=method, hops=hops if occ else None,
+             output=output if occ else None, property=prop)
 
     def work(tx: neo4j.ManagedTransaction) -> None:
         for chunk in chunks(rows, db.batch_size):
@@ -281,3 +333,23 @@ def export_nuclei(db: GraphDB, key: str, segmentation: str) -> list[list[Any]]:
     """
     row = db.read_one(q.EXPORT_NUCLEI, key=key, segmentation=segmentation)
     return list(row["nuclei"]) if row else []
+
+
+def save_evaluation(db: GraphDB, key: str, evaluation: str) -> None:
+    """Store an evaluation's summary on the explanation ``key`` (``evaluation``, with ``evaluated_at``).
+
+    Parameters
+    ----------
+    db : GraphDB
+    key : str
+        From :func:`explanation_key`.
+    evaluation : str
+        The summary as JSON text (``nucleograph evaluate``).
+
+    Raises
+    ------
+    InputError
+        No explanation ``key`` is stored.
+    """
+    if not db.write(q.SET_EVALUATION, key=key, evaluation=evaluation):
+        raise InputError(f"no explanation {key!r} in Neo4j: `nucleograph explain` writes it")

@@ -1,4 +1,4 @@
-"""`nucleograph train | experiment | runs | explain | scores | render`."""
+"""`nucleograph train | experiment | runs | explain | scores | render | evaluate`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
-from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table
+from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
 
 
 def _registry_names() -> tuple[str, ...]:
@@ -87,21 +87,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("explain", help="per-nucleus importance for a run, written to Neo4j", formatter_class=_HELP)
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion",
+                   help="explanation method; a nucleus's score is, for " +
+                        "; ".join(f"{m}: {note}" for m, note in db_runs.METHOD_NOTES.items()))
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
+    p.add_argument("--output", choices=list(db_runs.OUTPUTS), default="logodds",
+                   help="what occlusion scores measure: the drop of the explained class's log-odds (does not "
+                        "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--cohort", default=None, help="explain the run's images of this cohort (default: all)")
     p.add_argument("--image", action="append", default=None, help="an image id (repeat)")
     p.add_argument("--target", type=int, default=None,
                    help="class index to explain (default: predicted); recomputes every image")
     p.add_argument("--force", action="store_true",
-                   help="recompute images that already have this run's scores for this method and hops")
+                   help="recompute images that already have this run's scores for this method, hops and output")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("scores", help="export per-nucleus scores", formatter_class=_HELP)
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion",
+                   help="explanation method (what each one's scores mean: `nucleograph explain --help`)")
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
+    p.add_argument("--output", choices=list(db_runs.OUTPUTS), default="logodds",
+                   help="what occlusion scores measure: the drop of the explained class's log-odds (does not "
+                        "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--image", action="append", default=None, help="an image id (repeat; default: all explained)")
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="output format")
     p.add_argument("--out", default="-", help="file (default: standard output)")
@@ -110,11 +119,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="draw a run's per-nucleus importance over the image", formatter_class=_HELP)
     p.add_argument("--image", required=True, help="an image id (`nucleograph images --cohort C`)")
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion",
+                   help="explanation method (what each one's scores mean: `nucleograph explain --help`)")
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
+    p.add_argument("--output", choices=list(db_runs.OUTPUTS), default="logodds",
+                   help="what occlusion scores measure: the drop of the explained class's log-odds (does not "
+                        "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
     p.add_argument("--out", required=True, help="image file to write (.png)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("evaluate", formatter_class=_HELP,
+                       help="how faithful, sparse and stable a stored explanation is, and whether it finds the "
+                            "tissue structure (recorded in SQL and on the Explanation)")
+    p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
+    p.add_argument("--output", choices=list(db_runs.OUTPUTS), default=db_runs.OUTPUTS[0],
+                   help="what the occlusion scores measure")
+    p.add_argument("--images", type=positive_int, default=None,
+                   help="evaluate at most this many explained images, balanced over labels (default: all)")
+    p.add_argument("--per-class", type=positive_int, default=None, help="at most this many explained images per label")
+    p.add_argument("--random", type=positive_int, default=3,
+                   help="random orders averaged for the deletion and insertion baselines")
+    p.add_argument("--truth", default=None, metavar="DIR",
+                   help="the synthetic cohort folder the images came from (`nucleograph synth --out`): AUROC of "
+                        "each structural role above stroma, and role enrichment in the top 10%%")
+    p.add_argument("--against", default=None, metavar="RUN2",
+                   help="stability against this run of the same cohort (default: a k-fold run's next fold)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random orders")
+    p.add_argument("--json", action="store_true", help="print the whole summary, per image too, as JSON")
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_train(args, settings: Settings) -> int:
@@ -219,37 +254,57 @@ def cmd_explain(args, settings: Settings) -> int:
             if not image_ids:
                 raise InputError(f"cohort {args.cohort!r} has no images")
         out = explain_run(db, settings, args.run, method=args.method, hops=args.hops, image_ids=image_ids,
-                          target=args.target, force=args.force, progress=True)
+                          target=args.target, force=args.force, progress=True, output=args.output)
     if args.json:
         emit_json(out)
         return 0
     if out["reused"]:
         print(f"already explained: {out['reused']} images, use --force to recompute")
     if out["images"] or not out["reused"]:
-        print(f"{out['method']} scores of run {out['run_id']} written to {out['images']} images as "
+        print(f"{_title(args)} scores of run {out['run_id']} written to {out['images']} images as "
               f"Nucleus.{out['property']} in {out['seconds']} s" +
               (f"; skipped {len(out['skipped'])}" if out["skipped"] else ""))
     return 0
 
 
+def _title(args) -> str:
+    """The explanation ``args`` selects, as readers name it (e.g. "occlusion k=1, log-odds drop")."""
+    occ = args.method == "occlusion"
+    return db_runs.explanation_title(args.method, args.hops if occ else None, args.output if occ else None)
+
+
+def _explain_command(args) -> str:
+    """The ``nucleograph explain`` command that computes the explanation ``args`` selects."""
+    occ = f" --hops {args.hops} --output {args.output}" if args.method == "occlusion" else ""
+    return f"nucleograph explain --run {args.run} --method {args.method}{occ}"
+
+
+def _other_outputs(expls: list[dict], args) -> str:
+    """A hint naming the run's stored scores of the same method and hops under another output."""
+    other = [e["output"] for e in expls if e["method"] == args.method == "occlusion" and e["hops"] == args.hops
+             and e["output"] != args.output]
+    return f" (the run has {db_runs.OUTPUT_LABELS[other[0]]} scores: --output {other[0]})" if other else ""
+
+
 def cmd_scores(args, settings: Settings) -> int:
     """Run ``nucleograph scores``; returns the exit status."""
-    key = db_runs.explanation_key(args.run, args.method, args.hops)
+    key = db_runs.explanation_key(args.run, args.method, args.hops, output=args.output)
     with GraphDB.open(settings) as db:
         rows = db_runs.export_scores(db, key, image_ids=args.image)
-        stale = [x for e in db_runs.list_explanations(db, run_id=args.run) if e["key"] == key
-                 for x in e["stale_images"]]
+        expls = db_runs.list_explanations(db, run_id=args.run)
+    stale = [x for e in expls if e["key"] == key for x in e["stale_images"]]
     old = sorted({r["image_id"] for r in rows if not r["current"]} | set(stale))
     if old:
         print(f"warning: {len(old)} image(s) of this explanation ({', '.join(i[:12] for i in old[:5])}"
               f"{', ...' if len(old) > 5 else ''}) were re-ingested into the run's cohort after they were scored: "
-              f"their scores are left out; rerun `nucleograph explain --run {args.run} --method {args.method}`",
-              file=sys.stderr)
+              f"their scores are left out; rerun `{_explain_command(args)}`", file=sys.stderr)
     rows = [{k: v for k, v in r.items() if k != "current"} for r in rows if r["current"]]
     if not rows:
-        raise InputError(f"no {args.method} scores for run {args.run}: run `nucleograph explain --run {args.run} "
-                         f"--method {args.method}` first")
+        raise InputError(f"no {_title(args)} scores for run {args.run}: run `{_explain_command(args)}` first"
+                         + _other_outputs(expls, args))
     _check_finite(rows, args)
+    # standard error: standard output holds only the rows
+    print(f"{len(rows)} nuclei: {_title(args)} scores of run {args.run}", file=sys.stderr)
     fh = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
     try:
         if args.format == "json":
@@ -271,10 +326,10 @@ def _check_finite(rows: list[dict], args) -> None:
     """Refuse to export a score that is not a finite number (older versions could store NaN)."""
     bad = sorted({r["image_id"] for r in rows if r["score"] is not None and not math.isfinite(r["score"])})
     if bad:
-        raise ModelError(f"run {args.run}'s {args.method} scores of {len(bad)} image(s) ({', '.join(bad[:5])}"
+        raise ModelError(f"run {args.run}'s {_title(args)} scores of {len(bad)} image(s) ({', '.join(bad[:5])}"
                          f"{', ...' if len(bad) > 5 else ''}) hold NaN or infinite values, written by an older "
-                         f"version: recompute them with `nucleograph explain --run {args.run} --method {args.method}"
-                         f" --hops {args.hops}` (images with such scores are explained again)")
+                         f"version: recompute them with `{_explain_command(args)}` (images with such scores are "
+                         "explained again)")
 
 
 def cmd_render(args, settings: Settings) -> int:
@@ -285,7 +340,7 @@ def cmd_render(args, settings: Settings) -> int:
     from nucleograph.gnn.render import render_importance
     from nucleograph.ingest.readers import read_image
 
-    prop = db_runs.score_property(args.run, args.method, args.hops)
+    prop = db_runs.score_property(args.run, args.method, args.hops, output=args.output)
     with GraphDB.open(settings) as db:
         run = db_runs.get_run(db, args.run)
         if run is None:
@@ -297,16 +352,45 @@ def cmd_render(args, settings: Settings) -> int:
         scores = db_runs.image_scores(db, run["cohort"], args.image, prop)
         preds = {p["image_id"]: p for p in db_runs.predictions(db, args.run)}
         areas = store.nucleus_areas(db, run["cohort"], args.image)
+        expls = db_runs.list_explanations(db, run_id=args.run)
     g = graphs[0]
     s = np.array([r["score"] if r["score"] is not None else np.nan for r in scores], dtype=float)
     if np.all(np.isnan(s)):
-        raise InputError(f"image {args.image} has no {args.method} scores for run {args.run}: run "
-                         f"`nucleograph explain --run {args.run} --method {args.method} --image {args.image}`")
+        raise InputError(f"image {args.image} has no {_title(args)} scores for run {args.run}: run "
+                         f"`{_explain_command(args)} --image {args.image}`" + _other_outputs(expls, args))
     pred = preds.get(args.image, {})
     title = (f"{g['label']} | {run.get('model')} predicts {pred.get('pred')} "
-             f"(p={pred.get('prob', float('nan')):.2f}) | {args.method}")
+             f"(p={pred.get('prob', float('nan')):.2f}) | {_title(args)}")
     radii = np.sqrt(np.maximum(areas, 1.0) / np.pi)
     out = render_importance(read_image(g["path"]), g["centroids"], radii, s, args.out,
                             edges=(g["src"], g["dst"]) if args.edges else None, title=title)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args, settings: Settings) -> int:
+    """Run ``nucleograph evaluate``; returns the exit status."""
+    from nucleograph.gnn.evaluate import TABLE_COLUMNS, class_rows, evaluate_run, role_rows
+
+    with GraphDB.open(settings) as db:
+        out = evaluate_run(db, settings, args.run, method=args.method, hops=args.hops, output=args.output,
+                           images=args.images, per_class=args.per_class, n_random=args.random, truth=args.truth,
+                           against=args.against, seed=args.seed, progress=True)
+    if args.json:
+        emit_json(out)
+        return 0
+    title = db_runs.explanation_title(out["method"], out["hops"], out["output"])
+    print(f"run {out['run_id']} ({out['model']}, cohort {out['cohort']}): {title}, {out['n_images']} images, "
+          f"{out['n_random']} random orders, {out['seconds']} s")
+    print(format_table(list(TABLE_COLUMNS), class_rows(out)))
+    print("deletion, insertion: area under the curve / random order's (deletion: lower is better; insertion: "
+          "higher); sparsity: share of the positive score in the top 10%; ties: share of nuclei tied; "
+          "stability: Spearman with " + (out["stability_from"] or "no second model (single split; use --against)"))
+    roles = role_rows(out)
+    if roles:
+        print()
+        print(format_table(["class", "role", "auroc", "enrichment", "images"], roles))
+        print("auroc: the scores rank the role above stroma (0.5 = chance); enrichment: share among the top 10% / "
+              "share among all matched nuclei")
+    print(f"recorded: evaluation {out['evaluation_id']} in SQL, and on the Explanation {out['key']}")
     return 0

@@ -3,10 +3,15 @@
 Occlusion (the seed paper's explanation): for each nucleus ``i`` remove it and its ``hops``-hop
 neighbourhood with their edges, and score
 
-.. math:: s_i = p_c(M(G)) - p_c(M(G \\setminus \\mathcal{N}_k(i)))
+.. math:: s_i = v_c(M(G)) - v_c(M(G \\setminus \\mathcal{N}_k(i)))
 
-where ``c`` is the predicted class (or ``target``). A graph emptied by the removal has no defined
-model output; its probability is the uniform prior ``1 / C``.
+where ``c`` is the predicted class (or ``target``) and ``v_c`` its log-odds
+``log(p_c / (1 - p_c)) = z_c - logsumexp_{j != c} z_j`` computed from the logits ``z`` (``output="logodds"``,
+the default), or its probability ``p_c`` (``output="prob"``, the seed paper's score). Probabilities
+saturate: for a confidently classified graph ``p_c`` rounds to 1 with or without most nuclei, so
+probability drops are mostly 0 or rounding noise, while log-odds drops stay as resolved as the logits.
+A graph emptied by the removal has no defined model output; its value is the uniform prior's
+(``1 / C``, log-odds ``log(1 / (C - 1))``).
 
 :func:`occlusion_naive` runs the model once per nucleus (:mod:`nucleograph.gnn.occlusion.reference`).
 :func:`occlusion` gives the same scores fast for the RSF models (:mod:`nucleograph.gnn.occlusion.fast`):
@@ -29,6 +34,7 @@ from nucleograph.gnn.occlusion.pooling import Precision
 from nucleograph.gnn.occlusion.reference import (
     EvalMode,
     check_hops,
+    check_output,
     check_single_graph,
     occlusion_batched,
     occlusion_naive,
@@ -86,6 +92,7 @@ def occlusion(
     batch_size: int = 64,
     threads: int | None = None,
     precision: Precision | None = None,
+    output: str = "logodds",
 ) -> np.ndarray:
     """Occlusion scores, equal to :func:`occlusion_naive` up to float rounding, computed fast.
 
@@ -96,8 +103,8 @@ def occlusion(
 
     Parameters
     ----------
-    model, graph, hops, target
-        As for :func:`occlusion_naive`.
+    model, graph, hops, target, output
+        As for :func:`occlusion_naive` (``output``: ``"logodds"``, the default, or ``"prob"``).
     batch_size : int
         Occlusions processed together (memory grows linearly with it; the default was the fastest
         measured, bench/RESULTS.md "Explanations").
@@ -117,9 +124,10 @@ def occlusion(
     ------
     InputError
         ``graph`` is a batch or has no nuclei, ``hops`` is not a non-negative integer, ``target`` is
-        out of range, or ``batch_size``/``threads`` is not positive.
+        out of range, ``output`` is unknown, or ``batch_size``/``threads`` is not positive.
     """
     hops = check_hops(hops)
+    check_output(output)
     check_single_graph(graph)
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
@@ -127,7 +135,7 @@ def occlusion(
     if threads < 1:
         raise InputError(f"threads must be positive, got {threads}")
     if not isinstance(model, RSFNet) or not _symmetric(graph):
-        return occlusion_batched(model, graph, hops=hops, target=target, batch_size=batch_size)
+        return occlusion_batched(model, graph, hops=hops, target=target, batch_size=batch_size, output=output)
     with EvalMode(model):
         return occlusion_rsf(model, graph, hops=hops, target=target, batch_size=batch_size, threads=threads,
-                             precision=Precision() if precision is None else precision)
+                             precision=Precision() if precision is None else precision, output=output)

@@ -28,7 +28,7 @@ from nucleograph.gnn.checkpoints import load_checkpoint
 from nucleograph.gnn.data import check_test_split, edge_channels, to_dgl
 from nucleograph.gnn.graph_cache import read_cache, write_cache
 from nucleograph.gnn.interrupt import Terminated, TrainingInterrupted
-from nucleograph.gnn.models import DEFAULT_MODEL
+from nucleograph.gnn.models import DEFAULT_MODEL, RSFNet
 from nucleograph.gnn.run_record import record_finish, record_start, record_stop, resumed_params
 from nucleograph.gnn.train import TrainConfig, TrainResult, kfold, train_model
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
@@ -348,10 +348,11 @@ def load_run_models(db: GraphDB, settings: Settings, run_id: str) -> tuple[dict[
 def explain_run(
     db: GraphDB, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
     image_ids: list[str] | None = None, target: int | None = None, force: bool = False, progress: bool = False,
+    output: str = "logodds",
 ) -> dict[str, Any]:
     """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j.
 
-    Images whose nuclei already hold finite scores of this run, method and hops are not recomputed
+    Images whose nuclei already hold finite scores of this run, method, hops and output are not recomputed
     (reported as ``reused``) unless ``force`` or an explicit ``target`` is given. A score that is
     not finite is never written: the run stops with a :class:`ModelError` at the first such image.
 
@@ -361,7 +362,9 @@ def explain_run(
     settings : Settings
     run_id : str
     method : str
-        ``occlusion`` (any model) or ``attention`` (rsf-attention runs).
+        ``occlusion``, ``gradxinput`` or ``ig`` (any model), ``gnnexplainer`` (RSF models) or
+        ``attention`` (rsf-attention runs); :mod:`nucleograph.gnn.attribution` holds the gradient
+        methods and GNNExplainer (their defaults: 32 path steps, 100 epochs, seed 0).
     hops : int
         Occlusion's neighbourhood size.
     image_ids : list of str, optional
@@ -372,31 +375,38 @@ def explain_run(
         Recompute images that already have scores.
     progress : bool
         Show progress on standard error (a bar on a terminal, else a line every few seconds).
+    output : {"logodds", "prob"}
+        What occlusion scores measure (:func:`nucleograph.gnn.explain.occlusion`): the drop of the
+        explained class's log-odds (default) or of its probability; each has its own property
+        (:func:`nucleograph.db.runs.score_property`). Ignored by the other methods.
 
     Returns
     -------
     dict
-        ``run_id, method, hops, property, images, reused, skipped, seconds``: ``images`` counts the
-        images scored now, ``reused`` those whose stored scores were kept.
+        ``run_id, method, hops, output, property, images, reused, skipped, seconds``: ``images`` counts
+        the images scored now, ``reused`` those whose stored scores were kept; ``hops`` and ``output``
+        are None for methods other than occlusion.
 
     Raises
     ------
     InputError
-        Unknown method, attention on a model without it, or images outside the cohort.
+        Unknown method or output, attention on a model without it, or images outside the cohort.
     ModelError
         The model gave a non-finite score (named: run, image, how many nuclei).
     """
-    # imported here: explain loads numba's compiled kernels (~1 s), which training runs do not need
-    from nucleograph.gnn.explain import attention_scores, occlusion
-
     if method not in db_runs.METHODS:
         raise InputError(f"unknown method {method!r}: choose one of {', '.join(db_runs.METHODS)}")
+    if method == "occlusion" and output not in db_runs.OUTPUTS:
+        raise InputError(f"unknown occlusion output {output!r}: choose one of {', '.join(db_runs.OUTPUTS)}")
     run, models = load_run_models(db, settings, run_id)
     if method == "attention" and run.get("model") != "rsf-attention":
         raise InputError(f"run {run_id} is a {run.get('model')} model: attention scores need an rsf-attention run "
                          "(use --method occlusion for any model)")
+    if method == "gnnexplainer" and not isinstance(models[0], RSFNet):
+        raise InputError(f"run {run_id} is a {run.get('model')} model: GNNExplainer masks the edges of an RSF model "
+                         "(use --method ig or occlusion for any model)")
     todo = _images_to_explain(db, run, image_ids)
-    key = db_runs.explanation_key(run_id, method, hops)
+    key = db_runs.explanation_key(run_id, method, hops, output=output)
     reused = [] if force or target is not None else db_runs.explained_images(db, key, todo)
     todo = [i for i in todo if i not in set(reused)]
     fold_of = {p["image_id"]: p.get("fold", 0) for p in db_runs.predictions(db, run_id)}
@@ -410,18 +420,49 @@ def explain_run(
                 continue
             model = models[min(int(fold_of.get(g["id"], 0) or 0), len(models) - 1)]
             graph = graph_from_arrays(g)
-            with torch.no_grad():
-                if method == "attention":
-                    scores = attention_scores(model, graph)
-                else:
-                    scores = occlusion(model, graph, hops=hops, target=target)
+            scores = explain_graph(method, model, graph, hops=hops, target=target, output=output)
             scores = _finite_scores(scores, run_id=run_id, method=method, image_id=g["id"])
             db_runs.save_scores(db, run_id=run_id, method=method, hops=hops, segmentation=g["segmentation"],
-                                nids=g["nids"], scores=scores)
+                                nids=g["nids"], scores=scores, output=output)
             done.append(g["id"])
-    return {"run_id": run_id, "method": method, "hops": hops if method == "occlusion" else None,
-            "property": db_runs.score_property(run_id, method, hops), "images": len(done), "reused": len(reused),
-            "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}
+    occ = method == "occlusion"
+    return {"run_id": run_id, "method": method, "hops": hops if occ else None, "output": output if occ else None,
+            "property": db_runs.score_property(run_id, method, hops, output=output), "images": len(done),
+            "reused": len(reused), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def explain_graph(method: str, model, graph, *, hops: int, target: int | None, output: str) -> np.ndarray:
+    """One image's per-nucleus scores by ``method``, as :func:`explain_run` computes them.
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`nucleograph.db.runs.METHODS` (checked by the caller).
+    model : GraphClassifier
+    graph : dgl.DGLGraph
+        One image's graph.
+    hops, target, output
+        As for :func:`explain_run` (``hops`` and ``output`` used by occlusion only).
+
+    Returns
+    -------
+    np.ndarray, shape (N,)
+    """
+    # imported here: explain loads numba's compiled kernels (~1 s), which training runs do not need
+    from nucleograph.gnn import attribution
+    from nucleograph.gnn.explain import attention_scores, occlusion
+
+    # the gradient methods need autograd: each switches it on for itself, and none writes a parameter's grad
+    if method == "gradxinput":
+        return attribution.gradient_x_input(model, graph, target=target)
+    if method == "ig":
+        return attribution.integrated_gradients(model, graph, target=target)
+    if method == "gnnexplainer":
+        return attribution.gnnexplainer_scores(model, graph, target=target)
+    with torch.no_grad():
+        if method == "attention":
+            return attention_scores(model, graph)
+        return occlusion(model, graph, hops=hops, target=target, output=output)
 
 
 def _images_to_explain(db: GraphDB, run: dict[str, Any], image_ids: list[str] | None) -> list[str]:

@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
     p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
+    p.add_argument("--output", choices=list(db_runs.OUTPUTS), default="logodds",
+                   help="which occlusion scores: drops of the explained class's log-odds or of its probability")
     p.add_argument("--out", required=True, help="folder to write IMAGE.geojson files to (created)")
     p.add_argument("--format", choices=list(EXPORT_FORMATS), default="geojson", help="file format")
     p.add_argument("--image", action="append", default=None, help="an image id (repeat; default: all explained)")
@@ -149,12 +151,12 @@ def cmd_export(args, settings: Settings) -> int:
     hops = args.hops if args.method == "occlusion" else None
     with GraphDB.open(settings) as db:
         out = export_explanation(db, run_id=args.run, method=args.method, hops=hops, out_dir=args.out,
-                                 fmt=args.format, image_ids=args.image, progress=not args.json)
+                                 fmt=args.format, image_ids=args.image, progress=not args.json, output=args.output)
     if args.json:
         emit_json(out)
     else:
-        print(f"wrote {len(out['files'])} GeoJSON file(s), {out['nuclei']} nuclei, to {out['out']} "
-              "(QuPath: File > Import objects from file)")
+        print(f"wrote {len(out['files'])} GeoJSON file(s), {out['nuclei']} nuclei ({out['explanation']} scores), "
+              f"to {out['out']} (QuPath: File > Import objects from file)")
     if out["stale"]:
         print(f"warning: {len(out['stale'])} image(s) were re-ingested into the run's cohort after they were "
               f"scored and were left out; rerun `nucleograph explain --run {args.run} --method {args.method}`",

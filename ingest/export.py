@@ -124,7 +124,7 @@ def _file_name(row: dict[str, Any], taken: set[str]) -> str:
 
 def export_explanation(
     db: GraphDB, *, run_id: str, method: str, hops: int | None, out_dir: str | Path, fmt: str = "geojson",
-    image_ids: list[str] | None = None, progress: bool = False,
+    image_ids: list[str] | None = None, progress: bool = False, output: str = "logodds",
 ) -> dict[str, Any]:
     """Write one GeoJSON FeatureCollection per image the explanation scored.
 
@@ -146,11 +146,16 @@ def export_explanation(
         Only these images.
     progress : bool
         Show a progress bar.
+    output : {"logodds", "prob"}
+        Which occlusion scores (:func:`nucleograph.db.runs.score_property`); ignored for other methods.
+        Each file's ``nucleograph`` metadata records the explanation's ``output`` and its ``explanation``
+        title (e.g. "occlusion k=1, log-odds drop").
 
     Returns
     -------
     dict
-        ``run_id, method, hops, out, files (list of {image_id, path, file, nuclei}), nuclei, stale``.
+        ``run_id, method, hops, output, explanation, out, files (list of {image_id, path, file, nuclei}),
+        nuclei, stale``.
 
     Raises
     ------
@@ -159,12 +164,15 @@ def export_explanation(
     """
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
-    key = db_runs.explanation_key(run_id, method, hops)
+    key = db_runs.explanation_key(run_id, method, hops, output=output)
+    occ = method == "occlusion"
+    title = db_runs.explanation_title(method, hops if occ else None, output if occ else None)
     rows = db_runs.export_images(db, key, image_ids=image_ids)
     current = [r for r in rows if r["current"]]
     if not current:
-        raise InputError(f"no {method} scores of run {run_id} to export: run `nucleograph explain --run {run_id} "
-                         f"--method {method}` first" + (" (its images were re-ingested since)" if rows else ""))
+        how = f" --hops {hops} --output {output}" if occ else ""
+        raise InputError(f"no {title} scores of run {run_id} to export: run `nucleograph explain --run {run_id} "
+                         f"--method {method}{how}` first" + (" (its images were re-ingested since)" if rows else ""))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files, taken = [], set()
@@ -172,7 +180,8 @@ def export_explanation(
     try:
         for row in current:
             nuclei = db_runs.export_nuclei(db, key, row["segmentation"])
-            meta = {"run_id": run_id, "method": method, "hops": hops, "score_property": row["property"],
+            meta = {"run_id": run_id, "method": method, "hops": hops, "output": row["output"], "explanation": title,
+                    "score_property": row["property"],
                     "image_id": row["image_id"], "path": row["path"], "label": row["label"],
                     "segmentation": row["segmentation"], "detector": row["detector"],
                     "width": row["width"], "height": row["height"]}
@@ -189,5 +198,6 @@ def export_explanation(
     finally:
         if bar is not None:
             bar.close()
-    return {"run_id": run_id, "method": method, "hops": hops, "out": str(out), "files": files,
+    return {"run_id": run_id, "method": method, "hops": hops, "output": output if occ else None,
+            "explanation": title, "out": str(out), "files": files,
             "nuclei": sum(f["nuclei"] for f in files), "stale": sorted(r["image_id"] for r in rows if not r["current"])}

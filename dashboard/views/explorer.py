@@ -30,7 +30,7 @@ if "explorer_expl" not in st.session_state or st.session_state["explorer_expl"] 
 
 # The run (the explanation's, else the newest) decides each image's split, so it is picked first.
 c1, c2, c3 = st.columns([3, 4, 1.6])
-key = c2.selectbox("Importance (run · model · method)", keys, key="explorer_expl",
+key = c2.selectbox("Importance (run · model · method)", keys, key="explorer_expl", help=stats.methods_help(),
                    format_func=lambda k: "none (colour by area)" if k is None else stats.explanation_label(expl_by_key[k]))
 expl = expl_by_key.get(key)
 prop = expl["property"] if expl else None
@@ -75,7 +75,8 @@ has_scores = bool(prop) and nuclei["score"].notna().any()
 if expl and image_id in (expl.get("stale_images") or []):
     st.warning(f"This image was re-ingested into {cohort} after run {run_id} explained it: its nuclei changed and "
                f"the scores shown are missing. Explain it again: `nucleograph explain --run {run_id} --method "
-               f"{expl['method']} --image {image_id}`.")
+               f"{expl['method']}" + (f" --hops {expl['hops']} --output {expl['output']}" if expl.get("output") else "")
+               + f" --image {image_id}`.")
 elif prop and not has_scores:
     st.info("This image has no scores under the chosen explanation (it was not explained); colouring by area.")
 
@@ -138,7 +139,7 @@ with right:
 
 with left:
     scaled = {"relative": " (relative)", "log": " (signed log)"}.get(scaling, "")
-    colour, title = ("score", f"{expl['method']} importance{scaled}") if has_scores else ("area", "area (px²)")
+    colour, title = ("score", f"{stats.method_title(expl)}{scaled}") if has_scores else ("area", "area (px²)")
     source, why = data.image_source(meta["path"])
     if source is None:
         st.warning(f"Image pixels unavailable ({why}); drawing the nuclei alone.")
@@ -159,5 +160,5 @@ with left:
         b2.download_button(
             "Heat map (PNG)", lambda: plots.heatmap_png(
                 read_image(meta["path"]), nuclei, src=graph["src"] if show_edges else None, dst=graph["dst"],
-                title=f"{meta['label']} | {image_id} | {expl['method']} importance, run {expl['run_id']}"),
+                title=f"{meta['label']} | {image_id} | {stats.method_title(expl)}, run {expl['run_id']}"),
             f"{stem}.png", "image/png", key="explorer_png", on_click="ignore", icon=":material/download:")

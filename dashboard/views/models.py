@@ -88,6 +88,23 @@ if compare:
                       yaxis=dict(range=[0, 1.02]))
     st.plotly_chart(fig, key="compare")
 
+st.subheader("Explanation evaluations")
+evals = data.evaluations(reader, run_id=run_id)
+if evals.empty:
+    st.info(f"No evaluation of run {run_id}'s explanations yet: "
+            f"`nucleograph evaluate --run {run_id} --method occlusion` (add `--truth DIR` for a synthetic cohort).")
+else:
+    ratio = "area under the curve ÷ a random order's"
+    st.dataframe(evals, hide_index=True, key="models_evaluations", column_config={
+        "deletion": st.column_config.NumberColumn(format="%.3f", help=f"{ratio}: lower is better, < 1 is faithful"),
+        "insertion": st.column_config.NumberColumn(format="%.3f", help=f"{ratio}: higher is better, > 1 is faithful"),
+        "sparsity": st.column_config.NumberColumn(format="%.3f", help="share of the positive score in the top 10%"),
+        "ties": st.column_config.NumberColumn(format="%.3f", help="share of nuclei whose score equals another's"),
+        "stability": st.column_config.NumberColumn(format="%.3f", help="Spearman with a second model's scores"),
+        **{c: st.column_config.NumberColumn(format="%.3f", help="the scores rank the role(s) above stroma; 0.5 = chance")
+           for c in evals.columns if "AUROC" in c},
+    })
+
 with st.expander(f"Predictions of {run_id} ({len(preds)} images)"):
     st.dataframe(preds.assign(correct=preds["label"] == preds["pred"]), hide_index=True,
                  column_config={"prob": st.column_config.NumberColumn(format="%.3f")})

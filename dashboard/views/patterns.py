@@ -23,7 +23,8 @@ by_key = {e["key"]: e for e in expls}
 keys = list(by_key)
 
 c1, c2, c3 = st.columns([4, 4, 2])
-key_a = c1.selectbox("Explanation", keys, key="patterns_a", format_func=lambda k: stats.explanation_label(by_key[k]))
+key_a = c1.selectbox("Explanation", keys, key="patterns_a", format_func=lambda k: stats.explanation_label(by_key[k]),
+                     help=stats.methods_help())
 others = [None] + [k for k in keys if k != key_a]
 if st.session_state.get("patterns_b") not in others:
     st.session_state["patterns_b"] = None
@@ -46,7 +47,7 @@ def concept_panel(key: str, *, slot: str) -> None:
                f"{int(df['sample'].sum()):,} of their {int(df.drop_duplicates('image_id')['total'].sum()):,} nuclei")
     effects = stats.effect_sizes(df, k, FEATURES)
     st.plotly_chart(plots.effect_heatmap(effects, stats.SHAPE_FEATURES,
-                                         title=f"{e['method']}: top-{k} minus all nuclei (SD of all)"),
+                                         title=f"{stats.method_title(e)}: top-{k} minus all nuclei (SD of all)"),
                     key=f"effects_{slot}")
     feature = st.selectbox("Feature", FEATURES, key=f"patterns_feature_{slot}",
                            format_func=lambda f: stats.SHAPE_FEATURES[f])

@@ -4,7 +4,8 @@ Per image: one float64 pass of the model's layers up to Pool1 (:func:`build_imag
 balls of every nucleus (:class:`GraphIndex`). Per batch of occlusions: the three node convolutions
 before Pool1 update their cached pre-activations on the rows they change (:func:`_batch_change`), the
 pooling sums are corrected in closed form in the precision tier each cluster needs
-(:mod:`nucleograph.gnn.occlusion.pooling`), and the model's own head runs on all occlusions at once.
+(:mod:`nucleograph.gnn.occlusion.pooling`), and the model's own head runs on all occlusions at once;
+its logits give the explained class's log-odds or probability (:func:`.reference.target_values`).
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ from nucleograph.gnn.occlusion.cache import ImageCache, build_image_cache
 from nucleograph.gnn.occlusion.pooling import (
     BatchChange,
     Precision,
-    class_probas,
+    class_values,
     float32_sums,
     redo_float64,
     sum_afresh,
 )
-from nucleograph.gnn.occlusion.reference import pick_target, proba
+from nucleograph.gnn.occlusion.reference import pick_target, target_values
 from nucleograph.gnn.occlusion.rows import BatchRows, GraphIndex, take_rows
 
 
 def occlusion_rsf(model: RSFNet, graph, *, hops: int, target: int | None, batch_size: int, threads: int,
-                  precision: Precision) -> np.ndarray:
+                  precision: Precision, output: str = "logodds") -> np.ndarray:
     """Occlusion scores of every nucleus of ``graph`` (symmetric) for an RSF ``model`` in eval mode.
 
     Parameters are those of :func:`nucleograph.gnn.explain.occlusion`, checked there. Occlusions with
@@ -44,8 +45,9 @@ def occlusion_rsf(model: RSFNet, graph, *, hops: int, target: int | None, batch_
     """
     n = graph.num_nodes()
     image = build_image_cache(model, graph)
-    p0 = proba(model, graph)
-    c = pick_target(p0, target)
+    logits = model(graph)
+    c = pick_target(torch.softmax(logits.double(), 1)[0].numpy(), target)
+    v0 = target_values(logits, c, output)[0]
     src, dst = (t.numpy() for t in graph.edges())
     index = GraphIndex.build(src, dst, model.edge_features(graph).numpy(), hops=hops, n_nodes=n)
     by_size = np.argsort(index.ball_sizes(), kind="stable")
@@ -53,22 +55,22 @@ def occlusion_rsf(model: RSFNet, graph, *, hops: int, target: int | None, batch_
 
     def run(centers, scratch):
         batch = BatchRows.build(centers, index, scratch)
-        scores[centers] = p0[c] - _batch_probas(model, image, batch, c, precision)
+        scores[centers] = v0 - _batch_values(model, image, batch, c, output, precision)
 
     _each_batch(run, [by_size[start:start + batch_size] for start in range(0, n, batch_size)], n, threads)
     return scores
 
 
-def _batch_probas(model: RSFNet, image: ImageCache, batch: BatchRows, target: int,
+def _batch_values(model: RSFNet, image: ImageCache, batch: BatchRows, target: int, output: str,
                   precision: Precision) -> np.ndarray:
-    """Class-``target`` probabilities of the occluded graphs of one batch."""
+    """Class-``target`` log-odds or probabilities (``output``) of the occluded graphs of one batch."""
     state = float32_sums(_batch_change(model, image, batch))
     heavy, afresh = precision.tiers(state)
     if heavy.any():  # rows and columns first: the fresh sums overwrite the entries they share
         redo_float64(state, heavy)
     if afresh.any():
         sum_afresh(state, afresh)
-    return class_probas(model, state, target)
+    return class_values(model, state, target, output)
 
 
 def _conv_update(conv, pre: torch.Tensor, *, removed_proj: torch.Tensor, removed: torch.Tensor,

@@ -4,7 +4,7 @@ precision tiers (``docs/occlusion.md``, "Pooling corrections" and "Precision tie
 :func:`float32_sums` corrects every cluster with float32 products; :class:`Precision` picks the
 clusters whose rounding bound that exceeds; :func:`redo_float64` redoes their rows and columns in
 float64 and :func:`sum_afresh` sums the clusters that the removed nuclei held virtually all of afresh;
-:func:`class_probas` runs the model's own head on the result.
+:func:`class_values` runs the model's own head on the result.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from nucleograph.gnn.layers.spmm import weighted_sums
 from nucleograph.gnn.models import RSFNet
 from nucleograph.gnn.occlusion.balls import row_blocks
 from nucleograph.gnn.occlusion.cache import ImageCache, PoolingSums
+from nucleograph.gnn.occlusion.reference import empty_value, target_values
 from nucleograph.gnn.occlusion.rows import BatchRows, CSRArrays, take_rows
 
 #: float32 over float64 rounding: how much further float64 corrections stay as exact as float32 ones
@@ -234,9 +235,10 @@ def _own_shift_numerators(change: BatchChange, clusters, rows, o, v) -> torch.Te
     return torch.exp(z - z.amax(2, keepdim=True))
 
 
-def class_probas(model: RSFNet, state: PoolingState, target: int) -> np.ndarray:
-    """``(b,)`` probability of class ``target`` for each occluded graph: the pooled graph through the
-    model's own head (batch norm in eval mode); the uniform prior where the whole graph was removed."""
+def class_values(model: RSFNet, state: PoolingState, target: int, output: str) -> np.ndarray:
+    """``(b,)`` log-odds or probability (``output``, :func:`.reference.target_values`) of class ``target``
+    for each occluded graph: the pooled graph through the model's own head (batch norm in eval mode),
+    its logits to the value; the uniform prior's where the whole graph was removed."""
     batch, sums = state.change.batch, state.sums
     b, n_ch = batch.b, sums.adj.shape[2]
     adj = sums.adj
@@ -246,5 +248,5 @@ def class_probas(model: RSFNet, state: PoolingState, target: int) -> np.ndarray:
     v = sums.num.div_(den.unsqueeze(2))
     a = adj.div_(den[:, :, None, None] * den[:, None, None, :]).permute(0, 2, 1, 3)
     dtype = model.feat_mean.dtype
-    p = torch.softmax(model.head(v.to(dtype), a.to(dtype)).double(), 1)[:, target].numpy()
-    return np.where(batch.emptied, 1.0 / model.n_classes, p)
+    values = target_values(model.head(v.to(dtype), a.to(dtype)), target, output)
+    return np.where(batch.emptied, empty_value(model.n_classes, output), values)

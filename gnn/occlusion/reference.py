@@ -1,6 +1,7 @@
 """The reference occlusion: the model run on each occluded graph (one home for "the probability of the
-model without these nuclei", also used by :mod:`nucleograph.gnn.faithfulness`), and the argument
-checks that every occlusion path shares."""
+model without these nuclei", also used by :mod:`nucleograph.gnn.faithfulness`), what an occlusion
+score measures (:func:`target_values`: log-odds or probability of the explained class, from the
+logits), and the argument checks that every occlusion path shares."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dgl
 import numpy as np
 import torch
 
+from nucleograph.db.runs import OUTPUTS
 from nucleograph.errors import InputError
 from nucleograph.gnn.keys import EFEAT
 from nucleograph.gnn.models import GraphClassifier
@@ -46,6 +48,42 @@ def check_hops(hops: int) -> int:
     if int(hops) != hops or hops < 0:
         raise InputError(f"hops must be a non-negative integer, got {hops!r}")
     return int(hops)
+
+
+def check_output(output: str) -> str:
+    """``output``; raise :class:`InputError` unless it is one of :data:`nucleograph.db.runs.OUTPUTS`."""
+    if output not in OUTPUTS:
+        raise InputError(f"unknown occlusion output {output!r}: choose one of {', '.join(OUTPUTS)}")
+    return output
+
+
+def target_values(logits: torch.Tensor, target: int, output: str) -> np.ndarray:
+    """``(b,)`` float64: the class-``target`` log-odds or probability of each row of ``logits`` ``(b, C)``.
+
+    .. math:: \\operatorname{logodds}_c = \\log \\frac{p_c}{1 - p_c} = z_c - \\log \\sum_{j \\ne c} e^{z_j}
+
+    computed from the logits in float64, never from a probability: a probability near 1 rounds to 1
+    (``1 - p`` below float64's resolution), its log-odds stays resolved as finely as the logits.
+    """
+    z = logits.double()
+    if output == "prob":
+        return torch.softmax(z, 1)[:, target].cpu().numpy()
+    others = torch.cat([z[:, :target], z[:, target + 1:]], 1)
+    return (z[:, target] - torch.logsumexp(others, 1)).cpu().numpy()
+
+
+def empty_value(n_classes: int, output: str) -> float:
+    """The value of a graph without nuclei (no defined model output): the uniform prior ``1 / C``, whose
+    log-odds is ``log(1 / (C - 1))``."""
+    return 1.0 / n_classes if output == "prob" else -float(np.log(n_classes - 1))
+
+
+def graph_value(model: GraphClassifier, graph, target: int, output: str) -> float:
+    """One graph's class-``target`` value (:func:`target_values`; :func:`empty_value` without nuclei).
+    Call with gradients off."""
+    if graph.num_nodes() == 0:
+        return empty_value(model.n_classes, output)
+    return float(target_values(model(graph), target, output)[0])
 
 
 def pick_target(p0: np.ndarray, target: int | None) -> int:
@@ -104,7 +142,8 @@ def proba_without(model: GraphClassifier, graph, removed) -> np.ndarray:
     return proba(model, without(graph, removed))
 
 
-def occlusion_naive(model: GraphClassifier, graph, *, hops: int = 1, target: int | None = None) -> np.ndarray:
+def occlusion_naive(model: GraphClassifier, graph, *, hops: int = 1, target: int | None = None,
+                    output: str = "logodds") -> np.ndarray:
     """Occlusion scores by one model run per nucleus (the reference for :func:`nucleograph.gnn.explain.occlusion`).
 
     Parameters
@@ -117,29 +156,44 @@ def occlusion_naive(model: GraphClassifier, graph, *, hops: int = 1, target: int
         Remove each nucleus with its ``hops``-hop in-neighbourhood (``dgl.khop_in_subgraph``).
     target : int, optional
         Class to score; default the class predicted for the whole graph.
+    output : {"logodds", "prob"}
+        What the score measures (:func:`target_values`): the drop of the class's log-odds
+        ``log(p_c / (1 - p_c))``, from the logits (the default: it does not saturate), or of its
+        probability ``p_c``.
 
     Returns
     -------
     np.ndarray, shape (N,), float64
-        ``p_c(G) - p_c(G_i)``; positive where removing the nucleus lowers the class probability.
+        ``v_c(G) - v_c(G_i)``; positive where removing the nucleus lowers the class's log-odds (or
+        probability). A graph emptied by the removal has the uniform prior (:func:`empty_value`).
+
+    Raises
+    ------
+    InputError
+        ``graph`` is a batch or has no nuclei, ``hops`` is not a non-negative integer, ``target`` is
+        out of range, or ``output`` is unknown.
     """
     hops = check_hops(hops)
+    check_output(output)
     check_single_graph(graph)
     with EvalMode(model):
-        p0 = proba(model, graph)
-        c = pick_target(p0, target)
+        logits = model(graph)
+        c = pick_target(torch.softmax(logits.double(), 1)[0].cpu().numpy(), target)
+        v0 = target_values(logits, c, output)[0]
         scores = np.empty(graph.num_nodes())
         for i in range(graph.num_nodes()):
-            scores[i] = p0[c] - proba_without(model, graph, hop_ball(graph, i, hops))[c]
+            scores[i] = v0 - graph_value(model, without(graph, hop_ball(graph, i, hops)), c, output)
     return scores
 
 
-def occlusion_batched(model: GraphClassifier, graph, *, hops: int, target: int | None, batch_size: int) -> np.ndarray:
+def occlusion_batched(model: GraphClassifier, graph, *, hops: int, target: int | None, batch_size: int,
+                      output: str = "logodds") -> np.ndarray:
     """Occlusion scores from occluded copies run through the model in batches: exact for any model and
     graph, only a constant factor faster than :func:`occlusion_naive`. Arguments checked by the caller."""
     with EvalMode(model):
-        p0 = proba(model, graph)
-        c = pick_target(p0, target)
+        logits = model(graph)
+        c = pick_target(torch.softmax(logits.double(), 1)[0].cpu().numpy(), target)
+        v0 = target_values(logits, c, output)[0]
         n = graph.num_nodes()
         scores = np.empty(n)
         for start in range(0, n, batch_size):
@@ -147,7 +201,7 @@ def occlusion_batched(model: GraphClassifier, graph, *, hops: int, target: int |
             for i in range(start, min(n, start + batch_size)):
                 g_i = without(graph, hop_ball(graph, i, hops))
                 if g_i.num_nodes() == 0:
-                    scores[i] = p0[c] - 1.0 / model.n_classes
+                    scores[i] = v0 - empty_value(model.n_classes, output)
                     continue
                 if g_i.num_edges() == 0 and EFEAT not in g_i.edata:
                     # DGL drops the edge scheme with the last edge, and dgl.batch needs it on every part
@@ -155,6 +209,5 @@ def occlusion_batched(model: GraphClassifier, graph, *, hops: int, target: int |
                 parts.append(g_i)
                 idx_nonempty.append(i)
             if parts:
-                p = torch.softmax(model(dgl.batch(parts)).double(), 1)[:, c].cpu().numpy()
-                scores[idx_nonempty] = p0[c] - p
+                scores[idx_nonempty] = v0 - target_values(model(dgl.batch(parts)), c, output)
     return scores

@@ -37,7 +37,7 @@ def dash_cohort(tmp_path_factory, neo4j_settings, driver, graphdb) -> dict:
         "MATCH (:Cohort {name: $c})<-[:IN_COHORT]-(i:Image) RETURN i.id AS id ORDER BY i.id",
         c=name, database_=neo4j_settings.neo4j_database)
     return {"name": name, "bare": bare, "run_id": run["run_id"], "occlusion": occ, "attention": att,
-            "image_ids": [r["id"] for r in rows], "images": len(records)}
+            "image_ids": [r["id"] for r in rows], "images": len(records), "synth": out}
 
 
 @pytest.fixture(scope="session")

@@ -175,6 +175,29 @@ def test_models_page_shows_metrics_confusion_and_curves(dash_cohort, test_enviro
     assert_clean(at)
 
 
+def test_models_page_shows_stored_evaluations(dash_cohort, test_environ, graphdb):
+    from nucleograph.gnn.evaluate import evaluate_run
+
+    st.cache_data.clear()
+    at = open_page("models", dash_cohort["name"])
+    assert_clean(at)
+    assert any(f"No evaluation of run {dash_cohort['run_id']}" in i.value for i in at.info)
+    out = evaluate_run(graphdb, test_environ, dash_cohort["run_id"], method="attention", images=2, n_random=1,
+                       truth=dash_cohort["synth"])
+    st.cache_data.clear()  # evaluations are cached for a minute
+    at = open_page("models", dash_cohort["name"])
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "deletion" in d.value.columns)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["explanation"], row["images"], row["stability vs"]) == ("attention", 2, "the next fold's model")
+    for column, metric in (("deletion", "deletion_ratio"), ("insertion", "insertion_ratio"), ("ties", "tie_share"),
+                           ("stability", "stability"), ("structure AUROC", "structure_auroc")):
+        assert row[column] == pytest.approx(out["overall"][metric]["mean"]), column
+    roles = {c.removeprefix("AUROC ") for c in table.columns if c.startswith("AUROC ")} - {"structure"}
+    assert roles and roles == set(out["overall"]["role_auroc"])
+
+
 def test_models_page_flags_a_run_at_chance(chance_cohort, test_environ):
     st.cache_data.clear()  # the cohort list is cached for a minute; this cohort is new
     at = open_page("models", chance_cohort["name"])

@@ -65,10 +65,14 @@ def test_confusion_sums_fold_matrices_or_counts_predictions():
     assert ds.confusion({"class_names": ["X", "Y"], "metrics": {}}, preds.iloc[:0], split="test") is None
 
 
-def test_explanation_label_names_run_model_method_and_hops():
-    e = {"run_id": "r1", "model": "rsf", "method": "occlusion", "hops": 1, "images": 8}
-    assert ds.explanation_label(e) == "r1 · rsf · occlusion k=1 (8 images)"
-    assert ds.explanation_label({**e, "model": None, "hops": None}) == "r1 · ? · occlusion (8 images)"
+def test_explanation_label_names_run_model_method_hops_and_output():
+    e = {"run_id": "r1", "model": "rsf", "method": "occlusion", "hops": 1, "output": "logodds", "images": 8}
+    assert ds.explanation_label(e) == "r1 · rsf · occlusion k=1, log-odds drop (8 images)"
+    assert ds.explanation_label({**e, "output": "prob"}) == "r1 · rsf · occlusion k=1, probability drop (8 images)"
+    # an occlusion stored before outputs existed is a probability drop
+    assert ds.method_title({**e, "output": None}) == "occlusion k=1, probability drop"
+    att = {"run_id": "r1", "model": None, "method": "attention", "hops": None, "output": None, "images": 8}
+    assert ds.explanation_label(att) == "r1 · ? · attention (8 images)"
 
 
 def test_importance_by_position_bins():

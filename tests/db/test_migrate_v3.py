@@ -118,6 +118,10 @@ def test_db_migrate_moves_a_v2_store_without_loss(test_environ, graphdb, unique_
     assert len(unscored) == 1  # the v2 bug the dump captured
     (info,) = [e for e in db_runs.list_explanations(graphdb, run_id=run_id)]
     assert info["stale_images"] == sorted(unscored) and info["images"] == 7
+    # occlusion scores from before outputs existed are probability drops, under the name --output prob reads
+    assert (info["method"], info["output"]) == ("occlusion", "prob")
+    assert prop == db_runs.score_property(run_id, "occlusion", expl["hops"], output="prob")
+    assert expl["key"] == db_runs.explanation_key(run_id, "occlusion", expl["hops"], output="prob")
     rows = db_runs.export_scores(graphdb, expl["key"], image_ids=None)
     assert {f"{r['image_id']}:{r['nucleus_id']}": r["score"] for r in rows} == scored
     tr = prefix + "v2_tr"

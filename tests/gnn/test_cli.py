@@ -75,3 +75,30 @@ def test_chance_flag_is_the_majority_share_of_the_test_images():
     folds = [SimpleNamespace(split={"test": np.array([0, 3])}), SimpleNamespace(split={"test": np.array([1, 2, 4, 5])})]
     assert _chance_flag(labels, folds, 0.5) == {"chance_accuracy": 4 / 6, "at_or_below_chance": True}
     assert _chance_flag(labels, [SimpleNamespace(split={"test": np.array([], dtype=int)})], 0.5) == {}
+
+
+def test_explain_scores_render_and_export_pick_an_output_logodds_by_default(capsys):
+    from nucleograph.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["explain", "--run", "r0"], ["scores", "--run", "r0"],
+                 ["render", "--run", "r0", "--image", "i", "--out", "x.png"], ["export", "--run", "r0", "--out", "d"]):
+        assert parser.parse_args(argv).output == "logodds", argv
+        assert parser.parse_args([*argv, "--output", "prob"]).output == "prob", argv
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--output", "probability"])
+        assert "choose from 'logodds', 'prob'" in capsys.readouterr().err
+    _help("explain")
+    assert "(default: logodds)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_missing_output_is_explained_with_the_stored_one():
+    args = argparse.Namespace(run="r0", method="occlusion", hops=1, output="logodds")
+    expls = [{"method": "occlusion", "hops": 1, "output": "prob"}, {"method": "attention", "hops": None, "output": None}]
+    assert cli._other_outputs(expls, args) == " (the run has probability drop scores: --output prob)"
+    assert cli._other_outputs(expls, argparse.Namespace(**{**vars(args), "hops": 2})) == ""
+    assert cli._other_outputs(expls, argparse.Namespace(**{**vars(args), "output": "prob"})) == ""
+    assert cli._explain_command(args) == "nucleograph explain --run r0 --method occlusion --hops 1 --output logodds"
+    assert cli._title(args) == "occlusion k=1, log-odds drop"
+    att = argparse.Namespace(run="r0", method="attention", hops=1, output="logodds")
+    assert (cli._title(att), cli._explain_command(att)) == ("attention", "nucleograph explain --run r0 --method attention")

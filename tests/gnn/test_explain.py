@@ -10,16 +10,20 @@ from nucleograph.gnn.explain import Precision, attention_scores, occlusion, occl
 from nucleograph.gnn.models import MODEL_NAMES, build_model
 from nucleograph.gnn.occlusion.cache import PoolingSums
 from nucleograph.gnn.occlusion.pooling import pool_products, redo_float64
+from nucleograph.gnn.occlusion.reference import hop_ball
+
+OUTPUTS = ["logodds", "prob"]
 
 
-def _model(name, rng):
+def _model(name, rng, n_classes=2):
     torch.manual_seed(0)
     m = (
         build_model(
-            name, in_feats=4, edge_channels=2, conv_feats=(16, 16, 16), pool_sizes=(8, 4), fc_feats=(32, 16)
+            name, in_feats=4, edge_channels=2, n_classes=n_classes, conv_feats=(16, 16, 16), pool_sizes=(8, 4),
+            fc_feats=(32, 16)
         )
         if name != "mlp"
-        else build_model(name, in_feats=4, edge_channels=2)
+        else build_model(name, in_feats=4, edge_channels=2, n_classes=n_classes)
     )
     m.train()  # non-trivial batch-norm running statistics
     with torch.no_grad():
@@ -28,20 +32,110 @@ def _model(name, rng):
     return m.eval()
 
 
+def _tolerance(m, g, output: str) -> float:
+    """How far the fast path may be from the naive loop.
+
+    Probability drops: 1e-5, as always (a probability is bounded). Log-odds drops: 1e-5 per unit of the
+    whole graph's largest |logit| (at least 1). Both paths compute the logits in float32, in different
+    orders (closed-form pooling corrections, batched heads), so they differ by float32 rounding, which is
+    relative to the logits' size and never cancels in a log-odds (observed: 2e-7 at |z| < 1, 1e-5 at
+    |z| = 50 with a confident head). At |z| <= 1 this is 4x stricter than the probability bound, as
+    |dp| = p (1 - p) |d logodds| <= |d logodds| / 4.
+    """
+    if output == "prob":
+        return 1e-5
+    with torch.no_grad():
+        return 1e-5 * max(1.0, float(m(g).abs().max()))
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("hops", [1, 2, 3])
-def test_fast_occlusion_equals_naive(name, hops, rng):
+def test_fast_occlusion_equals_naive(name, hops, output, rng):
     m = _model(name, rng)
     g = make_graph(24, clustered=True, rng=rng)
-    naive = occlusion_naive(m, g, hops=hops)
-    fast = occlusion(m, g, hops=hops, batch_size=16)
+    naive = occlusion_naive(m, g, hops=hops, output=output)
+    fast = occlusion(m, g, hops=hops, batch_size=16, output=output)
     assert naive.shape == (24,)
-    assert np.abs(naive - fast).max() <= 1e-5
+    assert np.abs(naive - fast).max() <= _tolerance(m, g, output)
     assert not m.training
 
 
+def test_default_output_is_logodds_from_the_logits(rng):
+    """Default: the drop of the class's log-odds z_c - logsumexp_{j != c} z_j (three classes), which for
+    the naive loop is the direct formula on each occluded graph's logits."""
+    m = _model("rsf", rng, n_classes=3)
+    g = make_graph(20, clustered=True, rng=rng)
+    with torch.no_grad():
+        z = m(g)[0].double()
+        c = int(z.argmax())
+        z_i = m(dgl.node_subgraph(g, torch.arange(1, 20, dtype=g.idtype)))[0].double()  # nucleus 0 removed
+
+    def logodds(v):
+        return float(v[c] - torch.logsumexp(torch.cat([v[:c], v[c + 1:]]), 0))
+
+    naive = occlusion_naive(m, g, hops=0)
+    assert naive[0] == pytest.approx(logodds(z) - logodds(z_i), abs=1e-12)
+    np.testing.assert_array_equal(occlusion(m, g, hops=0), occlusion(m, g, hops=0, output="logodds"))
+    assert np.abs(occlusion(m, g, hops=0) - naive).max() <= _tolerance(m, g, "logodds")
+    with pytest.raises(InputError, match="logodds, prob"):
+        occlusion(m, g, output="logit")
+    with pytest.raises(InputError, match="logodds, prob"):
+        occlusion_naive(m, g, output="probability")
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("name", ["rsf", "mlp"])
+def test_an_emptied_graph_scores_against_the_uniform_prior(name, n_classes, rng):
+    """Every path gives a graph emptied by the removal the uniform prior 1/C: log-odds log(1/(C-1))."""
+    m = _model(name, rng, n_classes=n_classes)
+    g = to_dgl(rng.normal(size=(3, 4)), [0, 1], [1, 2], np.array([[0.9, 0.8], [0.5, 0.3]]))  # 0 - 1 - 2
+    with torch.no_grad():
+        z = m(g)[0].double()
+    p = torch.softmax(z, 0)
+    c = int(z.argmax())
+    for output, prior, v0 in (("prob", 1 / n_classes, float(p[c])),
+                              ("logodds", np.log(1 / (n_classes - 1)), float(torch.log(p[c] / (1 - p[c]))))):
+        naive = occlusion_naive(m, g, hops=2, output=output)
+        fast = occlusion(m, g, hops=2, output=output)
+        assert np.allclose(naive, v0 - prior, atol=1e-9) and np.allclose(fast, v0 - prior, atol=1e-9), output
+
+
+@pytest.mark.parametrize("name", ["rsf", "rsf-attention"])
+def test_logodds_do_not_saturate_where_probabilities_do(name, rng):
+    """A confidently classified graph (logits ~50 apart): p_c rounds to exactly 1 with or without any one
+    nucleus, so the probability drops are all 0, ties that carry no ranking. The log-odds drops of the
+    same occlusions are resolved (under 1% ties, the issue's target), and the fast path still equals the
+    naive loop. Nuclei whose occlusions remove the same nuclei (equal closed neighbourhoods) have equal
+    scores by definition: each such group counts once."""
+    m = _model(name, rng)
+    with torch.no_grad():  # a confident head, as after training on an easy cohort
+        m.fc3.weight.mul_(300.0)
+        m.fc3.bias.mul_(300.0)
+    g = make_graph(120, clustered=True, rng=rng)
+    with torch.no_grad():
+        z = m(g)[0]
+    assert float(z.max() - z.min()) > 40
+
+    balls = {}  # one nucleus per distinct set of removed nuclei
+    for i in range(g.num_nodes()):
+        balls.setdefault(frozenset(hop_ball(g, i, 1).tolist()), i)
+    distinct = np.array(sorted(balls.values()))
+    assert distinct.size > 90
+
+    def tied(s):  # the share of distinct occlusions whose score equals another one's
+        _, inverse, counts = np.unique(s[distinct], return_inverse=True, return_counts=True)
+        return float(np.mean(counts[inverse] > 1))
+
+    prob, logodds = occlusion(m, g, output="prob"), occlusion(m, g)
+    assert np.mean(np.abs(prob) < 1e-7) > 0.9 and tied(prob) > 0.9
+    assert tied(logodds) < 0.01 and np.median(np.abs(logodds)) > 1e-2
+    assert np.abs(logodds - occlusion_naive(m, g)).max() <= _tolerance(m, g, "logodds")
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize("name", ["rsf", "rsf-edge"])
-def test_occlusion_edge_cases(name, rng):
+def test_occlusion_edge_cases(name, output, rng):
     m = _model(name, rng)
     graphs = [
         to_dgl(
@@ -52,17 +146,22 @@ def test_occlusion_edge_cases(name, rng):
     ]
     for g in graphs:
         for hops in (0, 1, 3):
-            assert np.abs(occlusion_naive(m, g, hops=hops) - occlusion(m, g, hops=hops)).max() <= 1e-5
-    # a graph fully removed scores against the uniform prior
-    p0 = torch.softmax(m(graphs[0]), 1)[0].max().item()
-    assert occlusion(m, graphs[0], hops=2)[1] == pytest.approx(p0 - 0.5, abs=1e-6)
+            naive, fast = occlusion_naive(m, g, hops=hops, output=output), occlusion(m, g, hops=hops, output=output)
+            assert np.abs(naive - fast).max() <= _tolerance(m, g, output)
+    # a graph fully removed scores against the uniform prior (two classes: p = 1/2, log-odds 0)
+    with torch.no_grad():
+        p0 = torch.softmax(m(graphs[0]).double(), 1)[0].max().item()
+    v0 = p0 - 0.5 if output == "prob" else np.log(p0 / (1 - p0))
+    assert occlusion(m, graphs[0], hops=2, output=output)[1] == pytest.approx(v0, abs=1e-6)
 
 
-def test_occlusion_target_and_errors(rng):
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_occlusion_target_and_errors(output, rng):
     m = _model("rsf", rng)
     g = make_graph(20, clustered=False, rng=rng)
-    s0, s1 = occlusion(m, g, target=0), occlusion(m, g, target=1)
-    assert np.allclose(s0, -s1, atol=1e-6)  # two classes: probabilities sum to one
+    s0, s1 = occlusion(m, g, target=0, output=output), occlusion(m, g, target=1, output=output)
+    # two classes: probabilities sum to one, and log-odds are z0 - z1 and z1 - z0
+    assert np.allclose(s0, -s1, atol=1e-6)
     with pytest.raises(InputError, match="out of range"):
         occlusion(m, g, target=5)
     with pytest.raises(InputError, match="one image"):
@@ -78,8 +177,9 @@ def test_attention_scores(rng):
         attention_scores(_model("rsf", rng), g)
 
 
+@pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize(("scale", "paths_used"), [(1.0, set()), (15.0, {"float64"}), (40.0, {"float64", "afresh"})])
-def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, rng):
+def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, output, rng):
     """On a graph much larger than its balls the pooling corrections run as float32 products, in
     float64 for occlusions that remove much of a cluster's mass, and where the removed nuclei held
     virtually all of it (peaked assignments, as trained models have) the occlusion's pooling is summed
@@ -97,11 +197,11 @@ def test_fast_occlusion_precision_paths_equal_naive(scale, paths_used, rng):
             paths["afresh"] += int(afresh.any(1).sum())
             return heavy, afresh
 
-    fast = occlusion(m, g, hops=1, batch_size=64, precision=Observed())
+    fast = occlusion(m, g, hops=1, batch_size=64, precision=Observed(), output=output)
     assert {k for k, v in paths.items() if v} == paths_used
     assert paths["float64"] + paths["afresh"] < g.num_nodes() / 2  # float32 stays the rule
-    naive = occlusion_naive(m, g, hops=1)
-    assert np.abs(naive - fast).max() <= 1e-5
+    naive = occlusion_naive(m, g, hops=1, output=output)
+    assert np.abs(naive - fast).max() <= _tolerance(m, g, output)
 
 
 @pytest.mark.parametrize("name", ["rsf", "rsf-edge"])
@@ -153,7 +253,8 @@ def test_fast_occlusion_on_several_threads_equals_one_thread(name, rng):
         occlusion(m, g, threads=0)
 
 
-def test_fast_occlusion_is_finite_when_an_occlusion_lifts_a_cluster_far_above_the_shift():
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_fast_occlusion_is_finite_when_an_occlusion_lifts_a_cluster_far_above_the_shift(output):
     """Removing a nucleus can raise a cluster's assignment logits far above the image's softmax shift
     (E' ~ 1e26 here, node 248): the float32 corrections overflow while the rounding bound stays small.
     Those clusters must be summed afresh: every score finite and equal to the naive loop (was NaN)."""
@@ -162,7 +263,7 @@ def test_fast_occlusion_is_finite_when_an_occlusion_lifts_a_cluster_far_above_th
     with torch.no_grad():
         m.pool1.embed.weight.mul_(15.0)
     g = make_graph(300, clustered=True, rng=rng)
-    fast = occlusion(m, g, hops=1, batch_size=32, threads=1)
-    naive = occlusion_naive(m, g, hops=1)
+    fast = occlusion(m, g, hops=1, batch_size=32, threads=1, output=output)
+    naive = occlusion_naive(m, g, hops=1, output=output)
     assert np.isfinite(fast).all()
-    assert np.abs(naive - fast).max() <= 1e-5
+    assert np.abs(naive - fast).max() <= _tolerance(m, g, output)

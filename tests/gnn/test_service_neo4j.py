@@ -199,6 +199,71 @@ def test_rerun_reuses_stored_scores_unless_forced(cohort, attention_run, test_en
     assert expl[db_runs.explanation_key(run_id, "occlusion", 2)]["images"] == 2
 
 
+def test_both_occlusion_outputs_side_by_side_and_legacy_scores_read_as_probability(
+        cohort, attention_run, test_environ, graphdb, capsys, tmp_path):
+    """Log-odds (default) and probability drops of one run and hops are stored side by side, each
+    Explanation recording its output; both equal a fresh computation, and they agree with each other
+    through the whole graph's logits. An occlusion Explanation that an older version wrote (no
+    ``output``, the ``..._k1`` name) keeps its meaning: every reader calls it a probability drop."""
+    import torch
+
+    from nucleograph.db import queries as q
+    from nucleograph.gnn.explain import occlusion
+    from nucleograph.gnn.service import graph_from_arrays, load_run_models
+
+    run_id = attention_run["run_id"]
+    first = store.cohort_images(graphdb, cohort)[0]["id"]
+    args = ["explain", "--run", run_id, "--image", first, "--force", "--json"]
+    assert main(args) == 0
+    lo = _json(capsys)
+    assert main([*args, "--output", "prob"]) == 0
+    pr = _json(capsys)
+    assert (lo["output"], pr["output"]) == ("logodds", "prob")
+    assert (lo["property"], pr["property"]) == (f"imp_{run_id}_occlusion_k1_logodds", f"imp_{run_id}_occlusion_k1")
+    assert main(["explain", "--run", run_id, "--image", first, "--output", "prob", "--json"]) == 0
+    assert _json(capsys)["reused"] == 1  # reuse is per output
+
+    _, models = load_run_models(graphdb, test_environ, run_id)
+    graph = graph_from_arrays(next(store.read_graphs(graphdb, cohort, [first])))
+    stored = {o: np.array([r["score"] for r in db_runs.image_scores(graphdb, cohort, first, p)])
+              for o, p in (("logodds", lo["property"]), ("prob", pr["property"]))}
+    for output, s in stored.items():
+        np.testing.assert_allclose(s, occlusion(models[0], graph, output=output), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        z = models[0](graph)[0].double()
+    margin = float(z.max() - z.min())  # two classes: the predicted class's log-odds
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
+    np.testing.assert_allclose(stored["prob"], sigmoid(margin) - sigmoid(margin - stored["logodds"]), atol=1e-6)
+
+    by_key = {e["key"]: e for e in db_runs.list_explanations(graphdb, run_id=run_id)}
+    assert by_key[db_runs.explanation_key(run_id, "occlusion", 1)]["output"] == "logodds"
+    assert by_key[db_runs.explanation_key(run_id, "occlusion", 1, output="prob")]["output"] == "prob"
+    assert by_key[db_runs.explanation_key(run_id, "attention")]["output"] is None
+
+    # what a version before outputs left: the same property, an Explanation without `output`
+    graphdb.write("MATCH (e:Explanation {key: $key}) REMOVE e.output",
+                  key=db_runs.explanation_key(run_id, "occlusion", 1, output="prob"))
+    dash = {e["key"]: e["output"] for e in graphdb.read(q.DASH_EXPLANATIONS, cohort=cohort) if e["run_id"] == run_id}
+    assert (dash[f"{run_id}_occlusion_k1"], dash[f"{run_id}_occlusion_k1_logodds"]) == ("prob", "logodds")
+    assert {e["key"]: e["output"] for e in db_runs.list_explanations(graphdb, run_id=run_id)} == dash
+    assert main(["scores", "--run", run_id, "--output", "prob", "--image", first, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    np.testing.assert_array_equal([r["score"] for r in json.loads(captured.out)], stored["prob"])
+    assert "occlusion k=1, probability drop scores of run" in captured.err
+    assert main(["scores", "--run", run_id, "--image", first, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    np.testing.assert_array_equal([r["score"] for r in json.loads(captured.out)], stored["logodds"])
+    assert "occlusion k=1, log-odds drop scores of run" in captured.err
+    assert main(["export", "--run", run_id, "--output", "prob", "--image", first, "--out", str(tmp_path), "--json"]) == 0
+    meta = json.loads(Path(_json(capsys)["files"][0]["file"]).read_text())["nucleograph"]
+    assert (meta["output"], meta["explanation"]) == ("prob", "occlusion k=1, probability drop")
+    assert main(["render", "--image", first, "--run", run_id, "--output", "prob", "--out", str(tmp_path / "p.png")]) == 0
+    capsys.readouterr()
+
+
 def _readme_queries() -> dict[str, str]:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = text.split("```cypher\n", 1)[1].split("```", 1)[0]

@@ -74,6 +74,8 @@ def test_export_is_qupath_geojson_and_reimports_to_the_same_nuclei(tmp_path, tes
         collection = json.loads((out / f"{name}.geojson").read_text())
         assert collection["type"] == "FeatureCollection"
         assert collection["nucleograph"]["run_id"] == run_id
+        assert collection["nucleograph"]["output"] == "logodds"  # save_scores' and export's default
+        assert collection["nucleograph"]["explanation"] == "occlusion k=1, log-odds drop"
         nuclei = stored[f"{name}.png"]
         assert len(collection["features"]) == len(nuclei)
         for feature, nucleus in zip(collection["features"], nuclei, strict=True):
@@ -124,7 +126,8 @@ def test_export_leaves_out_reingested_images_and_needs_an_explanation(tmp_path, 
     run_id = "r" + uuid.uuid4().hex[:12]
     db_runs.save_run(graphdb, run_id=run_id, cohort=unique_name, props={"model": "test"})
     assert main(["export", "--run", run_id, "--out", str(tmp_path / "none")]) == 1
-    assert f"no occlusion scores of run {run_id} to export: run `nucleograph explain" in capsys.readouterr().err
+    assert (f"no occlusion k=1, log-odds drop scores of run {run_id} to export: run `nucleograph explain --run "
+            f"{run_id} --method occlusion --hops 1 --output logodds` first") in capsys.readouterr().err
 
     run_id, _ = _explain(graphdb, unique_name)
     data = json.loads(sidecar.read_text())

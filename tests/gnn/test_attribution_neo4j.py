@@ -1,0 +1,107 @@
+"""Gradient x input, integrated gradients and GNNExplainer on a cohort in the real local Neo4j: each
+method's scores written to its own property, read back, exported and drawn through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nucleograph.cli import main
+from nucleograph.db import runs as db_runs
+from nucleograph.db import store
+from nucleograph.gnn.attribution import gnnexplainer_scores, integrated_gradients
+from nucleograph.gnn.service import explain_run, graph_from_arrays, load_run_models, train_cohort
+from nucleograph.ingest.cohort import discover
+from nucleograph.ingest.pipeline import IngestParams
+from nucleograph.ingest.run import ingest_records
+from nucleograph.ingest.synth import synthesize_cohort
+
+pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small graphs gain nothing from threads; on a shared machine torch's spinning threads cost 10x
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, neo4j_settings, graphdb):
+    out = tmp_path_factory.mktemp("prostate")
+    synthesize_cohort("prostate", n_per_class=3, out_dir=out, seed=12, size=(384, 384))
+    name = "attr-" + out.name[-8:]
+    summary = ingest_records(discover([out]), cohort=name, params=IngestParams(), settings=neo4j_settings,
+                             db=graphdb)
+    assert summary.ok == 6
+    return name
+
+
+@pytest.fixture(scope="module")
+def edge_run(cohort, neo4j_settings, graphdb):
+    return train_cohort(graphdb, neo4j_settings, cohort, model="rsf-edge", epochs=2, seed=3, split_by="image")
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+def _stored(graphdb, cohort, image_id, prop):
+    return np.array([r["score"] for r in db_runs.image_scores(graphdb, cohort, image_id, prop)], dtype=float)
+
+
+def test_explain_ig_end_to_end_through_the_cli(cohort, edge_run, test_environ, graphdb, capsys, tmp_path):
+    run_id = edge_run["run_id"]
+    images = store.cohort_images(graphdb, cohort)
+    first = images[0]["id"]
+    assert main(["explain", "--run", run_id, "--method", "ig", "--json"]) == 0
+    out = _json(capsys)
+    assert (out["images"], out["property"], out["hops"]) == (6, f"imp_{run_id}_ig", None)
+
+    # what is stored is what integrated_gradients gives for the image (the run has one fold)
+    _, models = load_run_models(graphdb, test_environ, run_id)
+    graph = graph_from_arrays(next(store.read_graphs(graphdb, cohort, [first])))
+    stored = _stored(graphdb, cohort, first, out["property"])
+    assert stored.size == images[0]["n_nuclei"] and np.isfinite(stored).all() and np.abs(stored).max() > 0
+    np.testing.assert_allclose(stored, integrated_gradients(models[0], graph), rtol=0, atol=1e-9)
+
+    assert main(["explain", "--run", run_id, "--method", "ig", "--json"]) == 0
+    assert _json(capsys)["reused"] == 6
+    assert main(["scores", "--run", run_id, "--method", "ig", "--format", "json", "--image", first]) == 0
+    rows = _json(capsys)
+    assert len(rows) == stored.size and sorted(r["score"] for r in rows) == sorted(stored.tolist())
+    png = tmp_path / "ig.png"
+    assert main(["render", "--image", first, "--run", run_id, "--method", "ig", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_method_has_its_own_property(cohort, edge_run, test_environ, graphdb):
+    run_id = edge_run["run_id"]
+    first = store.cohort_images(graphdb, cohort)[0]["id"]
+    outs = {m: explain_run(graphdb, test_environ, run_id, method=m, image_ids=[first], force=True)
+            for m in ("gradxinput", "gnnexplainer")}
+    assert {m: o["property"] for m, o in outs.items()} == {m: f"imp_{run_id}_{m}" for m in outs}
+    grad = _stored(graphdb, cohort, first, outs["gradxinput"]["property"])
+    gnnx = _stored(graphdb, cohort, first, outs["gnnexplainer"]["property"])
+    assert np.isfinite(grad).all() and ((gnnx >= 0) & (gnnx <= 1)).all() and not np.array_equal(grad, gnnx)
+    _, models = load_run_models(graphdb, test_environ, run_id)
+    graph = graph_from_arrays(next(store.read_graphs(graphdb, cohort, [first])))
+    np.testing.assert_allclose(gnnx, gnnexplainer_scores(models[0], graph), rtol=0, atol=1e-9)  # seed 0
+    expl = {e["method"]: e for e in db_runs.list_explanations(graphdb, run_id=run_id)}
+    assert {"gradxinput", "gnnexplainer"} <= set(expl)
+    assert all(expl[m]["hops"] is None and expl[m]["images"] >= 1 for m in ("gradxinput", "gnnexplainer"))
+
+
+def test_gnnexplainer_needs_an_rsf_run(cohort, test_environ, graphdb, capsys):
+    assert main(["train", "--cohort", cohort, "--model", "mlp", "--epochs", "1", "--split-by", "image", "--json"]) == 0
+    run_id = _json(capsys)["run_id"]
+    assert main(["explain", "--run", run_id, "--method", "gnnexplainer"]) == 1
+    assert "--method ig" in capsys.readouterr().err
+    first = store.cohort_images(graphdb, cohort)[0]["id"]
+    assert main(["explain", "--run", run_id, "--method", "gradxinput", "--image", first, "--json"]) == 0
+    assert _json(capsys)["images"] == 1

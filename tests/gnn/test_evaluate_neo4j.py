@@ -97,7 +97,11 @@ def test_stability_against_the_same_run_is_one(explained, test_environ, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["n_images"] == 4 and out["stability_from"] == f"run {run_id}"
     assert {r["fold"] for r in out["images"]} == {0, 1}  # both folds' models are used
-    assert all(r["stability"] == pytest.approx(1.0) for r in out["images"])
+    # the same model gives the same scores up to float rounding, which the fast occlusion's threaded
+    # batches do not fix; this 3-epoch model leaves many nuclei within rounding of each other, and a
+    # swap between two of them moves Spearman's rho by less than 1e-3
+    stability = [r["stability"] for r in out["images"]]
+    assert min(stability) > 0.999, stability
 
 
 def test_evaluate_errors_name_the_fix(explained, test_environ, capsys, tmp_path):

@@ -62,7 +62,14 @@ def _start_training(cohort: str) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "nucleograph"
     return subprocess.Popen([str(exe), "train", "--cohort", cohort, "--model", "rsf", "--epochs", str(EPOCHS),
                              "--patience", "0"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a test run started in the background (no job control) inherits SIGINT ignored,
+                            # and Python then installs no Ctrl-C handler: give the child a terminal's default
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _run_in_training(settings, cohort: str, proc: subprocess.Popen, timeout: float = 300) -> str:

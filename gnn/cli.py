@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seeds the split, initialisation and batches (default: 0)")
     p.add_argument("--batch-size", type=int, help="graphs per step (default: 8)")
     p.add_argument("--patience", type=int, help="early stopping on validation loss, 0: off (default: 10)")
+    p.add_argument("--drop-nodes", type=float, metavar="SHARE",
+                   help="augmentation: each training graph loses a random share of up to SHARE of its nuclei at "
+                        "every step, so thinned graphs (occlusion, deletion curves) are not new to the model "
+                        "(default: 0, off)")
     p.add_argument("--split-by", choices=["patient", "image"], default=None,
                    help="keep each patient's images in one part of the split (when all images have a patient), "
                         "or split images independently (default: patient)")
@@ -157,7 +161,7 @@ def cmd_train(args, settings: Settings) -> int:
     from nucleograph.gnn.interrupt import TrainingInterrupted, sigterm_interrupts
     from nucleograph.gnn.service import train_cohort
 
-    options = _given(args, "model", "epochs", "lr", "seed", "batch_size", "split_by")
+    options = _given(args, "model", "epochs", "lr", "seed", "batch_size", "split_by", "drop_nodes")
     if args.patience is not None:
         options["patience"] = args.patience or None
     try:

@@ -148,7 +148,7 @@ def _train_config(params: dict[str, Any]) -> TrainConfig:
     """A run's TrainConfig from its recorded params; the settings params do not record keep their defaults."""
     return TrainConfig(model_name=params["model"], model_kwargs=params["model_kwargs"] or {}, epochs=params["epochs"],
                        lr=params["lr"], seed=params["seed"], batch_size=params["batch_size"],
-                       patience=params["patience"])
+                       patience=params["patience"], drop_nodes=params.get("drop_nodes", 0.0))
 
 
 def _pooled_metrics(results: list[TrainResult]) -> dict[str, Any]:
@@ -194,7 +194,7 @@ def train_cohort(
     db: GraphDB, settings: Settings, cohort: str, *, model: str = DEFAULT_MODEL, epochs: int = TrainConfig.epochs,
     lr: float = TrainConfig.lr, folds: int = 1, seed: int = TrainConfig.seed, batch_size: int = TrainConfig.batch_size,
     patience: int | None = TrainConfig.patience, resume_run: str | None = None, progress: bool = False,
-    model_kwargs: dict | None = None, split_by: str = "patient",
+    model_kwargs: dict | None = None, split_by: str = "patient", drop_nodes: float = TrainConfig.drop_nodes,
 ) -> dict[str, Any]:
     """Train ``model`` on ``cohort`` and record the run; returns the run id, metrics and paths.
 
@@ -228,6 +228,9 @@ def train_cohort(
     split_by : {"patient", "image"}
         ``patient`` keeps each patient's images in one part of the split (when every image has a
         patient); ``image`` splits images independently.
+    drop_nodes : float
+        Node-drop augmentation (:attr:`TrainConfig.drop_nodes`): each training graph loses up to this
+        share of its nuclei at every step; 0 is off.
 
     Returns
     -------
@@ -243,6 +246,8 @@ def train_cohort(
     TrainingInterrupted
         Ctrl-C or SIGTERM stopped training; the run is recorded ``interrupted``.
     """
+    if not 0.0 <= drop_nodes < 1.0:
+        raise InputError(f"drop_nodes is the largest share of nuclei dropped per step, in [0, 1), not {drop_nodes}")
     data = load_cohort(db, settings, cohort, progress=progress)
     if len(set(data.labels.tolist())) < 2:
         raise InputError(f"cohort {cohort!r} has only the class(es) {data.class_names}: training needs two; "
@@ -251,7 +256,7 @@ def train_cohort(
         raise InputError(f"split_by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
     engine = rec.open_engine(settings)
     params = {"model": model, "epochs": epochs, "lr": lr, "folds": folds, "seed": seed, "batch_size": batch_size,
-              "patience": patience, "model_kwargs": model_kwargs or {}, "split_by": split_by}
+              "patience": patience, "model_kwargs": model_kwargs or {}, "split_by": split_by, "drop_nodes": drop_nodes}
     if resume_run is not None:
         params = resumed_params(engine, resume_run, cohort)
     run_id = resume_run or new_run_id()

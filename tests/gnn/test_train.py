@@ -92,3 +92,39 @@ def test_seeded_runs_repeat(cohort):
     a = train_model(graphs, labels, cfg)
     b = train_model(graphs, labels, cfg)
     assert torch.equal(a.model.fc3.weight, b.model.fc3.weight)
+
+
+def test_thin_graph_drops_nuclei_with_their_edges_and_keeps_the_schemes(cohort):
+    from nucleograph.gnn.keys import EFEAT, FEAT
+    from nucleograph.gnn.train import thin_graph
+
+    g = cohort[0][0]
+    rng = np.random.default_rng(0)
+    assert thin_graph(g, 0.0, rng) is g
+    half = thin_graph(g, 0.5, rng)
+    assert 0.3 * g.num_nodes() < half.num_nodes() < 0.7 * g.num_nodes() and half.num_edges() < g.num_edges()
+    # every kept nucleus keeps its own features (rows of the original), and edges join kept nuclei only
+    rows = {tuple(r) for r in g.ndata[FEAT].numpy().round(6)}
+    assert all(tuple(r) in rows for r in half.ndata[FEAT].numpy().round(6))
+    one = thin_graph(g, 0.999999, np.random.default_rng(1))
+    assert one.num_nodes() >= 1 and EFEAT in one.edata  # dgl.batch needs the edge scheme on every part
+
+
+def test_drop_nodes_augmentation_trains_repeatably_and_differs_from_none(cohort):
+    graphs, labels = cohort
+    cfg = TrainConfig(model_name="rsf", epochs=2, batch_size=8, seed=2, model_kwargs=SMALL, patience=None)
+    plain = train_model(graphs, labels, cfg)
+    a = train_model(graphs, labels, replace(cfg, drop_nodes=0.5))
+    b = train_model(graphs, labels, replace(cfg, drop_nodes=0.5))
+    assert np.array_equal(a.proba, b.proba)  # the drops are seeded by the run's seed and epoch
+    assert not np.allclose(a.proba, plain.proba)
+    assert [h["epoch"] for h in a.history] == [0, 1]
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0])
+def test_train_cohort_refuses_a_drop_share_outside_0_1(share):
+    from nucleograph.gnn.service import train_cohort
+
+    # checked before Neo4j or SQL is touched
+    with pytest.raises(InputError, match=r"drop_nodes .* in \[0, 1\)"):
+        train_cohort(None, None, "any", drop_nodes=share)

@@ -21,7 +21,6 @@ import torch
 from scipy.spatial import cKDTree
 from scipy.stats import mannwhitneyu, spearmanr
 
-from nucleograph.gnn.keys import EFEAT
 from nucleograph.gnn.occlusion.reference import EvalMode, proba, without
 
 DEFAULT_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
@@ -112,9 +111,6 @@ def probas_without(model, graph, removed: list, target: int, *, batch_size: int 
         g = without(graph, r)
         if g.num_nodes() == 0:
             continue
-        if g.num_edges() == 0 and EFEAT not in g.edata and EFEAT in graph.edata:
-            # DGL drops the edge scheme with the last edge, and dgl.batch needs it on every part
-            g.edata[EFEAT] = torch.zeros((0, *graph.edata[EFEAT].shape[1:]), dtype=graph.edata[EFEAT].dtype)
         parts.append(g)
         idx.append(j)
     with torch.no_grad():

@@ -36,6 +36,7 @@ from .checkpoints import (
 from .data import FeatureScaler, check_labels, class_targets, graph_dims, stratified_kfold, stratified_split
 from .metrics import classification_metrics
 from .models import DEFAULT_MODEL, MODEL_NAMES, GraphClassifier, build_model, count_parameters
+from .occlusion.reference import without
 
 
 @dataclass(frozen=True)
@@ -302,11 +303,7 @@ def thin_graph(graph, share: float, rng: np.random.Generator):
         return graph
     if not keep.any():
         keep[rng.integers(n)] = True
-    sub = dgl.node_subgraph(graph, torch.from_numpy(np.flatnonzero(keep)).to(graph.idtype), store_ids=False)
-    for key, value in graph.edata.items():
-        if key not in sub.edata:  # DGL drops an edge feature's scheme with the last edge; dgl.batch needs it
-            sub.edata[key] = value.new_zeros((0, *value.shape[1:]))
-    return sub
+    return without(graph, np.flatnonzero(~keep))
 
 
 def _validate(run: RunState, val_graphs, y_val: np.ndarray, record: dict) -> None:

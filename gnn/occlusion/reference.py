@@ -11,7 +11,6 @@ import torch
 
 from nucleograph.db.runs import OUTPUTS
 from nucleograph.errors import InputError
-from nucleograph.gnn.keys import EFEAT
 from nucleograph.gnn.models import GraphClassifier
 
 
@@ -112,14 +111,21 @@ def hop_ball(graph, node: int, hops: int) -> torch.Tensor:
 
 
 def without(graph, removed) -> dgl.DGLGraph:
-    """``graph`` without the nuclei ``removed`` (indices) and their edges."""
+    """``graph`` without the nuclei ``removed`` (indices) and their edges.
+
+    The result keeps every edge feature's scheme even when no edge is left (DGL drops it with the last
+    edge), so it can always be batched with other parts of ``graph``."""
     if not isinstance(removed, torch.Tensor):
         removed = torch.from_numpy(np.array(removed, dtype=np.int64))  # a copy: torch takes no negative strides
     keep = torch.ones(graph.num_nodes(), dtype=torch.bool)
     keep[removed.long()] = False
     # node_subgraph rather than dgl.remove_nodes: the latter fails on graphs whose batch info is half
     # cached (DGL 2.1), and a model run caches it
-    return dgl.node_subgraph(graph, torch.nonzero(keep).flatten().to(graph.idtype), store_ids=False)
+    sub = dgl.node_subgraph(graph, torch.nonzero(keep).flatten().to(graph.idtype), store_ids=False)
+    for key, value in graph.edata.items():
+        if key not in sub.edata:
+            sub.edata[key] = value.new_zeros((0, *value.shape[1:]))
+    return sub
 
 
 def proba_without(model: GraphClassifier, graph, removed) -> np.ndarray:
@@ -203,9 +209,6 @@ def occlusion_batched(model: GraphClassifier, graph, *, hops: int, target: int |
                 if g_i.num_nodes() == 0:
                     scores[i] = v0 - empty_value(model.n_classes, output)
                     continue
-                if g_i.num_edges() == 0 and EFEAT not in g_i.edata:
-                    # DGL drops the edge scheme with the last edge, and dgl.batch needs it on every part
-                    g_i.edata[EFEAT] = torch.zeros(0, model.edge_channels or 1, dtype=graph.edata[EFEAT].dtype)
                 parts.append(g_i)
                 idx_nonempty.append(i)
             if parts:

@@ -22,16 +22,9 @@ from nucleograph.gnn.train import TrainConfig, train_model
 
 RSF_NAMES = [n for n in MODEL_NAMES if n != "mlp"]
 SMALL = dict(conv_feats=(16, 16, 16), pool_sizes=(8, 4), fc_feats=(32, 16))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # graphs of a few dozen nuclei gain nothing from threads, and on a shared machine torch's spinning
-    # threads made the planted-clump training 12x slower (63 s against 5 s)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(name, rng):

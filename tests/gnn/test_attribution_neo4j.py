@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from nucleograph.cli import main
 from nucleograph.db import runs as db_runs
@@ -19,16 +18,9 @@ from nucleograph.ingest.pipeline import IngestParams
 from nucleograph.ingest.run import ingest_records
 from nucleograph.ingest.synth import synthesize_cohort
 
-pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
+pytestmark = [pytest.mark.neo4j, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small graphs gain nothing from threads; on a shared machine torch's spinning threads cost 10x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

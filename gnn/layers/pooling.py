@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dgl
 import torch
 from torch import nn
 
 from nucleograph.errors import InputError
 
-from ..keys import TMP_LOGIT
 from .rsf import DenseRSFConv, RSFConv, _check_efeat
 from .spmm import CSRAdjacency, csr_adjacency, uses_csr, weighted_sums
 
@@ -29,6 +27,19 @@ def to_dense_batch(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     out = x.new_zeros((b, n_max) + tuple(x.shape[1:]))
     out[graph_id, pos] = x
     return out
+
+
+def segment_softmax(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Softmax over the rows of each graph of a batch, column by column.
+
+    ``x`` ``(N_total, K)``, ``counts`` ``(B,)`` nodes per graph (rows stored graph by graph) ->
+    ``(N_total, K)``; each graph's rows sum to 1 in every column. Torch's own softmax per graph:
+    DGL's ``softmax_nodes`` (segment max and sum) measured 12x slower on one 1,500-node graph and 8x
+    on a batch of eight on 2 cores (AMD EPYC), forward alone.
+    """
+    if counts.numel() == 1:
+        return torch.softmax(x, 0)
+    return torch.cat([torch.softmax(part, 0) for part in x.split(counts.tolist())])
 
 
 class GraphEmbedPooling(nn.Module):
@@ -80,9 +91,7 @@ class GraphEmbedPooling(nn.Module):
         if adjacency is None and uses_csr(graph, efeat):
             adjacency = csr_adjacency(graph, efeat)  # one set for the embedding and for A_l S
         logits = self.embed(graph, feat, efeat, adjacency=adjacency)  # (N, K)
-        with graph.local_scope():
-            graph.ndata[TMP_LOGIT] = logits
-            assign = dgl.softmax_nodes(graph, TMP_LOGIT)  # softmax over the nodes of each graph
+        assign = segment_softmax(logits, counts)  # softmax over the nodes of each graph
         a_s = weighted_sums(graph, efeat, assign, adjacency=adjacency)  # (N, L, K) = A_l S
         s_pad = to_dense_batch(assign, counts)  # (B, Nmax, K)
         v_pad = to_dense_batch(feat, counts)  # (B, Nmax, F)

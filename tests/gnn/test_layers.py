@@ -22,6 +22,7 @@ from nucleograph.gnn.layers import (
     dense_graph_embed_pool,
     dense_rsf_conv,
 )
+from nucleograph.gnn.layers.pooling import segment_softmax
 
 
 @pytest.fixture
@@ -76,6 +77,21 @@ def test_pooling_matches_dense_and_is_convex(batch):
     adj, xd, mask = to_dense(batch, x)
     vd, ad, _ = dense(adj, xd, mask, return_assignment=True)
     assert torch.allclose(v, vd, atol=1e-5) and torch.allclose(a, ad, atol=1e-5)
+
+
+def test_segment_softmax_equals_dgls_softmax_nodes_with_gradients(batch):
+    # the pooling's per-graph softmax against DGL's own (segment max and sum), values and gradients
+    logits = torch.randn(batch.num_nodes(), 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(batch.num_nodes(), 5, dtype=torch.float64)
+    ours = segment_softmax(logits, batch.batch_num_nodes())
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), logits)
+    with batch.local_scope():
+        batch.ndata["x"] = logits
+        theirs = dgl.softmax_nodes(batch, "x")
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), logits)
+    assert torch.allclose(ours, theirs, atol=1e-12) and torch.allclose(grad_ours, grad_theirs, atol=1e-12)
+    one = batch.batch_num_nodes()[:1]
+    assert torch.allclose(segment_softmax(logits[: int(one)], one), torch.softmax(logits[: int(one)], 0))
 
 
 def test_dense_pool_masks_padding_with_minus_inf():

@@ -9,7 +9,7 @@ from torch import nn
 from nucleograph.errors import InputError
 
 from ..keys import EFEAT
-from .spmm import CSRAdjacency, weighted_sums
+from .spmm import CSRAdjacency, neighbour_combine, neighbour_stack
 
 
 def _check_efeat(graph, efeat, edge_channels: int) -> torch.Tensor:
@@ -90,16 +90,12 @@ class RSFConv(nn.Module):
             # project first, like DGL's GraphConv: fewer channels travel along the edges
             w = self.weight.transpose(0, 1).reshape(self.in_feats, -1)  # (F, (L+1)*O), one GEMM
             proj = (feat @ w).view(-1, self.edge_channels + 1, self.out_feats)  # (N, L+1, O)
-            rst = proj[:, 0] + weighted_sums(graph, efeat, proj[:, 1:], adjacency=adjacency).sum(1)
-        else:
-            agg = weighted_sums(graph, efeat, feat, adjacency=adjacency)  # (N, L, F)
-            full = torch.cat([feat.unsqueeze(1), agg], 1)  # (N, L+1, F)
-            rst = full.reshape(full.shape[0], (self.edge_channels + 1) * self.in_feats) @ self.weight.reshape(
-                -1, self.out_feats
-            )
-        if self.bias is not None:
-            rst = rst + self.bias
-        return rst
+            rst = neighbour_combine(graph, efeat, proj, adjacency=adjacency)  # P_0 + sum_l A_l P_l
+            return rst if self.bias is None else rst + self.bias
+        full = neighbour_stack(graph, efeat, feat, adjacency=adjacency)  # (N, L+1, F): [V, A_1 V, ...]
+        w = self.weight.reshape(-1, self.out_feats)
+        full = full.reshape(full.shape[0], -1)
+        return full @ w if self.bias is None else torch.addmm(self.bias, full, w)
 
 
 def dense_rsf_conv(adj: torch.Tensor, feat: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """Edge-weighted neighbour sums on a DGL graph, :math:`(A_l X)_i = \\sum_{j \\to i} a_{l,ji} X_j`.
 
-Not a layer: the kernel the sparse RSF convolution and graph-embed pooling share. DGL's CPU
-``update_all(u_mul_e, sum)`` (GSpMM) measured about 5x slower here than torch's CSR matrix product
-on the same adjacency, forward and backward together, so the graph's own CSC/CSR index arrays
-(``graph.adj_tensors``) are wrapped as torch CSR matrices and multiplied directly. The backward pass
-uses the transposed adjacency (the graph's CSR, i.e. out-edges), also a plain CSR product. When the
-edge weights themselves need a gradient, DGL's message passing is used instead.
+Not a layer: the kernel the sparse RSF convolution and graph-embed pooling share. The graph's own
+CSC/CSR index arrays (``graph.adj_tensors``) become torch CSR matrices, multiplied by torch's CSR
+product (MKL's sparse BLAS in the PyPI build). Measured per kernel on 2 cores of an AMD EPYC
+(``bench/bench_kernels.py``; bench/RESULTS.md, issue 20): MKL's CSR product beat DGL's GSpMM
+(``update_all(u_mul_e, sum)``) 5-7x, an ``index_add_`` scatter 5-6x, a COO product 1.5-4x and scipy's
+CSR product 1.2-1.4x from 32 features up (scipy was 20% ahead at 16). All edge channels and the node's
+own row go into ONE matrix, so an RSF convolution is one sparse product and one dense one
+(:class:`CSRAdjacency`); the backward pass multiplies the transposed matrix, also CSR. When the edge
+weights themselves need a gradient, DGL's message passing is used instead.
 
 Reusing the matrices
 --------------------
@@ -37,6 +40,8 @@ import warnings
 from dataclasses import dataclass
 
 import dgl.function as fn
+import numba
+import numpy as np
 import torch
 
 from nucleograph.errors import InputError
@@ -99,7 +104,18 @@ class _CSRMatMul(torch.autograd.Function):
 
 @dataclass(frozen=True, eq=False)
 class CSRAdjacency:
-    """Per edge channel ``l`` the CSR matrices ``(A_l, A_l^T)`` of one graph and one edge tensor.
+    r"""The CSR matrices of one graph and one edge tensor, every edge channel in one matrix.
+
+    With ``L`` channels, ``N`` nodes and the identity as channel 0 (:math:`A_0 = I`):
+
+    ``stack`` ``(S, S^T)``
+        ``S`` ``(N (L+1), N)``, row ``i (L+1) + l`` = row ``i`` of ``A_l``: ``S X`` viewed as
+        ``(N, L+1, F)`` is ``[X_i, (A_1 X)_i, ..., (A_L X)_i]`` per node, the input of an RSF
+        convolution's weight product, in one sparse product (no per-channel products, stack or cat).
+    ``combine`` ``(C, C^T)``
+        ``C`` ``(N, N (L+1))``, column ``j (L+1) + l`` = column ``j`` of ``A_l``: with ``P`` ``(N, L+1, O)``
+        viewed as ``(N (L+1), O)``, ``C P = P_0 + \sum_l A_l P_l``, a projected RSF convolution's
+        output, again one product.
 
     Build it with :func:`csr_adjacency`. It keeps ``graph`` and ``efeat`` alive, so the identity and
     address checks of :meth:`check` cannot be fooled by a freed object's reused address.
@@ -110,14 +126,20 @@ class CSRAdjacency:
     efeat : torch.Tensor, shape (E, L)
     version : int
         ``efeat``'s version counter when the matrices were built (an in-place change bumps it).
-    mats : tuple of (torch.Tensor, torch.Tensor)
-        ``(A_l, A_l^T)``, shapes ``(N_dst, N_src)`` and ``(N_src, N_dst)``.
+    stack, combine : (torch.Tensor, torch.Tensor)
+        Each matrix with its transpose (for the backward pass).
     """
 
     graph: object
     efeat: torch.Tensor
     version: int
-    mats: tuple
+    stack: tuple
+    combine: tuple
+
+    @property
+    def channels(self) -> int:
+        """``L``, the edge channels (the identity not counted)."""
+        return self.efeat.shape[1]
 
     def check(self, graph, efeat: torch.Tensor) -> None:
         """Raise :class:`nucleograph.errors.InputError` unless built for ``graph`` and ``efeat`` as they are now.
@@ -139,8 +161,71 @@ class CSRAdjacency:
             )
 
 
+# Compiled: the interleaving is one pass over the entries, where numpy or torch advanced indexing
+# took a dozen passes and 4-5x the time of the per-channel matrices it replaced (cache=True: compiled
+# once per machine, like gnn.occlusion.balls).
+@numba.njit(cache=True, nogil=True)
+def _rows_arrays(ptr, idx, vals):  # pragma: no cover - compiled
+    n, e, ell = ptr.size - 1, vals.shape[0], vals.shape[1]
+    indptr = np.empty(n * (ell + 1) + 1, np.int64)
+    cols, out = np.empty(n + e * ell, np.int64), np.empty(n + e * ell, vals.dtype)
+    k = 0
+    indptr[0] = 0
+    for r in range(n):
+        cols[k], out[k] = r, 1
+        k += 1
+        indptr[r * (ell + 1) + 1] = k
+        for ch in range(ell):
+            for j in range(ptr[r], ptr[r + 1]):
+                cols[k], out[k] = idx[j], vals[j, ch]
+                k += 1
+            indptr[r * (ell + 1) + 2 + ch] = k
+    return indptr, cols, out
+
+
+@numba.njit(cache=True, nogil=True)
+def _columns_arrays(ptr, idx, vals):  # pragma: no cover - compiled
+    n, e, ell = ptr.size - 1, vals.shape[0], vals.shape[1]
+    indptr = np.empty(n + 1, np.int64)
+    cols, out = np.empty(n + e * ell, np.int64), np.empty(n + e * ell, vals.dtype)
+    k = 0
+    for r in range(n):
+        indptr[r] = k
+        own = False  # the identity entry goes where its column sorts (rows stay sorted if idx is)
+        for j in range(ptr[r], ptr[r + 1]):
+            if not own and idx[j] >= r:
+                cols[k], out[k] = r * (ell + 1), 1
+                k += 1
+                own = True
+            for ch in range(ell):
+                cols[k], out[k] = idx[j] * (ell + 1) + 1 + ch, vals[j, ch]
+                k += 1
+        if not own:
+            cols[k], out[k] = r * (ell + 1), 1
+            k += 1
+    indptr[n] = k
+    return indptr, cols, out
+
+
+def _interleaved_rows(ptr: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> torch.Tensor:
+    """``(n (L+1), n)``: row ``r (L+1)`` is ``e_r``, row ``r (L+1) + l`` the compressed row ``r`` with
+    channel ``l``'s values (``vals`` ``(E, L)``, in storage order)."""
+    n, ell = ptr.size - 1, vals.shape[1]
+    indptr, cols, out = _rows_arrays(ptr, idx, vals)
+    return csr_matrix(torch.from_numpy(indptr), torch.from_numpy(cols), torch.from_numpy(out), (n * (ell + 1), n))
+
+
+def _interleaved_columns(ptr: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> torch.Tensor:
+    """``(n, n (L+1))``: row ``r`` holds ``1`` at column ``r (L+1)`` and channel ``l``'s value of its
+    entry ``(r, j)`` at column ``j (L+1) + l``."""
+    n, ell = ptr.size - 1, vals.shape[1]
+    indptr, cols, out = _columns_arrays(ptr, idx, vals)
+    return csr_matrix(torch.from_numpy(indptr), torch.from_numpy(cols), torch.from_numpy(out), (n, n * (ell + 1)))
+
+
 def csr_adjacency(graph, efeat: torch.Tensor) -> CSRAdjacency:
-    """Build the per-channel CSR matrices that :func:`weighted_sums` multiplies.
+    """Build the CSR matrices that :func:`neighbour_stack`, :func:`neighbour_combine` and
+    :func:`weighted_sums` multiply.
 
     Parameters
     ----------
@@ -154,29 +239,87 @@ def csr_adjacency(graph, efeat: torch.Tensor) -> CSRAdjacency:
     CSRAdjacency
         Pass it as ``adjacency=`` to every layer call on this graph with these channels.
 
+    Raises
+    ------
+    InputError
+        If the graph has separate source and destination nodes (a DGL block).
+
     Examples
     --------
     >>> adj = csr_adjacency(graph, efeat)  # doctest: +SKIP
     >>> h = conv1(graph, x, efeat, adjacency=adj)  # doctest: +SKIP
     >>> h = conv2(graph, h, efeat, adjacency=adj)  # doctest: +SKIP
     """
-    n_dst, n_src = graph.num_dst_nodes(), graph.num_src_nodes()
-    in_ptr, in_src, in_eid = graph.adj_tensors("csc")  # rows = destinations: A
-    out_ptr, out_dst, out_eid = graph.adj_tensors("csr")  # rows = sources: A^T
-    in_vals, out_vals = efeat[in_eid.long()], efeat[out_eid.long()]
-    mats = tuple(
-        (csr_matrix(in_ptr, in_src, in_vals[:, ch].contiguous(), (n_dst, n_src)),
-         csr_matrix(out_ptr, out_dst, out_vals[:, ch].contiguous(), (n_src, n_dst)))
-        for ch in range(efeat.shape[1])
-    )
-    return CSRAdjacency(graph, efeat, efeat._version, mats)
+    if graph.num_dst_nodes() != graph.num_src_nodes():
+        raise InputError("the RSF layers take a graph whose nodes are both sources and destinations, not a block")
+    values = efeat.detach().numpy()
+    in_ptr, in_src, in_eid = (t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))  # A
+    out_ptr, out_dst, out_eid = (t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csr"))  # A^T
+    in_vals, out_vals = values[in_eid], values[out_eid]
+    stack = (_interleaved_rows(in_ptr, in_src, in_vals), _interleaved_columns(out_ptr, out_dst, out_vals))
+    combine = (_interleaved_columns(in_ptr, in_src, in_vals), _interleaved_rows(out_ptr, out_dst, out_vals))
+    return CSRAdjacency(graph, efeat, efeat._version, stack, combine)
 
 
 def uses_csr(graph, efeat: torch.Tensor) -> bool:
-    """Whether :func:`weighted_sums` multiplies CSR matrices (False: it uses DGL's message passing,
-    when the edge channels need a gradient or there are no edges); a :class:`CSRAdjacency` is only
-    worth building when True."""
+    """Whether the sums below multiply CSR matrices (False: DGL's message passing, when the edge
+    channels need a gradient or there are no edges); a :class:`CSRAdjacency` is only worth building
+    when True."""
     return not efeat.requires_grad and graph.num_edges() > 0
+
+
+def _adjacency(graph, efeat: torch.Tensor, adjacency: CSRAdjacency | None) -> CSRAdjacency:
+    if adjacency is None:
+        return csr_adjacency(graph, efeat)
+    adjacency.check(graph, efeat)
+    return adjacency
+
+
+def neighbour_stack(
+    graph, efeat: torch.Tensor, feat: torch.Tensor, *, adjacency: CSRAdjacency | None = None
+) -> torch.Tensor:
+    """Each node's own features followed by its in-neighbours' sums weighted by every edge channel.
+
+    Parameters
+    ----------
+    graph : dgl.DGLGraph
+    efeat : torch.Tensor, shape (E, L)
+    feat : torch.Tensor, shape (N, F)
+    adjacency : CSRAdjacency, optional
+        From :func:`csr_adjacency` for ``graph`` and ``efeat``; built here when None.
+
+    Returns
+    -------
+    torch.Tensor, shape (N, L + 1, F)
+        ``out[:, 0] = X``, ``out[:, l] = A_l @ X``; contiguous, so ``out.view(N, -1)`` is free.
+    """
+    if not uses_csr(graph, efeat):
+        return torch.cat([feat.unsqueeze(1), _message_passing(graph, efeat, feat)], 1)
+    a, a_t = _adjacency(graph, efeat, adjacency).stack
+    return _CSRMatMul.apply(a, a_t, feat.contiguous()).view(feat.shape[0], -1, feat.shape[1])
+
+
+def neighbour_combine(
+    graph, efeat: torch.Tensor, proj: torch.Tensor, *, adjacency: CSRAdjacency | None = None
+) -> torch.Tensor:
+    """``P_0 + sum_l A_l P_l``: node features already multiplied by each channel's weights, summed.
+
+    Parameters
+    ----------
+    graph : dgl.DGLGraph
+    efeat : torch.Tensor, shape (E, L)
+    proj : torch.Tensor, shape (N, L + 1, O)
+        ``proj[:, 0]`` stays with its node; ``proj[:, l]`` travels along channel ``l``.
+    adjacency : CSRAdjacency, optional
+
+    Returns
+    -------
+    torch.Tensor, shape (N, O)
+    """
+    if not uses_csr(graph, efeat):
+        return proj[:, 0] + _message_passing(graph, efeat, proj[:, 1:]).sum(1)
+    c, c_t = _adjacency(graph, efeat, adjacency).combine
+    return _CSRMatMul.apply(c, c_t, proj.reshape(-1, proj.shape[2]))
 
 
 def weighted_sums(
@@ -190,15 +333,14 @@ def weighted_sums(
         Homogeneous (possibly batched) graph with ``E`` edges.
     efeat : torch.Tensor, shape (E, L)
         Edge channels ``a_l``.
-    feat : torch.Tensor, shape (N, F) or (N, L, F)
-        One feature matrix for all channels, or one per channel.
+    feat : torch.Tensor, shape (N, F)
     adjacency : CSRAdjacency, optional
         From :func:`csr_adjacency` for ``graph`` and ``efeat``; built here when None.
 
     Returns
     -------
     torch.Tensor, shape (N, L, F)
-        ``out[:, l] = A_l @ X_l``.
+        ``out[:, l] = A_l @ X`` (a view of :func:`neighbour_stack`'s result without the node's own row).
 
     Raises
     ------
@@ -207,15 +349,7 @@ def weighted_sums(
     """
     if not uses_csr(graph, efeat):
         return _message_passing(graph, efeat, feat)
-    if adjacency is None:
-        adjacency = csr_adjacency(graph, efeat)
-    else:
-        adjacency.check(graph, efeat)
-    parts = []
-    for ch, (a, a_t) in enumerate(adjacency.mats):
-        x = feat if feat.dim() == 2 else feat[:, ch]
-        parts.append(_CSRMatMul.apply(a, a_t, x.contiguous()))
-    return torch.stack(parts, 1)
+    return neighbour_stack(graph, efeat, feat, adjacency=adjacency)[:, 1:]
 
 
 def _message_passing(graph, efeat: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:

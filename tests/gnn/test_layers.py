@@ -23,6 +23,7 @@ from nucleograph.gnn.layers import (
     dense_rsf_conv,
 )
 from nucleograph.gnn.layers.pooling import segment_softmax
+from nucleograph.gnn.layers.spmm import neighbour_combine, neighbour_stack
 
 
 @pytest.fixture
@@ -178,3 +179,23 @@ def test_csr_matrix_spends_torchs_beta_warning_quietly():
     )
     run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_interleaved_csr_products_are_their_formulas_with_gradients(dtype):
+    # a directed graph with unsorted in-edges, a node without in-edges and a self-loop; three channels
+    src, dst = torch.tensor([3, 0, 2, 1, 4, 2, 0, 4]), torch.tensor([0, 1, 1, 1, 1, 2, 3, 4])
+    graph = dgl.graph((src, dst), num_nodes=6)
+    efeat = torch.rand(8, 3, dtype=dtype)
+    adj = torch.zeros(3, 6, 6, dtype=dtype)
+    adj[:, dst, src] = efeat.T  # A_l[i, j] = channel l of edge j -> i
+    x = torch.randn(6, 5, dtype=dtype, requires_grad=True)
+    stacked = neighbour_stack(graph, efeat, x)
+    expected = torch.stack([x, *(adj[ch] @ x for ch in range(3))], 1)
+    assert stacked.shape == (6, 4, 5) and torch.allclose(stacked, expected)
+    proj = torch.randn(6, 4, 2, dtype=dtype, requires_grad=True)
+    combined = neighbour_combine(graph, efeat, proj)
+    assert torch.allclose(combined, proj[:, 0] + sum(adj[ch] @ proj[:, ch + 1] for ch in range(3)))
+    if dtype == torch.float64:  # the backward products (the transposed matrices) against finite differences
+        assert torch.autograd.gradcheck(lambda v: neighbour_stack(graph, efeat, v), (x,))
+        assert torch.autograd.gradcheck(lambda p: neighbour_combine(graph, efeat, p), (proj,))

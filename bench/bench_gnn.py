@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import dgl
 import numpy as np
@@ -30,6 +32,9 @@ from nucleograph.gnn.models import MODEL_NAMES, build_model, count_parameters
 from nucleograph.gnn.train import TrainConfig, train_model
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
+
 
 def synthetic_graph(n: int, *, rng, n_feats: int = 16, max_distance: float = DEFAULT_THRESHOLD_PX):
     """Random nuclei with Delaunay edges (< max_distance px): a stand-in for an H&E tile."""
@@ -40,6 +45,29 @@ def synthetic_graph(n: int, *, rng, n_feats: int = 16, max_distance: float = DEF
     d = np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1)
     pairs, d = pairs[d < max_distance], d[d < max_distance]
     return to_dgl(rng.normal(size=(n, n_feats)), pairs[:, 0], pairs[:, 1], edge_channels(d), centroids=pts)
+
+
+def forward_macs(model, n: int, e: int, *, dense: bool = False) -> float:
+    """Multiply-adds of one RSF forward pass on a graph of ``n`` nodes and ``e`` directed edges, in the
+    order each side computes it: the sparse model aggregates over the ``e`` edges, weights first where a
+    layer narrows; the dense reference multiplies ``L`` ``n x n`` matrices and aggregates first.
+    Batch norm, softmax and element-wise work are left out; RSF+Edge's edge convolutions too."""
+    L, f0 = model.edge_channels, model.in_feats
+    (c1, c2, c3), (k, p2), (f1, f2) = model.conv_feats, model.pool_sizes, model.fc_feats
+
+    def agg(width):  # A_l X for every channel
+        return L * n * n * width if dense else e * width * L
+
+    def conv(fi, fo):
+        if fi > fo and not dense:
+            return n * fi * fo * (L + 1) + agg(fo)
+        return agg(fi) + n * (L + 1) * fi * fo
+
+    pool1 = agg(k) + k * n * c2 + L * k * n * k  # A S, S^T V, S^T (A S)
+    head = (k * c2 * (L + 1) * c3 + L * k * k * c3 + k * c3 * (L + 1) * p2 + L * k * k * p2 + L * p2 * k * p2
+            + p2 * c3 * f1 + f1 * f2 + f2 * model.n_classes)
+    embed = conv(c2, k) if not dense else agg(c2) + n * (L + 1) * c2 * k
+    return float(conv(f0, c1) + conv(c1, c2) + embed + pool1 + head)
 
 
 def _best(fn, repeats: int) -> float:
@@ -60,7 +88,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    out = {"threads": torch.get_num_threads(), "nodes": args.nodes, "loadavg_start": os.getloadavg()[0]}
+    facts = machine.describe()
+    out = {"threads": torch.get_num_threads(), "nodes": args.nodes, "loadavg_start": os.getloadavg()[0],
+           "machine": facts}
 
     # (a) one epoch
     graphs = [synthetic_graph(args.nodes, rng=rng) for _ in range(args.graphs)]
@@ -109,6 +139,8 @@ def main(argv=None) -> dict:
         fwd_bwd_dense_s=t_dense_fb,
         fwd_bwd_ratio=t_dense_fb / t_sparse_fb,
         max_abs_diff=diff,
+        forward_macs_sparse=forward_macs(model, g.num_nodes(), g.num_edges()),
+        forward_macs_dense=forward_macs(model, g.num_nodes(), g.num_edges(), dense=True),
         param_counts={
             n: count_parameters(build_model(n, in_feats=16, edge_channels=2))
             for n in MODEL_NAMES
@@ -118,6 +150,7 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(out))
     else:
+        print(machine.header(facts))
         print(
             f"load average {out['loadavg_start']:.1f} -> {out['loadavg_end']:.1f} (other processes skew timings)"
         )
@@ -133,6 +166,11 @@ def main(argv=None) -> dict:
         print(
             f"    forward+backward sparse {t_sparse_fb * 1e3:8.1f} ms   dense {t_dense_fb * 1e3:8.1f} ms   ratio {out['fwd_bwd_ratio']:.1f}x"
         )
+        ms, md = out["forward_macs_sparse"], out["forward_macs_dense"]
+        print(f"    sparse forward  {machine.share(ms, t_sparse, facts)}   dense forward  {machine.share(md, t_dense, facts)}")
+        print(f"    sparse fwd+bwd  {machine.share(3 * ms, t_sparse_fb, facts)}   dense fwd+bwd  "
+              f"{machine.share(3 * md, t_dense_fb, facts)}")
+        print(f"    multiply-adds, dense / sparse forward: {md / ms:.0f}x")
         print(f"    max |sparse - dense| logits: {diff:.2e}")
         print(f"    parameters: {out['param_counts']}")
     return out

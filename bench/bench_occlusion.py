@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 from bench_gnn import synthetic_graph  # noqa: E402
 
 from nucleograph.allocator import retain_freed_memory  # noqa: E402
@@ -75,8 +76,8 @@ def synth_graph(n: int, *, rng, n_feats: int = 16, threshold: float = 100.0):
 GRAPHS = {"delaunay": synthetic_graph, "image": image_graph, "synth-breast": synth_graph}
 
 
-def operation_ratio(model, g, hops: int) -> float:
-    """Multiply-adds of the naive loop over those of the fast path, counted on ``g``'s actual balls.
+def operation_counts(model, g, hops: int) -> tuple[float, float]:
+    """Multiply-adds of the naive loop and of the fast path, counted on ``g``'s actual balls.
 
     Fast, per occlusion: VConv1, VConv2 and the assignment convolution on the kept rows they change,
     weights first (``W_0`` and the ``L`` edge weights on the changed input rows, the removed rows'
@@ -115,7 +116,7 @@ def operation_ratio(model, g, hops: int) -> float:
         m, e = n - n_rem, ((ds > hops) & (dd > hops)).sum()
         naive += (conv(m, m, e, f0, c1) + conv(m, m, e, c1, c2) + conv(m, m, e, c2, K)
                   + m * K * (c2 + L * K) + e * K * L + head)
-    return float(naive / fast)
+    return float(naive), float(fast)
 
 
 def main(argv=None) -> dict:
@@ -147,6 +148,7 @@ def main(argv=None) -> dict:
     if (args.checkpoint is None) != (args.graph_file is None):
         ap.error("--checkpoint and --graph-file go together (a trained model and graphs with its features)")
     tuned = False if args.default_allocator else retain_freed_memory()
+    facts = machine.describe()
     rng = np.random.default_rng(0)
     dgl.seed(0)
     torch.manual_seed(0)
@@ -218,12 +220,16 @@ def main(argv=None) -> dict:
         "ratio_best": t_naive_all / t_fast_best,
         "max_abs_diff": float(np.abs(naive - fast[:subset]).max()),
         "max_abs_score": float(np.abs(fast).max()),
-        "operation_ratio": operation_ratio(model, g, args.hops) if hasattr(model, "pool1") else None,
+        "machine": facts,
     }
+    naive_macs, fast_macs = operation_counts(model, g, args.hops) if hasattr(model, "pool1") else (None, None)
+    out.update(operation_ratio=naive_macs / fast_macs if naive_macs else None, naive_macs=naive_macs,
+               fast_macs=fast_macs)
     if args.json:
         print(json.dumps(out))
     else:
         extra = f" (timed on {subset} nuclei, extrapolated)" if out["naive_extrapolated"] else ""
+        print(machine.header(facts))
         print(f"load average {out['loadavg']:.1f} (other processes skew timings)")
         print(f"{args.model}, {args.graph} graph, N={n} ({out['mean_degree']:.1f} neighbours each), "
               f"hops={args.hops}, output={args.output}, {out['threads']} CPU threads")
@@ -232,7 +238,8 @@ def main(argv=None) -> dict:
         print(f"first fast call in this process {t_first:.2f} s (loads the compiled index code once)")
         print(f"max |naive - fast| = {out['max_abs_diff']:.2e} (max |score| {out['max_abs_score']:.2e})")
         if out["operation_ratio"]:
-            print(f"multiply-adds, naive / fast: {out['operation_ratio']:.1f}x (the ratio if both ran at one rate)")
+            print(f"multiply-adds, naive / fast: {out['operation_ratio']:.1f}x (the ratio if both ran at one rate); "
+                  f"naive {machine.share(naive_macs, t_naive_all, facts)}, fast {machine.share(fast_macs, t_fast, facts)}")
     return out
 
 

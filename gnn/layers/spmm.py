@@ -12,8 +12,9 @@ weights themselves need a gradient, DGL's message passing is used instead.
 
 Reusing the matrices
 --------------------
-Building the matrices costs about 5% of an RSF forward pass on a 1,500-nucleus graph (0.45 of 7 ms
-on a loaded 2-core machine), and one forward pass runs three sparse layers on the same graph and
+Building the two matrices takes about 0.23 ms for a 1,500-nucleus graph and 1.3 ms for a batch of
+eight (2 cores, AMD EPYC; their transposes, built on the first backward pass, as much again), and one
+forward pass runs three sparse layers on the same graph and
 edge channels. So the caller builds them once with :func:`csr_adjacency` and hands the
 :class:`CSRAdjacency` to each layer (``adjacency=``), as :class:`nucleograph.gnn.models.RSFNet`
 does; without one, each call builds its own. The object is immutable and belongs to the caller:
@@ -90,16 +91,17 @@ def csr_matrix(indptr, indices, values, shape) -> torch.Tensor:
 
 
 class _CSRMatMul(torch.autograd.Function):
-    """``A @ X`` with ``A`` a constant CSR matrix; the gradient is ``A^T @ dY``."""
+    """``A @ X`` with ``A`` a constant CSR matrix; the gradient is ``A^T @ dY`` (``A^T`` from
+    ``transposes.get(which)``, built on the first backward pass)."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.a_t = a_t
+    def forward(ctx, a: torch.Tensor, transposes, which: str, x: torch.Tensor) -> torch.Tensor:
+        ctx.transposes, ctx.which = transposes, which
         return a @ x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, None, ctx.a_t @ grad.contiguous()
+        return None, None, None, ctx.transposes.get(ctx.which) @ grad.contiguous()
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,11 +110,11 @@ class CSRAdjacency:
 
     With ``L`` channels, ``N`` nodes and the identity as channel 0 (:math:`A_0 = I`):
 
-    ``stack`` ``(S, S^T)``
+    ``stack``
         ``S`` ``(N (L+1), N)``, row ``i (L+1) + l`` = row ``i`` of ``A_l``: ``S X`` viewed as
         ``(N, L+1, F)`` is ``[X_i, (A_1 X)_i, ..., (A_L X)_i]`` per node, the input of an RSF
         convolution's weight product, in one sparse product (no per-channel products, stack or cat).
-    ``combine`` ``(C, C^T)``
+    ``combine``
         ``C`` ``(N, N (L+1))``, column ``j (L+1) + l`` = column ``j`` of ``A_l``: with ``P`` ``(N, L+1, O)``
         viewed as ``(N (L+1), O)``, ``C P = P_0 + \sum_l A_l P_l``, a projected RSF convolution's
         output, again one product.
@@ -126,15 +128,16 @@ class CSRAdjacency:
     efeat : torch.Tensor, shape (E, L)
     version : int
         ``efeat``'s version counter when the matrices were built (an in-place change bumps it).
-    stack, combine : (torch.Tensor, torch.Tensor)
-        Each matrix with its transpose (for the backward pass).
+    stack, combine : torch.Tensor
+        The two matrices; their transposes (for the backward pass) are built when first needed.
     """
 
     graph: object
     efeat: torch.Tensor
     version: int
-    stack: tuple
-    combine: tuple
+    stack: torch.Tensor
+    combine: torch.Tensor
+    transposes: _Transposes
 
     @property
     def channels(self) -> int:
@@ -165,8 +168,8 @@ class CSRAdjacency:
 # took a dozen passes and 4-5x the time of the per-channel matrices it replaced (cache=True: compiled
 # once per machine, like gnn.occlusion.balls).
 @numba.njit(cache=True, nogil=True)
-def _rows_arrays(ptr, idx, vals):  # pragma: no cover - compiled
-    n, e, ell = ptr.size - 1, vals.shape[0], vals.shape[1]
+def _rows_arrays(ptr, idx, eid, vals):  # pragma: no cover - compiled
+    n, e, ell = ptr.size - 1, idx.size, vals.shape[1]
     indptr = np.empty(n * (ell + 1) + 1, np.int64)
     cols, out = np.empty(n + e * ell, np.int64), np.empty(n + e * ell, vals.dtype)
     k = 0
@@ -177,15 +180,15 @@ def _rows_arrays(ptr, idx, vals):  # pragma: no cover - compiled
         indptr[r * (ell + 1) + 1] = k
         for ch in range(ell):
             for j in range(ptr[r], ptr[r + 1]):
-                cols[k], out[k] = idx[j], vals[j, ch]
+                cols[k], out[k] = idx[j], vals[eid[j], ch]
                 k += 1
             indptr[r * (ell + 1) + 2 + ch] = k
     return indptr, cols, out
 
 
 @numba.njit(cache=True, nogil=True)
-def _columns_arrays(ptr, idx, vals):  # pragma: no cover - compiled
-    n, e, ell = ptr.size - 1, vals.shape[0], vals.shape[1]
+def _columns_arrays(ptr, idx, eid, vals):  # pragma: no cover - compiled
+    n, e, ell = ptr.size - 1, idx.size, vals.shape[1]
     indptr = np.empty(n + 1, np.int64)
     cols, out = np.empty(n + e * ell, np.int64), np.empty(n + e * ell, vals.dtype)
     k = 0
@@ -198,7 +201,7 @@ def _columns_arrays(ptr, idx, vals):  # pragma: no cover - compiled
                 k += 1
                 own = True
             for ch in range(ell):
-                cols[k], out[k] = idx[j] * (ell + 1) + 1 + ch, vals[j, ch]
+                cols[k], out[k] = idx[j] * (ell + 1) + 1 + ch, vals[eid[j], ch]
                 k += 1
         if not own:
             cols[k], out[k] = r * (ell + 1), 1
@@ -207,20 +210,36 @@ def _columns_arrays(ptr, idx, vals):  # pragma: no cover - compiled
     return indptr, cols, out
 
 
-def _interleaved_rows(ptr: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> torch.Tensor:
-    """``(n (L+1), n)``: row ``r (L+1)`` is ``e_r``, row ``r (L+1) + l`` the compressed row ``r`` with
-    channel ``l``'s values (``vals`` ``(E, L)``, in storage order)."""
+def _interleaved_rows(ptr: np.ndarray, idx: np.ndarray, eid: np.ndarray, vals: np.ndarray) -> torch.Tensor:
+    """``(n (L+1), n)``: row ``r (L+1)`` is ``e_r``, row ``r (L+1) + l`` the compressed row ``r``
+    (``ptr``, ``idx``, edge ids ``eid``) with channel ``l``'s values (``vals`` ``(E, L)`` by edge id)."""
     n, ell = ptr.size - 1, vals.shape[1]
-    indptr, cols, out = _rows_arrays(ptr, idx, vals)
+    indptr, cols, out = _rows_arrays(ptr, idx, eid, vals)
     return csr_matrix(torch.from_numpy(indptr), torch.from_numpy(cols), torch.from_numpy(out), (n * (ell + 1), n))
 
 
-def _interleaved_columns(ptr: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> torch.Tensor:
+def _interleaved_columns(ptr: np.ndarray, idx: np.ndarray, eid: np.ndarray, vals: np.ndarray) -> torch.Tensor:
     """``(n, n (L+1))``: row ``r`` holds ``1`` at column ``r (L+1)`` and channel ``l``'s value of its
     entry ``(r, j)`` at column ``j (L+1) + l``."""
     n, ell = ptr.size - 1, vals.shape[1]
-    indptr, cols, out = _columns_arrays(ptr, idx, vals)
+    indptr, cols, out = _columns_arrays(ptr, idx, eid, vals)
     return csr_matrix(torch.from_numpy(indptr), torch.from_numpy(cols), torch.from_numpy(out), (n, n * (ell + 1)))
+
+
+class _Transposes:
+    """The transposed matrices of a :class:`CSRAdjacency`, built from the graph's out-edges when a
+    backward pass first needs them (inference never does: half the build saved), once, under a lock."""
+
+    def __init__(self, graph, values: np.ndarray):
+        self._graph, self._values, self._lock, self._mats = graph, values, threading.Lock(), None
+
+    def get(self, which: str) -> torch.Tensor:
+        with self._lock:
+            if self._mats is None:
+                ptr, dst, eid = (t.numpy().astype(np.int64, copy=False) for t in self._graph.adj_tensors("csr"))
+                self._mats = {"stack": _interleaved_columns(ptr, dst, eid, self._values),
+                              "combine": _interleaved_rows(ptr, dst, eid, self._values)}
+            return self._mats[which]
 
 
 def csr_adjacency(graph, efeat: torch.Tensor) -> CSRAdjacency:
@@ -252,13 +271,10 @@ def csr_adjacency(graph, efeat: torch.Tensor) -> CSRAdjacency:
     """
     if graph.num_dst_nodes() != graph.num_src_nodes():
         raise InputError("the RSF layers take a graph whose nodes are both sources and destinations, not a block")
-    values = efeat.detach().numpy()
-    in_ptr, in_src, in_eid = (t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))  # A
-    out_ptr, out_dst, out_eid = (t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csr"))  # A^T
-    in_vals, out_vals = values[in_eid], values[out_eid]
-    stack = (_interleaved_rows(in_ptr, in_src, in_vals), _interleaved_columns(out_ptr, out_dst, out_vals))
-    combine = (_interleaved_columns(in_ptr, in_src, in_vals), _interleaved_rows(out_ptr, out_dst, out_vals))
-    return CSRAdjacency(graph, efeat, efeat._version, stack, combine)
+    values = np.ascontiguousarray(efeat.detach().numpy())
+    ptr, src, eid = (t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))  # rows: A
+    return CSRAdjacency(graph, efeat, efeat._version, _interleaved_rows(ptr, src, eid, values),
+                        _interleaved_columns(ptr, src, eid, values), _Transposes(graph, values))
 
 
 def uses_csr(graph, efeat: torch.Tensor) -> bool:
@@ -295,8 +311,9 @@ def neighbour_stack(
     """
     if not uses_csr(graph, efeat):
         return torch.cat([feat.unsqueeze(1), _message_passing(graph, efeat, feat)], 1)
-    a, a_t = _adjacency(graph, efeat, adjacency).stack
-    return _CSRMatMul.apply(a, a_t, feat.contiguous()).view(feat.shape[0], -1, feat.shape[1])
+    adjacency = _adjacency(graph, efeat, adjacency)
+    out = _CSRMatMul.apply(adjacency.stack, adjacency.transposes, "stack", feat.contiguous())
+    return out.view(feat.shape[0], -1, feat.shape[1])
 
 
 def neighbour_combine(
@@ -318,8 +335,8 @@ def neighbour_combine(
     """
     if not uses_csr(graph, efeat):
         return proj[:, 0] + _message_passing(graph, efeat, proj[:, 1:]).sum(1)
-    c, c_t = _adjacency(graph, efeat, adjacency).combine
-    return _CSRMatMul.apply(c, c_t, proj.reshape(-1, proj.shape[2]))
+    adjacency = _adjacency(graph, efeat, adjacency)
+    return _CSRMatMul.apply(adjacency.combine, adjacency.transposes, "combine", proj.reshape(-1, proj.shape[2]))
 
 
 def weighted_sums(

@@ -14,11 +14,11 @@ Reusing the matrices
 --------------------
 Building the two matrices takes about 0.23 ms for a 1,500-nucleus graph and 1.3 ms for a batch of
 eight (2 cores, AMD EPYC; their transposes, built on the first backward pass, as much again), and one
-forward pass runs three sparse layers on the same graph and
-edge channels. So the caller builds them once with :func:`csr_adjacency` and hands the
-:class:`CSRAdjacency` to each layer (``adjacency=``), as :class:`nucleograph.gnn.models.RSFNet`
-does; without one, each call builds its own. The object is immutable and belongs to the caller:
-nothing is stored on the graph, and threads never share a cache that one of them could overwrite.
+forward pass runs three sparse layers on the same graph and edge channels. So the caller builds them
+once with :func:`csr_adjacency` and hands the :class:`CSRAdjacency` to each layer (``adjacency=``), as
+:class:`nucleograph.gnn.models.RSFNet` does; without one, each call builds its own. The object belongs
+to the caller and nothing is stored on the graph; its only mutable part, the transposes, is filled in
+once under a lock, so threads that share it never overwrite each other.
 A layer checks that the object was built for the graph and edge tensor it is given (an in-place
 change of the tensor bumps its version counter and fails the check).
 

@@ -69,6 +69,19 @@ SCHEMA_V3 = (
     "} IN TRANSACTIONS OF 1000 ROWS",
     "DROP INDEX image_label IF EXISTS",
 )
+# v4: slides (issue 15). Each nucleus gets its centroid as a cartesian point, ``pos``, under a point
+# index, so a window (ROI, viewport) is one indexed query (WINDOW_NUCLEI). Stored nuclei get theirs in
+# batches (only those still without one: an interrupted migration is completed by running it again);
+# the index is created after them (one bulk population, not 600k index updates) and awaited.
+SCHEMA_V4 = (
+    "MATCH (n:Nucleus) WHERE n.pos IS NULL AND n.centroid_x IS NOT NULL AND n.centroid_y IS NOT NULL "
+    "CALL (n) { SET n.pos = point({x: n.centroid_x, y: n.centroid_y}) } IN TRANSACTIONS OF 10000 ROWS",
+    "CREATE POINT INDEX nucleus_pos IF NOT EXISTS FOR (n:Nucleus) ON (n.pos)",
+    "CALL db.awaitIndex('nucleus_pos', 3600)",
+    # since v3 nuclei are read by segmentation (nucleus_segmentation), never by image id: an index that
+    # only slowed every nucleus written
+    "DROP INDEX nucleus_image IF EXISTS",
+)
 SCHEMA_VERSION = "MATCH (m:SchemaMigration) RETURN coalesce(max(m.version), 0) AS version"
 SCHEMA_RECORD = "MERGE (m:SchemaMigration {version: $version}) ON CREATE SET m.applied_at = datetime()"
 
@@ -82,20 +95,27 @@ COUNTS = (
 LABEL_COUNTS = "MATCH (n) UNWIND labels(n) AS label RETURN label, count(*) AS n ORDER BY label"
 
 # --- ingest -----------------------------------------------------------------------------------------
-# The data model (schema v3):
+# The data model (schema v4):
 #   (:Image {id})                      the bytes (content hash) and what they are: width, height, mpp
 #   (:Image)-[:HAS_SEGMENTATION]->(:Segmentation {key, params_key, detector, params, n_nuclei, ...})
-#   (:Segmentation)-[:HAS_NUCLEUS]->(:Nucleus {uid, segmentation, image_id, nid, ...})-[:NEAR]->(:Nucleus)
+#   (:Segmentation)-[:HAS_NUCLEUS]->(:Nucleus {uid, segmentation, image_id, nid, pos, ...})-[:NEAR]->(:Nucleus)
 #   (:Image)-[:IN_COHORT {label, patient, path, meta, segmentation}]->(:Cohort)
 # A cohort's membership holds the label, patient and path and names the segmentation the cohort uses,
 # so cohorts sharing an image never change each other; an image may carry several segmentations.
+# Segmentation.status (v4): 'writing' while a large graph goes in over many transactions, 'deleting'
+# while one is removed in batches, 'complete' (or absent: stored before v4) otherwise. Readers reach
+# nuclei through a membership, set only on a complete segmentation (the same transaction completes it);
+# the few reads that start elsewhere (EXPLAINS, HAS_SEGMENTATION) keep to complete ones.
 IMAGE_STATE = (
     "OPTIONAL MATCH (i:Image {id: $image_id}) "
     "OPTIONAL MATCH (s:Segmentation {key: $segmentation}) "
     "OPTIONAL MATCH (i)-[m:IN_COHORT]->(:Cohort {name: $cohort}) "
-    "RETURN s IS NOT NULL AS has_segmentation, s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
+    "RETURN s IS NOT NULL AND coalesce(s.status, 'complete') = 'complete' AS has_segmentation, "
+    "s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
     "m IS NOT NULL AS in_cohort, m.segmentation AS cohort_segmentation, m.label AS label, m.path AS path, "
-    "m.patient AS patient"
+    "m.patient AS patient, "
+    "[(i)-[:HAS_SEGMENTATION]->(t:Segmentation) WHERE coalesce(t.status, 'complete') <> 'complete' | "
+    " t {.key, .status, .writer, .n_nuclei, idle_s: duration.inSeconds(t.heartbeat, datetime()).seconds}] AS unfinished"
 )
 MERGE_COHORT = (
     "MERGE (c:Cohort {name: $cohort}) ON CREATE SET c.created_at = datetime(), c.task = $task "
@@ -130,21 +150,50 @@ UNSTALE_FOR_COHORT = (
     "WHERE EXISTS { MATCH (e)-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(:Cohort {name: $cohort}) } "
     "SET e.stale_images = [x IN coalesce(e.stale_images, []) WHERE x <> $image_id]"
 )
-DELETE_UNUSED_SEGMENTATION = (
+# Unused, it becomes 'deleting' (invisible) in the membership's transaction; db.store then deletes
+# it in bounded batches (DELETE_SEGMENTATION_NUCLEI until none are left, then DELETE_SEGMENTATION_NODE):
+# one DETACH DELETE of a slide's graph would outgrow the transaction memory pool.
+RETIRE_UNUSED_SEGMENTATION = (
     "MATCH (s:Segmentation {key: $old}) "
-    "WHERE NOT EXISTS { MATCH (:Image {id: $image_id})-[:IN_COHORT {segmentation: $old}]->() } "
-    "OPTIONAL MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
-    "DETACH DELETE n, s"
+    "WHERE coalesce(s.status, 'complete') = 'complete' "
+    "AND NOT EXISTS { MATCH (:Image {id: $image_id})-[:IN_COHORT {segmentation: $old}]->() } "
+    "SET s.status = 'deleting' RETURN s.key AS key, s.n_nuclei AS n_nuclei"
 )
+# A 'writing' segmentation whose writer is gone (db.store decides): deleted like a retired one.
+ABANDON_SEGMENTATION = (
+    "MATCH (s:Segmentation {key: $segmentation}) WHERE s.status = 'writing' AND s.writer = $writer "
+    "SET s.status = 'deleting' REMOVE s.writer, s.heartbeat RETURN s.key AS key, s.n_nuclei AS n_nuclei"
+)
+DELETE_SEGMENTATION_NUCLEI = (
+    "MATCH (:Segmentation {key: $segmentation, status: 'deleting'})-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "WITH n LIMIT $limit DETACH DELETE n RETURN count(n) AS deleted"
+)
+DELETE_SEGMENTATION_NODE = (
+    "MATCH (s:Segmentation {key: $segmentation, status: 'deleting'}) "
+    "WHERE NOT EXISTS { (s)-[:HAS_NUCLEUS]->() } DETACH DELETE s"
+)
+# ``pos`` (v4): the centroid as a cartesian point, under the point index nucleus_pos.
 CREATE_NUCLEI = (
     "MATCH (s:Segmentation {key: $segmentation}) "
     "UNWIND $rows AS row "
-    "CREATE (s)-[:HAS_NUCLEUS]->(n:Nucleus) SET n = row"
+    "CREATE (s)-[:HAS_NUCLEUS]->(n:Nucleus) SET n = row, n.pos = point({x: row.centroid_x, y: row.centroid_y})"
 )
 CREATE_NEAR = (
     "UNWIND $rows AS row "
     "MATCH (a:Nucleus {uid: row[0]}), (b:Nucleus {uid: row[1]}) "
     "CREATE (a)-[:NEAR {weight: row[2], dist: row[3]}]->(b)"
+)
+# A graph too large for one transaction (db.store.store_image_graph) goes in over many: its segmentation
+# is created 'writing' and names its writer (host:pid); every batch's transaction first checks that it
+# is still so (0 rows: another ingest took it over as abandoned) and records a heartbeat; the last one
+# completes it together with the membership.
+TOUCH_SEGMENTATION = (
+    "MATCH (s:Segmentation {key: $segmentation}) WHERE s.status = 'writing' AND s.writer = $writer "
+    "SET s.heartbeat = datetime() RETURN count(s) AS n"
+)
+COMPLETE_SEGMENTATION = (
+    "MATCH (s:Segmentation {key: $segmentation}) WHERE s.status = 'writing' AND s.writer = $writer "
+    "SET s.status = 'complete', s.ingested_at = datetime() REMOVE s.writer, s.heartbeat RETURN count(s) AS n"
 )
 # A cohort's image with the segmentation it uses: every read below starts from this pattern.
 COHORT_COUNTS_STORED = (
@@ -175,7 +224,7 @@ IMAGE_BY_ID = (
     "i.width AS width, i.height AS height, s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
     "s.detector AS detector, s.feature_names AS feature_names, first.segmentation AS segmentation, "
     "[x IN memberships | x.cohort] AS cohorts, memberships, "
-    "[(i)-[:HAS_SEGMENTATION]->(t) | t.key] AS segmentations"
+    "[(i)-[:HAS_SEGMENTATION]->(t) WHERE coalesce(t.status, 'complete') = 'complete' | t.key] AS segmentations"
 )
 # One query per batch of images returns each graph as parallel lists (not a row per edge).
 READ_GRAPHS = (
@@ -285,7 +334,7 @@ IMAGE_SCORES = (
 SCORES_EXPORT = (
     "MATCH (e:Explanation {key: $key})-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(c:Cohort) "
     "MATCH (e)-[:EXPLAINS]->(s:Segmentation)<-[:HAS_SEGMENTATION]-(i:Image) "
-    "WHERE $image_ids IS NULL OR i.id IN $image_ids "
+    "WHERE ($image_ids IS NULL OR i.id IN $image_ids) AND coalesce(s.status, 'complete') = 'complete' "
     "OPTIONAL MATCH (i)-[m:IN_COHORT]->(c) "
     "MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
     "RETURN i.id AS image_id, m.path AS path, m.label AS label, n.nid AS nucleus_id, "
@@ -298,7 +347,7 @@ SCORES_EXPORT = (
 EXPORT_IMAGES = (
     "MATCH (e:Explanation {key: $key})-[:OF_RUN]->(:ModelRun)-[:TRAINED_ON]->(c:Cohort) "
     "MATCH (e)-[:EXPLAINS]->(s:Segmentation)<-[:HAS_SEGMENTATION]-(i:Image) "
-    "WHERE $image_ids IS NULL OR i.id IN $image_ids "
+    "WHERE ($image_ids IS NULL OR i.id IN $image_ids) AND coalesce(s.status, 'complete') = 'complete' "
     "OPTIONAL MATCH (i)-[m:IN_COHORT]->(c) "
     "RETURN i.id AS image_id, m.path AS path, m.label AS label, i.width AS width, i.height AS height, "
     "s.key AS segmentation, s.detector AS detector, s.feature_names AS feature_names, e.property AS property, "
@@ -320,6 +369,32 @@ NUCLEUS_AREAS = (
     "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
     "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
     "RETURN n.area AS area ORDER BY n.nid"
+)
+# The nuclei of a window (ROI, viewport; bounds inclusive, pixels) of the cohort's segmentation of an
+# image, from the point index (v4; the hint keeps the planner off the per-segmentation index, which would
+# read every nucleus of a slide), and the NEAR edges with both ends inside, as lists. Nuclei are
+# [nid, x, y, score] (a list each: collect() would drop a null score), ordered by nid.
+WINDOW_NUCLEI = (
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+    "MATCH (s:Segmentation {key: m.segmentation}) "
+    "CALL (m) { "
+    "  MATCH (n:Nucleus) USING INDEX n:Nucleus(pos) "
+    "  WHERE point.withinBBox(n.pos, point({x: $x0, y: $y0}), point({x: $x1, y: $y1})) "
+    "  AND n.segmentation = m.segmentation "
+    "  WITH n ORDER BY n.nid "
+    "  RETURN collect([n.nid, n.centroid_x, n.centroid_y, "
+    "                  CASE WHEN $property IS NULL THEN null ELSE n[$property] END]) AS nuclei, "
+    "         collect(n.features) AS features, collect(n) AS inside "
+    "} "
+    "CALL (inside) { "
+    "  UNWIND inside AS a "
+    # b unlabelled and filtered after WITH: expanded from a (a label would let the planner scan the
+    # point index for b and join, reading every nucleus of the store per window nucleus)
+    "  MATCH (a)-[r:NEAR]->(b) "
+    "  WITH a, r, b WHERE point.withinBBox(b.pos, point({x: $x0, y: $y0}), point({x: $x1, y: $y1})) "
+    "  RETURN collect(a.nid) AS src, collect(b.nid) AS dst, collect(r.weight) AS weight, collect(r.dist) AS dist "
+    "} "
+    "RETURN s.key AS segmentation, s.feature_names AS feature_names, nuclei, features, src, dst, weight, dist"
 )
 
 # === dashboard ======================================================================================
@@ -364,7 +439,7 @@ DASH_IMAGE_GRAPH = (
 )
 DASH_NUCLEUS = (
     "MATCH (n:Nucleus {uid: $uid}) "
-    "RETURN n {.*, features: null} AS props, "
+    "RETURN n {.*, features: null, pos: null} AS props, "
     "CASE WHEN $property IS NULL THEN null ELSE n[$property] END AS score, "
     "COUNT { (n)-[:NEAR]-() } AS degree"
 )

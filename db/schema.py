@@ -11,7 +11,7 @@ from nucleograph.db import queries as q
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import DatabaseError
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (q.SCHEMA_V1, q.SCHEMA_V2, q.SCHEMA_V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (q.SCHEMA_V1, q.SCHEMA_V2, q.SCHEMA_V3, q.SCHEMA_V4)
 LATEST = len(MIGRATIONS)
 
 

@@ -2,8 +2,17 @@
 
 An image's graph is a segmentation (one per detector and parameters), written in ONE managed write
 transaction (batched ``UNWIND`` statements inside it) together with the cohort membership that names
-it: it is stored completely or not at all, and a dropped connection is retried by the driver. The
-data model is described in :mod:`nucleograph.db.queries`.
+it: it is stored completely or not at all, and a dropped connection is retried by the driver.
+
+A graph of more than :data:`ATOMIC_ROWS` nuclei plus edges (a whole slide) would outgrow the server's
+transaction memory pool and timeout in one transaction. It goes in over many bounded ones instead: its
+segmentation is created with ``status: 'writing'``, the nuclei and then the edges follow a batch per
+transaction, and one last transaction marks it ``complete`` and sets the membership. Readers reach
+nuclei only through a membership, so they never see it before it is whole. Whatever stops a write half
+way (kill -9, a lost server) leaves a 'writing' segmentation that the next store of the image finds,
+deletes and writes again (a clean restart, not a resume: a batch is never half committed, but which
+batches were is not worth tracking). A segmentation no cohort uses any more is deleted in batches too.
+The data model is described in :mod:`nucleograph.db.queries`.
 """
 
 from __future__ import annotations
@@ -11,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +39,22 @@ class LabelConflict(InputError):
     """The same bytes reached one cohort under two paths with two labels."""
 
 
+class GraphBeingWritten(InputError):
+    """Another ingest, still alive, is writing the same segmentation (or took over this one)."""
+
+
 #: Images per read transaction in :func:`read_graphs` (each returns its whole graph as lists).
 READ_BATCH = 16
+#: Nuclei plus edges up to which an image's graph is written in ONE transaction (every tile-sized
+#: image: 1,500 nuclei make ~12k rows); above it, one transaction per batch (see the module's docstring).
+#: 50k rows stay well inside a 1 GB heap's transaction memory pool (~700 MB).
+ATOMIC_ROWS = 50_000
+#: Seconds without a heartbeat (one per committed batch) after which a 'writing' segmentation counts as
+#: abandoned, whoever wrote it; one written from this host is abandoned as soon as its process is gone.
+STALE_AFTER_S = 600
+
+#: ``progress(stage, done, total)`` after each committed batch: stage ``nuclei``, ``edges`` or ``delete``.
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -230,7 +255,7 @@ def _check_label(state: dict[str, Any], image_id: str, cohort: str, member: Memb
 
 def store_image_graph(
     db: GraphDB, graph, *, cohort: str, params, feature_names: list[str], task: str | None = None,
-    batch: int | None = None,
+    batch: int | None = None, atomic_rows: int = ATOMIC_ROWS, progress: Progress | None = None,
 ) -> StoreResult:
     """Store ``graph`` (an :class:`nucleograph.ingest.pipeline.ImageGraph`) in ``cohort``, atomically.
 
@@ -238,6 +263,9 @@ def store_image_graph(
     with other parameters), and the cohort's membership names it and carries the record's label,
     patient and path. Nothing another cohort uses is changed: a segmentation is deleted only when no
     cohort uses it any more, and the explanations that scored replaced nuclei are marked stale.
+    A graph of more than ``atomic_rows`` nuclei plus edges is written over many transactions and
+    made visible by the last (see the module's docstring); a leftover of an interrupted write of this
+    image is deleted first.
 
     Parameters
     ----------
@@ -252,7 +280,11 @@ def store_image_graph(
     task : str, optional
         The cohort's task.
     batch : int, optional
-        Rows per ``UNWIND`` statement inside the transaction (default ``db.batch_size``).
+        Rows per ``UNWIND`` statement (default ``db.batch_size``); in a large graph, rows per transaction.
+    atomic_rows : int, optional
+        Nuclei plus edges up to which one transaction writes the whole graph.
+    progress : callable, optional
+        ``progress(stage, done, total)`` after each committed batch of a large graph or a deletion.
 
     Returns
     -------
@@ -264,41 +296,160 @@ def store_image_graph(
     ------
     LabelConflict
         The cohort holds these bytes under another path with another label.
+    GraphBeingWritten
+        Another live ingest is writing this segmentation, or took over this write.
     """
     key, state, member = _where(db, graph.record, graph.image_id, cohort, params.key())
+    size = batch or db.batch_size
+    _clear_unfinished(db, state, key, size=size, progress=progress)
     if state["has_segmentation"]:
         return _link(db, state, graph.image_id, cohort, key, member, task=task)
-    nodes = nucleus_rows(key, graph.image_id, graph.nuclei, feature_names)
-    rels = edge_rows(key, graph.nuclei, graph.edges)
     props = segmentation_props(graph, params=params, feature_names=feature_names, task=task)
     image = {"width": graph.width, "height": graph.height, "mpp": graph.record.mpp}
-    size = batch or db.batch_size
     # Cohort first, in its own transaction: MERGE on a constrained key is safe under concurrency.
     db.write(q.MERGE_COHORT, cohort=cohort, task=task)
+    if graph.n_nuclei + graph.n_edges > atomic_rows:
+        retired = _store_in_batches(db, graph, state, cohort, key, member, props=props, image=image,
+                                    feature_names=feature_names, size=size, progress=progress)
+    else:
+        nodes = nucleus_rows(key, graph.image_id, graph.nuclei, feature_names)
+        rels = edge_rows(key, graph.nuclei, graph.edges)
 
-    def work(tx: neo4j.ManagedTransaction) -> None:
-        tx.run(q.MERGE_IMAGE, image_id=graph.image_id, props=image).consume()
-        tx.run(q.CREATE_SEGMENTATION, image_id=graph.image_id, segmentation=key, props=props).consume()
-        for chunk in chunks(nodes, size):
-            tx.run(q.CREATE_NUCLEI, segmentation=key, rows=chunk).consume()
-        for chunk in chunks(rels, size):
-            tx.run(q.CREATE_NEAR, rows=chunk).consume()
-        _set_membership(tx, state, graph.image_id, cohort, key, member)
+        def work(tx: neo4j.ManagedTransaction) -> list[dict[str, Any]]:
+            tx.run(q.MERGE_IMAGE, image_id=graph.image_id, props=image).consume()
+            tx.run(q.CREATE_SEGMENTATION, image_id=graph.image_id, segmentation=key,
+                   props={**props, "status": "complete"}).consume()
+            for chunk in chunks(nodes, size):
+                tx.run(q.CREATE_NUCLEI, segmentation=key, rows=chunk).consume()
+            for chunk in chunks(rels, size):
+                tx.run(q.CREATE_NEAR, rows=chunk).consume()
+            return _set_membership(tx, state, graph.image_id, cohort, key, member)
 
-    db.write_transaction(work)
+        retired = db.write_transaction(work)
+    _delete_retired(db, retired, size=size, progress=progress)
     old = state["cohort_segmentation"]
     status = "replaced" if old is not None and old != key else "stored"
     return StoreResult(graph.image_id, status, graph.n_nuclei, graph.n_edges)
 
 
-def _set_membership(tx, state, image_id: str, cohort: str, key: str, member: Membership) -> None:
-    """Point the cohort's membership at segmentation ``key``; retire the one it used before."""
+def _rows_slice(columns: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    return {k: v[start:stop] for k, v in columns.items()}
+
+
+def _store_in_batches(
+    db: GraphDB, graph, state, cohort: str, key: str, member: Membership, *, props: dict, image: dict,
+    feature_names: list[str], size: int, progress: Progress | None,
+) -> list[dict[str, Any]]:
+    """Write a large graph a batch per transaction (rows built per batch: memory stays bounded), then
+    complete it and set the membership in one transaction; return the segmentations it retired."""
+    writer = f"{socket.gethostname()}:{os.getpid()}"
+
+    def start(tx: neo4j.ManagedTransaction) -> None:
+        tx.run(q.MERGE_IMAGE, image_id=graph.image_id, props=image).consume()
+        tx.run(q.CREATE_SEGMENTATION, image_id=graph.image_id, segmentation=key,
+               props={**props, "status": "writing", "writer": writer}).consume()
+        _still_writing(tx, key, writer)
+
+    def batch(query: str, **params: Any) -> None:
+        def work(tx: neo4j.ManagedTransaction) -> None:
+            _still_writing(tx, key, writer)
+            tx.run(query, **params).consume()
+
+        db.write_transaction(work)
+
+    db.write_transaction(start)
+    n, e = graph.n_nuclei, graph.n_edges
+    for lo in range(0, n, size):
+        batch(q.CREATE_NUCLEI, segmentation=key,
+              rows=nucleus_rows(key, graph.image_id, _rows_slice(graph.nuclei, lo, lo + size), feature_names))
+        if progress is not None:
+            progress("nuclei", min(lo + size, n), n)
+    for lo in range(0, e, size):
+        batch(q.CREATE_NEAR, rows=edge_rows(key, graph.nuclei, _rows_slice(graph.edges, lo, lo + size)))
+        if progress is not None:
+            progress("edges", min(lo + size, e), e)
+
+    def finish(tx: neo4j.ManagedTransaction) -> list[dict[str, Any]]:
+        if tx.run(q.COMPLETE_SEGMENTATION, segmentation=key, writer=writer).single()["n"] != 1:
+            raise _taken_over(key)
+        return _set_membership(tx, state, graph.image_id, cohort, key, member)
+
+    return db.write_transaction(finish)
+
+
+def _still_writing(tx: neo4j.ManagedTransaction, key: str, writer: str) -> None:
+    """Refuse to write on when another ingest has taken this write over (and record a heartbeat)."""
+    if tx.run(q.TOUCH_SEGMENTATION, segmentation=key, writer=writer).single()["n"] != 1:
+        raise _taken_over(key)
+
+
+def _taken_over(key: str) -> GraphBeingWritten:
+    return GraphBeingWritten(
+        f"segmentation {key}: another ingest found this write abandoned (no heartbeat for {STALE_AFTER_S} s, "
+        "or its process gone) and deleted it; nothing of it is visible. Ingest the image again")
+
+
+def _set_membership(tx, state, image_id: str, cohort: str, key: str, member: Membership) -> list[dict[str, Any]]:
+    """Point the cohort's membership at segmentation ``key``; retire the one it used before (made
+    'deleting' here, deleted in batches by :func:`_delete_retired` once this transaction commits)."""
     tx.run(q.SET_MEMBERSHIP, image_id=image_id, cohort=cohort, segmentation=key, props=member.props()).consume()
     old = state["cohort_segmentation"]
-    if old is not None and old != key:
-        tx.run(q.MARK_STALE_FOR_COHORT, image_id=image_id, cohort=cohort, old=old).consume()
-        tx.run(q.DELETE_UNUSED_SEGMENTATION, image_id=image_id, old=old).consume()
-        tx.run(q.UNSTALE_FOR_COHORT, image_id=image_id, cohort=cohort, segmentation=key).consume()
+    if old is None or old == key:
+        return []
+    tx.run(q.MARK_STALE_FOR_COHORT, image_id=image_id, cohort=cohort, old=old).consume()
+    retired = [dict(r) for r in tx.run(q.RETIRE_UNUSED_SEGMENTATION, image_id=image_id, old=old)]
+    tx.run(q.UNSTALE_FOR_COHORT, image_id=image_id, cohort=cohort, segmentation=key).consume()
+    return retired
+
+
+def _delete_retired(db: GraphDB, retired: list[dict[str, Any]], *, size: int, progress: Progress | None) -> None:
+    """Delete 'deleting' segmentations (``{key, n_nuclei}``): ``size`` nuclei (with their edges) per
+    transaction, then the segmentation node."""
+    for seg in retired:
+        done, total = 0, int(seg.get("n_nuclei") or 0)
+        while deleted := db.write(q.DELETE_SEGMENTATION_NUCLEI, segmentation=seg["key"], limit=size)[0]["deleted"]:
+            done += deleted
+            if progress is not None:
+                progress("delete", done, max(total, done))
+        db.write(q.DELETE_SEGMENTATION_NODE, segmentation=seg["key"])
+
+
+def _clear_unfinished(db: GraphDB, state, key: str, *, size: int, progress: Progress | None) -> None:
+    """Delete the image's segmentations left 'deleting', and those left 'writing' by a writer that is
+    gone; refuse when a live one is writing ``key``."""
+    for seg in state["unfinished"] or []:
+        if seg["status"] == "writing":
+            if not _abandoned(seg):
+                if seg["key"] == key:
+                    raise GraphBeingWritten(
+                        f"segmentation {key} is being written by {seg['writer']} (last batch {seg['idle_s']} s ago): "
+                        f"wait for that ingest to finish, or, if it is stuck, stop it (it is abandoned "
+                        f"{STALE_AFTER_S} s after its last batch) and ingest again")
+                continue  # another live write of this image, with other parameters: not ours to touch
+            taken = db.write(q.ABANDON_SEGMENTATION, segmentation=seg["key"], writer=seg["writer"])
+            if not taken:
+                continue  # its writer finished (or another ingest took it over) meanwhile
+            seg = taken[0]
+        _delete_retired(db, [seg], size=size, progress=progress)
+
+
+def _abandoned(seg: dict[str, Any]) -> bool:
+    """Whether a 'writing' segmentation's writer is gone: its process is gone from this host (or is this
+    process, whose earlier store raised), or it has committed no batch for :data:`STALE_AFTER_S`."""
+    if seg["idle_s"] is None or seg["idle_s"] > STALE_AFTER_S:
+        return True
+    host, _, pid = (seg["writer"] or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def if_current(
@@ -327,8 +478,13 @@ def if_current(
     ------
     LabelConflict
         The cohort holds these bytes under another path with another label.
+    GraphBeingWritten
+        Another live ingest is writing this segmentation (detecting again would be wasted).
     """
     key, state, member = _where(db, record, image_id, cohort, params_key)
+    # leftovers of interrupted writes or deletions of this image go first (a 'writing' one with this
+    # key is never taken for a stored graph: IMAGE_STATE counts only complete segmentations)
+    _clear_unfinished(db, state, key, size=db.batch_size, progress=None)
     if not state["has_segmentation"]:
         return None
     return _link(db, state, image_id, cohort, key, member, task=task)
@@ -345,7 +501,8 @@ def _link(db: GraphDB, state, image_id, cohort, key, member: Membership, *, task
     if state["in_cohort"] and state["cohort_segmentation"] == key and same:
         return StoreResult(image_id, "unchanged", n, e)
     db.write(q.MERGE_COHORT, cohort=cohort, task=task)
-    db.write_transaction(lambda tx: _set_membership(tx, state, image_id, cohort, key, member))
+    retired = db.write_transaction(lambda tx: _set_membership(tx, state, image_id, cohort, key, member))
+    _delete_retired(db, retired, size=db.batch_size, progress=None)
     if not state["in_cohort"]:
         status = "linked"
     elif state["cohort_segmentation"] != key:
@@ -485,3 +642,61 @@ def nucleus_areas(db: GraphDB, cohort: str, image_id: str) -> np.ndarray:
     """
     rows = db.read(q.NUCLEUS_AREAS, cohort=cohort, image_id=image_id)
     return np.asarray([r["area"] or 0.0 for r in rows], dtype=float)
+
+
+def window_nuclei(
+    db: GraphDB, cohort: str, image_id: str, x0: float, y0: float, x1: float, y1: float, *,
+    score_property: str | None = None,
+) -> dict[str, Any] | None:
+    """The nuclei whose centroids lie in a window of an image (the segmentation ``cohort`` uses), and
+    the edges between them, in one query on the point index.
+
+    Parameters
+    ----------
+    db : GraphDB
+    cohort : str
+    image_id : str
+    x0, y0, x1, y1 : float
+        The window's corners in full-resolution pixels (inclusive; ``x0 <= x1``, ``y0 <= y1``).
+    score_property : str, optional
+        An explanation's score property (an ``Explanation.property`` read from the store, never user
+        text) to return per nucleus.
+
+    Returns
+    -------
+    dict or None
+        None when the image is not in the cohort; else ``segmentation, feature_names, nids (N,),
+        centroids (N, 2), features (N, F), scores (N,)`` (NaN where unscored or no property), and
+        ``src, dst`` (row indices), ``weight, dist`` for the NEAR edges with both ends inside.
+
+    Raises
+    ------
+    InputError
+        An empty window (a corner beyond the opposite one).
+
+    Examples
+    --------
+    >>> roi = window_nuclei(db, "ovary", image_id, 0, 0, 2048, 1536)  # doctest: +SKIP
+    >>> roi["centroids"].shape  # doctest: +SKIP
+    (1874, 2)
+    """
+    if not (x0 <= x1 and y0 <= y1):
+        raise InputError(f"the window ({x0}, {y0})-({x1}, {y1}) is empty: give its top-left corner first "
+                         "(x0 <= x1 and y0 <= y1)")
+    r = db.read_one(q.WINDOW_NUCLEI, cohort=cohort, image_id=image_id, x0=float(x0), y0=float(y0),
+                    x1=float(x1), y1=float(y1), property=score_property)
+    if r is None:
+        return None
+    nuclei = r["nuclei"]
+    nids = np.asarray([v[0] for v in nuclei], dtype=np.int64)
+    index = {int(nid): i for i, nid in enumerate(nids)}
+    n_feat = len(r["feature_names"] or [])
+    return {
+        "segmentation": r["segmentation"], "feature_names": list(r["feature_names"] or []), "nids": nids,
+        "centroids": np.asarray([v[1:3] for v in nuclei], dtype=np.float32).reshape(len(nids), 2),
+        "features": np.asarray(r["features"], dtype=np.float32).reshape(len(nids), n_feat),
+        "scores": np.asarray([np.nan if v[3] is None else v[3] for v in nuclei], dtype=np.float32),
+        "src": np.asarray([index[int(a)] for a in r["src"]], dtype=np.int64),
+        "dst": np.asarray([index[int(b)] for b in r["dst"]], dtype=np.int64),
+        "weight": np.asarray(r["weight"], dtype=np.float32), "dist": np.asarray(r["dist"], dtype=np.float32),
+    }

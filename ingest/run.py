@@ -274,7 +274,8 @@ class _BatchWriter:
             with translate_errors(self.settings):
                 return self._store_with_retry(graph), None
         except (DatabaseError, neo4j_exc.ServiceUnavailable):
-            raise  # the database is gone: stop the batch; nothing partial was written
+            raise  # the database is gone: stop the batch; nothing partial is visible (a large graph's
+            # unfinished batches are deleted by the next store of its image)
         except neo4j_exc.ConstraintError:
             # another ingest (a scheduler, a second worker) stored the same image at the same
             # moment; our transaction was rolled back whole, so theirs is the stored graph
@@ -284,7 +285,7 @@ class _BatchWriter:
             return result, None
         except neo4j_exc.Neo4jError as exc:
             return None, DatabaseError(f"{record.path}: Neo4j refused the graph: {exc}")
-        except LabelConflict as exc:
+        except (LabelConflict, store.GraphBeingWritten) as exc:
             return None, exc
 
     def _store_with_retry(self, graph: ImageGraph, attempts: int = 3) -> store.StoreResult:

@@ -44,11 +44,13 @@ def backends() -> dict[str, str]:
     }
 
 
-def gemm_rate(size: int = 1024, repeats: int = 5, dtype=torch.float32) -> float:
+def gemm_rate(size: int = 1024, repeats: int = 30, dtype=torch.float32) -> float:
     """The best of ``repeats`` ``size``-cubed matrix products: multiply-adds per second at torch's
-    current thread count."""
+    current thread count (the best, not the median: on a shared virtual machine the rate drifts, and
+    the best is the closest to what the cores can do)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm the BLAS's threads and buffers
+    for _ in range(3):
+        a @ b  # warm the BLAS's threads and buffers
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()

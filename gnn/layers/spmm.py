@@ -2,13 +2,14 @@
 
 Not a layer: the kernel the sparse RSF convolution and graph-embed pooling share. The graph's own
 CSC/CSR index arrays (``graph.adj_tensors``) become torch CSR matrices, multiplied by torch's CSR
-product (MKL's sparse BLAS in the PyPI build). Measured per kernel on 2 cores of an AMD EPYC
-(``bench/bench_kernels.py``; bench/RESULTS.md, issue 20): MKL's CSR product beat DGL's GSpMM
-(``update_all(u_mul_e, sum)``) 5-7x, an ``index_add_`` scatter 5-6x, a COO product 1.5-4x and scipy's
-CSR product 1.2-1.4x from 32 features up (scipy was 20% ahead at 16). All edge channels and the node's
-own row go into ONE matrix, so an RSF convolution is one sparse product and one dense one
-(:class:`CSRAdjacency`); the backward pass multiplies the transposed matrix, also CSR. When the edge
-weights themselves need a gradient, DGL's message passing is used instead.
+product (MKL's sparse BLAS in the PyPI build). Measured per kernel on 2 cores of an AMD EPYC, where
+MKL is said to take slow paths (``bench/bench_kernels.py``; bench/RESULTS.md, issue 20), MKL's CSR
+product was still the fastest or tied at every width from 16 to 128 features, on Delaunay and on
+ingest radius graphs: scipy's CSR product 1.4-2.7x slower, a COO product 2.3-10x, DGL's GSpMM
+(``update_all(u_mul_e, sum)``) 5.6-8.5x, an ``index_add_`` scatter 3.4-17x. So no run-time choice is
+made. All edge channels and the node's own row go into ONE matrix, so an RSF convolution is one sparse
+product and one dense one (:class:`CSRAdjacency`); the backward pass multiplies the transposed matrix,
+also CSR. When the edge weights themselves need a gradient, DGL's message passing is used instead.
 
 Reusing the matrices
 --------------------

@@ -78,6 +78,9 @@ def log_odds(logits: torch.Tensor, target: int) -> torch.Tensor:
 def _check(model, graph) -> None:
     if not isinstance(model, GraphClassifier):
         raise ModelError(f"explanations need a nucleograph GraphClassifier, got {type(model).__name__}")
+    if not model.reads_node_features:
+        raise ModelError(f"a {type(model).__name__} reads no node features: gradient x input and integrated "
+                         "gradients would score every nucleus 0; use occlusion, which removes nuclei instead")
     check_single_graph(graph)
 
 

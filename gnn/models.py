@@ -1,4 +1,4 @@
-"""Graph classifiers of the seed paper (Table I) and an MLP baseline.
+"""Graph classifiers of the seed paper (Table I) and two baselines.
 
 Architectures (``c = conv_feats``, ``p = pool_sizes``, ``f = fc_feats``; defaults give ~300k parameters):
 
@@ -9,6 +9,8 @@ Architectures (``c = conv_feats``, ``p = pool_sizes``, ``f = fc_feats``; default
                    nothing else follows Pool2.
 ``rsf-attention``  as ``rsf`` with a per-nucleus sigmoid gate (:class:`nucleograph.gnn.layers.NodeAttention`) on VConv2.
 ``mlp``            MLP on the mean of the standardised node features concatenated with log(nucleus count).
+``graphstats``     MLP on structure-only statistics of the graph (degrees, spacing, clustering, components,
+                   how one-sided each nucleus's neighbourhood is): no node features.
 
 Each vertex convolution is followed by batch norm and ReLU. Batch norm before Pool1 runs on the node
 rows of the batched sparse graph (so padding never enters its statistics); after Pool1 every graph
@@ -26,6 +28,7 @@ from functools import partial
 from types import MappingProxyType
 
 import dgl
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,7 +36,7 @@ from torch.nn import functional as F
 from nucleograph.errors import InputError, ModelError
 
 from .data import FeatureScaler
-from .keys import EFEAT, FEAT
+from .keys import CENTROID, EFEAT, FEAT
 from .layers import (
     CSRAdjacency,
     DenseEdgeFeatureConv,
@@ -48,6 +51,9 @@ from .layers.spmm import csr_adjacency, uses_csr
 
 class GraphClassifier(nn.Module):
     """Base class: input checks and the stored feature scaler."""
+
+    #: Whether the logits depend on the node features (gradient explanations need them to).
+    reads_node_features = True
 
     def __init__(self, in_feats: int, edge_channels: int, n_classes: int):
         super().__init__()
@@ -288,6 +294,107 @@ class MeanMLP(GraphClassifier):
         return self.mlp(torch.cat([mean, logn], 1))
 
 
+#: The statistics :class:`GraphStatsMLP` computes per graph, in its input's order.
+GRAPH_STATISTICS = (
+    "log_nuclei", "degree_mean", "degree_std", "isolated_share", "low_degree_share", "high_degree_share",
+    "weighted_degree_mean", "weighted_degree_std", "edge_weight_mean", "clustering_mean", "clustering_std",
+    "components_per_nucleus", "largest_component_share", "one_sidedness_mean", "one_sidedness_std",
+)
+
+
+def graph_statistics(graph) -> torch.Tensor:
+    """Structure-only statistics of each graph of a batch: ``(B, len(GRAPH_STATISTICS))``, float64.
+
+    Degrees (mean, spread, the shares of nuclei with no, at most 2 and at least 10 neighbours: cords,
+    chain ends, crowds), channel 0 of the edges (``1 - d/threshold``: weighted degree and mean weight,
+    i.e. spacing), the local clustering coefficient (triangle density), connected components, and the
+    *one-sidedness* of each nucleus: the length of the mean unit vector to its neighbours (0 when they
+    surround it, 1 when they all lie on one side, as on the rim of a gland, a ring or a cord), from the
+    centroids when the graph has them (else 0). No node features: what a model could learn from the
+    arrangement's global statistics alone.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    counts = graph.batch_num_nodes().numpy()
+    n = int(counts.sum())
+    gid = np.repeat(np.arange(counts.size), counts)
+    src, dst = (t.numpy() for t in graph.edges())
+    w = graph.edata[EFEAT][:, 0].double().numpy() if graph.num_edges() else np.zeros(0)
+    adj = coo_matrix((np.ones(src.size), (dst, src)), shape=(n, n)).tocsr()
+    adj.data[:] = 1.0  # duplicate edges count once
+    deg = np.asarray(adj.sum(1)).ravel()
+    wdeg = np.bincount(dst, weights=w, minlength=n)
+    tri = np.asarray((adj @ adj).multiply(adj).sum(1)).ravel() / 2
+    clustering = np.divide(2 * tri, deg * (deg - 1), out=np.zeros(n), where=deg > 1)
+    side = np.zeros(n)
+    if CENTROID in graph.ndata and src.size:
+        xy = graph.ndata[CENTROID].double().numpy()
+        vec = xy[src] - xy[dst]
+        unit = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-9)
+        total = np.stack([np.bincount(dst, weights=unit[:, k], minlength=n) for k in range(2)], 1)
+        side = np.divide(np.linalg.norm(total, axis=1), deg, out=np.zeros(n), where=deg > 0)
+    _, comp = connected_components(adj, directed=False)
+    comp_size = np.bincount(comp)
+    first = np.unique(comp, return_index=True)[1]  # components never cross graphs (block diagonal)
+    n_comp = np.bincount(gid[first], minlength=counts.size)
+    largest = np.zeros(counts.size)
+    np.maximum.at(largest, gid[first], comp_size)
+
+    def mean(v):
+        return np.bincount(gid, weights=v, minlength=counts.size) / counts
+
+    def std(v):
+        return np.sqrt(np.maximum(mean(v * v) - mean(v) ** 2, 0))
+
+    e_graph = gid[dst] if src.size else np.zeros(0, dtype=int)
+    n_edges = np.bincount(e_graph, minlength=counts.size)
+    stats = [np.log(counts), mean(deg), std(deg), mean(deg == 0), mean(deg <= 2), mean(deg >= 10),
+             mean(wdeg), std(wdeg), np.bincount(e_graph, weights=w, minlength=counts.size) / np.maximum(n_edges, 1),
+             mean(clustering), std(clustering), n_comp / counts, largest / counts, mean(side), std(side)]
+    return torch.from_numpy(np.stack(stats, 1))
+
+
+class GraphStatsMLP(GraphClassifier):
+    """Baseline: MLP on the graph's structure statistics alone (:func:`graph_statistics`).
+
+    If it classifies a cohort as well as the GNNs, the GNNs may be reading a global statistic of the
+    arrangement (spacing, crowding, how many nuclei sit on rims) rather than the structures a
+    pathologist names. Node features are ignored (their scaler is kept only for a uniform checkpoint).
+
+    Shapes
+    ------
+    forward(graph) with ``B`` images -> logits ``(B, n_classes)``.
+    """
+
+    reads_node_features = False
+
+    def __init__(self, in_feats: int, edge_channels: int = 1, n_classes: int = 2, *, hidden=(64, 32)):
+        super().__init__(in_feats, edge_channels, n_classes)
+        if edge_channels < 1:
+            raise ModelError("the graph-statistics baseline reads edge channel 0 (the edge weight)")
+        layers, width = [nn.BatchNorm1d(len(GRAPH_STATISTICS))], len(GRAPH_STATISTICS)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, n_classes))
+        self.mlp = nn.Sequential(*layers)
+        self.hidden = tuple(hidden)
+
+    def reset_parameters(self):
+        for m in self.mlp:
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def forward(self, graph) -> torch.Tensor:
+        self.input_features(graph)  # the same checks as every model
+        x, bn = graph_statistics(graph).to(self.feat_mean.dtype), self.mlp[0]
+        # a batch of one graph (a training set's last batch) is standardised with the running statistics
+        x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                         training=self.training and x.shape[0] > 1, momentum=bn.momentum, eps=bn.eps)
+        return self.mlp[1:](x)
+
+
 #: The model registry, the one list of models: name -> builder
 #: ``(in_feats, edge_channels, n_classes, **kwargs) -> GraphClassifier``. The CLI's choices, the
 #: service, :func:`build_model` and the checkpoints (``config["model_name"]``) all read it.
@@ -297,6 +404,7 @@ MODELS: MappingProxyType[str, Callable[..., GraphClassifier]] = MappingProxyType
         "rsf-edge": partial(RSFNet, edge=True),
         "rsf-attention": partial(RSFNet, attention=True),
         "mlp": MeanMLP,
+        "graphstats": GraphStatsMLP,
     }
 )
 #: The registry's names, in its order.

@@ -68,6 +68,41 @@ def graph_from_arrays(g: dict[str, Any]) -> dgl.DGLGraph:
     )
 
 
+def check_one_feature_set(cohort: str, images: list[dict[str, Any]]) -> None:
+    """Refuse a cohort whose nuclei carry different features: one model reads one feature vector.
+
+    A segmentation ingested without its image has the morphology features only (its stain and texture
+    features are absent, not zero: :mod:`nucleograph.ingest.polygons`); a cohort of such files trains on
+    those, but mixed with images it would need values it does not have.
+
+    Parameters
+    ----------
+    cohort : str
+    images : list of dict
+        :func:`nucleograph.db.store.cohort_images` rows (``feature_names``, ``n_nuclei``, ``path``);
+        images without nuclei are left out (training skips them).
+
+    Raises
+    ------
+    InputError
+        Two feature sets are present; the message names images of each and the fixes.
+    """
+    sets: dict[tuple[str, ...], list[str]] = {}
+    for r in images:
+        if r.get("n_nuclei"):
+            sets.setdefault(tuple(r.get("feature_names") or ()), []).append(str(r.get("path") or r["id"]))
+    if len(sets) <= 1:
+        return
+    (most, many), (other, few) = sorted(sets.items(), key=lambda kv: (-len(kv[0]), -len(kv[1])))[:2]
+    lacking = [n for n in most if n not in other] or ["none (the same features in another order)"]
+    raise InputError(
+        f"cohort {cohort!r} mixes nuclei with {len(sets)} different feature sets: {len(many)} image(s) have "
+        f"{len(most)} features (e.g. {many[0]}), {len(few)} have {len(other)} (e.g. {few[0]}), lacking "
+        f"{', '.join(lacking)}. Segmentations ingested without their image have no stain or texture features. "
+        "One model needs one feature set: ingest the segmentations without images into a cohort of their own, "
+        "or give each its image (manifest path: the image; nuclei column: the segmentation) and ingest again")
+
+
 def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = True, progress: bool = False) -> CohortData:
     """Read every labelled graph of ``cohort`` (cached on disk by the cohort's content hash).
 
@@ -89,7 +124,7 @@ def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = T
     Raises
     ------
     InputError
-        The cohort has no images.
+        The cohort has no images, or its nuclei carry different feature sets (:func:`check_one_feature_set`).
 
     Warns
     -----
@@ -101,6 +136,7 @@ def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = T
     if not images:
         raise InputError(f"cohort {cohort!r} has no images in Neo4j: ingest some with "
                          f"`nucleograph ingest PATH --cohort {cohort}`")
+    check_one_feature_set(cohort, [r for r in images if r["label"] is not None])
     version = store.cohort_fingerprint(db, cohort)
     cached = read_cache(settings.home, version) if cache else None  # None, with a warning, when corrupt
     if cached is not None:
@@ -407,6 +443,9 @@ def explain_run(
     if method == "attention" and run.get("model") != "rsf-attention":
         raise InputError(f"run {run_id} is a {run.get('model')} model: attention scores need an rsf-attention run "
                          "(use --method occlusion for any model)")
+    if method in ("gradxinput", "ig") and not models[0].reads_node_features:
+        raise InputError(f"run {run_id} is a {run.get('model')} model, which reads no node features: {method} would "
+                         "score every nucleus 0 (use --method occlusion)")
     if method == "gnnexplainer" and not isinstance(models[0], RSFNet):
         raise InputError(f"run {run_id} is a {run.get('model')} model: GNNExplainer masks the edges of an RSF model "
                          "(use --method ig or occlusion for any model)")

@@ -20,7 +20,9 @@ from nucleograph.gnn.keys import FEAT
 from nucleograph.gnn.models import MODEL_NAMES, build_model
 from nucleograph.gnn.train import TrainConfig, train_model
 
-RSF_NAMES = [n for n in MODEL_NAMES if n != "mlp"]
+BASELINES = ("mlp", "graphstats")
+RSF_NAMES = [n for n in MODEL_NAMES if n not in BASELINES]
+FEATURE_READERS = [n for n in MODEL_NAMES if n != "graphstats"]  # the gradient methods' models
 SMALL = dict(conv_feats=(16, 16, 16), pool_sizes=(8, 4), fc_feats=(32, 16))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _model(name, rng):
     torch.manual_seed(0)
-    m = build_model(name, in_feats=4, edge_channels=2, **(SMALL if name != "mlp" else {}))
+    m = build_model(name, in_feats=4, edge_channels=2, **(SMALL if name not in BASELINES else {}))
     m.train()  # non-trivial batch-norm running statistics
     with torch.no_grad():
         for _ in range(3):
@@ -44,7 +46,7 @@ def _log_odds_at(m, g, raw, c):
         return float(log_odds(m(g), c)[0])
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", FEATURE_READERS)
 def test_gradient_x_input_matches_central_differences(name, rng):
     m = _model(name, rng).double()  # float64: the differences resolve the derivative to ~1e-10
     g = make_graph(20, clustered=True, rng=rng)
@@ -74,7 +76,7 @@ def _integrand(m, g, c, base, alphas):
     return ((x - base) * grad.view(len(alphas), *x.shape)).sum((1, 2)).numpy()
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", FEATURE_READERS)
 def test_integrated_gradients_is_complete_within_the_trapezoid_bound(name, rng):
     m = _model(name, rng).double()
     g = make_graph(24, clustered=True, rng=rng)
@@ -93,7 +95,7 @@ def test_integrated_gradients_is_complete_within_the_trapezoid_bound(name, rng):
             assert gap <= variation / (2 * (steps - 1)) + 1e-9, (steps, gap, variation, delta)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", FEATURE_READERS)
 def test_gradient_scores_flip_sign_with_the_other_class(name, rng):
     # two classes: f_0 = z_0 - z_1 = -f_1, so every attribution flips sign
     m = _model(name, rng)
@@ -153,7 +155,7 @@ def test_gnnexplainer_is_deterministic_per_seed_and_leaves_the_model_alone(name,
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", FEATURE_READERS)
 def test_gradient_methods_leave_the_model_alone(name, rng):
     m = _model(name, rng)
     m.train()
@@ -250,3 +252,11 @@ def test_every_method_is_described_where_users_pick_it(capsys):
         main(["explain", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(f"{m}: " in text for m in METHODS)
+
+
+def test_gradient_methods_refuse_a_model_that_reads_no_node_features(rng):
+    m = _model("graphstats", rng)
+    g = make_graph(20, clustered=True, rng=rng)
+    for method in (gradient_x_input, integrated_gradients):
+        with pytest.raises(ModelError, match="reads no node features"):
+            method(m, g)

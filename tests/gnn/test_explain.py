@@ -22,7 +22,7 @@ def _model(name, rng, n_classes=2):
             name, in_feats=4, edge_channels=2, n_classes=n_classes, conv_feats=(16, 16, 16), pool_sizes=(8, 4),
             fc_feats=(32, 16)
         )
-        if name != "mlp"
+        if name not in ("mlp", "graphstats")
         else build_model(name, in_feats=4, edge_channels=2, n_classes=n_classes)
     )
     m.train()  # non-trivial batch-norm running statistics

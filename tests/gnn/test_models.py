@@ -28,7 +28,7 @@ def test_about_300k_parameters(name, in_feats):
 
 
 def test_registry_builds_each_model_it_names():
-    assert MODEL_NAMES == ("rsf", "rsf-edge", "rsf-attention", "mlp") == tuple(MODELS)
+    assert MODEL_NAMES == ("rsf", "rsf-edge", "rsf-attention", "mlp", "graphstats") == tuple(MODELS)
     assert DEFAULT_MODEL == "rsf"
     built = {name: build_model(name, in_feats=4, edge_channels=2) for name in MODEL_NAMES}
     assert isinstance(built["mlp"], MeanMLP) and all(isinstance(built[n], RSFNet) for n in RSF)

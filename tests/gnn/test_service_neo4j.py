@@ -282,14 +282,15 @@ def test_readme_cypher_runs_with_the_console_parameter_names(cohort, attention_r
     assert main(["explain", "--run", run_id, "--image", first, "--json"]) == 0
     capsys.readouterr()
     queries = _readme_queries()
-    assert sorted(queries) == ["1", "2", "3", "4", "5", "6"]
+    assert sorted(queries) == ["1", "2", "3", "4", "5", "6", "7"]
     library_params = {k for e in CONSOLE_LIBRARY.values() for k in e["params"]}
-    params = {"run": run_id, "image_id": first, "run_a": run_id, "run_b": run_id, "high": -1e9, "low": 1e9}
+    params = {"run": run_id, "image_id": first, "run_a": run_id, "run_b": run_id, "high": -1e9, "low": 1e9,
+              "x0": 0.0, "y0": 0.0, "x1": 1e6, "y1": 1e6}
     for number, query in queries.items():
         assert "$image " not in query and "$image)" not in query and "$image}" not in query
         columns, rows = console.run_cypher(graphdb, query, params)
         assert rows or number == "5", f"README query {number} returned nothing"  # 5: misclassified images only
-        if number in ("1", "2", "4"):
+        if number in ("1", "2", "4", "7"):
             assert {"image_id", "nid", "x", "y"} <= set(columns), number
             assert {r["image_id"] for r in rows} == {first}
     assert "image_id" in library_params

@@ -262,6 +262,15 @@ class RSFNet(GraphClassifier):
         return self.head(v, adj)
 
 
+def _mlp(width: int, hidden, n_classes: int, *first: nn.Module) -> nn.Sequential:
+    """``first`` layers, then Linear + ReLU per ``hidden`` width, then the output layer."""
+    layers = list(first)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, n_classes))
+
+
 class MeanMLP(GraphClassifier):
     """Baseline: MLP on ``[mean of standardised node features, log(nucleus count)]``.
 
@@ -272,17 +281,12 @@ class MeanMLP(GraphClassifier):
 
     def __init__(self, in_feats: int, edge_channels: int = 0, n_classes: int = 2, *, hidden=(128, 64)):
         super().__init__(in_feats, edge_channels, n_classes)
-        layers, width = [], in_feats + 1
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, n_classes))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = _mlp(in_feats + 1, hidden, n_classes)
         self.hidden = tuple(hidden)
 
     def reset_parameters(self):
         for m in self.mlp:
-            if isinstance(m, nn.Linear):
+            if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
     def forward(self, graph) -> torch.Tensor:
@@ -373,12 +377,7 @@ class GraphStatsMLP(GraphClassifier):
         super().__init__(in_feats, edge_channels, n_classes)
         if edge_channels < 1:
             raise ModelError("the graph-statistics baseline reads edge channel 0 (the edge weight)")
-        layers, width = [nn.BatchNorm1d(len(GRAPH_STATISTICS))], len(GRAPH_STATISTICS)
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, n_classes))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = _mlp(len(GRAPH_STATISTICS), hidden, n_classes, nn.BatchNorm1d(len(GRAPH_STATISTICS)))
         self.hidden = tuple(hidden)
 
     def reset_parameters(self):

@@ -3,9 +3,10 @@
 The slide is the real segmentation shipped in the ``histolytics`` wheel (``hgsc_nuclei_wsi.parquet``:
 592,349 nucleus polygons over 47,001 x 66,210 px, read from the installed package). It goes through the
 project's own import code (``ingest.importers.read_nuclei`` and ``clean_geometries``) and graph code
-(``ingest.graph.build_edges``, 100 px); without pixels, the nuclei get geometric features computed from
-their polygons (area, perimeter, circularity, solidity, axes, eccentricity, orientation) and their
-outlines (``ingest.outlines.compact_rings``), type and source id, as an import stores them.
+(``ingest.graph.build_edges``, 100 px); without pixels, the nuclei get the morphology features of
+``ingest.polygons.polygon_features`` (what ingesting the file without its image computes: the same
+definitions as detected nuclei) and their outlines (``ingest.outlines.compact_rings``), type and source
+id, as an import stores them.
 
 One throw-away Neo4j at the default heap and page cache (1g / 512m), schema migrated, both paths
 warmed up on the first 20k nuclei (as other images). In order:
@@ -41,18 +42,19 @@ import shapely
 from nucleograph.db import local, schema, store
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.ingest.cohort import ImageRecord
+from nucleograph.ingest.features import MORPHOLOGY_COLUMNS
 from nucleograph.ingest.graph import build_edges
 from nucleograph.ingest.importers import ImportParams, clean_geometries, read_nuclei
 from nucleograph.ingest.outlines import compact_rings
 from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash
+from nucleograph.ingest.polygons import polygon_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest_write import BARE_CONSTRAINT, BARE_EDGES, BARE_NODES  # noqa: E402  the same baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD_PX = 100.0
-GEOMETRIC = ["area", "perimeter", "circularity", "solidity", "major_axis", "minor_axis", "eccentricity",
-             "orientation"]
+GEOMETRIC = list(MORPHOLOGY_COLUMNS)
 BARE_DELETE = "MATCH (n:BareNucleus) WITH n LIMIT $limit DETACH DELETE n RETURN count(n) AS deleted"
 
 
@@ -66,21 +68,6 @@ def slide_file() -> Path:
     if not path.is_file():
         raise SystemExit(f"{path} is missing: install histolytics==0.3.0")
     return path
-
-
-def geometric_features(geoms: np.ndarray) -> dict[str, np.ndarray]:
-    """Shape features of polygons, without pixels (axes and orientation from the minimum rotated rectangle)."""
-    area, perimeter = shapely.area(geoms), shapely.length(geoms)
-    hull = shapely.area(shapely.convex_hull(geoms))
-    rect = shapely.get_coordinates(shapely.oriented_envelope(geoms)).reshape(len(geoms), 5, 2)
-    side_a = np.hypot(*(rect[:, 1] - rect[:, 0]).T)
-    side_b = np.hypot(*(rect[:, 2] - rect[:, 1]).T)
-    major, minor = np.maximum(side_a, side_b), np.minimum(side_a, side_b)
-    along = np.where((side_a >= side_b)[:, None], rect[:, 1] - rect[:, 0], rect[:, 2] - rect[:, 1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {"area": area, "perimeter": perimeter, "circularity": 4 * math.pi * area / perimeter**2,
-                "solidity": area / hull, "major_axis": major, "minor_axis": minor,
-                "eccentricity": np.sqrt(1 - (minor / major) ** 2), "orientation": np.arctan2(along[:, 1], along[:, 0])}
 
 
 def slide_graph(path: Path, n: int | None) -> tuple[ImageGraph, ImportParams, dict[str, float]]:
@@ -100,8 +87,11 @@ def slide_graph(path: Path, n: int | None) -> tuple[ImageGraph, ImportParams, di
         geoms, kept, centre = geoms[keep], kept[keep], centre[keep]
     timings["read"] = time.perf_counter() - t
     t = time.perf_counter()
-    nuclei = {"nucleus_id": np.arange(1, len(geoms) + 1, dtype=np.int64),
-              "centroid_x": centre[:, 0], "centroid_y": centre[:, 1], **geometric_features(geoms)}
+    nuclei = polygon_features(geoms)  # the product's morphology of polygons without pixels (a few cover no pixel)
+    rows = nuclei["nucleus_id"] - 1
+    geoms, kept = geoms[rows], kept[rows]
+    nuclei["nucleus_id"] = np.arange(1, len(rows) + 1, dtype=np.int64)
+    centre = np.stack([nuclei["centroid_x"], nuclei["centroid_y"]], axis=1)
     nuclei["outline"] = compact_rings([shapely.get_coordinates(g.exterior)[:-1] for g in geoms], tolerance=0.25)
     nuclei["type"] = np.asarray([parsed.types[i] for i in kept], dtype=object)
     nuclei["source_id"] = np.asarray([parsed.ids[i] for i in kept], dtype=object)

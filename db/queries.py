@@ -209,7 +209,7 @@ COHORT_IMAGES = (
     "OPTIONAL MATCH (s:Segmentation {key: m.segmentation}) "
     "RETURN i.id AS id, m.path AS path, m.label AS label, m.patient AS patient, s.n_nuclei AS n_nuclei, "
     "s.n_edges AS n_edges, i.width AS width, i.height AS height, s.detector AS detector, "
-    "s.params_key AS params_key, m.segmentation AS segmentation "
+    "s.params_key AS params_key, m.segmentation AS segmentation, s.feature_names AS feature_names "
     "ORDER BY i.id"
 )
 # An image by id, with its memberships (path and label per cohort) and its segmentations.

@@ -16,10 +16,15 @@ from pathlib import Path
 from nucleograph.errors import InputError
 from nucleograph.ingest.readers import IMAGE_EXTENSIONS, SLIDE_EXTENSIONS
 
-__all__ = ["MASK_DIRS", "ImageRecord", "discover", "is_image_file", "read_manifest"]
+__all__ = ["MASK_DIRS", "SEGMENTATION_EXTENSIONS", "ImageRecord", "discover", "is_image_file",
+           "is_segmentation_file", "read_manifest"]
 
 #: Folders that hold annotations next to images; never scanned for images.
 MASK_DIRS = frozenset({"masks", "mask", "labels", "annotations", "maps"})
+#: A manifest row (or a path given alone) with one of these extensions is a segmentation ingested without
+#: its image (:mod:`nucleograph.ingest.polygons`). Folders are never scanned for them: next to an image
+#: such a file is the image's nuclei (a sidecar). Label masks (.png, .tif) always count as images.
+SEGMENTATION_EXTENSIONS = frozenset({".geojson", ".json", ".parquet", ".geoparquet"})
 
 
 @dataclass
@@ -59,6 +64,11 @@ def is_image_file(p: Path) -> bool:
         p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS | SLIDE_EXTENSIONS
         and not p.stem.lower().endswith(".mask")
     )
+
+
+def is_segmentation_file(p: Path) -> bool:
+    """Whether ``p`` (a manifest row's path, or a path given alone) is a segmentation without an image."""
+    return Path(p).suffix.lower() in SEGMENTATION_EXTENSIONS
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -218,6 +228,7 @@ def discover(
     Each path may be
 
     * an image or slide file (label None);
+    * a segmentation file without its image (:data:`SEGMENTATION_EXTENSIONS`; label None);
     * a CSV manifest with columns ``path,label[,patient,mpp]`` (other columns go to
       ``meta``; relative paths are resolved against the CSV's folder);
     * a folder holding ``manifest.csv`` (used as above);
@@ -260,12 +271,13 @@ def discover(
         elif p.suffix.lower() == ".csv":
             # a row naming a missing file fails alone at ingest (README: a bad file never stops the batch)
             found = read_manifest(p, missing_ok=True)
-        elif is_image_file(p):
+        elif is_image_file(p) or (p.is_file() and is_segmentation_file(p)):
             found = [ImageRecord(path=p.resolve(), label=None)]
         else:
             raise InputError(
                 f"{p}: not an image, slide, CSV manifest or folder (image extensions: "
-                f"{sorted(IMAGE_EXTENSIONS | SLIDE_EXTENSIONS)})."
+                f"{sorted(IMAGE_EXTENSIONS | SLIDE_EXTENSIONS)}), nor a segmentation to ingest without its image "
+                f"({sorted(SEGMENTATION_EXTENSIONS)})."
             )
         if not found:
             raise InputError(

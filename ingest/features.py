@@ -2,7 +2,8 @@
 
 :func:`nucleus_features` returns a ``regionprops_table``-style dict (one row per nucleus) that
 goes straight into ``pandas.DataFrame``. Lengths and areas are in pixels; multiply by ``mpp``
-(or ``mpp**2`` for area) for microns.
+(or ``mpp**2`` for area) for microns. :func:`shape_features` measures the morphology alone (the
+first eight columns, :data:`MORPHOLOGY_COLUMNS`), for segmentations that come without their image.
 
 Column names and their QuPath / HistomicsTK counterparts (also in :data:`FEATURE_ALIASES`)::
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import shapely
 from skimage.measure import regionprops_table
 
 from .stain import separate_hed
@@ -39,16 +41,20 @@ __all__ = [
     "FEATURE_ALIASES",
     "FEATURE_COLUMNS",
     "ALL_COLUMNS",
+    "MORPHOLOGY_COLUMNS",
+    "PIXEL_COLUMNS",
     "TEXTURE_LEVELS",
     "TEXTURE_MAX_OD",
     "concat_features",
     "empty_features",
     "nucleus_features",
+    "shape_features",
+    "shape_features_reference",
     "texture_glcm",
 ]
 
-#: Numeric features a model uses (no id, no position), in a fixed order.
-FEATURE_COLUMNS: tuple[str, ...] = (
+#: Features of a nucleus's shape alone: measured from its outline, with or without the image's pixels.
+MORPHOLOGY_COLUMNS: tuple[str, ...] = (
     "area",
     "perimeter",
     "eccentricity",
@@ -57,12 +63,17 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "minor_axis",
     "orientation",
     "circularity",
+)
+#: Stain and texture features: they need the image's pixels (absent for a segmentation ingested alone).
+PIXEL_COLUMNS: tuple[str, ...] = (
     "hematoxylin_od_mean",
     "hematoxylin_od_std",
     "eosin_od_mean",
     "texture_contrast",
     "texture_homogeneity",
 )
+#: Numeric features a model uses (no id, no position), in a fixed order.
+FEATURE_COLUMNS: tuple[str, ...] = (*MORPHOLOGY_COLUMNS, *PIXEL_COLUMNS)
 #: Every column :func:`nucleus_features` returns, in order.
 ALL_COLUMNS: tuple[str, ...] = ("nucleus_id", "centroid_x", "centroid_y", *FEATURE_COLUMNS)
 
@@ -182,6 +193,189 @@ def texture_glcm(h: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> tuple[np
     return contrast[ids], homogeneity[ids]
 
 
+def _checked_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D (H, W); got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be an integer array; got dtype {labels.dtype}")
+    return labels
+
+
+def _no_shapes() -> dict[str, np.ndarray]:
+    empty = empty_features()
+    return {k: empty[k] for k in ("nucleus_id", "centroid_x", "centroid_y", *MORPHOLOGY_COLUMNS)}
+
+
+def shape_features_reference(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Measure the shape of every nucleus of an instance label image with ``regionprops_table``.
+
+    The morphology half of :func:`nucleus_features` (which uses it), and the reference that pins
+    :func:`shape_features`.
+
+    Parameters
+    ----------
+    labels : (H, W) int ndarray
+        Instance labels, 0 = background.
+
+    Returns
+    -------
+    features : dict of str to (N,) ndarray
+        ``nucleus_id`` (int64, the label), ``centroid_x``, ``centroid_y`` and
+        :data:`MORPHOLOGY_COLUMNS` (float64), one row per label present, in increasing label order.
+    """
+    labels = _checked_labels(labels)
+    if not labels.any():
+        return _no_shapes()
+    props = regionprops_table(labels.astype(np.int32, copy=False), properties=_SHAPE_PROPS)
+    area = props["area"].astype(np.float64)
+    perimeter = props["perimeter"].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter > 0, 4.0 * np.pi * area / perimeter**2, 1.0)
+    circularity = np.minimum(circularity, 1.0)
+    return {
+        "nucleus_id": props["label"].astype(np.int64),
+        "centroid_x": props["centroid-1"].astype(np.float64),
+        "centroid_y": props["centroid-0"].astype(np.float64),
+        "area": area,
+        "perimeter": perimeter,
+        "eccentricity": props["eccentricity"].astype(np.float64),
+        "solidity": props["solidity"].astype(np.float64),
+        "major_axis": props["axis_major_length"].astype(np.float64),
+        "minor_axis": props["axis_minor_length"].astype(np.float64),
+        "orientation": props["orientation"].astype(np.float64),
+        "circularity": circularity,
+    }
+
+
+#: skimage.measure.perimeter's weights of a border pixel by its neighbourhood code (4-connected border)
+_PERIMETER_WEIGHTS = np.zeros(50)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2.0)
+_PERIMETER_WEIGHTS[[13, 23]] = (1.0 + np.sqrt(2.0)) / 2.0
+
+
+def shape_features(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Measure the shape of every nucleus of an instance label image, vectorised over the image.
+
+    The same columns and definitions as :func:`shape_features_reference` (``regionprops_table``: area,
+    centroid, the central moments' inertia tensor for the axes, eccentricity and orientation,
+    ``skimage.measure.perimeter`` with 4-connectivity, solidity over ``convex_hull_image``), equal to
+    float rounding (pinned by tests), but over all labels at once (``bincount``; the convex hulls by
+    shapely, their pixels counted row by row) instead of one region at a time: on 50k real nuclei
+    painted in tiles, 0.47 ms per nucleus with the painting against 1.6 ms with ``regionprops_table``,
+    what makes a 600k-nucleus slide segmentation measurable (:mod:`nucleograph.ingest.polygons`).
+
+    Parameters
+    ----------
+    labels : (H, W) int ndarray
+        Instance labels, 0 = background.
+
+    Returns
+    -------
+    features : dict of str to (N,) ndarray
+        ``nucleus_id`` (int64, the label), ``centroid_x``, ``centroid_y`` and
+        :data:`MORPHOLOGY_COLUMNS` (float64), one row per label present, in increasing label order.
+    """
+    labels = _checked_labels(labels)
+    if not labels.any():
+        return _no_shapes()
+    lab = np.pad(labels.astype(np.int64, copy=False), 1)  # a background frame: every region has a border
+    n_lab = int(lab.max()) + 1
+    rr, cc = np.nonzero(lab)
+    k = lab[rr, cc]
+    area = np.bincount(k, minlength=n_lab).astype(np.float64)
+    ids = np.flatnonzero(area)
+    ids = ids[ids > 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_mean = np.bincount(k, weights=rr, minlength=n_lab) / area
+        c_mean = np.bincount(k, weights=cc, minlength=n_lab) / area
+        dr, dc = rr - r_mean[k], cc - c_mean[k]
+        # skimage's inertia tensor [[a, b], [b, c]]: a = mu02 / mu00, c = mu20 / mu00, b = -mu11 / mu00
+        a = (np.bincount(k, weights=dc * dc, minlength=n_lab) / area)[ids]
+        c = (np.bincount(k, weights=dr * dr, minlength=n_lab) / area)[ids]
+        b = -(np.bincount(k, weights=dr * dc, minlength=n_lab) / area)[ids]
+    root = np.sqrt(((a - c) / 2.0) ** 2 + b * b)
+    l1 = np.maximum((a + c) / 2.0 + root, 0.0)
+    l2 = np.maximum((a + c) / 2.0 - root, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eccentricity = np.where(l1 > 0, np.sqrt(np.maximum(1.0 - l2 / l1, 0.0)), 0.0)
+    orientation = np.where(a - c == 0, np.where(b < 0, np.pi / 4.0, -np.pi / 4.0),
+                           0.5 * np.arctan2(-2.0 * b, c - a))
+    border = _border(lab)
+    perimeter = _perimeters(lab, border, n_lab)[ids]
+    n = area[ids]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter > 0, 4.0 * np.pi * n / perimeter**2, 1.0)
+    hull = _hull_pixels(lab, border, ids)
+    return {
+        "nucleus_id": ids.astype(np.int64),
+        "centroid_x": c_mean[ids] - 1.0,
+        "centroid_y": r_mean[ids] - 1.0,
+        "area": n,
+        "perimeter": perimeter,
+        "eccentricity": eccentricity,
+        "solidity": n / hull,
+        "major_axis": 4.0 * np.sqrt(l1),
+        "minor_axis": 4.0 * np.sqrt(l2),
+        "orientation": orientation,
+        "circularity": np.minimum(circularity, 1.0),
+    }
+
+
+def _border(lab: np.ndarray) -> np.ndarray:
+    """The pixels of a padded label image with a 4-neighbour outside their region."""
+    inner = lab[1:-1, 1:-1]
+    border = np.zeros(lab.shape, bool)
+    border[1:-1, 1:-1] = (inner > 0) & ((lab[:-2, 1:-1] != inner) | (lab[2:, 1:-1] != inner)
+                                        | (lab[1:-1, :-2] != inner) | (lab[1:-1, 2:] != inner))
+    return border
+
+
+def _hull_pixels(lab: np.ndarray, border: np.ndarray, ids: np.ndarray, *, eps: float = 1e-9) -> np.ndarray:
+    """``convex_hull_image(region).sum()`` of every label ``ids`` at once: the pixel centres inside or on the
+    convex hull of the region's pixel-edge midpoints (skimage's diamond offsets; the border pixels' suffice),
+    counted row by row between the hull's crossings of each row."""
+    rr, cc = np.nonzero(border)
+    dense = np.searchsorted(ids, lab[rr, cc])
+    rr, cc = rr.astype(np.float64), cc.astype(np.float64)
+    points = np.stack([np.concatenate([cc, cc, cc - 0.5, cc + 0.5]), np.concatenate([rr - 0.5, rr + 0.5, rr, rr])], 1)
+    which = np.concatenate([dense] * 4)
+    order = np.argsort(which, kind="stable")
+    # a line through the points has their hull and is built without a Point object per point
+    hulls = shapely.convex_hull(shapely.linestrings(points[order], indices=which[order]))
+    xy, g = shapely.get_coordinates(hulls, return_index=True)
+    same = g[:-1] == g[1:]  # consecutive vertices of one ring are its edges
+    (x1, y1), (x2, y2), g = xy[:-1][same].T, xy[1:][same].T, g[:-1][same]
+    slanted = y1 != y2  # a horizontal edge's ends are the ends of its slanted neighbours
+    x1, y1, x2, y2, g = x1[slanted], y1[slanted], x2[slanted], y2[slanted], g[slanted]
+    lo = np.ceil(np.minimum(y1, y2) - eps).astype(np.int64)
+    n_rows = np.maximum(np.floor(np.maximum(y1, y2) + eps).astype(np.int64) - lo + 1, 0)
+    edge = np.repeat(np.arange(len(lo)), n_rows)
+    row = lo[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+    x = x1[edge] + (row - y1[edge]) * (x2[edge] - x1[edge]) / (y2[edge] - y1[edge])
+    key = g[edge] * (lab.shape[0] + 2) + row
+    order = np.argsort(key, kind="stable")
+    key, x = key[order], x[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(key) != 0])
+    left, right = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
+    count = np.maximum(np.floor(right + eps) - np.ceil(left - eps) + 1, 0)
+    return np.bincount(key[starts] // (lab.shape[0] + 2), weights=count, minlength=len(ids))
+
+
+def _perimeters(lab: np.ndarray, border: np.ndarray, n_lab: int) -> np.ndarray:
+    """``skimage.measure.perimeter(region, 4)`` of every label of a padded label image at once: a pixel is on
+    its region's border when a 4-neighbour is not of its region (``border``), and its code counts the border
+    pixels of the same region around it (weight 2 for the 4 side neighbours, 10 for the diagonal ones)."""
+    rr, cc = np.nonzero(border)
+    own = lab[rr, cc]
+    code = np.ones(len(rr), np.int64)
+    for dr, dc, weight in ((-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2), (-1, -1, 10), (-1, 1, 10), (1, -1, 10),
+                           (1, 1, 10)):
+        code += weight * (border[rr + dr, cc + dc] & (lab[rr + dr, cc + dc] == own))
+    return np.bincount(own, weights=_PERIMETER_WEIGHTS[code], minlength=n_lab)
+
+
 def nucleus_features(image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Measure every nucleus of an instance label image.
 
@@ -216,14 +410,8 @@ def nucleus_features(image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndar
     if not labels.any():
         return empty_features()
     labels = labels.astype(np.int32, copy=False)
-
-    props = regionprops_table(labels, properties=_SHAPE_PROPS)
-    ids = props["label"].astype(np.int64)
-    area = props["area"].astype(np.float64)
-    perimeter = props["perimeter"].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        circularity = np.where(perimeter > 0, 4.0 * np.pi * area / perimeter**2, 1.0)
-    circularity = np.minimum(circularity, 1.0)
+    shape = shape_features_reference(labels)
+    ids = shape["nucleus_id"]
 
     hed = separate_hed(image)
     h, e = hed[..., 0], hed[..., 1]
@@ -240,17 +428,7 @@ def nucleus_features(image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndar
     contrast, homogeneity = texture_glcm(h, labels, ids)
 
     return {
-        "nucleus_id": ids,
-        "centroid_x": props["centroid-1"].astype(np.float64),
-        "centroid_y": props["centroid-0"].astype(np.float64),
-        "area": area,
-        "perimeter": perimeter,
-        "eccentricity": props["eccentricity"].astype(np.float64),
-        "solidity": props["solidity"].astype(np.float64),
-        "major_axis": props["axis_major_length"].astype(np.float64),
-        "minor_axis": props["axis_minor_length"].astype(np.float64),
-        "orientation": props["orientation"].astype(np.float64),
-        "circularity": circularity,
+        **shape,
         "hematoxylin_od_mean": h_mean,
         "hematoxylin_od_std": h_std,
         "eosin_od_mean": e_mean,

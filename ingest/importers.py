@@ -101,6 +101,8 @@ _NOTE_TEXT = {
     "not_polygon": "skipped: not a polygon (points or lines)",
     "empty": "skipped: covering no pixel (smaller than a pixel, or hidden under other nuclei)",
     "annotations": "annotation(s) ignored (the file has detections)",
+    # segmentations without their image (ingest.polygons)
+    "too_large": "skipped: larger than a tile across (a region, not a nucleus?)",
 }
 
 

@@ -22,6 +22,7 @@ from nucleograph.ingest.features import FEATURE_COLUMNS, nucleus_features
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, build_edges, threshold_pixels
 from nucleograph.ingest.importers import ImportParams, import_image, import_slide
 from nucleograph.ingest.outlines import outlines
+from nucleograph.ingest.polygons import SegmentationParams, import_segmentation
 from nucleograph.ingest.readers import is_slide, read_image, slide_info
 
 PIPELINE_VERSION = 1
@@ -133,7 +134,9 @@ def process_image(
         The file, its label and its microns per pixel.
     params : IngestParams or ImportParams
         Detect nuclei, or read them from the segmentation file :class:`ImportParams` names (then
-        measured the same way; ``notes`` counts what was repaired, clipped or skipped).
+        measured the same way; ``notes`` counts what was repaired, clipped or skipped). With
+        :class:`~nucleograph.ingest.polygons.SegmentationParams`, ``record.path`` is that file and
+        there is no image: morphology features only.
     unet : nucleograph.ingest.unet.UNet, optional
         Loaded network for ``params.detector == "unet"`` (default: the shipped weights).
     image_id : str, optional
@@ -171,7 +174,12 @@ def process_image(
 
 
 def _nuclei(path: Path, params, unet, timings: dict[str, float], t: float):
-    """``width, height, nuclei, notes`` of the image or slide at ``path``: detected, or imported."""
+    """``width, height, nuclei, notes`` of the image or slide at ``path``: detected, or imported (from
+    the segmentation file ``path`` itself when there is no image)."""
+    if isinstance(params, SegmentationParams):
+        width, height, nuclei, notes = import_segmentation(params)
+        timings["import+features"] = time.perf_counter() - t
+        return width, height, nuclei, notes
     imported = isinstance(params, ImportParams)
     notes: dict[str, int] = {}
     if is_slide(path):
@@ -209,6 +217,17 @@ def _detect_kwargs(params: IngestParams, unet) -> dict:
     return kwargs
 
 
-def feature_names() -> list[str]:
-    """The per-nucleus model features, in the order of ``Nucleus.features``."""
-    return list(FEATURE_COLUMNS)
+def feature_names(nuclei: dict[str, np.ndarray] | None = None) -> list[str]:
+    """The per-nucleus model features, in the order of ``Nucleus.features``.
+
+    Parameters
+    ----------
+    nuclei : dict of str to ndarray, optional
+        An image's nuclei: only the features measured on them (a segmentation ingested without its image
+        has no stain or texture features: absent, not zero). Default: every feature.
+
+    Returns
+    -------
+    list of str
+    """
+    return [c for c in FEATURE_COLUMNS if nuclei is None or c in nuclei]

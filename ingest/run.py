@@ -28,9 +28,10 @@ from nucleograph.db.driver import translate_errors
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.db.store import LabelConflict
 from nucleograph.errors import DatabaseError, InputError, NucleographError
-from nucleograph.ingest.cohort import ImageRecord
+from nucleograph.ingest.cohort import ImageRecord, is_segmentation_file
 from nucleograph.ingest.importers import ImportParams, find_nuclei_file
 from nucleograph.ingest.pipeline import ImageGraph, IngestParams, content_hash, feature_names, process_image
+from nucleograph.ingest.polygons import SegmentationParams
 from nucleograph.progress import progress as progress_bar
 
 _WORKER_UNET = None  # the U-Net of this worker process, loaded once by _init_worker
@@ -169,14 +170,16 @@ class _BatchWriter:
     ):
         self.cohort, self.params, self.settings, self.db, self.task = cohort, params, settings, db, task
         self.engine, self.summary, self.bar = engine, summary, bar
-        self.names = feature_names()
         self._params: dict[tuple[str, str], IngestParams | ImportParams] = {}
 
     def params_for(self, record: ImageRecord) -> IngestParams | ImportParams:
         """How ``record``'s nuclei are made: imported from its segmentation file (manifest ``nuclei``
-        column or sidecar; the file's hash is part of the key), else detected with the batch's parameters.
+        column or sidecar; the file's hash is part of the key), from the record's path itself when that
+        is a segmentation without an image, else detected with the batch's parameters.
         Raises InputError (the image alone fails) when the named file is missing or ambiguous."""
         key = (str(record.path), str((record.meta or {}).get("nuclei")))
+        if key not in self._params and is_segmentation_file(record.path):
+            self._params[key] = SegmentationParams.for_record(self.params, record, sha=content_hash(Path(record.path)))
         if key not in self._params:
             nuclei = find_nuclei_file(record)
             self._params[key] = self.params if nuclei is None else \
@@ -298,8 +301,9 @@ class _BatchWriter:
         return self._store_once(graph)
 
     def _store_once(self, graph: ImageGraph) -> store.StoreResult:
+        # only the features measured on its nuclei (no stain or texture without pixels: absent, not zero)
         return store.store_image_graph(self.db, graph, cohort=self.cohort, params=self._known_params(graph.record),
-                                       feature_names=self.names, task=self.task)
+                                       feature_names=feature_names(graph.nuclei), task=self.task)
 
     def _if_current(self, record: ImageRecord, image_id: str, params_key: str) -> store.StoreResult | None:
         return store.if_current(self.db, record, image_id, self.cohort, params_key, task=self.task)

@@ -243,7 +243,7 @@ def nuclei_format(path: Path) -> str:
 
 
 # --- reading -------------------------------------------------------------------------------------------------
-def read_nuclei(path: Path, fmt: str | None = None) -> ParsedNuclei:
+def read_nuclei(path: Path, fmt: str | None = None, *, without_image: bool = False) -> ParsedNuclei:
     """Read a segmentation file.
 
     Parameters
@@ -251,6 +251,9 @@ def read_nuclei(path: Path, fmt: str | None = None) -> ParsedNuclei:
     path : Path
     fmt : str, optional
         One of :data:`FORMATS` (default: :func:`nuclei_format`).
+    without_image : bool, optional
+        The file is ingested without its image: errors do not suggest removing it so that nuclei are
+        detected.
 
     Returns
     -------
@@ -264,13 +267,16 @@ def read_nuclei(path: Path, fmt: str | None = None) -> ParsedNuclei:
     """
     path = Path(path)
     fmt = fmt or nuclei_format(path)
+    # what else the user can do: an image's nuclei file can go (ingest then detects); a file ingested
+    # without its image is all there is
+    instead = ("or drop its row (there is no image to detect nuclei in)" if without_image
+               else "or remove the file so that ingest detects nuclei itself")
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise InputError(f"{path}: cannot read the nuclei file ({exc.strerror}); check the path") from exc
     if size == 0:
-        raise InputError(f"{path}: the nuclei file is empty (0 bytes); export the nuclei again, or remove the "
-                         "file so that ingest detects nuclei itself")
+        raise InputError(f"{path}: the nuclei file is empty (0 bytes); export the nuclei again, {instead}")
     if fmt == "mask":
         parsed = ParsedNuclei(labels=_read_mask(path))
     elif fmt == "geoparquet":
@@ -283,8 +289,7 @@ def read_nuclei(path: Path, fmt: str | None = None) -> ParsedNuclei:
         raise InputError(f"unknown nuclei format {fmt!r}: choose one of {', '.join(FORMATS)}")
     n = len(parsed.geometries) if parsed.geometries is not None else int(parsed.labels.any())
     if n == 0:
-        raise InputError(f"{path}: holds no nuclei (no objects); export the nuclei again, or remove the file so "
-                         "that ingest detects nuclei itself")
+        raise InputError(f"{path}: holds no nuclei (no objects); export the nuclei again, {instead}")
     _check_unique(path, parsed.ids)
     return parsed
 

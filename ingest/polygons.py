@@ -224,7 +224,7 @@ def import_segmentation(
         The file is empty, malformed or holds no usable polygon, or a coordinate is negative.
     """
     path = Path(params.nuclei)
-    parsed = read_nuclei(path, params.format)
+    parsed = read_nuclei(path, params.format, without_image=True)
     if parsed.geometries is None:
         raise InputError(f"{path}: a label mask cannot be ingested without its image; give the image as the "
                          "manifest's path and the mask in its nuclei column")

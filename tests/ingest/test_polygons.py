@@ -107,8 +107,9 @@ def test_bad_segmentation_files_fail_with_the_file_and_the_fix(tmp_path):
 
     empty = tmp_path / "empty.geojson"
     empty.write_bytes(b"")
-    with pytest.raises(InputError, match=r"empty\.geojson: the nuclei file is empty \(0 bytes\); export"):
+    with pytest.raises(InputError, match=r"empty\.geojson: the nuclei file is empty \(0 bytes\); export") as err:
         run(empty)
+    assert "drop its row" in str(err.value) and "detects nuclei" not in str(err.value)  # no image to detect in
     broken = tmp_path / "broken.geojson"
     broken.write_text('{"type": "FeatureCollection", "features": [{"type": "Feat')
     with pytest.raises(InputError, match=r"broken\.geojson: not valid JSON .*export it again"):

@@ -1,14 +1,29 @@
-"""Hand-made nucleus polygons and a plain GeoJSON writer for the tests of segmentations without an image.
-The writer is independent of nucleograph's own code (json and shapely only), so a test can fail."""
+"""Hand-made nucleus polygons and a plain GeoJSON writer for the tests of segmentations without an image
+(the writer is independent of nucleograph's own code, json and shapely only, so a test can fail), and
+the real files of the histolytics wheel that the Makefile's test install brings."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import shapely
 from shapely import affinity
+
+
+def histolytics_file(name: str) -> Path:
+    """A file of ``histolytics/data`` from the installed wheel (the test fails, with the fix, without it)."""
+    if importlib.util.find_spec("histolytics") is None:
+        pytest.fail("histolytics is not installed: `pip install --no-deps histolytics==0.3.0` ships the real "
+                    "H&E crop, its nuclei and the slide segmentation used here (the Makefile's test install does)")
+    path = Path(importlib.metadata.distribution("histolytics").locate_file(f"histolytics/data/{name}"))
+    if not path.is_file():
+        pytest.fail(f"histolytics is installed but lacks {name}: install histolytics==0.3.0")
+    return path
 
 
 def shapes() -> list:

@@ -21,6 +21,7 @@ from nuclei_fixtures import (
     write_plain_geojson,
     write_qupath,
 )
+from polygon_fixtures import histolytics_file
 
 from nucleograph.ingest.cohort import ImageRecord, discover
 from nucleograph.ingest.features import FEATURE_COLUMNS, nucleus_features
@@ -183,20 +184,10 @@ def test_detected_nuclei_get_outlines_too(truth):
         assert poly.contains(shapely.Point(graph.nuclei["centroid_x"][r], graph.nuclei["centroid_y"][r]))
 
 
-def _histolytics_file(name: str) -> Path:
-    if importlib.util.find_spec("histolytics") is None:
-        pytest.skip("histolytics is not installed: `pip install --no-deps histolytics==0.3.0` ships the real "
-                    "HGSC crop and its CellViT nuclei used here (the Makefile's test install does)")
-    path = Path(importlib.metadata.distribution("histolytics").locate_file(f"histolytics/data/{name}"))
-    if not path.is_file():
-        pytest.skip(f"histolytics is installed but lacks {name}: install histolytics==0.3.0")
-    return path
-
-
 def test_real_polygons_histolytics_hgsc_stroma():
     """423 real nuclei (CellViT polygons, GeoParquet) on the real 1500x1500 H&E crop they came from."""
-    image = _histolytics_file("hgsc_stromal_he.jpg")
-    cells = _histolytics_file("hgsc_stromal_cells.parquet")
+    image = histolytics_file("hgsc_stromal_he.jpg")
+    cells = histolytics_file("hgsc_stromal_cells.parquet")
     import pyarrow.parquet as pq
 
     table = pq.read_table(cells)

@@ -3,8 +3,6 @@ bad files in a manifest, and a window of the real histolytics slide segmentation
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import shapely
-from polygon_fixtures import shapes, write_geojson
+from polygon_fixtures import histolytics_file, shapes, write_geojson
 
 from nucleograph.cli import main
 from nucleograph.db import store
@@ -87,18 +85,9 @@ def test_manifest_rows_of_segmentations_and_bad_files_failing_alone(tmp_path, te
         assert left[0]["n"] == 0
 
 
-def _hgsc_slide() -> Path:
-    if importlib.util.find_spec("histolytics") is None:
-        pytest.skip("histolytics is not installed: `pip install --no-deps histolytics==0.3.0` ships the real slide "
-                    "segmentation used here (the Makefile's test install does)")
-    path = Path(importlib.metadata.distribution("histolytics").locate_file("histolytics/data/hgsc_nuclei_wsi.parquet"))
-    if not path.is_file():
-        pytest.skip("histolytics is installed but lacks hgsc_nuclei_wsi.parquet: install histolytics==0.3.0")
-    return path
-
 
 def test_a_window_of_the_real_slide_segmentation(tmp_path, neo4j_settings, graphdb, unique_name):
-    table = pq.read_table(_hgsc_slide())
+    table = pq.read_table(histolytics_file("hgsc_nuclei_wsi.parquet"))
     polygons = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
     centre = shapely.get_coordinates(shapely.centroid(polygons))
     # the 6,000 nuclei nearest the slide's median centroid (a square window), in slide coordinates

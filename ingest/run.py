@@ -302,8 +302,22 @@ class _BatchWriter:
 
     def _store_once(self, graph: ImageGraph) -> store.StoreResult:
         # only the features measured on its nuclei (no stain or texture without pixels: absent, not zero)
-        return store.store_image_graph(self.db, graph, cohort=self.cohort, params=self._known_params(graph.record),
-                                       feature_names=feature_names(graph.nuclei), task=self.task)
+        try:
+            return store.store_image_graph(
+                self.db, graph, cohort=self.cohort, params=self._known_params(graph.record),
+                feature_names=feature_names(graph.nuclei), task=self.task,
+                progress=self._show_store if self.bar is not None else None)
+        finally:
+            if self.bar is not None:
+                self.bar.set_postfix()
+
+    def _show_store(self, stage: str, done: int, total: int) -> None:
+        """A slide's graph goes in over minutes, batch by batch: show how far on the image bar."""
+        self.bar.set_postfix(writing=f"{stage} {done:,}/{total:,}")
+        if done >= total:
+            self.bar.refresh()  # each stage's end, even within the bar's quiet interval
+        else:
+            self.bar.update(0)
 
     def _if_current(self, record: ImageRecord, image_id: str, params_key: str) -> store.StoreResult | None:
         return store.if_current(self.db, record, image_id, self.cohort, params_key, task=self.task)

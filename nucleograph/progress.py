@@ -89,6 +89,10 @@ class LineProgress:
         """Values shown after the count (tqdm's ``set_postfix``)."""
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
 
+    def refresh(self) -> None:
+        """Write a line now (tqdm's ``refresh``): a step worth seeing even within ``every`` seconds."""
+        self._write()
+
     def close(self) -> None:
         """Write the last line (once)."""
         if not self.closed:
@@ -115,6 +119,9 @@ class _Silent:
         pass
 
     def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def close(self) -> None:

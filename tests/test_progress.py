@@ -61,3 +61,18 @@ def test_a_loop_that_breaks_off_still_writes_its_last_line():
         if epoch == 2:
             break
     assert out.getvalue().splitlines()[-1].startswith("train: 2/10 epoch")
+
+
+def test_refresh_writes_a_line_within_the_quiet_interval_and_an_empty_postfix_clears():
+    out, clock = io.StringIO(), _Clock()
+    bar = LineProgress(total=1, desc="ingest c", unit="image", stream=out, every=5.0, clock=clock)
+    clock.t = 1.0
+    bar.set_postfix(writing="edges 10/10")
+    bar.update(0)  # within 5 s: no line
+    bar.refresh()  # a line now
+    bar.set_postfix()
+    bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "ingest c: 0/1 image, 0 image/s, 1 s (writing edges 10/10)"
+    assert lines[-1] == "ingest c: 1/1 image, 1 image/s, 1 s" and len(lines) == 3

@@ -114,3 +114,17 @@ def test_a_window_of_the_real_slide_segmentation(tmp_path, neo4j_settings, graph
     assert abs(np.median(areas) - np.median(truth)) / np.median(truth) < 0.05
     roi = store.window_nuclei(graphdb, unique_name, row["id"], *bounds)
     assert len(roi["nids"]) == summary.nuclei and roi["features"].shape == (summary.nuclei, len(MORPHOLOGY_COLUMNS))
+
+
+def test_the_progress_bar_shows_a_large_graph_going_in(tmp_path, neo4j_settings, graphdb, unique_name, capsys):
+    # 5,000 squares 40 px apart: about 10 neighbours each within 100 px, so nuclei plus edges exceed
+    # store.ATOMIC_ROWS and the graph is stored batch by batch
+    xs, ys = np.meshgrid(np.arange(100) * 40.0 + 10, np.arange(50) * 40.0 + 10)
+    path = write_geojson(tmp_path / "grid.geojson", [shapely.box(x, y, x + 12, y + 12) for x, y in zip(
+        xs.ravel(), ys.ravel(), strict=True)])
+    summary = ingest_records([ImageRecord(path, "A")], cohort=unique_name, params=IngestParams(),
+                             settings=neo4j_settings, db=graphdb, progress=True)
+    assert (summary.ok, summary.nuclei) == (1, 5000) and summary.nuclei + summary.edges > store.ATOMIC_ROWS
+    err = capsys.readouterr().err
+    assert "writing nuclei 5,000/5,000" in err and f"writing edges {summary.edges:,}/{summary.edges:,}" in err
+    assert err.strip().splitlines()[-1].endswith("s")  # the last line, after the store, without the postfix

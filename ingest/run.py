@@ -172,14 +172,15 @@ class _BatchWriter:
         self.engine, self.summary, self.bar = engine, summary, bar
         self._params: dict[tuple[str, str], IngestParams | ImportParams] = {}
 
-    def params_for(self, record: ImageRecord) -> IngestParams | ImportParams:
+    def params_for(self, record: ImageRecord, image_id: str) -> IngestParams | ImportParams:
         """How ``record``'s nuclei are made: imported from its segmentation file (manifest ``nuclei``
         column or sidecar; the file's hash is part of the key), from the record's path itself when that
-        is a segmentation without an image, else detected with the batch's parameters.
-        Raises InputError (the image alone fails) when the named file is missing or ambiguous."""
+        is a segmentation without an image (whose hash is ``image_id``, not read again), else detected
+        with the batch's parameters. Raises InputError (the image alone fails) when the named file is
+        missing or ambiguous."""
         key = (str(record.path), str((record.meta or {}).get("nuclei")))
         if key not in self._params and is_segmentation_file(record.path):
-            self._params[key] = SegmentationParams.for_record(self.params, record, sha=content_hash(Path(record.path)))
+            self._params[key] = SegmentationParams.for_record(self.params, record, sha=image_id)
         if key not in self._params:
             nuclei = find_nuclei_file(record)
             self._params[key] = self.params if nuclei is None else \
@@ -222,7 +223,7 @@ class _BatchWriter:
         """Whether ``record`` needs detection: False when it is finished already (stored with the
         same parameters: linked to this cohort now; or refused)."""
         try:
-            params_key = self.params_for(record).key()
+            params_key = self.params_for(record, image_id).key()
             with translate_errors(self.settings):
                 result = self._if_current(record, image_id, params_key)
         except InputError as exc:  # a label conflict, or a missing or ambiguous nuclei file
@@ -328,7 +329,7 @@ def _detect_serially(writer: _BatchWriter, todo: list[tuple[ImageRecord, str]], 
         _init_worker(params.detector, torch_threads())
     for record, image_id in todo:
         try:
-            graph, error = _process(record, writer.params_for(record), image_id), None
+            graph, error = _process(record, writer.params_for(record, image_id), image_id), None
         except Exception as exc:  # recorded per image; the batch goes on
             graph, error = None, exc
         writer.finish(record, graph, error)
@@ -345,7 +346,7 @@ def _detect_in_workers(
         while queue or pending:
             while queue and len(pending) < 2 * workers:  # bounded: graphs wait in memory
                 record, image_id = queue.pop(0)
-                pending[pool.submit(_process, record, writer.params_for(record), image_id)] = record
+                pending[pool.submit(_process, record, writer.params_for(record, image_id), image_id)] = record
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 record = pending.pop(fut)

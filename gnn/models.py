@@ -55,6 +55,12 @@ class GraphClassifier(nn.Module):
     #: Whether the logits depend on the node features (gradient explanations need them to).
     reads_node_features = True
 
+    def reset_parameters(self):
+        """Re-initialise every layer of the model (each submodule that has ``reset_parameters``)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
     def __init__(self, in_feats: int, edge_channels: int, n_classes: int):
         super().__init__()
         if n_classes < 2:
@@ -191,11 +197,6 @@ class RSFNet(GraphClassifier):
         self.fc2 = nn.Linear(f1, f2)
         self.fc3 = nn.Linear(f2, n_classes)
 
-    def reset_parameters(self):
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-
     def extra_repr(self) -> str:
         return f"edge={self.use_edge}, attention={self.use_attention}"
 
@@ -283,11 +284,6 @@ class MeanMLP(GraphClassifier):
         super().__init__(in_feats, edge_channels, n_classes)
         self.mlp = _mlp(in_feats + 1, hidden, n_classes)
         self.hidden = tuple(hidden)
-
-    def reset_parameters(self):
-        for m in self.mlp:
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
 
     def forward(self, graph) -> torch.Tensor:
         feat = self.input_features(graph)
@@ -379,11 +375,6 @@ class GraphStatsMLP(GraphClassifier):
             raise ModelError("the graph-statistics baseline reads edge channel 0 (the edge weight)")
         self.mlp = _mlp(len(GRAPH_STATISTICS), hidden, n_classes, nn.BatchNorm1d(len(GRAPH_STATISTICS)))
         self.hidden = tuple(hidden)
-
-    def reset_parameters(self):
-        for m in self.mlp:
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
 
     def forward(self, graph) -> torch.Tensor:
         self.input_features(graph)  # the same checks as every model

@@ -6,24 +6,27 @@ nuclei per tile. It feeds demos, tests, detector (U-Net) training and benchmarks
 
 Two tasks mirror the paper (Sureka et al., arXiv 2006.09464):
 
-``breast`` (BACH-like, default 2048 x 1536 px, about 1500 nuclei)
+``breast`` (BACH-like, default 2048 x 1536 px, about 1,400-1,750 nuclei)
     ``InSitu``: ducts (roughly elliptical) whose wall carries layered nuclei, an outer
-    myoepithelial layer (role ``duct_outer``) and 2-4 inner epithelial layers (``duct_inner``),
+    myoepithelial layer (role ``duct_outer``) and up to 6 inner epithelial layers (``duct_inner``),
     around an open lumen that holds a few cells (``lumen``); sparse stromal nuclei (``stroma``)
     elsewhere.
     ``Invasive``: tumour nuclei infiltrating the stroma as cords (``cord``), single files
     (``single_file``), small clusters (``cluster``) and scattered cells (``infiltrating``); no duct
     layering, no lumens.
-``prostate`` (default 1024 x 1024 px, about 600 nuclei)
+``prostate`` (default 1024 x 1024 px, about 550-700 nuclei)
     ``Gleason3``: separate, well-formed small glands, each a ring of nuclei (``gland_boundary``)
     around an open lumen, with stroma between.
     ``Gleason4``: cribriform glands, large nests with several punched-out lumens (``cribriform``),
     fused glands sharing one irregular lumen (``fused``) and poorly formed glands, cords and nests
     (``poorly_formed``).
 
-Only the arrangement separates the classes of a task, as in BACH: both classes draw the nucleus
-count, the nuclear size, shape, chromatin and stain from the same distributions, and both have the
-same fraction of stromal-type (smaller, spindle or lymphocyte) nuclei. Nuclei never overlap (centres
+Only the epithelium's arrangement separates the classes of a task, as in BACH: both classes draw
+the share of the tile the epithelium occupies (its territory: the nuclei, the discs around them and
+the lumens), the nuclear size, shape, chromatin and stain from the same distributions, and fill the
+rest with stromal-type (smaller, spindle or lymphocyte) nuclei at the same density. So the stroma is
+alike in amount and spacing in both classes; the nucleus count differs only as much as the classes'
+epithelium packs differently (about 10%, bench/RESULTS.md, issue 18). Nuclei never overlap (centres
 are at least the sum of their bounding radii apart, plus a gap), so a detector merges them equally
 rarely in both classes.
 

@@ -110,7 +110,7 @@ def _layout_insitu(lay: Layout) -> None:
         rx = min(rng.uniform(170, 300) * shrink, max_r)
         ry = rx * rng.uniform(0.7, 1.0)
         rot = rng.uniform(0, math.pi)
-        layers = int(rng.integers(5, 9))
+        layers = int(rng.integers(3, 7))
         layers = max(1, min(layers, int(ry / step) - 2))
         centre = _pick_center(lay, rx, gap=rng.uniform(50, 150) * shrink)
         if centre is None:
@@ -126,7 +126,7 @@ def _layout_insitu(lay: Layout) -> None:
             _ring(lay, cx, cy, rx - k * step, ry - k * step, rot, "duct_inner", tangent=False, jitter=1.5)
         lrx, lry = rx - (layers + 0.5) * step - 2, ry - (layers + 0.5) * step - 2
         if lrx > 10 and lry > 10 and before - lay.left >= 8:
-            lay.lumens.append((cx, cy, lrx, lry, rot))
+            lay.add_lumen(cx, cy, lrx, lry, rot)
             for _ in range(int(rng.integers(0, 4))):
                 u, v = rng.uniform(-0.6, 0.6, 2)
                 x, y, _t = _ellipse_point(
@@ -141,7 +141,7 @@ def _layout_invasive(lay: Layout) -> None:
     kinds = ("cord", "single_file", "cluster", "infiltrating")
     clearance = 70.0  # a new structure starts in stroma, so tumour spreads instead of piling up
     while lay.left:
-        kind = kinds[int(rng.choice(4, p=[0.35, 0.3, 0.25, 0.1]))]
+        kind = kinds[int(rng.choice(4, p=[0.4, 0.15, 0.35, 0.1]))]
         for _ in range(30):
             x0, y0 = rng.uniform(0, lay.width), rng.uniform(0, lay.height)
             if not lay.crowded(x0, y0, clearance):
@@ -149,7 +149,7 @@ def _layout_invasive(lay: Layout) -> None:
         else:
             clearance *= 0.8
         if kind in ("cord", "single_file"):
-            width = 1 if kind == "single_file" else int(rng.integers(2, 4))
+            width = 1 if kind == "single_file" else int(rng.integers(2, 5))
             pts = _path(lay, x0, y0, rng.uniform(0, 2 * math.pi), rng.uniform(120, 400), step + 1)
             for px, py, ang in pts:
                 if width == 1 and lay.crowded(px, py, step * 1.6):
@@ -159,7 +159,7 @@ def _layout_invasive(lay: Layout) -> None:
                     theta = ang + rng.normal(0, 0.25) if kind == "single_file" else math.nan
                     lay.place_near(px - off * math.sin(ang), py + off * math.cos(ang), kind, theta)
         elif kind == "cluster":
-            n = int(rng.integers(5, 16))
+            n = int(rng.integers(8, 25))
             placed = 0
             for px, py in _hex_points(lay, x0, y0, math.sqrt(n) * step * 0.6, step + 1):
                 placed += lay.place_near(px, py, "cluster")
@@ -178,10 +178,10 @@ def _layout_gleason3(lay: Layout) -> None:
     step = _spacing(lay)
     failures = 0
     while lay.left:
-        rx = rng.uniform(32, 70)
+        rx = rng.uniform(26, 55)
         ry = rx * rng.uniform(0.65, 1.0)
         rot = rng.uniform(0, math.pi)
-        centre = _pick_center(lay, rx + step / 2, gap=rng.uniform(25, 60), margin=0.1)
+        centre = _pick_center(lay, rx + step / 2, gap=rng.uniform(12, 40), margin=0.1)
         if centre is None:
             failures += 1
             if failures > 30:
@@ -191,7 +191,7 @@ def _layout_gleason3(lay: Layout) -> None:
         before = lay.left
         _ring(lay, cx, cy, rx, ry, rot, "gland_boundary", tangent=True)
         if lay.left < before:
-            lay.lumens.append((cx, cy, rx - step * 0.5 - 7, ry - step * 0.5 - 7, rot))
+            lay.add_lumen(cx, cy, rx - step * 0.5 - 7, ry - step * 0.5 - 7, rot)
 
 
 def _layout_gleason4(lay: Layout) -> None:
@@ -199,7 +199,7 @@ def _layout_gleason4(lay: Layout) -> None:
     step = _spacing(lay)
     failures = 0
     while lay.left:
-        kind = ("cribriform", "fused", "poorly_formed")[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
+        kind = ("cribriform", "fused", "poorly_formed")[int(rng.choice(3, p=[0.35, 0.35, 0.3]))]
         if kind == "cribriform":
             if not _cribriform_gland(lay, step):
                 failures += 1
@@ -227,7 +227,7 @@ def _cribriform_gland(lay: Layout, step: float) -> bool:
     _ring(lay, cx, cy, rx, ry, rot, "cribriform", tangent=True)
     holes = _cribriform_holes(lay, cx, cy, rx, ry, rot, step)
     for hx, hy, hr in holes:
-        lay.lumens.append((hx, hy, hr, hr, 0.0))
+        lay.add_lumen(hx, hy, hr, hr, 0.0)
     for px, py in _hex_points(lay, cx, cy, max(rx, ry), step + 0.5):
         if not _inside(cx, cy, rx - step * 0.9, ry - step * 0.9, rot, px, py):
             continue
@@ -242,7 +242,7 @@ def _cribriform_holes(lay: Layout, cx, cy, rx, ry, rot, step: float) -> list[tup
     rng = lay.rng
     holes: list[tuple[float, float, float]] = []
     for _ in range(int(rng.integers(4, 11)) * 4):
-        hr = rng.uniform(9, 20)
+        hr = rng.uniform(12, 24)
         u, v = rng.uniform(-1, 1, 2)
         if u * u + v * v > 1:
             continue
@@ -299,7 +299,7 @@ def _fused_glands(lay: Layout, step: float) -> bool:
             tangent=True,
             skip=lambda sx, sy, others=others: any(_inside(*q, sx, sy, scale=1.05) for q in others),
         )
-        lay.lumens.append((px, py, rx - step * 0.5 - 6, ry - step * 0.5 - 6, rot))
+        lay.add_lumen(px, py, rx - step * 0.5 - 6, ry - step * 0.5 - 6, rot)
     return True
 
 

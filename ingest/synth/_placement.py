@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from skimage import draw
 
 GAP = 3.0  # pixels of background kept between the bounding circles of two nuclei
 BOUND = 1.1  # a nucleus' outline stays within BOUND * its semi-major axis
+COVER_CELL = 8  # pixels per cell of the epithelial territory grid
 
 
 class Layout:
@@ -38,6 +40,12 @@ class Layout:
         self.grid: dict[tuple[int, int], list[int]] = {}
         self.blobs: list[tuple[float, float, float]] = []  # reserved structure discs (x, y, r)
         self.lumens: list[tuple[float, float, float, float, float]] = []  # (cx, cy, rx, ry, rot)
+        # Epithelial territory on a coarse grid: the discs around epithelial nuclei and the lumens,
+        # where no stromal nucleus goes. Placement of the epithelium ends once it covers
+        # ``target_cover`` of the tile, so both classes of a task get the same amount of stroma.
+        self.covered = np.zeros((-(-height // COVER_CELL), -(-width // COVER_CELL)), bool)
+        self.n_covered = 0
+        self.target_cover = math.inf  # cells; set by the caller while placing epithelium
 
     @property
     def left(self) -> int:
@@ -69,7 +77,39 @@ class Layout:
         self.x[i], self.y[i], self.theta[i], self.role[i] = x, y, theta, role
         self.grid.setdefault((int(x // self.cell), int(y // self.cell)), []).append(i)
         self.next += 1
+        if self.target_cover < math.inf:
+            f = COVER_CELL
+            rr, cc = draw.disk((y / f, x / f), (self.radius[i] * 2.2 + 6) / f, shape=self.covered.shape)
+            self._cover(rr, cc)
         return True
+
+    def add_lumen(self, cx: float, cy: float, rx: float, ry: float, rot: float) -> None:
+        """Record a lumen (an ellipse no nucleus is drawn in); it counts as epithelial territory."""
+        self.lumens.append((cx, cy, rx, ry, rot))
+        if rx > 2 and ry > 2 and self.target_cover < math.inf:
+            f = COVER_CELL
+            rr, cc = draw.ellipse(cy / f, cx / f, ry / f + 1, rx / f + 1, shape=self.covered.shape, rotation=-rot)
+            self._cover(rr, cc)
+
+    def _cover(self, rr: np.ndarray, cc: np.ndarray) -> None:
+        new = ~self.covered[rr, cc]
+        self.covered[rr[new], cc[new]] = True
+        self.n_covered += int(new.sum())
+        if self.n_covered >= self.target_cover:
+            self.stop = self.next  # the epithelium has its share of the tile: end the queue
+
+    def extend(self, radius: np.ndarray) -> None:
+        """Drop the unplaced rest of the queue and queue ``radius`` instead (the stromal nuclei)."""
+        keep = self.next
+        self.radius = np.concatenate([self.radius[:keep], radius])
+        self.n = len(self.radius)
+        grow = self.n - keep
+        self.x = np.concatenate([self.x[:keep], np.zeros(grow)])
+        self.y = np.concatenate([self.y[:keep], np.zeros(grow)])
+        self.theta = np.concatenate([self.theta[:keep], np.full(grow, np.nan)])
+        self.role = self.role[:keep] + [""] * grow
+        self.stop = self.n
+        self.target_cover = math.inf
 
     def place_near(
         self, x: float, y: float, role: str, theta: float = math.nan, tries: int = 6, spread: float = 3.0

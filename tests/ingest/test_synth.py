@@ -134,20 +134,36 @@ def test_image_bad_arguments():
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_only_arrangement_separates_classes(task):
-    """Default-size tiles: counts and nuclear size match across classes, neighbourhoods do not."""
+    """Default-size tiles: the stroma (amount, spacing) and nuclear sizes match across classes; the
+    epithelium's neighbourhoods do not (issue 18: no class signal in the stroma)."""
     first, second = TASKS[task]
     stats = {}
     for label in (first, second):
         tiles = [synthesize_image(task, label, rng=np.random.default_rng(s)) for s in (11, 12)]
+        stroma = [t.nuclei.role == "stroma" for t in tiles]
         stats[label] = {
             "count": np.mean([len(t.nuclei) for t in tiles]),
-            "area": np.mean([t.nuclei.area.mean() for t in tiles]),
+            "stroma": np.mean([m.sum() for m in stroma]),
+            # stromal nuclei per square pixel of stroma
+            "stroma_density": np.mean([m.sum() / _stroma_area(t) for t, m in zip(tiles, stroma, strict=True)]),
+            "epi_area": np.mean([t.nuclei.area[~m].mean() for t, m in zip(tiles, stroma, strict=True)]),
+            "stroma_area": np.mean([t.nuclei.area[m].mean() for t, m in zip(tiles, stroma, strict=True)]),
             "degree": [_mean_degree(t.nuclei) for t in tiles],
         }
     a, b = stats[first], stats[second]
-    assert abs(a["count"] - b["count"]) / a["count"] < 0.05
-    assert abs(a["area"] - b["area"]) / a["area"] < 0.03
+    # the same seed draws the same share of stroma for both classes, filled at the same density
+    assert abs(a["stroma"] - b["stroma"]) / a["stroma"] < 0.08
+    assert abs(a["stroma_density"] - b["stroma_density"]) / a["stroma_density"] < 0.08
+    assert abs(a["epi_area"] - b["epi_area"]) / a["epi_area"] < 0.03
+    assert abs(a["stroma_area"] - b["stroma_area"]) / a["stroma_area"] < 0.05
+    # the epithelium packs differently, so counts differ a little (bench/RESULTS.md, issue 18)
+    assert abs(a["count"] - b["count"]) / a["count"] < 0.15
     # the more crowded class (ducts, cribriform sheets) is crowded in every tile
     assert min(a["degree"] + b["degree"]) > 5
     assert abs(np.mean(a["degree"]) - np.mean(b["degree"])) > 1.5
     assert (min(a["degree"]) > max(b["degree"])) or (min(b["degree"]) > max(a["degree"]))
+
+
+def _stroma_area(tile) -> float:
+    h, w = tile.mask.shape
+    return (1 - tile.epithelium.mean()) * h * w

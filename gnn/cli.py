@@ -374,7 +374,14 @@ def cmd_render(args, settings: Settings) -> int:
 
 def cmd_evaluate(args, settings: Settings) -> int:
     """Run ``nucleograph evaluate``; returns the exit status."""
-    from nucleograph.gnn.evaluate import TABLE_COLUMNS, class_rows, evaluate_run, role_rows
+    from nucleograph.gnn.evaluate import (
+        COMPARTMENT_COLUMNS,
+        TABLE_COLUMNS,
+        class_rows,
+        compartment_rows,
+        evaluate_run,
+        role_rows,
+    )
 
     with GraphDB.open(settings) as db:
         out = evaluate_run(db, settings, args.run, method=args.method, hops=args.hops, output=args.output,
@@ -396,5 +403,9 @@ def cmd_evaluate(args, settings: Settings) -> int:
         print(format_table(["class", "role", "auroc", "enrichment", "images"], roles))
         print("auroc: the scores rank the role above stroma (0.5 = chance); enrichment: share among the top 10% / "
               "share among all matched nuclei")
+        print()
+        print(format_table(list(COMPARTMENT_COLUMNS), compartment_rows(out)))
+        print("probability of the predicted class with the image intact, without all its stroma, without all its "
+              "structures (every other role): which compartment the model reads, whatever the scores say")
     print(f"recorded: evaluation {out['evaluation_id']} in SQL, and on the Explanation {out['key']}")
     return 0

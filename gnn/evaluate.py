@@ -13,7 +13,9 @@ Per image, from the model that explained it, its graph and the scores stored in 
   model of the same cohort (another fold's model of a k-fold run, or a model of another run);
 - with ground truth (a synthetic cohort folder, :func:`read_truth`): the AUROC with which the
   scores rank each structural role, and all of them together (``structure``), above stroma, and
-  each role's enrichment among the top 10%.
+  each role's enrichment among the top 10%; and, independent of the scores, which compartment the
+  model reads: the probability of the predicted class with all stroma, or all structure, removed
+  (``compartments``).
 
 Images are grouped by the class the model predicts for them; every metric is reported as the mean
 over the images where it is defined, with their number ``n``. :func:`evaluate_run` records the
@@ -89,7 +91,8 @@ def evaluate_image(model, graph, scores, *, n_random: int = 3, rng: np.random.Ge
     dict
         ``target`` (class index tracked: the one predicted on the whole graph), ``n_nuclei``, the
         :data:`METRICS` (NaN where undefined: stability without ``other_scores``, role AUROCs without
-        roles), ``role_auroc`` and ``role_enrichment`` (role -> value).
+        roles), ``role_auroc`` and ``role_enrichment`` (role -> value), ``compartments``
+        (:func:`~nucleograph.gnn.faithfulness.compartment_probas`; {} without roles).
 
     Raises
     ------
@@ -116,13 +119,14 @@ def evaluate_image(model, graph, scores, *, n_random: int = 3, rng: np.random.Ge
     out["sparsity"] = fa.sparsity(s, top=top)
     out["tie_share"] = fa.tie_share(s)
     out["stability"] = float("nan") if other_scores is None else fa.rank_stability(s, other_scores)
-    out["structure_auroc"], out["role_auroc"], out["role_enrichment"] = float("nan"), {}, {}
+    out["structure_auroc"], out["role_auroc"], out["role_enrichment"], out["compartments"] = float("nan"), {}, {}, {}
     if roles is not None:
         roles = np.asarray(roles, dtype=object)
         pooled = np.array([r if r is None or r == STROMA else STRUCTURE for r in roles], dtype=object)
         out["structure_auroc"] = fa.role_auroc(pooled, s, reference=STROMA).get(STRUCTURE, float("nan"))
         out["role_auroc"] = fa.role_auroc(roles, s, reference=STROMA)
         out["role_enrichment"] = fa.role_enrichment(roles, s, top=top)
+        out["compartments"] = fa.compartment_probas(model, graph, roles, c, reference=STROMA)
     return out
 
 
@@ -138,7 +142,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     -------
     dict
         ``overall`` and ``by_class`` (class -> the same), each ``{"images": n, metric: {"mean", "n"},
-        "role_auroc": {role: {"mean", "n"}}, "role_enrichment": {role: {"mean", "n"}}}``; ``mean`` is
+        "role_auroc": {role: {"mean", "n"}}, "role_enrichment": {role: {"mean", "n"}},
+        "compartments": {kind: {"mean", "n"}}}``; ``mean`` is
         None where no image defines the metric.
     """
     by_class: dict[str, list] = defaultdict(list)
@@ -156,7 +161,7 @@ def _mean_n(values) -> dict[str, Any]:
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"images": len(rows)}
     out.update({m: _mean_n(r.get(m) for r in rows) for m in METRICS})
-    for field in ("role_auroc", "role_enrichment"):
+    for field in ("role_auroc", "role_enrichment", "compartments"):
         roles = sorted({k for r in rows for k in r.get(field, {})})
         out[field] = {role: _mean_n(r[field].get(role) for r in rows if role in r.get(field, {})) for role in roles}
     return out
@@ -500,4 +505,34 @@ def role_rows(summary: dict[str, Any], *, digits: int = 2) -> list[dict[str, Any
             rows.append({"class": cls, "role": role, "auroc": None if auc is None else round(auc, digits),
                          "enrichment": None if enr.get("mean") is None else round(enr["mean"], digits),
                          "images": enr.get("n", 0)})
+    return rows
+
+
+#: Columns of :func:`compartment_rows`.
+COMPARTMENT_COLUMNS = ("class", "images", "intact", "without_stroma", "without_structure")
+
+
+def compartment_rows(summary: dict[str, Any], *, digits: int = 3) -> list[dict[str, Any]]:
+    """One row per predicted class (and "all"): mean probability of the predicted class intact, without the
+    stroma and without the structures; [] without truth.
+
+    Parameters
+    ----------
+    summary : dict
+        From :func:`evaluate_run`.
+    digits : int
+
+    Returns
+    -------
+    list of dict
+        Keyed by :data:`COMPARTMENT_COLUMNS`.
+    """
+    rows = []
+    for cls, agg in [*summary["by_class"].items(), ("all", summary["overall"])]:
+        comp = agg.get("compartments") or {}
+        if not comp:
+            continue
+        means = {k: comp.get(k, {}).get("mean") for k in COMPARTMENT_COLUMNS[2:]}
+        rows.append({"class": cls, "images": comp.get("intact", {}).get("n", 0),
+                     **{k: None if v is None else round(v, digits) for k, v in means.items()}})
     return rows

@@ -120,6 +120,39 @@ def probas_without(model, graph, removed: list, target: int, *, batch_size: int 
     return out
 
 
+def compartment_probas(model, graph, roles, target: int, *, reference: str = "stroma") -> dict[str, float]:
+    """Probability of class ``target`` with a whole tissue compartment removed: which one the model reads.
+
+    The ``reference`` role (stroma) is one compartment, every other matched role (the structures)
+    the other; unmatched nuclei (None) stay in both. A model that reads the structure loses its class
+    without them and keeps it without the stroma, whatever a per-nucleus score says.
+
+    Parameters
+    ----------
+    model : GraphClassifier
+        In eval mode.
+    graph : dgl.DGLGraph
+    roles : (N,) array of str or None
+        Ground-truth role per node (:func:`match_roles`).
+    target : int
+        Class index.
+    reference : str
+        The role that carries no structure.
+
+    Returns
+    -------
+    dict
+        ``intact``, ``without_stroma`` and ``without_structure``; NaN for a compartment with no nucleus.
+    """
+    roles = np.asarray(roles, dtype=object)
+    matched = np.array([r is not None for r in roles])
+    stroma = np.flatnonzero(matched & (roles == reference))
+    structure = np.flatnonzero(matched & (roles != reference))
+    p = probas_without(model, graph, [[], stroma, structure], target)
+    return {"intact": float(p[0]), "without_stroma": float(p[1]) if stroma.size else float("nan"),
+            "without_structure": float(p[2]) if structure.size else float("nan")}
+
+
 def curve_area(fractions, probs) -> float:
     """Area under a deletion curve (trapezoids over the removed fraction)."""
     return float(np.trapz(probs, fractions))

@@ -126,6 +126,16 @@ def test_structure_auroc_and_enrichment_from_roles(planted):
     assert row["structure_auroc"] == 1.0 and row["role_auroc"] == {"gland_boundary": 1.0}
     assert row["role_enrichment"]["gland_boundary"] > 4.0  # top 10% all planted: 1 / (10/49)
     assert 0.5 < row["stability"] < 1.0  # the ties of `truth` rank part of the nuclei alike
+    # the planted nuclei decide the class: without them (nucleus 0, unmatched, stays) p(class 1) falls
+    # to 1 / (1 + e^2) or near it, without the stroma it rises to nearly 1
+    comp = row["compartments"]
+    structure = [i for i in range(1, N) if truth[i] > 0]
+    with torch.no_grad():
+        assert comp["intact"] == pytest.approx(float(proba_without(m, g, [])[1]))
+        assert comp["without_structure"] == pytest.approx(float(proba_without(m, g, structure)[1]))
+    assert comp["without_stroma"] > comp["intact"] > 0.5 > comp["without_structure"]
+    rows = ev.compartment_rows(ev.summarize([{**row, "predicted": "B"}]))
+    assert [r["class"] for r in rows] == ["B", "all"] and rows[0]["without_structure"] < 0.5 < rows[0]["intact"]
 
 
 def test_evaluate_image_refuses_misaligned_scores(planted):

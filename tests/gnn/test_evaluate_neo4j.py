@@ -57,6 +57,9 @@ def test_evaluate_records_in_sql_and_on_the_explanation(explained, test_environ,
     assert all(r["matched"] > 0.8 * r["n_nuclei"] for r in out["images"])
     assert overall["structure_auroc"]["n"] > 0 and 0.0 <= overall["structure_auroc"]["mean"] <= 1.0
     assert set(overall["role_auroc"]) <= set(ROLES["prostate"]) - {"stroma"} and overall["role_auroc"]
+    # which compartment the model reads, on every image: both compartments found, probabilities
+    for kind in ("intact", "without_stroma", "without_structure"):
+        assert overall["compartments"][kind]["n"] == 8 and 0.0 <= overall["compartments"][kind]["mean"] <= 1.0
     assert sum(agg["images"] for agg in out["by_class"].values()) == 8
     assert set(out["by_class"]) <= {"Gleason3", "Gleason4"}
 
@@ -87,6 +90,10 @@ def test_evaluate_records_in_sql_and_on_the_explanation(explained, test_environ,
         assert stored["n_images"] == 2 and stored["truth"] is None
     finally:
         engine.dispose()
+    # with truth, the table a user reads also says which compartment the model reads
+    assert main(["evaluate", "--run", run_id, "--images", "2", "--random", "1", "--truth", str(explained["truth"])]) == 0
+    table = capsys.readouterr().out
+    assert "without_stroma" in table and "which compartment the model reads" in table
 
 
 def test_stability_against_the_same_run_is_one(explained, test_environ, capsys):

@@ -49,9 +49,14 @@ One job per module:
     :func:`synthesize_image`: one tile, from the nucleus draws to the rendered image.
 ``cohort``
     :func:`synthesize_cohort`: tiles, masks, nucleus tables and manifest on disk.
+``slide``
+    :func:`synthesize_slide` and :func:`synthesize_slide_cohort`: whole slides (pyramidal TIFFs) whose
+    tissue regions are drawn tile by tile by the task's generator, labelled by their highest region class,
+    with nucleus tables, region truth and a manifest.
 """
 
 from nucleograph.ingest.synth.cohort import image_seed, synthesize_cohort
+from nucleograph.ingest.synth.slide import SlideTruth, synthesize_slide, synthesize_slide_cohort
 from nucleograph.ingest.synth.tasks import DEFAULT_SIZE, MANIFEST_COLUMNS, MPP, NUCLEI_COLUMNS, ROLES, TASKS
 from nucleograph.ingest.synth.tile import SynthImage, synthesize_image
 
@@ -62,8 +67,11 @@ __all__ = [
     "NUCLEI_COLUMNS",
     "ROLES",
     "TASKS",
+    "SlideTruth",
     "SynthImage",
     "image_seed",
     "synthesize_cohort",
     "synthesize_image",
+    "synthesize_slide",
+    "synthesize_slide_cohort",
 ]

@@ -3,11 +3,16 @@
 After neo4j-graphrag's ``Neo4jWriter``: the driver is created once per process and passed on inside a
 :class:`GraphDB`, instead of ``driver`` and ``database=`` travelling separately through every call.
 Reads go with ``routing_=READ`` (so a ``neo4j://`` cluster URI spreads them over secondaries) and
-writes with ``WRITE``; managed transactions are retried by the driver on transient failures.
+writes with ``WRITE``; managed transactions are retried by the driver on transient failures. Every call
+states its access mode: the server refuses a write in a READ session even on a single instance, so a write
+sent the wrong way fails in every test, not only on a cluster (``tests/db/test_routing.py`` audits the call
+sites against the server's own classification of each query).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,6 +69,22 @@ class GraphDB:
             Owned by the caller, who closes it (``with GraphDB.open(s) as db:`` does).
         """
         return cls(open_driver(settings, verify=verify), settings.neo4j_database)
+
+    @classmethod
+    def opener(cls, settings: Settings) -> Callable[[], GraphDB]:
+        """A picklable ``open()`` for another process or machine (a Dask worker): the password is resolved
+        here, where the local server's password file is.
+
+        Parameters
+        ----------
+        settings : Settings
+
+        Returns
+        -------
+        callable
+            Opens (and verifies) a :class:`GraphDB` for ``settings`` each time it is called.
+        """
+        return functools.partial(cls.open, dataclasses.replace(settings, neo4j_password=settings.password()))
 
     def close(self) -> None:
         """Close the driver (only its owner, the code that opened it, should)."""
@@ -144,7 +165,7 @@ class GraphDB:
         **params
             Its ``$parameters``.
         """
-        with self.driver.session(database=self.database) as session:
+        with self.driver.session(database=self.database, default_access_mode=neo4j.WRITE_ACCESS) as session:
             session.run(query, params).consume()
 
     def write_batches(self, query: str, rows: list, **params: Any) -> None:
@@ -190,7 +211,7 @@ class GraphDB:
         -------
         What ``work`` returns.
         """
-        with self.driver.session(database=self.database) as session:
+        with self.driver.session(database=self.database, default_access_mode=neo4j.WRITE_ACCESS) as session:
             return session.execute_write(work)
 
 

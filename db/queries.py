@@ -184,9 +184,9 @@ CREATE_NEAR = (
     "CREATE (a)-[:NEAR {weight: row[2], dist: row[3]}]->(b)"
 )
 # A graph too large for one transaction (db.store.store_image_graph) goes in over many: its segmentation
-# is created 'writing' and names its writer (host:pid); every batch's transaction first checks that it
-# is still so (0 rows: another ingest took it over as abandoned) and records a heartbeat; the last one
-# completes it together with the membership.
+# is created 'writing' and names its writer (host:pid, and a Dask task's worker: db.store.Writer); every
+# batch's transaction first checks that it is still so (0 rows: another ingest took it over as abandoned)
+# and records a heartbeat; the last one completes it together with the membership.
 TOUCH_SEGMENTATION = (
     "MATCH (s:Segmentation {key: $segmentation}) WHERE s.status = 'writing' AND s.writer = $writer "
     "SET s.heartbeat = datetime() RETURN count(s) AS n"
@@ -395,6 +395,20 @@ WINDOW_NUCLEI = (
     "  RETURN collect(a.nid) AS src, collect(b.nid) AS dst, collect(r.weight) AS weight, collect(r.dist) AS dist "
     "} "
     "RETURN s.key AS segmentation, s.feature_names AS feature_names, nuclei, features, src, dst, weight, dist"
+)
+# An image's nuclei (the segmentation the cohort uses) counted per square cell of $cell pixels, as parallel
+# lists in one row: where the tissue is, so ROIs can be sampled without reading the whole graph; with the
+# image's size and the segmentation's params (its threshold_px builds the ROI graphs' edge channels).
+NUCLEUS_DENSITY = (
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image {id: $image_id}) "
+    "MATCH (s:Segmentation {key: m.segmentation}) "
+    "CALL (s) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "  WITH toInteger(floor(n.centroid_x / $cell)) AS cx, toInteger(floor(n.centroid_y / $cell)) AS cy, "
+    "       count(*) AS k "
+    "  RETURN collect(cx) AS xs, collect(cy) AS ys, collect(k) AS counts "
+    "} "
+    "RETURN i.width AS width, i.height AS height, s.params AS params, xs, ys, counts"
 )
 
 # === dashboard ======================================================================================

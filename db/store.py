@@ -55,6 +55,50 @@ STALE_AFTER_S = 600
 
 #: ``progress(stage, done, total)`` after each committed batch: stage ``nuclei``, ``edges`` or ``delete``.
 Progress = Callable[[str, int, int], None]
+#: ``alive(worker, pid)``: whether the Dask worker ``worker`` (as :attr:`Writer.worker` names it) is still
+#: in its cluster with process ``pid``; None when it cannot tell (another cluster's worker).
+WorkerCheck = Callable[[str, int], bool | None]
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Who writes a large graph, recorded on its 'writing' segmentation so that another ingest can tell when
+    the write is abandoned.
+
+    ``host:pid`` alone tells only a process of the same host that the writer is gone. A graph written by a
+    Dask task also names its worker (``SCHEDULER-ID/ADDRESS``): the task rerun on another machine after that
+    worker was lost asks the scheduler, instead of waiting :data:`STALE_AFTER_S` for the heartbeat to age.
+
+    Parameters
+    ----------
+    host : str
+        ``socket.gethostname()`` of the writing process.
+    pid : int
+        Its process id.
+    worker : str, optional
+        The Dask worker it runs in: the scheduler's id and the worker's address.
+    """
+
+    host: str
+    pid: int
+    worker: str | None = None
+
+    @classmethod
+    def this_process(cls, worker: str | None = None) -> Writer:
+        """The writer this process is (inside the Dask worker ``worker``, if given)."""
+        return cls(socket.gethostname(), os.getpid(), worker)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}" + (f" {self.worker}" if self.worker else "")
+
+    @classmethod
+    def parse(cls, text: str | None) -> Writer | None:
+        """The writer a segmentation's ``writer`` property names (None when it names none)."""
+        head, _, worker = (text or "").partition(" ")
+        host, _, pid = head.rpartition(":")
+        if not host or not pid.isdigit():
+            return None
+        return cls(host, int(pid), worker or None)
 
 
 @dataclass(frozen=True)
@@ -256,6 +300,7 @@ def _check_label(state: dict[str, Any], image_id: str, cohort: str, member: Memb
 def store_image_graph(
     db: GraphDB, graph, *, cohort: str, params, feature_names: list[str], task: str | None = None,
     batch: int | None = None, atomic_rows: int = ATOMIC_ROWS, progress: Progress | None = None,
+    writer: Writer | None = None, alive: WorkerCheck | None = None,
 ) -> StoreResult:
     """Store ``graph`` (an :class:`nucleograph.ingest.pipeline.ImageGraph`) in ``cohort``, atomically.
 
@@ -285,6 +330,10 @@ def store_image_graph(
         Nuclei plus edges up to which one transaction writes the whole graph.
     progress : callable, optional
         ``progress(stage, done, total)`` after each committed batch of a large graph or a deletion.
+    writer : Writer, optional
+        Who writes a large graph (default :meth:`Writer.this_process`; a Dask task names its worker).
+    alive : callable, optional
+        :data:`WorkerCheck`: asks a Dask scheduler whether the worker of an unfinished write still runs.
 
     Returns
     -------
@@ -301,7 +350,7 @@ def store_image_graph(
     """
     key, state, member = _where(db, graph.record, graph.image_id, cohort, params.key())
     size = batch or db.batch_size
-    _clear_unfinished(db, state, key, size=size, progress=progress)
+    _clear_unfinished(db, state, key, size=size, progress=progress, alive=alive)
     if state["has_segmentation"]:
         return _link(db, state, graph.image_id, cohort, key, member, task=task)
     props = segmentation_props(graph, params=params, feature_names=feature_names, task=task)
@@ -310,7 +359,8 @@ def store_image_graph(
     db.write(q.MERGE_COHORT, cohort=cohort, task=task)
     if graph.n_nuclei + graph.n_edges > atomic_rows:
         retired = _store_in_batches(db, graph, state, cohort, key, member, props=props, image=image,
-                                    feature_names=feature_names, size=size, progress=progress)
+                                    feature_names=feature_names, size=size, progress=progress,
+                                    writer=str(writer or Writer.this_process()))
     else:
         nodes = nucleus_rows(key, graph.image_id, graph.nuclei, feature_names)
         rels = edge_rows(key, graph.nuclei, graph.edges)
@@ -338,11 +388,10 @@ def _rows_slice(columns: dict[str, Any], start: int, stop: int) -> dict[str, Any
 
 def _store_in_batches(
     db: GraphDB, graph, state, cohort: str, key: str, member: Membership, *, props: dict, image: dict,
-    feature_names: list[str], size: int, progress: Progress | None,
+    feature_names: list[str], size: int, progress: Progress | None, writer: str,
 ) -> list[dict[str, Any]]:
     """Write a large graph a batch per transaction (rows built per batch: memory stays bounded), then
     complete it and set the membership in one transaction; return the segmentations it retired."""
-    writer = f"{socket.gethostname()}:{os.getpid()}"
 
     def start(tx: neo4j.ManagedTransaction) -> None:
         tx.run(q.MERGE_IMAGE, image_id=graph.image_id, props=image).consume()
@@ -414,12 +463,14 @@ def _delete_retired(db: GraphDB, retired: list[dict[str, Any]], *, size: int, pr
         db.write(q.DELETE_SEGMENTATION_NODE, segmentation=seg["key"])
 
 
-def _clear_unfinished(db: GraphDB, state, key: str, *, size: int, progress: Progress | None) -> None:
+def _clear_unfinished(
+    db: GraphDB, state, key: str, *, size: int, progress: Progress | None, alive: WorkerCheck | None = None,
+) -> None:
     """Delete the image's segmentations left 'deleting', and those left 'writing' by a writer that is
     gone; refuse when a live one is writing ``key``."""
     for seg in state["unfinished"] or []:
         if seg["status"] == "writing":
-            if not _abandoned(seg):
+            if not _abandoned(seg, alive):
                 if seg["key"] == key:
                     raise GraphBeingWritten(
                         f"segmentation {key} is being written by {seg['writer']} (last batch {seg['idle_s']} s ago): "
@@ -433,18 +484,28 @@ def _clear_unfinished(db: GraphDB, state, key: str, *, size: int, progress: Prog
         _delete_retired(db, [seg], size=size, progress=progress)
 
 
-def _abandoned(seg: dict[str, Any]) -> bool:
-    """Whether a 'writing' segmentation's writer is gone: its process is gone from this host (or is this
-    process, whose earlier store raised), or it has committed no batch for :data:`STALE_AFTER_S`."""
+def _abandoned(seg: dict[str, Any], alive: WorkerCheck | None = None) -> bool:
+    """Whether a 'writing' segmentation's writer is gone: it is this process (whose earlier store raised),
+    its Dask worker left the cluster (when ``alive`` can ask that cluster's scheduler), its process is gone
+    from this host, or it has committed no batch for :data:`STALE_AFTER_S`."""
     if seg["idle_s"] is None or seg["idle_s"] > STALE_AFTER_S:
         return True
-    host, _, pid = (seg["writer"] or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    writer = Writer.parse(seg["writer"])
+    if writer is None:
         return False
-    if int(pid) == os.getpid():
+    here = writer.host == socket.gethostname()
+    if here and writer.pid == os.getpid():
         return True
+    if writer.worker is not None and alive is not None:
+        # the scheduler's word next: a worker it dropped has had its tasks rerun elsewhere, even if its
+        # process lingers (that process finds the write taken over at its next batch and stops)
+        verdict = alive(writer.worker, writer.pid)
+        if verdict is not None:
+            return not verdict
+    if not here:
+        return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(writer.pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -453,7 +514,8 @@ def _abandoned(seg: dict[str, Any]) -> bool:
 
 
 def if_current(
-    db: GraphDB, record, image_id: str, cohort: str, params_key: str, *, task: str | None = None
+    db: GraphDB, record, image_id: str, cohort: str, params_key: str, *, task: str | None = None,
+    alive: WorkerCheck | None = None,
 ) -> StoreResult | None:
     """The stored result when ``image_id`` already has a segmentation for ``params_key`` (making it
     the cohort's, with ``record``'s label, patient and path), else None: lets a re-run skip detection.
@@ -469,6 +531,8 @@ def if_current(
         :meth:`IngestParams.key` of the parameters the caller would store with.
     task : str, optional
         The cohort's task, if the cohort has to be created.
+    alive : callable, optional
+        :data:`WorkerCheck` for unfinished writes by Dask workers (see :func:`store_image_graph`).
 
     Returns
     -------
@@ -484,7 +548,7 @@ def if_current(
     key, state, member = _where(db, record, image_id, cohort, params_key)
     # leftovers of interrupted writes or deletions of this image go first (a 'writing' one with this
     # key is never taken for a stored graph: IMAGE_STATE counts only complete segmentations)
-    _clear_unfinished(db, state, key, size=db.batch_size, progress=None)
+    _clear_unfinished(db, state, key, size=db.batch_size, progress=None, alive=alive)
     if not state["has_segmentation"]:
         return None
     return _link(db, state, image_id, cohort, key, member, task=task)
@@ -700,3 +764,42 @@ def window_nuclei(
         "dst": np.asarray([index[int(b)] for b in r["dst"]], dtype=np.int64),
         "weight": np.asarray(r["weight"], dtype=np.float32), "dist": np.asarray(r["dist"], dtype=np.float32),
     }
+
+
+def nucleus_density(db: GraphDB, cohort: str, image_id: str, *, cell: int) -> dict[str, Any] | None:
+    """How many nuclei of an image (the segmentation ``cohort`` uses) lie in each square cell of a grid:
+    where its tissue is, read in one query without reading the graph.
+
+    Parameters
+    ----------
+    db : GraphDB
+    cohort : str
+    image_id : str
+    cell : int
+        The cells' side in full-resolution pixels; cell ``(i, j)`` holds ``i * cell <= x < (i + 1) * cell``
+        and ``j * cell <= y < (j + 1) * cell``.
+
+    Returns
+    -------
+    dict or None
+        None when the image is not in the cohort; else ``width, height`` (pixels), ``threshold_px`` (the
+        segmentation's edge threshold) and ``counts``, an int64 array of shape ``(ceil(height / cell),
+        ceil(width / cell))``.
+
+    Raises
+    ------
+    InputError
+        ``cell`` is not a positive integer.
+    """
+    if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
+        raise InputError(f"the density grid's cell must be a positive number of pixels, not {cell!r}")
+    r = db.read_one(q.NUCLEUS_DENSITY, cohort=cohort, image_id=image_id, cell=int(cell))
+    if r is None:
+        return None
+    width, height = int(r["width"]), int(r["height"])
+    counts = np.zeros((-(-height // cell), -(-width // cell)), np.int64)
+    xs = np.clip(np.asarray(r["xs"], np.int64), 0, counts.shape[1] - 1)
+    ys = np.clip(np.asarray(r["ys"], np.int64), 0, counts.shape[0] - 1)
+    np.add.at(counts, (ys, xs), np.asarray(r["counts"], np.int64))
+    return {"width": width, "height": height, "threshold_px": float(json.loads(r["params"])["threshold_px"]),
+            "counts": counts}

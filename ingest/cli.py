@@ -16,7 +16,7 @@ from nucleograph.ingest.export import EXPORT_FORMATS, export_explanation
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.ingest.importers import describe_notes
 from nucleograph.ingest.pipeline import DETECTORS, IngestParams
-from nucleograph.ingest.synth import TASKS, synthesize_cohort
+from nucleograph.ingest.synth import TASKS, synthesize_cohort, synthesize_slide_cohort
 from nucleograph.output import DefaultsHelpFormatter, emit_json
 
 if TYPE_CHECKING:
@@ -28,10 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic H&E cohort with ground-truth nuclei and roles",
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--n", type=int, required=True, help="images per class (breast: 2 classes, so --n 20 writes 40)")
-    p.add_argument("--out", required=True, help="output folder (images/, masks/, nuclei/, manifest.csv)")
+    p.add_argument("--n", type=int, required=True,
+                   help="images (with --slide: slides) per class (breast: 2 classes, so --n 20 writes 40)")
+    p.add_argument("--out", required=True,
+                   help="output folder (images/, masks/, nuclei/, manifest.csv; with --slide: slides/, nuclei/, "
+                        "regions/, manifest.csv)")
     p.add_argument("--seed", type=int, default=0, help="seeds every image (same seed, same cohort)")
-    p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the paper's image sizes)")
+    p.add_argument("--size", default=None,
+                   help="WIDTHxHEIGHT (default: the paper's image sizes; with --slide: 40000x30000)")
+    p.add_argument("--slide", action="store_true",
+                   help="whole slides: pyramidal TIFFs whose tissue regions are drawn by the task's image generator, "
+                        "labelled by their highest region class (regions/*.json lists the regions)")
     p.add_argument("--json", action="store_true", help="print the manifest path as JSON")
     p.set_defaults(func=cmd_synth)
 
@@ -44,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PX, help="edge threshold: nuclei closer than this are linked")
     p.add_argument("--threshold-unit", choices=["px", "um"], default="px", help="unit of --threshold")
     p.add_argument("--workers", type=int, default=1, help="parallel detection processes")
+    p.add_argument("--cluster", default=None, metavar="SPEC",
+                   help="run on Dask instead: local[:N] (a local cluster of N worker processes) or tcp://HOST:PORT "
+                        "(a running `dask scheduler`); default $NUCLEOGRAPH_DASK. Each image (and each tile of a "
+                        "slide) is a task; the dashboard link is printed")
     p.add_argument("--nuclei", default=None, metavar="PATH",
                    help="the nuclei of a single image (QuPath/HoVer-Net/GeoJSON, GeoParquet or a label mask) "
                         "instead of detecting them; for many images use a manifest nuclei column or IMAGE.geojson "
@@ -88,9 +99,10 @@ def _parse_size(text: str | None):
 
 def cmd_synth(args, settings: Settings) -> int:
     """``nucleograph synth``: write a synthetic cohort; returns the exit status."""
+    write = synthesize_slide_cohort if args.slide else synthesize_cohort
     try:
-        manifest = synthesize_cohort(args.task, n_per_class=args.n, out_dir=args.out, seed=args.seed,
-                                     size=_parse_size(args.size), progress=not args.json)
+        manifest = write(args.task, n_per_class=args.n, out_dir=args.out, seed=args.seed,
+                         size=_parse_size(args.size), progress=not args.json)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     if args.json:
@@ -113,9 +125,9 @@ def cmd_ingest(args, settings: Settings) -> int:
         _attach_nuclei(records, Path(args.nuclei))
     params = IngestParams(detector=args.detector, threshold=args.threshold, threshold_unit=args.threshold_unit)
     task = next((r.meta.get("task") for r in records if r.meta.get("task")), None)
-    with GraphDB.open(settings) as db:
+    with GraphDB.open(settings) as db, _cluster_client(args) as client:
         summary = ingest_records(records, cohort=args.cohort, params=params, settings=settings, db=db,
-                                 workers=max(1, args.workers), progress=True, task=task)
+                                 workers=max(1, args.workers), progress=True, task=task, client=client)
     if args.json:
         emit_json(summary.as_dict())
     else:
@@ -133,6 +145,18 @@ def cmd_ingest(args, settings: Settings) -> int:
                   "glass?); training and explanations skip it. Check the file, or remove it from the cohort",
                   file=sys.stderr)
     return 0 if summary.failed == 0 else 3
+
+
+def _cluster_client(args):
+    """The Dask client ``--cluster`` (or NUCLEOGRAPH_DASK) names, for the duration; None without one."""
+    # imported here, not at the top: distributed adds most of a second to every command's start
+    from nucleograph import cluster
+
+    spec = cluster.ClusterSpec.chosen(args.cluster)
+    if spec is not None and args.workers > 1:
+        raise InputError(f"--workers {args.workers} is the process pool of an ingest without a cluster; on Dask "
+                         f"({spec}) the cluster's workers do the work: use --cluster local:{args.workers} instead")
+    return cluster.chosen_client(args.cluster)
 
 
 def _attach_nuclei(records: list, nuclei: Path) -> None:

@@ -23,11 +23,15 @@ from .stain import hematoxylin_od
 __all__ = [
     "DEFAULT_METHOD",
     "DETECTION_METHODS",
+    "MIN_TISSUE",
+    "SLIDE_OVERLAP",
     "aggregated_jaccard_index",
     "detect_nuclei",
     "detect_slide",
+    "detect_slide_tile",
     "filter_labels",
     "match_centroids",
+    "merge_slide_tiles",
     "panoptic_quality",
     "rasterize_polygons",
     "split_by_cores",
@@ -39,6 +43,10 @@ DETECTION_METHODS = ("watershed", "unet")
 #: (ingest/weights/unet_he.pt) scores F1@6px 0.86 and AJI 0.68 where the watershed scores 0.71 and
 #: 0.47, and F1 1.00 vs 0.89 on synthetic breast tiles (bench/RESULTS.md, issue 14).
 DEFAULT_METHOD = "unet"
+#: Pixels shared by neighbouring tiles of a slide: a nucleus up to half of it wide is measured whole.
+SLIDE_OVERLAP = 128
+#: A slide tile whose share of non-white pixels is below this is glass and skipped.
+MIN_TISSUE = 0.05
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -267,10 +275,10 @@ def detect_slide(
     *,
     method: str = DEFAULT_METHOD,
     tile: int = 2048,
-    overlap: int = 128,
+    overlap: int = SLIDE_OVERLAP,
     level: int = 0,
     max_tiles: int | None = None,
-    min_tissue: float = 0.05,
+    min_tissue: float = MIN_TISSUE,
     progress: bool = False,
     **detect_kwargs,
 ) -> dict[str, np.ndarray]:
@@ -301,8 +309,6 @@ def detect_slide(
         :func:`nucleograph.ingest.features.nucleus_features` columns with ``centroid_x``/``centroid_y`` in
         slide pixels at ``level`` and ``nucleus_id`` renumbered 1..N across the slide.
     """
-    from .features import concat_features, nucleus_features
-    from .outlines import outlines, shift_outlines
     from .readers import iter_slide_tiles, slide_info
 
     if overlap < 0 or overlap >= tile:
@@ -324,26 +330,80 @@ def detect_slide(
         from .unet import load_unet
 
         detect_kwargs["model"] = load_unet()  # once, not once per tile
-    half = overlap / 2.0
     parts = []
     for x0, y0, rgb in tiles:
-        if (rgb.min(axis=-1) < 220).mean() < min_tissue:
-            continue
-        labels = detect_nuclei(rgb, method=method, **detect_kwargs)
-        feats = nucleus_features(rgb, labels)
-        feats["outline"] = outlines(labels, feats["nucleus_id"])
-        cx, cy = feats["centroid_x"], feats["centroid_y"]
-        h, w = rgb.shape[:2]
-        lo_x = half if x0 > 0 else -np.inf
-        lo_y = half if y0 > 0 else -np.inf
-        hi_x = w - half if x0 + w < width else np.inf
-        hi_y = h - half if y0 + h < height else np.inf
-        keep = (cx >= lo_x) & (cx < hi_x) & (cy >= lo_y) & (cy < hi_y)
-        part = {k: v[keep] for k, v in feats.items()}
-        part["centroid_x"] = part["centroid_x"] + x0
-        part["centroid_y"] = part["centroid_y"] + y0
-        part["outline"] = shift_outlines(part["outline"], x0, y0)
-        parts.append(part)
+        part = detect_slide_tile(rgb, x0, y0, width=width, height=height, overlap=overlap, method=method,
+                                 min_tissue=min_tissue, **detect_kwargs)
+        if part is not None:
+            parts.append(part)
+    return merge_slide_tiles(parts)
+
+
+def detect_slide_tile(
+    rgb: np.ndarray, x0: int, y0: int, *, width: int, height: int, overlap: int = SLIDE_OVERLAP,
+    method: str = DEFAULT_METHOD, min_tissue: float = MIN_TISSUE, **detect_kwargs,
+) -> dict[str, np.ndarray] | None:
+    """The nuclei of one tile of a slide that the tile keeps (:func:`detect_slide`'s step per tile).
+
+    A nucleus is kept by the tile in whose core (the tile minus half the overlap on each side shared
+    with a neighbour) its centroid lies; a tile is a task of its own when a Dask cluster ingests a slide.
+
+    Parameters
+    ----------
+    rgb : (h, w, 3) uint8 ndarray
+        The tile's pixels.
+    x0, y0 : int
+        Its top-left corner in slide pixels.
+    width, height : int
+        The slide level's size (tiles on its border keep nuclei up to the edge).
+    overlap : int
+        The overlap the tiles were read with.
+    method, min_tissue, **detect_kwargs
+        As for :func:`detect_slide`.
+
+    Returns
+    -------
+    dict of str to ndarray or None
+        Feature columns and ``outline`` in slide coordinates (``nucleus_id`` still per tile), or None
+        for background glass.
+    """
+    from .features import nucleus_features
+    from .outlines import outlines, shift_outlines
+
+    if (rgb.min(axis=-1) < 220).mean() < min_tissue:
+        return None
+    labels = detect_nuclei(rgb, method=method, **detect_kwargs)
+    feats = nucleus_features(rgb, labels)
+    feats["outline"] = outlines(labels, feats["nucleus_id"])
+    cx, cy = feats["centroid_x"], feats["centroid_y"]
+    h, w = rgb.shape[:2]
+    half = overlap / 2.0
+    lo_x = half if x0 > 0 else -np.inf
+    lo_y = half if y0 > 0 else -np.inf
+    hi_x = w - half if x0 + w < width else np.inf
+    hi_y = h - half if y0 + h < height else np.inf
+    keep = (cx >= lo_x) & (cx < hi_x) & (cy >= lo_y) & (cy < hi_y)
+    part = {k: v[keep] for k, v in feats.items()}
+    part["centroid_x"] = part["centroid_x"] + x0
+    part["centroid_y"] = part["centroid_y"] + y0
+    part["outline"] = shift_outlines(part["outline"], x0, y0)
+    return part
+
+
+def merge_slide_tiles(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One slide's nuclei from its tiles' (:func:`detect_slide_tile`, in grid order; glass left out),
+    ``nucleus_id`` renumbered 1..N across the slide.
+
+    Parameters
+    ----------
+    parts : list of dict of str to ndarray
+
+    Returns
+    -------
+    dict of str to ndarray
+    """
+    from .features import concat_features
+
     out = concat_features(parts)
     out["nucleus_id"] = np.arange(1, out["nucleus_id"].size + 1, dtype=out["nucleus_id"].dtype)
     return out

@@ -47,6 +47,7 @@ from scipy import ndimage
 
 from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import ImageRecord
+from nucleograph.ingest.detect import SLIDE_OVERLAP
 from nucleograph.ingest.features import concat_features, nucleus_features
 from nucleograph.ingest.outlines import EDGE_OFFSET, compact_rings, outlines, rasterise, shift_outlines
 from nucleograph.ingest.readers import iter_slide_tiles
@@ -89,8 +90,6 @@ _DETECTION_TYPES = frozenset({"detection", "cell", "PathCellObject", "PathDetect
 _SKIPPED_TYPES = frozenset({"tile", "tmaCore", "tma_core", "root", "PathTileObject", "TMACoreObject", "PathRootObject"})
 #: First Douglas-Peucker tolerance (pixels) of the outlines kept from a file's polygons.
 POLYGON_TOLERANCE = 0.2
-#: Pixels of overlap between the tiles a slide's imported nuclei are measured on (as detect_slide's default).
-SLIDE_OVERLAP = 128
 _POLYGON, _MULTIPOLYGON = 3, 6
 
 _NOTE_TEXT = {

@@ -17,13 +17,20 @@ import numpy as np
 
 from nucleograph.errors import InputError
 from nucleograph.ingest.cohort import ImageRecord
-from nucleograph.ingest.detect import DETECTION_METHODS, detect_nuclei, detect_slide
+from nucleograph.ingest.detect import (
+    DETECTION_METHODS,
+    SLIDE_OVERLAP,
+    detect_nuclei,
+    detect_slide,
+    detect_slide_tile,
+    merge_slide_tiles,
+)
 from nucleograph.ingest.features import FEATURE_COLUMNS, nucleus_features
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, build_edges, threshold_pixels
 from nucleograph.ingest.importers import ImportParams, import_image, import_slide
 from nucleograph.ingest.outlines import outlines
 from nucleograph.ingest.polygons import SegmentationParams, import_segmentation
-from nucleograph.ingest.readers import is_slide, read_image, slide_info
+from nucleograph.ingest.readers import is_slide, read_image, read_slide_tile, slide_info, slide_tile_grid
 
 PIPELINE_VERSION = 1
 #: The detectors an ingest can use: the one list, detect.py's (the CLI's --detector choices come from here).
@@ -156,20 +163,71 @@ def process_image(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     image_id = image_id or content_hash(path)
+    threshold_px = edge_threshold_px(record, params)
+    width, height, nuclei, notes = _nuclei(path, params, unet, timings, t)
+    return link_nuclei(record, image_id=image_id, width=width, height=height, nuclei=nuclei,
+                       threshold_px=threshold_px, notes=notes, timings=timings)
+
+
+def edge_threshold_px(record: ImageRecord, params: IngestParams | ImportParams) -> float:
+    """The edge threshold in pixels for ``record``: checked before any detection, so that an image whose
+    threshold cannot be converted fails at once.
+
+    Parameters
+    ----------
+    record : ImageRecord
+    params : IngestParams or ImportParams
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    InputError
+        The threshold is in microns and the image's microns per pixel are unknown.
+    """
     if params.threshold_unit == "um" and not record.mpp:
         raise InputError(
-            f"{path}: the edge threshold is in microns but the image's microns-per-pixel is unknown; "
+            f"{record.path}: the edge threshold is in microns but the image's microns-per-pixel is unknown; "
             "add an mpp column to the manifest or use --threshold-unit px"
         )
-    threshold_px = threshold_pixels(params.threshold, unit=params.threshold_unit, mpp=record.mpp)
-    width, height, nuclei, notes = _nuclei(path, params, unet, timings, t)
+    return threshold_pixels(params.threshold, unit=params.threshold_unit, mpp=record.mpp)
+
+
+def link_nuclei(
+    record: ImageRecord, *, image_id: str, width: int, height: int, nuclei: dict[str, np.ndarray],
+    threshold_px: float, notes: dict[str, int] | None = None, timings: dict[str, float] | None = None,
+) -> ImageGraph:
+    """The last step of :func:`process_image`: link nuclei closer than ``threshold_px`` into the image's graph
+    (also the step that joins a slide's tiles when a Dask cluster detected them as separate tasks).
+
+    Parameters
+    ----------
+    record : ImageRecord
+    image_id : str
+        The file's :func:`content_hash`.
+    width, height : int
+        The image's size in pixels.
+    nuclei : dict of str to ndarray
+        Feature columns with ``centroid_x``, ``centroid_y`` and ``nucleus_id``.
+    threshold_px : float
+        :func:`edge_threshold_px`.
+    notes, timings : dict, optional
+        Carried into the graph; ``timings["edges"]`` is added.
+
+    Returns
+    -------
+    ImageGraph
+    """
+    timings = dict(timings or {})
     t = time.perf_counter()
     centroids = np.stack([nuclei["centroid_x"], nuclei["centroid_y"]], axis=1).astype(np.float64)
     edges = build_edges(centroids.reshape(-1, 2), threshold=threshold_px)
     timings["edges"] = time.perf_counter() - t
     return ImageGraph(
         image_id=image_id, record=record, width=int(width), height=int(height), nuclei=nuclei, edges=edges,
-        threshold_px=float(threshold_px), timings=timings, notes=notes,
+        threshold_px=float(threshold_px), timings=timings, notes=dict(notes or {}),
     )
 
 
@@ -208,6 +266,77 @@ def _nuclei(path: Path, params, unet, timings: dict[str, float], t: float):
     nuclei["outline"] = outlines(labels, nuclei["nucleus_id"])
     timings["features"] = time.perf_counter() - t
     return width, height, nuclei, notes
+
+
+def slide_tiles(record: ImageRecord, params: IngestParams | ImportParams) -> list[tuple[int, int, int, int]] | None:
+    """The tiles on which :func:`process_image` detects the nuclei of a whole slide, each of which can be a task
+    of its own (:func:`detect_tile`); None when ``record`` is detected in one piece (an image, or nuclei read
+    from a file).
+
+    Parameters
+    ----------
+    record : ImageRecord
+    params : IngestParams or ImportParams
+
+    Returns
+    -------
+    list of (x0, y0, w, h) or None
+    """
+    if isinstance(params, ImportParams) or not is_slide(record.path):
+        return None
+    width, height = slide_info(record.path)["level_dimensions"][0]
+    return slide_tile_grid(width, height, tile=params.slide_tile, overlap=SLIDE_OVERLAP)
+
+
+def detect_tile(
+    record: ImageRecord, params: IngestParams, tile: tuple[int, int, int, int], *, unet=None
+) -> dict[str, np.ndarray] | None:
+    """One tile of :func:`slide_tiles`: read, detected and measured as :func:`process_image` does it.
+
+    Parameters
+    ----------
+    record : ImageRecord
+        The slide.
+    params : IngestParams
+    tile : (x0, y0, w, h)
+    unet : nucleograph.ingest.unet.UNet, optional
+
+    Returns
+    -------
+    dict of str to ndarray or None
+        :func:`~nucleograph.ingest.detect.detect_slide_tile`'s nuclei; None for glass.
+    """
+    x0, y0, w, h = tile
+    width, height = slide_info(record.path)["level_dimensions"][0]
+    rgb = read_slide_tile(record.path, x0, y0, w, h)
+    return detect_slide_tile(rgb, x0, y0, width=width, height=height, overlap=SLIDE_OVERLAP,
+                             **_detect_kwargs(params, unet))
+
+
+def slide_graph(
+    record: ImageRecord, params: IngestParams, parts: list[dict[str, np.ndarray] | None], *, image_id: str,
+    timings: dict[str, float] | None = None,
+) -> ImageGraph:
+    """A slide's graph from its tiles' nuclei (:func:`detect_tile` of every tile of :func:`slide_tiles`, in
+    that order): the graph :func:`process_image` builds from the slide.
+
+    Parameters
+    ----------
+    record : ImageRecord
+    params : IngestParams
+    parts : list
+        Each tile's nuclei, or None for glass.
+    image_id : str
+    timings : dict, optional
+
+    Returns
+    -------
+    ImageGraph
+    """
+    width, height = slide_info(record.path)["level_dimensions"][0]
+    nuclei = merge_slide_tiles([p for p in parts if p is not None])
+    return link_nuclei(record, image_id=image_id, width=width, height=height, nuclei=nuclei,
+                       threshold_px=edge_threshold_px(record, params), timings=timings)
 
 
 def _detect_kwargs(params: IngestParams, unet) -> dict:

@@ -24,7 +24,9 @@ __all__ = [
     "is_slide",
     "iter_slide_tiles",
     "read_image",
+    "read_slide_tile",
     "slide_info",
+    "slide_tile_grid",
     "to_rgb8",
 ]
 
@@ -323,6 +325,86 @@ def slide_info(path: str | Path) -> dict:
         slide.close()
 
 
+def slide_tile_grid(
+    width: int, height: int, *, tile: int = 2048, overlap: int = 0, max_tiles: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """The tiles that cover a ``width`` x ``height`` slide level, row by row (what :func:`iter_slide_tiles`
+    reads, and what a Dask ingest sends out as one task per tile).
+
+    Parameters
+    ----------
+    width, height : int
+        The level's size in pixels.
+    tile, overlap, max_tiles
+        As for :func:`iter_slide_tiles`.
+
+    Returns
+    -------
+    list of (x0, y0, w, h)
+        Top-left corners and sizes in level pixels; edge tiles are smaller than ``tile``.
+
+    Raises
+    ------
+    ValueError
+        ``tile`` below :data:`MIN_SIDE`, ``overlap`` outside ``[0, tile)`` or ``max_tiles`` below 1.
+    """
+    if tile < MIN_SIDE:
+        raise ValueError(f"tile must be at least {MIN_SIDE} pixels; got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile); got overlap={overlap}, tile={tile}")
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be a positive integer or None; got {max_tiles}")
+    step = tile - overlap
+    grid: list[tuple[int, int, int, int]] = []
+    for y0 in range(0, height, step):
+        for x0 in range(0, width, step):
+            grid.append((x0, y0, min(tile, width - x0), min(tile, height - y0)))
+            if max_tiles is not None and len(grid) >= max_tiles:
+                return grid
+            if x0 + tile >= width:
+                break
+        if y0 + tile >= height:
+            break
+    return grid
+
+
+def _check_level(slide, path: Path, level: int) -> None:
+    if not 0 <= level < slide.level_count:
+        raise ValueError(f"level must be in [0, {slide.level_count}) for {path}; got {level}")
+
+
+def _read_tile(slide, path: Path, x0: int, y0: int, w: int, h: int, level: int) -> np.ndarray:
+    down = float(slide.level_downsamples[level])
+    region = slide.read_region((int(round(x0 * down)), int(round(y0 * down))), level, (w, h))
+    return to_rgb8(np.asarray(region), name=str(path))
+
+
+def read_slide_tile(path: str | Path, x0: int, y0: int, w: int, h: int, *, level: int = 0) -> np.ndarray:
+    """One tile of a whole slide (a tile of :func:`slide_tile_grid`), read on its own: the slide is
+    opened and closed around it, so that tiles can be read by different processes or machines.
+
+    Parameters
+    ----------
+    path : str or Path
+    x0, y0, w, h : int
+        The tile's top-left corner and size in ``level`` pixels.
+    level : int, optional
+        Pyramid level; 0 is full resolution.
+
+    Returns
+    -------
+    (h, w, 3) uint8 ndarray
+        RGB pixels, composited on white.
+    """
+    path = Path(path)
+    slide = _open_slide(path)
+    try:
+        _check_level(slide, path, level)
+        return _read_tile(slide, path, x0, y0, w, h, level)
+    finally:
+        slide.close()
+
+
 def iter_slide_tiles(
     path: str | Path,
     *,
@@ -331,7 +413,7 @@ def iter_slide_tiles(
     level: int = 0,
     max_tiles: int | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Read a whole slide as a grid of RGB tiles, row by row.
+    """Read a whole slide as a grid of RGB tiles, row by row (the slide open once for all of them).
 
     Parameters
     ----------
@@ -355,32 +437,13 @@ def iter_slide_tiles(
     tile : (h, w, 3) uint8 ndarray
         RGB pixels, composited on white; edge tiles are smaller than ``tile``.
     """
-    if tile < MIN_SIDE:
-        raise ValueError(f"tile must be at least {MIN_SIDE} pixels; got {tile}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile); got overlap={overlap}, tile={tile}")
-    if max_tiles is not None and max_tiles < 1:
-        raise ValueError(f"max_tiles must be a positive integer or None; got {max_tiles}")
+    slide_tile_grid(MIN_SIDE, MIN_SIDE, tile=tile, overlap=overlap, max_tiles=max_tiles)  # the arguments, first
     path = Path(path)
     slide = _open_slide(path)
     try:
-        if not 0 <= level < slide.level_count:
-            raise ValueError(f"level must be in [0, {slide.level_count}) for {path}; got {level}")
+        _check_level(slide, path, level)
         width, height = slide.level_dimensions[level]
-        down = float(slide.level_downsamples[level])
-        step = tile - overlap
-        count = 0
-        for y0 in range(0, height, step):
-            for x0 in range(0, width, step):
-                w, h = min(tile, width - x0), min(tile, height - y0)
-                region = slide.read_region((int(round(x0 * down)), int(round(y0 * down))), level, (w, h))
-                yield x0, y0, to_rgb8(np.asarray(region), name=str(path))
-                count += 1
-                if max_tiles is not None and count >= max_tiles:
-                    return
-                if x0 + tile >= width:
-                    break
-            if y0 + tile >= height:
-                break
+        for x0, y0, w, h in slide_tile_grid(width, height, tile=tile, overlap=overlap, max_tiles=max_tiles):
+            yield x0, y0, _read_tile(slide, path, x0, y0, w, h, level)
     finally:
         slide.close()

@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-by", choices=["patient", "image"], default=None,
                    help="keep each patient's images in one part of the split (when all images have a patient), "
                         "or split images independently (default: patient)")
+    p.add_argument("--roi", default="auto", metavar="WxH|auto|off",
+                   help="train on regions of interest of whole slides: windows of WxH px read from Neo4j, labelled "
+                        "by their slide, split by slide, a slide's prediction the mean of its ROIs' log-odds; auto: "
+                        "2048x1536 when an image of the cohort has more than 2^25 pixels, else whole images; off: "
+                        "whole images")
+    p.add_argument("--roi-per-slide", type=positive_int, default=None, metavar="K",
+                   help="ROIs drawn per slide where its nuclei are (implies ROIs; default: 16)")
     p.add_argument("--resume", metavar="RUN", default=None,
                    help="continue a crashed or interrupted run from its last checkpoint (`nucleograph runs` "
                         "lists them)")
@@ -100,6 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--cohort", default=None, help="explain the run's images of this cohort (default: all)")
     p.add_argument("--image", action="append", default=None, help="an image id (repeat)")
+    p.add_argument("--cluster", default=None, metavar="SPEC",
+                   help="explain on Dask, an image per task: local[:N] or tcp://HOST:PORT; default $NUCLEOGRAPH_DASK")
     p.add_argument("--target", type=int, default=None,
                    help="class index to explain (default: predicted); recomputes every image")
     p.add_argument("--force", action="store_true",
@@ -164,6 +173,7 @@ def cmd_train(args, settings: Settings) -> int:
     options = _given(args, "model", "epochs", "lr", "seed", "batch_size", "split_by", "drop_nodes")
     if args.patience is not None:
         options["patience"] = args.patience or None
+    options["roi"] = _roi_option(args.roi, args.roi_per_slide)
     try:
         # SIGTERM (kill, a service manager) stops training as Ctrl-C does, so the run records it
         with sigterm_interrupts(), GraphDB.open(settings) as db:
@@ -176,13 +186,33 @@ def cmd_train(args, settings: Settings) -> int:
         emit_json(out)
     else:
         m = out["metrics"]
-        print(f"run {out['run_id']}: {out['model']} ({out['n_parameters']} parameters) on {out['n_images']} graphs "
-              f"in {out['seconds']} s")
-        print("test: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "balanced_accuracy", "roc_auc", "f1")
-                                   if k in m))
+        on = (f"{out['n_images']} slides ({out['n_rois']} ROIs of {out['roi']['width']}x{out['roi']['height']} px)"
+              if out.get("roi") else f"{out['n_images']} graphs")
+        print(f"run {out['run_id']}: {out['model']} ({out['n_parameters']} parameters) on {on} in {out['seconds']} s")
+        keys = ("accuracy", "balanced_accuracy", "roc_auc", "f1") + (("roi_accuracy",) if out.get("roi") else ())
+        print(("test slides: " if out.get("roi") else "test: ") + ", ".join(f"{k} {m[k]:.3f}" for k in keys if k in m))
     if out["metrics"].get("at_or_below_chance"):
         print(chance_warning(out), file=sys.stderr)
     return 0
+
+
+def _roi_option(text: str, per_slide: int | None):
+    """``train --roi`` and ``--roi-per-slide`` as :func:`nucleograph.gnn.service.train_cohort`'s ``roi``."""
+    from nucleograph.gnn.slides import AUTO, RoiParams
+
+    text = text.strip().lower()
+    count = {} if per_slide is None else {"per_slide": per_slide}
+    if text == "off":
+        if per_slide is not None:
+            raise InputError("--roi off trains on whole images: drop --roi-per-slide, or give --roi auto or WxH")
+        return None
+    if text == AUTO:
+        return RoiParams(**count) if count else AUTO
+    try:
+        width, height = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise InputError(f"--roi {text!r}: give WIDTHxHEIGHT in pixels (e.g. 2048x1536), auto or off") from None
+    return RoiParams(width=width, height=height, **count)
 
 
 def chance_warning(out: dict) -> str:
@@ -248,6 +278,7 @@ def cmd_runs(args, settings: Settings) -> int:
 
 def cmd_explain(args, settings: Settings) -> int:
     """Run ``nucleograph explain``; returns the exit status."""
+    from nucleograph import cluster  # distributed: only for explain (see ingest's cmd_ingest)
     from nucleograph.db import store
     from nucleograph.gnn.service import explain_run
 
@@ -257,8 +288,9 @@ def cmd_explain(args, settings: Settings) -> int:
             image_ids = [r["id"] for r in store.cohort_images(db, args.cohort)]
             if not image_ids:
                 raise InputError(f"cohort {args.cohort!r} has no images")
-        out = explain_run(db, settings, args.run, method=args.method, hops=args.hops, image_ids=image_ids,
-                          target=args.target, force=args.force, progress=True, output=args.output)
+        with cluster.chosen_client(args.cluster) as client:
+            out = explain_run(db, settings, args.run, method=args.method, hops=args.hops, image_ids=image_ids,
+                              target=args.target, force=args.force, progress=True, output=args.output, client=client)
     if args.json:
         emit_json(out)
         return 0

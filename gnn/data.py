@@ -16,6 +16,7 @@ The number of channels is a model argument (``edge_channels``); any ``(E, L)`` a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import dgl
 import numpy as np
@@ -125,6 +126,59 @@ def to_dgl(node_feats, src, dst, edge_feats, *, centroids=None, nucleus_ids=None
             raise InputError(f"nucleus_ids must have shape ({n},), got {ids.shape}")
         g.ndata[NID] = torch.from_numpy(ids)
     return g
+
+
+def graph_from_arrays(g: dict[str, Any]) -> dgl.DGLGraph:
+    """A DGL graph from :func:`nucleograph.db.store.read_graphs` arrays (edge channels from the distances).
+
+    Parameters
+    ----------
+    g : dict
+        One item of :func:`~nucleograph.db.store.read_graphs`.
+
+    Returns
+    -------
+    dgl.DGLGraph
+    """
+    return to_dgl(
+        g["features"], g["src"], g["dst"], edge_channels(g["dist"], max_distance=g.get("threshold_px", DEFAULT_THRESHOLD_PX)),
+        centroids=g["centroids"], nucleus_ids=g["nids"],
+    )
+
+
+def check_one_feature_set(cohort: str, images: list[dict[str, Any]]) -> None:
+    """Refuse a cohort whose nuclei carry different features: one model reads one feature vector.
+
+    A segmentation ingested without its image has the morphology features only (its stain and texture
+    features are absent, not zero: :mod:`nucleograph.ingest.polygons`); a cohort of such files trains on
+    those, but mixed with images it would need values it does not have.
+
+    Parameters
+    ----------
+    cohort : str
+    images : list of dict
+        :func:`nucleograph.db.store.cohort_images` rows (``feature_names``, ``n_nuclei``, ``path``);
+        images without nuclei are left out (training skips them).
+
+    Raises
+    ------
+    InputError
+        Two feature sets are present; the message names images of each and the fixes.
+    """
+    sets: dict[tuple[str, ...], list[str]] = {}
+    for r in images:
+        if r.get("n_nuclei"):
+            sets.setdefault(tuple(r.get("feature_names") or ()), []).append(str(r.get("path") or r["id"]))
+    if len(sets) <= 1:
+        return
+    (most, many), (other, few) = sorted(sets.items(), key=lambda kv: (-len(kv[0]), -len(kv[1])))[:2]
+    lacking = [n for n in most if n not in other] or ["none (the same features in another order)"]
+    raise InputError(
+        f"cohort {cohort!r} mixes nuclei with {len(sets)} different feature sets: {len(many)} image(s) have "
+        f"{len(most)} features (e.g. {many[0]}), {len(few)} have {len(other)} (e.g. {few[0]}), lacking "
+        f"{', '.join(lacking)}. Segmentations ingested without their image have no stain or texture features. "
+        "One model needs one feature set: ingest the segmentations without images into a cohort of their own, "
+        "or give each its image (manifest path: the image; nuclei column: the segmentation) and ingest again")
 
 
 @dataclass

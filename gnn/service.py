@@ -8,6 +8,8 @@ prediction; ``explain_run`` writes per-nucleus scores back to the nuclei.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,13 +27,13 @@ from nucleograph.db import schema, store
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.checkpoints import load_checkpoint
-from nucleograph.gnn.data import check_test_split, edge_channels, to_dgl
+from nucleograph.gnn.data import check_one_feature_set, check_test_split, graph_from_arrays
 from nucleograph.gnn.graph_cache import read_cache, write_cache
 from nucleograph.gnn.interrupt import Terminated, TrainingInterrupted
 from nucleograph.gnn.models import DEFAULT_MODEL, RSFNet
 from nucleograph.gnn.run_record import record_finish, record_start, record_stop, resumed_params
+from nucleograph.gnn.slides import AUTO, RoiParams, load_rois, resolve_roi, to_slides
 from nucleograph.gnn.train import TrainConfig, TrainResult, kfold, train_model
-from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.progress import progress as progress_bar
 
 
@@ -48,59 +50,6 @@ class CohortData:
     data_version: str
     skipped: list[str]  # image ids without nuclei (no graph to classify)
     from_cache: bool = False
-
-
-def graph_from_arrays(g: dict[str, Any]) -> dgl.DGLGraph:
-    """A DGL graph from :func:`nucleograph.db.store.read_graphs` arrays (edge channels from the distances).
-
-    Parameters
-    ----------
-    g : dict
-        One item of :func:`~nucleograph.db.store.read_graphs`.
-
-    Returns
-    -------
-    dgl.DGLGraph
-    """
-    return to_dgl(
-        g["features"], g["src"], g["dst"], edge_channels(g["dist"], max_distance=g.get("threshold_px", DEFAULT_THRESHOLD_PX)),
-        centroids=g["centroids"], nucleus_ids=g["nids"],
-    )
-
-
-def check_one_feature_set(cohort: str, images: list[dict[str, Any]]) -> None:
-    """Refuse a cohort whose nuclei carry different features: one model reads one feature vector.
-
-    A segmentation ingested without its image has the morphology features only (its stain and texture
-    features are absent, not zero: :mod:`nucleograph.ingest.polygons`); a cohort of such files trains on
-    those, but mixed with images it would need values it does not have.
-
-    Parameters
-    ----------
-    cohort : str
-    images : list of dict
-        :func:`nucleograph.db.store.cohort_images` rows (``feature_names``, ``n_nuclei``, ``path``);
-        images without nuclei are left out (training skips them).
-
-    Raises
-    ------
-    InputError
-        Two feature sets are present; the message names images of each and the fixes.
-    """
-    sets: dict[tuple[str, ...], list[str]] = {}
-    for r in images:
-        if r.get("n_nuclei"):
-            sets.setdefault(tuple(r.get("feature_names") or ()), []).append(str(r.get("path") or r["id"]))
-    if len(sets) <= 1:
-        return
-    (most, many), (other, few) = sorted(sets.items(), key=lambda kv: (-len(kv[0]), -len(kv[1])))[:2]
-    lacking = [n for n in most if n not in other] or ["none (the same features in another order)"]
-    raise InputError(
-        f"cohort {cohort!r} mixes nuclei with {len(sets)} different feature sets: {len(many)} image(s) have "
-        f"{len(most)} features (e.g. {many[0]}), {len(few)} have {len(other)} (e.g. {few[0]}), lacking "
-        f"{', '.join(lacking)}. Segmentations ingested without their image have no stain or texture features. "
-        "One model needs one feature set: ingest the segmentations without images into a cohort of their own, "
-        "or give each its image (manifest path: the image; nuclei column: the segmentation) and ingest again")
 
 
 def load_cohort(db: GraphDB, settings: Settings, cohort: str, *, cache: bool = True, progress: bool = False) -> CohortData:
@@ -231,8 +180,13 @@ def train_cohort(
     lr: float = TrainConfig.lr, folds: int = 1, seed: int = TrainConfig.seed, batch_size: int = TrainConfig.batch_size,
     patience: int | None = TrainConfig.patience, resume_run: str | None = None, progress: bool = False,
     model_kwargs: dict | None = None, split_by: str = "patient", drop_nodes: float = TrainConfig.drop_nodes,
+    roi: RoiParams | str | None = AUTO,
 ) -> dict[str, Any]:
     """Train ``model`` on ``cohort`` and record the run; returns the run id, metrics and paths.
+
+    A cohort of whole slides trains on regions of interest (:mod:`nucleograph.gnn.slides`): ROI subgraphs
+    read by window, labelled by their slide, split by slide, and aggregated per slide into the run's
+    predictions and metrics (``roi_*`` metrics are the ROIs' own).
 
     With ``folds > 1``, stratified k-fold cross-validation (grouped by patient when known): the test
     metrics are averaged over folds and each image's prediction comes from the fold that held it out.
@@ -267,12 +221,17 @@ def train_cohort(
     drop_nodes : float
         Node-drop augmentation (:attr:`TrainConfig.drop_nodes`): each training graph loses up to this
         share of its nuclei at every step; 0 is off.
+    roi : RoiParams, "auto" or None
+        Train on ROIs drawn so; ``"auto"``: on the default ROIs when an image is larger than
+        :data:`nucleograph.gnn.slides.SLIDE_PIXELS` (a slide), else on whole images; None: whole images.
+        A resumed run keeps its own.
 
     Returns
     -------
     dict
         ``run_id, cohort, model, n_parameters, n_images, skipped_empty, data_version, from_cache,
-        seconds, metrics, checkpoints``.
+        seconds, metrics, checkpoints``; trained on ROIs also ``roi`` (its :class:`RoiParams` as a dict)
+        and ``n_rois``, and ``n_images`` counts slides.
 
     Raises
     ------
@@ -284,10 +243,6 @@ def train_cohort(
     """
     if not 0.0 <= drop_nodes < 1.0:
         raise InputError(f"drop_nodes is the largest share of nuclei dropped per step, in [0, 1), not {drop_nodes}")
-    data = load_cohort(db, settings, cohort, progress=progress)
-    if len(set(data.labels.tolist())) < 2:
-        raise InputError(f"cohort {cohort!r} has only the class(es) {data.class_names}: training needs two; "
-                         "ingest images of the other class or use a cohort that has both")
     if split_by not in SPLIT_BY:
         raise InputError(f"split_by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
     engine = rec.open_engine(settings)
@@ -295,11 +250,22 @@ def train_cohort(
               "patience": patience, "model_kwargs": model_kwargs or {}, "split_by": split_by, "drop_nodes": drop_nodes}
     if resume_run is not None:
         params = resumed_params(engine, resume_run, cohort)
+    else:
+        chosen = resolve_roi(store.cohort_images(db, cohort), roi)
+        params["roi"] = chosen.to_dict() if chosen else None
+    # runs recorded before ROIs existed trained on whole images
+    rois = RoiParams.from_dict(params["roi"]) if params.get("roi") else None
+    data = load_cohort(db, settings, cohort, progress=progress) if rois is None else load_rois(
+        db, settings, cohort, rois, progress=progress)
+    if len(set(data.labels.tolist())) < 2:
+        raise InputError(f"cohort {cohort!r} has only the class(es) {data.class_names}: training needs two; "
+                         "ingest images of the other class or use a cohort that has both")
     run_id = resume_run or new_run_id()
     run_dir = settings.home / "runs" / run_id
     # runs recorded before split_by existed split by patient
     by_patient = params.get("split_by", "patient") == "patient" and all(g is not None for g in data.groups)
-    groups = data.groups if by_patient else None
+    # a slide's ROIs are never on both sides of a split: grouped by patient, or else by slide
+    groups = data.groups if by_patient else (data.image_ids if rois else None)
     config = _train_config(params)
     # before training: a split without test images would store a run without test metrics
     try:
@@ -327,6 +293,10 @@ def train_cohort(
         record_stop(engine, run_id, rec.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     seconds = time.perf_counter() - t0
+    extra = {}
+    if rois is not None:  # the run's predictions and metrics are the slides'
+        data, results = to_slides(data, results)
+        extra = {"roi": params["roi"], "n_rois": data.n_rois}
 
     metrics = _pooled_metrics(results)
     metrics.update(_chance_flag(data.labels, results, metrics.get("accuracy")))
@@ -336,8 +306,8 @@ def train_cohort(
     props = {
         "model": params["model"], "epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
         "folds": params["folds"], "n_parameters": results[0].n_parameters, "data_version": data.data_version,
-        "class_names": data.class_names, "checkpoints": checkpoints, "n_images": len(data.graphs),
-        "seconds": round(seconds, 2), "status": "finished", "metrics": metrics, "history": history,
+        "class_names": data.class_names, "checkpoints": checkpoints, "n_images": len(data.image_ids),
+        "seconds": round(seconds, 2), "status": "finished", "metrics": metrics, "history": history, **extra,
         **{k: v for k, v in metrics.items() if isinstance(v, float)},
     }
     db_runs.save_run(db, run_id=run_id, cohort=cohort, props=props)
@@ -345,9 +315,9 @@ def train_cohort(
     record_finish(engine, run_id, metrics=metrics, history=history, checkpoints=checkpoints)
     engine.dispose()
     return {"run_id": run_id, "cohort": cohort, "model": params["model"], "n_parameters": results[0].n_parameters,
-            "n_images": len(data.graphs), "skipped_empty": data.skipped, "data_version": data.data_version,
+            "n_images": len(data.image_ids), "skipped_empty": data.skipped, "data_version": data.data_version,
             "from_cache": data.from_cache, "seconds": round(seconds, 2), "metrics": metrics,
-            "checkpoints": checkpoints}
+            "checkpoints": checkpoints, **extra}
 
 
 def load_run_models(db: GraphDB, settings: Settings, run_id: str) -> tuple[dict[str, Any], list]:
@@ -389,7 +359,7 @@ def load_run_models(db: GraphDB, settings: Settings, run_id: str) -> tuple[dict[
 def explain_run(
     db: GraphDB, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
     image_ids: list[str] | None = None, target: int | None = None, force: bool = False, progress: bool = False,
-    output: str = "logodds",
+    output: str = "logodds", client=None,
 ) -> dict[str, Any]:
     """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j.
 
@@ -420,6 +390,10 @@ def explain_run(
         What occlusion scores measure (:func:`nucleograph.gnn.explain.occlusion`): the drop of the
         explained class's log-odds (default) or of its probability; each has its own property
         (:func:`nucleograph.db.runs.score_property`). Ignored by the other methods.
+    client : distributed.Client, optional
+        A Dask cluster's client (:func:`nucleograph.cluster.connect`): each image is a task that reads its
+        graph, scores it and writes its scores (a rerun after a lost worker writes the same scores again).
+        The run's models travel to the workers with the task's resources: no shared checkpoint folder.
 
     Returns
     -------
@@ -456,23 +430,94 @@ def explain_run(
     fold_of = {p["image_id"]: p.get("fold", 0) for p in db_runs.predictions(db, run_id)}
     done, skipped = [], []
     t0 = time.perf_counter()
+    job = _ExplainJob("", run["cohort"], run_id, method, hops, target, output)
     with progress_bar(total=len(todo), desc=f"explain {run_id} {method}", unit="image", enabled=progress) as bar:
-        for g in store.read_graphs(db, run["cohort"], todo):
-            bar.update(1)
-            if len(g["nids"]) == 0:
-                skipped.append({"image_id": g["id"], "reason": "no nuclei"})
-                continue
-            model = models[min(int(fold_of.get(g["id"], 0) or 0), len(models) - 1)]
-            graph = graph_from_arrays(g)
-            scores = explain_graph(method, model, graph, hops=hops, target=target, output=output)
-            scores = _finite_scores(scores, run_id=run_id, method=method, image_id=g["id"])
-            db_runs.save_scores(db, run_id=run_id, method=method, hops=hops, segmentation=g["segmentation"],
-                                nids=g["nids"], scores=scores, output=output)
-            done.append(g["id"])
+        if client is not None:
+            _explain_on_cluster(client, settings, job, models, todo, fold_of, bar, done, skipped)
+        else:
+            for g in store.read_graphs(db, run["cohort"], todo):
+                bar.update(1)
+                _count(g["id"], job.explain(db, g, models, fold_of), done, skipped)
     occ = method == "occlusion"
     return {"run_id": run_id, "method": method, "hops": hops if occ else None, "output": output if occ else None,
             "property": db_runs.score_property(run_id, method, hops, output=output), "images": len(done),
             "reused": len(reused), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+@dataclass(frozen=True)
+class _ExplainJob:
+    """One :func:`explain_run`'s choices, as each image (in this process, or a Dask task) needs them;
+    ``resources`` names the workers' driver and models on a cluster."""
+
+    resources: str
+    cohort: str
+    run_id: str
+    method: str
+    hops: int
+    target: int | None
+    output: str
+
+    def explain(self, db: GraphDB, g: dict[str, Any], models: list, fold_of: dict[str, int]) -> dict[str, str] | None:
+        """Score one image's graph (``read_graphs`` arrays) with its fold's model and write the scores;
+        the reason when it is skipped."""
+        if len(g["nids"]) == 0:
+            return {"image_id": g["id"], "reason": "no nuclei"}
+        model = models[min(int(fold_of.get(g["id"], 0) or 0), len(models) - 1)]
+        scores = explain_graph(self.method, model, graph_from_arrays(g), hops=self.hops, target=self.target,
+                               output=self.output)
+        scores = _finite_scores(scores, run_id=self.run_id, method=self.method, image_id=g["id"])
+        db_runs.save_scores(db, run_id=self.run_id, method=self.method, hops=self.hops, segmentation=g["segmentation"],
+                            nids=g["nids"], scores=scores, output=self.output)
+        return None
+
+
+def _count(image_id: str, skip: dict[str, str] | None, done: list[str], skipped: list[dict[str, str]]) -> None:
+    if skip is None:
+        done.append(image_id)
+    else:
+        skipped.append(skip)
+
+
+def _worker_models(models: list) -> list:
+    """The run's models on a Dask worker, torch at one thread (one task per worker thread)."""
+    torch.set_num_threads(1)
+    return models
+
+
+def _explain_task(job: _ExplainJob, image_id: str, fold_of: dict[str, int]) -> tuple[str, dict[str, str] | None] | None:
+    """One image on a Dask worker: ``(image_id, skip reason or None)``; None when it is not stored (any more)."""
+    from nucleograph import cluster  # see _explain_on_cluster
+
+    objects = cluster.resources(job.resources)
+    for g in store.read_graphs(objects["db"], job.cohort, [image_id]):
+        return image_id, job.explain(objects["db"], g, objects["models"], fold_of)
+    return None
+
+
+def _explain_on_cluster(
+    client, settings: Settings, job: _ExplainJob, models: list, todo: list[str], fold_of: dict[str, int], bar,
+    done: list[str], skipped: list[dict[str, str]],
+) -> None:
+    """:func:`explain_run`'s images as Dask tasks; a task's error (a non-finite score) stops the run."""
+    # imported here, not at the top: distributed adds most of a second to every start, and only --cluster needs it
+    from distributed import as_completed
+
+    from nucleograph import cluster
+
+    token = uuid.uuid4().hex[:8]
+    factories = {"db": GraphDB.opener(settings), "models": functools.partial(_worker_models, models)}
+    with cluster.worker_resources(client, factories) as name:
+        job = dataclasses.replace(job, resources=name)
+        futures = [client.submit(_explain_task, job, image_id, {image_id: fold_of.get(image_id, 0)},
+                                 key=f"explain-image-{token}-{n}") for n, image_id in enumerate(todo)]
+        try:
+            for future in as_completed(futures):
+                out = future.result()
+                bar.update(1)
+                if out is not None:
+                    _count(*out, done, skipped)
+        finally:
+            client.cancel(futures)
 
 
 def explain_graph(method: str, model, graph, *, hops: int, target: int | None, output: str) -> np.ndarray:

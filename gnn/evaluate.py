@@ -449,6 +449,11 @@ def save_evaluation(db: GraphDB, settings: Settings, summary: dict[str, Any]) ->
     return {"evaluation_id": row["id"], "evaluated_at": row["created_at"]}
 
 
+def _groups(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(class, aggregate) per predicted class, then ("all", the overall aggregate): the rows of every table."""
+    return [*summary["by_class"].items(), ("all", summary["overall"])]
+
+
 #: Columns of :func:`class_rows`: short names for the table, read in the module docstring.
 TABLE_COLUMNS = ("class", "images", "deletion", "del_auc", "del_random", "insertion", "ins_auc", "ins_random",
                  "sparsity", "ties", "stability", "structure_auroc")
@@ -474,7 +479,7 @@ def class_rows(summary: dict[str, Any], *, digits: int = 3) -> list[dict[str, An
              "insertion": "insertion_ratio", "ins_auc": "insertion_auc", "ins_random": "insertion_random_auc",
              "sparsity": "sparsity", "ties": "tie_share", "stability": "stability",
              "structure_auroc": "structure_auroc"}
-    groups = [*summary["by_class"].items(), ("all", summary["overall"])]
+    groups = _groups(summary)
 
     def rounded(v):
         return None if v is None else round(float(v), digits)
@@ -498,7 +503,7 @@ def role_rows(summary: dict[str, Any], *, digits: int = 2) -> list[dict[str, Any
         ``class, role, auroc, enrichment, images`` (images where the role was found); [] without truth.
     """
     rows = []
-    for cls, agg in [*summary["by_class"].items(), ("all", summary["overall"])]:
+    for cls, agg in _groups(summary):
         for role in sorted(set(agg["role_auroc"]) | set(agg["role_enrichment"])):
             auc = agg["role_auroc"].get(role, {}).get("mean")
             enr = agg["role_enrichment"].get(role, {})
@@ -528,7 +533,7 @@ def compartment_rows(summary: dict[str, Any], *, digits: int = 3) -> list[dict[s
         Keyed by :data:`COMPARTMENT_COLUMNS`.
     """
     rows = []
-    for cls, agg in [*summary["by_class"].items(), ("all", summary["overall"])]:
+    for cls, agg in _groups(summary):
         comp = agg.get("compartments") or {}
         if not comp:
             continue

@@ -23,13 +23,17 @@ corrections (:class:`Precision`, the hook that forces or observes them).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
 from nucleograph.errors import InputError, ModelError
-from nucleograph.gnn.keys import EFEAT
+from nucleograph.gnn.keys import CENTROID, EFEAT
 from nucleograph.gnn.models import GraphClassifier, RSFNet
-from nucleograph.gnn.occlusion.fast import occlusion_rsf
+from nucleograph.gnn.occlusion.balls import out_edges
+from nucleograph.gnn.occlusion.cache import window_graphs
+from nucleograph.gnn.occlusion.fast import occlusion_rsf_windows
 from nucleograph.gnn.occlusion.pooling import Precision
 from nucleograph.gnn.occlusion.reference import (
     EvalMode,
@@ -40,12 +44,17 @@ from nucleograph.gnn.occlusion.reference import (
     occlusion_naive,
     proba_without,
 )
+from nucleograph.gnn.occlusion.windows import WINDOW_NUCLEI, spatial_windows
 
-__all__ = ["Precision", "attention_scores", "occlusion", "occlusion_naive", "proba_without"]
+__all__ = ["Precision", "attention_scores", "occlusion", "occlusion_naive", "occlusion_windows", "proba_without"]
 
 
-def attention_scores(model: RSFNet, graph) -> np.ndarray:
+def attention_scores(model: RSFNet, graph, *, window: int = WINDOW_NUCLEI) -> np.ndarray:
     """Attention score of every nucleus, shape ``(N,)``, in ``(0, 1)`` (``rsf-attention`` only).
+
+    The gate reads VConv2's output, two hops of input deep: an image larger than ``window`` nuclei (a
+    slide) is scored window by window, each with its two-hop halo, with the scores of the whole graph
+    and the memory of one window.
 
     Parameters
     ----------
@@ -53,6 +62,8 @@ def attention_scores(model: RSFNet, graph) -> np.ndarray:
         An ``rsf-attention`` model; run in eval mode (restored afterwards).
     graph : dgl.DGLGraph
         One image's graph (raw features).
+    window : int
+        Nuclei per window.
 
     Returns
     -------
@@ -66,9 +77,17 @@ def attention_scores(model: RSFNet, graph) -> np.ndarray:
     if not isinstance(model, RSFNet) or model.attention is None:
         raise ModelError("attention scores need an rsf-attention model; use occlusion() for the other models")
     check_single_graph(graph)
+    n = graph.num_nodes()
+    centroids = graph.ndata[CENTROID].numpy() if CENTROID in graph.ndata else None
+    windows = spatial_windows(centroids, n, size=window)
+    src, dst = (t.numpy() for t in graph.edges())
+    edges = out_edges(src, dst, n)
+    scores = np.empty(n)
     with EvalMode(model):
-        _, scores = model.node_embeddings(graph)
-    return scores.double().cpu().numpy()
+        for nodes, sub in window_graphs(graph, windows, edges, hops=2):
+            _, gate = model.node_embeddings(sub)
+            scores[nodes] = gate[:nodes.size].double().cpu().numpy()
+    return scores
 
 
 def _symmetric(graph) -> bool:
@@ -93,6 +112,7 @@ def occlusion(
     threads: int | None = None,
     precision: Precision | None = None,
     output: str = "logodds",
+    window: int = WINDOW_NUCLEI,
 ) -> np.ndarray:
     """Occlusion scores, equal to :func:`occlusion_naive` up to float rounding, computed fast.
 
@@ -115,6 +135,9 @@ def occlusion(
         The precision tiers of the fast path's pooling corrections; the default, ``Precision()``, keeps
         every score within the model's own float32 rounding. Tests and benchmarks pass another to force
         a tier or (subclassing it) to observe which ones run. Ignored by the batched fallback.
+    window : int
+        Nuclei per window (RSF models on symmetric graphs): a larger image is explained window by window
+        (:func:`occlusion_windows`), with the same scores; memory per window grows with it.
 
     Returns
     -------
@@ -124,7 +147,52 @@ def occlusion(
     ------
     InputError
         ``graph`` is a batch or has no nuclei, ``hops`` is not a non-negative integer, ``target`` is
-        out of range, ``output`` is unknown, or ``batch_size``/``threads`` is not positive.
+        out of range, ``output`` is unknown, or ``batch_size``/``threads``/``window`` is not positive.
+    """
+    windows = occlusion_windows(model, graph, hops=hops, target=target, batch_size=batch_size, threads=threads,
+                                precision=precision, output=output, window=window)
+    scores = np.empty(graph.num_nodes())
+    for nodes, values in windows:
+        scores[nodes] = values
+    return scores
+
+
+def occlusion_windows(
+    model: GraphClassifier,
+    graph,
+    *,
+    hops: int = 1,
+    target: int | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    precision: Precision | None = None,
+    output: str = "logodds",
+    window: int = WINDOW_NUCLEI,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`occlusion` window by window, for images as large as a whole slide.
+
+    The nuclei are split into windows of about ``window`` (square cells over their centroids,
+    :func:`nucleograph.gnn.occlusion.windows.spatial_windows`), and each window's scores come as soon as
+    they are computed, so a caller can write them back and show progress while the next is computed.
+    Each occlusion reads its own ball (reaching into neighbouring windows: the halo) and the whole
+    image's pooling sums, so the scores equal those of :func:`occlusion` on the whole graph, and the
+    time per nucleus does not grow with the image (``docs/occlusion.md``, "Slides").
+
+    Parameters
+    ----------
+    model, graph, hops, target, batch_size, threads, precision, output, window
+        As for :func:`occlusion`. Models other than RSF, or non-symmetric graphs, yield one window: all
+        nuclei (the batched fallback runs the model on each occluded graph).
+
+    Yields
+    ------
+    (np.ndarray, np.ndarray)
+        A window's node indices ``(n,)`` and their scores ``(n,)`` float64; every node exactly once.
+
+    Raises
+    ------
+    InputError
+        As :func:`occlusion`, when called (not at the first window).
     """
     hops = check_hops(hops)
     check_output(output)
@@ -134,8 +202,22 @@ def occlusion(
     threads = torch.get_num_threads() if threads is None else threads
     if threads < 1:
         raise InputError(f"threads must be positive, got {threads}")
+    if int(window) != window or window < 1:
+        raise InputError(f"window must be a positive number of nuclei, got {window!r}")
     if not isinstance(model, RSFNet) or not _symmetric(graph):
-        return occlusion_batched(model, graph, hops=hops, target=target, batch_size=batch_size, output=output)
-    with EvalMode(model):
-        return occlusion_rsf(model, graph, hops=hops, target=target, batch_size=batch_size, threads=threads,
-                             precision=Precision() if precision is None else precision, output=output)
+        return iter([(np.arange(graph.num_nodes()), occlusion_batched(
+            model, graph, hops=hops, target=target, batch_size=batch_size, output=output))])
+    return _in_eval_mode(model, occlusion_rsf_windows(
+        model, graph, hops=hops, target=target, batch_size=batch_size, threads=threads,
+        precision=Precision() if precision is None else precision, output=output, window=int(window)))
+
+
+def _in_eval_mode(model, windows: Iterator) -> Iterator:
+    """``windows`` drawn with ``model`` in eval mode and gradients off (restored between draws: the
+    caller's code runs in its own modes)."""
+    while True:
+        with EvalMode(model):
+            item = next(windows, None)
+        if item is None:
+            return
+        yield item

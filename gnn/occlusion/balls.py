@@ -1,5 +1,6 @@
 """Index building for fast occlusion: every nucleus's k-hop ball and, for a batch of occlusions, the
-balls' rows and in-edges as CSR arrays (see ``docs/occlusion.md``).
+balls' rows and in-edges as CSR arrays (see ``docs/occlusion.md``); a slide window's halo; and the
+loops of the afresh pooling tier (what lies around one occlusion's ball, and its sums there).
 
 These are loops over nodes and edges with data-dependent lengths; written with numpy they took a
 dozen passes over every edge, compiled with numba they take one (bench/RESULTS.md, "Explanations").
@@ -17,10 +18,10 @@ import numpy as np
 
 
 class Balls(NamedTuple):
-    """The ``reach``-hop ball of every node: the ball of node ``c`` is ``node[start[c]:start[c + 1]]``,
-    in breadth-first order, with hop distances ``dist[start[c]:start[c + 1]]`` (non-decreasing)."""
+    """The ``reach``-hop balls of some nodes (:func:`ball_lists`): ball ``i`` is ``node[start[i]:start[i + 1]]``,
+    in breadth-first order, with hop distances ``dist[start[i]:start[i + 1]]`` (non-decreasing)."""
 
-    start: np.ndarray  #: (N + 1,) int64
+    start: np.ndarray  #: (n + 1,) int64
     node: np.ndarray  #: (sum of ball sizes,) int64
     dist: np.ndarray  #: (sum of ball sizes,) int64
 
@@ -32,6 +33,13 @@ class OutEdges(NamedTuple):
     indptr: np.ndarray  #: (N + 1,) int64
     dst: np.ndarray  #: (E,) the other end of each edge
     eid: np.ndarray  #: (E,) the edge's id in the DGL graph (the row of its channels)
+
+
+def out_edges(src: np.ndarray, dst: np.ndarray, n_nodes: int) -> OutEdges:
+    """The edges ``src -> dst`` of a graph of ``n_nodes`` nodes by source, as CSR (:class:`OutEdges`)."""
+    order = np.argsort(src, kind="stable")
+    return OutEdges(np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n_nodes))]).astype(np.int64),
+                    np.asarray(dst)[order].astype(np.int64, copy=False), order.astype(np.int64, copy=False))
 
 
 class BatchArrays(NamedTuple):
@@ -80,26 +88,26 @@ def _bfs(center, indptr, indices, reach, stamp, queue, dist):
 
 
 @numba.njit(cache=True, nogil=True)
-def _ball_lists(indptr, indices, reach):
+def _ball_lists(indptr, indices, reach, centers):
     n = indptr.size - 1
     stamp = np.full(n, -1, np.int64)
     queue = np.empty(n, np.int64)
     dist = np.empty(n, np.int64)
-    start = np.zeros(n + 1, np.int64)
-    for c in range(n):  # sizes first, so the output is allocated once
-        start[c + 1] = start[c] + _bfs(c, indptr, indices, reach, stamp, queue, dist)
-    node = np.empty(start[n], np.int64)
-    hop = np.empty(start[n], np.int64)
+    start = np.zeros(centers.size + 1, np.int64)
+    for i in range(centers.size):  # sizes first, so the output is allocated once
+        start[i + 1] = start[i] + _bfs(centers[i], indptr, indices, reach, stamp, queue, dist)
+    node = np.empty(start[centers.size], np.int64)
+    hop = np.empty(start[centers.size], np.int64)
     stamp[:] = -1
-    for c in range(n):
-        m = _bfs(c, indptr, indices, reach, stamp, queue, dist)
-        node[start[c]:start[c] + m] = queue[:m]
-        hop[start[c]:start[c] + m] = dist[:m]
+    for i in range(centers.size):
+        m = _bfs(centers[i], indptr, indices, reach, stamp, queue, dist)
+        node[start[i]:start[i] + m] = queue[:m]
+        hop[start[i]:start[i] + m] = dist[:m]
     return start, node, hop
 
 
-def ball_lists(indptr: np.ndarray, indices: np.ndarray, reach: int) -> Balls:
-    """The ``reach``-hop ball of every node of a graph.
+def ball_lists(indptr: np.ndarray, indices: np.ndarray, reach: int, centers: np.ndarray | None = None) -> Balls:
+    """The ``reach``-hop ball of every node of a graph (or of ``centers`` only).
 
     Parameters
     ----------
@@ -107,13 +115,78 @@ def ball_lists(indptr: np.ndarray, indices: np.ndarray, reach: int) -> Balls:
         The graph's out-edges as CSR, shapes ``(N + 1,)`` and ``(E,)``.
     reach : int
         Largest hop distance.
+    centers : np.ndarray, optional
+        The nodes whose balls are built, in this order (default: all, ``0..N-1``). Ball ``i`` is that of
+        ``centers[i]``: a window of a slide builds the balls of its own nuclei only.
 
     Returns
     -------
     Balls
-        ``start`` ``(N + 1,)``, ``node`` and ``dist``, each ball in breadth-first order.
+        ``start`` ``(len(centers) + 1,)``, ``node`` and ``dist``, each ball in breadth-first order.
     """
-    return Balls(*_ball_lists(indptr, indices, reach))
+    if centers is None:
+        centers = np.arange(indptr.size - 1, dtype=np.int64)
+    return Balls(*_ball_lists(indptr, indices, reach, np.asarray(centers, dtype=np.int64)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _halo(nodes, indptr, indices, hops, stamp):
+    """``nodes`` followed by every other node within ``hops`` hops of them (multi-source breadth-first
+    search); ``stamp`` ``(N,)`` holds -1 on entry and on return."""
+    queue = np.empty(indptr.size - 1, np.int64)
+    dist = np.empty(indptr.size - 1, np.int64)
+    tail = 0
+    for v in nodes:
+        if stamp[v] < 0:
+            stamp[v] = 1
+            queue[tail] = v
+            dist[tail] = 0
+            tail += 1
+    head = 0
+    while head < tail:
+        u, du = queue[head], dist[head]
+        head += 1
+        if du == hops:
+            continue
+        for e in range(indptr[u], indptr[u + 1]):
+            v = indices[e]
+            if stamp[v] < 0:
+                stamp[v] = 1
+                queue[tail] = v
+                dist[tail] = du + 1
+                tail += 1
+    out = queue[:tail].copy()
+    for v in out:
+        stamp[v] = -1
+    return out
+
+
+def halo(nodes: np.ndarray, edges: OutEdges, hops: int, scratch: np.ndarray) -> np.ndarray:
+    """``nodes`` (distinct) first, then the other nodes within ``hops`` hops of them in breadth-first order.
+
+    ``scratch`` ``(N,)`` int64 holds -1 on entry and on return. A window plus this halo holds every
+    input a model layer ``hops`` hops deep reads for the window's own nodes.
+    """
+    return _halo(np.asarray(nodes, dtype=np.int64), edges.indptr, edges.dst, hops, scratch)
+
+
+@numba.njit(cache=True, nogil=True)
+def neighbour_sums(indptr, dst, eid, efeat, x, out):
+    """``out[i, l K + k] = sum_e efeat[l, e] x[dst[e], k]`` over the out-edges ``e`` of every node ``i``
+    (on a symmetric graph ``(A_l X)_i``), written into ``out`` ``(N, L K)`` (may be a strided view); one
+    pass over the edges, no ``(E, L, K)`` temporary."""
+    n_ch, k = efeat.shape[0], x.shape[1]
+    for i in range(indptr.size - 1):
+        for c in range(n_ch * k):
+            out[i, c] = 0.0
+        for e in range(indptr[i], indptr[i + 1]):
+            v, ed = dst[e], eid[e]
+            for ch in range(n_ch):
+                w = efeat[ch, ed]
+                if w != 0.0:
+                    for c in range(k):
+                        out[i, ch * k + c] += w * x[v, c]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -229,9 +302,9 @@ def batch_rows(centers: np.ndarray, balls: Balls, edges: OutEdges, efeat: np.nda
     Parameters
     ----------
     centers : np.ndarray, shape (b,)
-        The occluded nuclei.
+        The occluded nuclei, as positions in ``balls`` (their node ids when ``balls`` holds every node's).
     balls : Balls
-        The ``hops + 3``-hop balls of every nucleus (:func:`ball_lists`).
+        The ``hops + 3``-hop balls (:func:`ball_lists`).
     edges : OutEdges
         The graph's out-edges by source; on a symmetric graph also its in-edges.
     efeat : np.ndarray, shape (L, E)
@@ -318,3 +391,236 @@ def row_blocks(ptr, cols, vals, blocks, block_rows):
             for ch in range(vals.shape[0]):
                 new_vals[ch, at + e] = vals[ch, lo + e]
     return new_ptr, new_cols, new_vals
+
+
+class AfreshRegion(NamedTuple):
+    """Around one occlusion's ball, what summing a cluster afresh reads besides the ball's rows
+    (:func:`afresh_region`, ``docs/occlusion.md`` "Precision tiers")."""
+
+    bnd_row: np.ndarray  #: (nb,) int64: the edges leaving the ball's last level: its row (position in ``ball``)
+    bnd_node: np.ndarray  #: (nb,) int64: ... the node outside the ball it reaches
+    bnd_eid: np.ndarray  #: (nb,) int64: ... its edge id
+    touched: np.ndarray  #: (nt,) int64: the blocks holding a ball node or a node next to the ball
+    x_node: np.ndarray  #: (nx,) int64: the nodes of the touched blocks outside the ball
+    x_next: np.ndarray  #: (nx,) bool: ... next to the ball (an edge into it)
+
+
+@numba.njit(cache=True, nogil=True)
+def _boundary_edges(ball, last_lo, indptr, dst, eid, stamp):
+    """The edges from the ball's last level to nodes outside it (``stamp``: 0 on ball nodes); marks
+    their far ends 1."""
+    nb = 0
+    for p in range(last_lo, ball.size):
+        for q in range(indptr[ball[p]], indptr[ball[p] + 1]):
+            if stamp[dst[q]] != 0:
+                nb += 1
+    bnd_row = np.empty(nb, np.int64)
+    bnd_node = np.empty(nb, np.int64)
+    bnd_eid = np.empty(nb, np.int64)
+    j = 0
+    for p in range(last_lo, ball.size):
+        for q in range(indptr[ball[p]], indptr[ball[p] + 1]):
+            u = dst[q]
+            if stamp[u] != 0:
+                bnd_row[j], bnd_node[j], bnd_eid[j] = p, u, eid[q]
+                stamp[u] = 1
+                j += 1
+    return bnd_row, bnd_node, bnd_eid
+
+
+@numba.njit(cache=True, nogil=True)
+def _afresh_region(ball, last_lo, indptr, dst, eid, block_of, block_start, block_node, stamp):
+    # stamp: 0 for ball nodes, 1 for nodes next to the ball, -1 elsewhere (restored on return)
+    for v in ball:
+        stamp[v] = 0
+    bnd_row, bnd_node, bnd_eid = _boundary_edges(ball, last_lo, indptr, dst, eid, stamp)
+    is_touched = np.zeros(block_start.size - 1, np.bool_)
+    for v in ball:
+        is_touched[block_of[v]] = True
+    for u in bnd_node:
+        is_touched[block_of[u]] = True
+    touched = np.flatnonzero(is_touched)
+    nx = 0
+    for b in touched:
+        nx += block_start[b + 1] - block_start[b]
+    x_node = np.empty(nx, np.int64)
+    x_next = np.empty(nx, np.bool_)
+    nx = 0
+    for b in touched:
+        for q in range(block_start[b], block_start[b + 1]):
+            if stamp[block_node[q]] != 0:
+                x_node[nx] = block_node[q]
+                x_next[nx] = stamp[block_node[q]] == 1
+                nx += 1
+    for v in ball:
+        stamp[v] = -1
+    for u in bnd_node:
+        stamp[u] = -1
+    return bnd_row, bnd_node, bnd_eid, touched, x_node[:nx].copy(), x_next[:nx].copy()
+
+
+def afresh_region(ball: np.ndarray, last_lo: int, edges: OutEdges, blocks, scratch: np.ndarray) -> AfreshRegion:
+    """What summing a cluster afresh for one occlusion reads outside its ball's rows.
+
+    Parameters
+    ----------
+    ball : np.ndarray, shape (M,)
+        The occlusion's ball (``hops + 3`` hops), in level order; ``ball[last_lo:]`` is its last level.
+    edges : OutEdges
+        The graph's out-edges (on a symmetric graph also its in-edges).
+    blocks : Windows
+        The image's blocks (:class:`nucleograph.gnn.occlusion.windows.Windows`).
+    scratch : np.ndarray, shape (N,), int64
+        Holds -1 on entry and on return.
+
+    Returns
+    -------
+    AfreshRegion
+    """
+    return AfreshRegion(*_afresh_region(ball, last_lo, edges.indptr, edges.dst, edges.eid, blocks.of_node,
+                                        blocks.start, blocks.node, scratch))
+
+
+@numba.njit(cache=True, nogil=True)
+def _shifted_neighbour_sums(nodes, indptr, dst, eid, efeat, z, shift, cols, stamp):
+    """``A_l exp(Z_c - shift_c)`` for the clusters ``c`` in ``cols``, of ``nodes`` over their edges to
+    nodes ``u`` with ``stamp[u] != 0``: ``(len(nodes), L, len(cols))``."""
+    n_ch = efeat.shape[0]
+    out = np.zeros((nodes.size, n_ch, cols.size), np.float64)
+    for i in range(nodes.size):
+        for q in range(indptr[nodes[i]], indptr[nodes[i] + 1]):
+            u = dst[q]
+            if stamp[u] == 0:
+                continue
+            for j in range(cols.size):
+                x = np.exp(z[u, cols[j]] - shift[cols[j]])
+                for ch in range(n_ch):
+                    out[i, ch, j] += np.float64(efeat[ch, eid[q]]) * x
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _ae_row(v, next_to_ball, any_far, indptr, dst, eid, efeat, z, e, ae, own, scale, far, stamp, row):
+    """``row`` ``(L K)``: ``A_l E''`` of node ``v``, each column at the shift ``own``. Next to the ball, over
+    its edges to nodes outside it; elsewhere its cached ``ae``; both at the image's shift times ``scale``,
+    but in the columns ``far`` (summed from the logits ``z``)."""
+    n_ch, k = efeat.shape[0], z.shape[1]
+    row[:] = 0.0
+    for q in range(indptr[v], indptr[v + 1] if next_to_ball or any_far else indptr[v]):
+        u = dst[q]
+        if stamp[u] == 0:  # an edge into the ball
+            continue
+        for c in range(k):
+            if next_to_ball or far[c]:
+                x = np.exp(z[u, c] - own[c]) if far[c] else e[u, c] * scale[c]
+                for ch in range(n_ch):
+                    row[ch * k + c] += np.float64(efeat[ch, eid[q]]) * x
+    if not next_to_ball:
+        for ch in range(n_ch):
+            for c in range(k):
+                if not far[c]:
+                    row[ch * k + c] = ae[v, ch * k + c] * scale[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _outside_pool(x_node, x_next, ball, indptr, dst, eid, efeat, z, e, h, ae, own, scale, cl, top, far, stamp):
+    s, f2, width = cl.size, h.shape[1], ae.shape[1]
+    den = np.zeros(s)
+    num = np.zeros((s, f2))
+    adj = np.zeros((s, width))
+    w = np.empty((x_node.size, s))
+    for i in range(x_node.size):
+        for j in range(s):
+            w[i, j] = np.exp(z[x_node[i], cl[j]] - top[j])  # <= 1: top is at least the remaining maximum
+    row = np.empty(width)
+    any_far = far.any()
+    for v in ball:
+        stamp[v] = 0
+    for i in range(x_node.size):
+        keep = False
+        for j in range(s):
+            keep |= w[i, j] != 0.0
+        if not keep:  # underflows in every afresh cluster: adds exactly nothing
+            continue
+        v = x_node[i]
+        _ae_row(v, x_next[i], any_far, indptr, dst, eid, efeat, z, e, ae, own, scale, far, stamp, row)
+        for j in range(s):
+            den[j] += w[i, j]
+            for f in range(f2):
+                num[j, f] += w[i, j] * h[v, f]
+            for c in range(width):
+                adj[j, c] += w[i, j] * row[c]
+    for v in ball:
+        stamp[v] = -1
+    return den, num, adj
+
+
+def outside_pool(region, ball: np.ndarray, edges: OutEdges, efeat: np.ndarray, z: np.ndarray, e: np.ndarray,
+                 h: np.ndarray, ae: np.ndarray, own: np.ndarray, scale: np.ndarray, cl: np.ndarray, top: np.ndarray,
+                 far: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The afresh clusters' pooling sums over the touched blocks' nuclei outside the ball (``region``,
+    :class:`AfreshRegion`), in one pass over them: ``den`` ``(s,)``, ``num`` ``(s, F2)`` and rows of ``adj``
+    ``(s, L K)``, each cluster ``cl[j]`` at its own shift ``top[j]``.
+
+    A nucleus's ``A_l E''`` (columns at the shifts ``own``) is its cached ``ae`` ``(N, L K)`` (at the image's
+    shift, from the numerators ``e`` ``(N, K)``) times ``scale`` ``(K,)``; next to the ball it is summed over
+    its edges to nuclei outside the ball; in the clusters ``far`` ``(K,)`` bool, too far below the image's
+    shift to be rescaled, it is summed from the logits ``z``. ``h`` ``(N, F2)`` float64 node states;
+    ``scratch`` ``(N,)`` int64 holds -1."""
+    return _outside_pool(region.x_node, region.x_next, ball, edges.indptr, edges.dst, edges.eid, efeat, z, e, h,
+                         ae, own, scale, cl, top, far, scratch)
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_neighbour_sums(nodes, indptr, dst, eid, efeat, z, scratch):
+    k = z.shape[1]
+    top = np.full(k, -np.inf)
+    for v in nodes:
+        for q in range(indptr[v], indptr[v + 1]):
+            for c in range(k):
+                top[c] = max(top[c], z[dst[q], c])
+    for c in range(k):
+        if top[c] == -np.inf:  # no edges: nothing to sum, any finite shift
+            top[c] = 0.0
+    out = _shifted_neighbour_sums(nodes, indptr, dst, eid, efeat, z, top, np.arange(k), scratch)
+    return top, out.reshape(nodes.size, -1)
+
+
+def block_neighbour_sums(nodes: np.ndarray, edges: OutEdges, efeat: np.ndarray, z: np.ndarray,
+                         scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a block of ``nodes``: the largest logit ``q`` ``(K,)`` among their neighbours, and each node's
+    ``A_l exp(Z - q)`` ``(len(nodes), L K)`` float64 (no term underflows however far the block lies
+    below the image's shift). ``scratch`` ``(N,)`` int64 holds -1 (untouched)."""
+    return _block_neighbour_sums(nodes, edges.indptr, edges.dst, edges.eid, efeat, z, scratch)
+
+
+@numba.njit(cache=True, nogil=True)
+def csr_rows_times(ptr, cols, vals, x, lo, hi):
+    """``(hi - lo, L K)``: rows ``lo:hi`` of the CSR matrix ``ptr``/``cols``/``vals`` ``(L, E)`` times ``x``
+    ``(n, K)``, channel ``l`` in column block ``l``."""
+    n_ch, k = vals.shape[0], x.shape[1]
+    out = np.zeros((hi - lo, n_ch * k))
+    for r in range(lo, hi):
+        for q in range(ptr[r], ptr[r + 1]):
+            c = cols[q]
+            for ch in range(n_ch):
+                w = vals[ch, q]
+                for j in range(k):
+                    out[r - lo, ch * k + j] += w * x[c, j]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def boundary_sums(bnd_row, bnd_node, bnd_eid, n_rows, efeat, z, e, own, scale, far):
+    """``(n_rows, L, K)``: per row of the ball's last level (``bnd_row``: its edges' rows, from 0), the sum
+    over its edges to nodes outside the ball of ``a_l E''_u``, each column at the shift ``own`` (the
+    numerators ``e`` times ``scale``, or from the logits ``z`` in the columns ``far``)."""
+    n_ch, k = efeat.shape[0], e.shape[1]
+    out = np.zeros((n_rows, n_ch, k))
+    for q in range(bnd_row.size):
+        r, u, ed = bnd_row[q], bnd_node[q], bnd_eid[q]
+        for c in range(k):
+            x = np.exp(z[u, c] - own[c]) if far[c] else e[u, c] * scale[c]
+            for ch in range(n_ch):
+                out[r, ch, c] += np.float64(efeat[ch, ed]) * x
+    return out

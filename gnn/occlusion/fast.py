@@ -1,7 +1,8 @@
 """Fast exact occlusion for RSF models on symmetric graphs (``docs/occlusion.md``).
 
-Per image: one float64 pass of the model's layers up to Pool1 (:func:`build_image_cache`) and the
-balls of every nucleus (:class:`GraphIndex`). Per batch of occlusions: the three node convolutions
+Per image: one float64 pass of the model's layers up to Pool1, window by window (:func:`build_image_cache`).
+Per window of nuclei (an image up to :data:`.windows.WINDOW_NUCLEI` nuclei is one): the balls of its
+nuclei (:class:`GraphIndex`). Per batch of occlusions: the three node convolutions
 before Pool1 update their cached pre-activations on the rows they change (:func:`_batch_change`), the
 pooling sums are corrected in closed form in the precision tier each cluster needs
 (:mod:`nucleograph.gnn.occlusion.pooling`), and the model's own head runs on all occlusions at once;
@@ -11,13 +12,14 @@ its logits give the explained class's log-odds or probability (:func:`.reference
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from nucleograph.gnn.keys import CENTROID
 from nucleograph.gnn.models import RSFNet
 from nucleograph.gnn.occlusion.cache import ImageCache, build_image_cache
 from nucleograph.gnn.occlusion.pooling import (
@@ -25,76 +27,104 @@ from nucleograph.gnn.occlusion.pooling import (
     Precision,
     class_values,
     float32_sums,
+    image_logits,
     redo_float64,
     sum_afresh,
 )
 from nucleograph.gnn.occlusion.reference import pick_target, target_values
 from nucleograph.gnn.occlusion.rows import BatchRows, GraphIndex, take_rows
+from nucleograph.gnn.occlusion.windows import BLOCK_NUCLEI, WINDOW_NUCLEI, spatial_windows
 
 
 def occlusion_rsf(model: RSFNet, graph, *, hops: int, target: int | None, batch_size: int, threads: int,
-                  precision: Precision, output: str = "logodds") -> np.ndarray:
+                  precision: Precision, output: str = "logodds", window: int = WINDOW_NUCLEI) -> np.ndarray:
     """Occlusion scores of every nucleus of ``graph`` (symmetric) for an RSF ``model`` in eval mode.
 
-    Parameters are those of :func:`nucleograph.gnn.explain.occlusion`, checked there. Occlusions with
-    similar ball sizes are batched together, so little padding is wasted.
+    Parameters are those of :func:`nucleograph.gnn.explain.occlusion`, checked there.
 
     Returns
     -------
     np.ndarray, shape (N,), float64
     """
-    n = graph.num_nodes()
-    image = build_image_cache(model, graph)
-    logits = model(graph)
-    c = pick_target(torch.softmax(logits.double(), 1)[0].numpy(), target)
-    v0 = target_values(logits, c, output)[0]
-    src, dst = (t.numpy() for t in graph.edges())
-    index = GraphIndex.build(src, dst, model.edge_features(graph).numpy(), hops=hops, n_nodes=n)
-    by_size = np.argsort(index.ball_sizes(), kind="stable")
-    scores = np.empty(n)
-
-    def run(centers, scratch):
-        batch = BatchRows.build(centers, index, scratch)
-        scores[centers] = v0 - _batch_values(model, image, batch, c, output, precision)
-
-    _each_batch(run, [by_size[start:start + batch_size] for start in range(0, n, batch_size)], n, threads)
+    scores = np.empty(graph.num_nodes())
+    for nodes, values in occlusion_rsf_windows(model, graph, hops=hops, target=target, batch_size=batch_size,
+                                               threads=threads, precision=precision, output=output, window=window):
+        scores[nodes] = values
     return scores
 
 
+def occlusion_rsf_windows(model: RSFNet, graph, *, hops: int, target: int | None, batch_size: int, threads: int,
+                          precision: Precision, output: str = "logodds",
+                          window: int = WINDOW_NUCLEI) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`occlusion_rsf` one window of nuclei at a time: yields ``(nodes, scores)`` per window.
+
+    Per image: the float64 pass up to Pool1, window by window with a halo (:func:`.cache.build_image_cache`),
+    the pooling totals and the block sums. Per window: the balls of its own nuclei (reaching into the
+    neighbouring windows), its occlusions batched by ball size (little padding wasted), run on up to
+    ``threads`` threads. Every occlusion reads the whole image's totals, so the scores are those of the
+    whole graph whatever the windows.
+    """
+    n = graph.num_nodes()
+    efeat = model.edge_features(graph).numpy()
+    src, dst = (t.numpy() for t in graph.edges())
+    index = GraphIndex.build(src, dst, efeat, hops=hops, n_nodes=n, centers=np.zeros(0, dtype=np.int64))
+    centroids = graph.ndata[CENTROID].numpy() if CENTROID in graph.ndata else None
+    windows = spatial_windows(centroids, n, size=window)
+    blocks = spatial_windows(centroids, n, size=min(window, BLOCK_NUCLEI))
+    image = build_image_cache(model, graph, edges=index.edges, efeat=index.efeat, windows=windows, blocks=blocks)
+    # the model's own pass when the image is one window; a slide's from the cached float64 pooling sums
+    logits = model(graph) if len(windows) == 1 else image_logits(model, image)
+    c = pick_target(torch.softmax(logits.double(), 1)[0].numpy(), target)
+    v0 = target_values(logits, c, output)[0]
+    for w in range(len(windows)):
+        local = index.for_centers(windows[w])
+        by_size = np.argsort(local.ball_sizes(), kind="stable")
+        scores = np.empty(local.centers.size)
+
+        def run(positions, scratch, local=local, scores=scores):
+            batch = BatchRows.build(positions, local, scratch)
+            scores[positions] = v0 - _batch_values(model, image, batch, c, output, precision, scratch)
+
+        _each_batch(run, [by_size[lo:lo + batch_size] for lo in range(0, by_size.size, batch_size)], n, threads)
+        yield local.centers, scores
+
+
 def _batch_values(model: RSFNet, image: ImageCache, batch: BatchRows, target: int, output: str,
-                  precision: Precision) -> np.ndarray:
+                  precision: Precision, scratch: np.ndarray) -> np.ndarray:
     """Class-``target`` log-odds or probabilities (``output``) of the occluded graphs of one batch."""
     state = float32_sums(_batch_change(model, image, batch))
     heavy, afresh = precision.tiers(state)
     if heavy.any():  # rows and columns first: the fresh sums overwrite the entries they share
         redo_float64(state, heavy)
     if afresh.any():
-        sum_afresh(state, afresh)
+        sum_afresh(state, afresh, scratch)
     return class_values(model, state, target, output)
 
 
-def _conv_update(conv, pre: torch.Tensor, *, removed_proj: torch.Tensor, removed: torch.Tensor,
-                 delta: torch.Tensor | None, edges: torch.Tensor) -> torch.Tensor:
+def _conv_update(conv, pre: torch.Tensor, *, removed_in: torch.Tensor, delta: torch.Tensor | None,
+                 edges: torch.Tensor) -> torch.Tensor:
     """An RSF convolution's pre-activation on the kept rows it changes, updated in place.
 
     The convolution is linear, so after its input lost the removed rows and changed by ``delta`` on the
     first kept rows its output changes by ``delta W_0 + sum_l A_l P_l``, ``P_l`` the change of ``V W_l``
-    (weights first: fewer rows change than are updated). A removed row's ``P_l = -V W_l`` is looked up
-    in ``removed_proj`` ``(L, N, O)`` and its own output never computed (it leaves the graph).
+    (weights first: fewer rows change than are updated). A removed row's ``P_l = -V W_l`` is multiplied
+    from its ``V`` (``removed_in``; a table of them for every nucleus would cost a slide a gigabyte), and
+    its own output is never computed (it leaves the graph).
 
-    ``pre`` ``(n_out, O)`` the cached pre-activations of the rows to update, ``removed`` the removed
-    rows' nodes, ``delta`` ``(n_changed, F)`` or None, ``edges`` the layer's in-edges with channel ``l``
-    in column block ``l`` (:attr:`BatchRows.conv_edges`).
+    ``pre`` ``(n_out, O)`` the cached pre-activations of the rows to update, ``removed_in`` ``(n_removed, F)``,
+    ``delta`` ``(n_changed, F)`` or None, ``edges`` the layer's in-edges with channel ``l`` in column block
+    ``l`` (:attr:`BatchRows.conv_edges`).
     """
     w = conv.weight  # (L + 1, F, O)
-    n_rem, n_ch = removed.numel(), 0 if delta is None else delta.shape[0]
+    n_rem, n_ch = removed_in.shape[0], 0 if delta is None else delta.shape[0]
     if pre.shape[0] == 0:  # the whole graph removed
         return pre
     proj = pre.new_empty(w.shape[0] - 1, n_rem + n_ch, w.shape[2])  # (L, n_in, O)
     for ch in range(proj.shape[0]):
-        torch.index_select(removed_proj[ch], 0, removed, out=proj[ch, :n_rem])
+        torch.matmul(removed_in, w[ch + 1], out=proj[ch, :n_rem])
         if n_ch:
             torch.matmul(delta, w[ch + 1], out=proj[ch, n_rem:])
+    proj[:, :n_rem].neg_()
     if n_ch:
         pre[:n_ch].addmm_(delta, w[0])
     return pre.addmm_(edges, proj.view(-1, proj.shape[2]))
@@ -109,17 +139,17 @@ def _batch_change(model: RSFNet, image: ImageCache, batch: BatchRows) -> BatchCh
     node = torch.from_numpy(batch.node)
     removed, n_rem = node[:batch.n_removed], batch.n_removed
     rows1, rows2, rows3 = node[n_rem:batch.n_vconv1], node[n_rem:batch.n_vconv2], node[n_rem:]
-    pre1 = _conv_update(model.vconv1, take_rows(image.pre1, rows1), removed_proj=image.removed_proj[0],
-                        removed=removed, delta=None, edges=batch.conv_edges[0])
+    pre1 = _conv_update(model.vconv1, take_rows(image.pre1, rows1), removed_in=take_rows(image.x, removed),
+                        delta=None, edges=batch.conv_edges[0])
     dh1 = F.relu(model.bn1(pre1)) - take_rows(image.h1, rows1)
-    pre2 = _conv_update(model.vconv2, take_rows(image.pre2, rows2), removed_proj=image.removed_proj[1],
-                        removed=removed, delta=dh1, edges=batch.conv_edges[1])
+    pre2 = _conv_update(model.vconv2, take_rows(image.pre2, rows2), removed_in=take_rows(image.h1, removed),
+                        delta=dh1, edges=batch.conv_edges[1])
     h_new = F.relu(model.bn2(pre2))
     if model.attention is not None:
         h_new, _ = model.attention(None, h_new)
     dh = h_new - take_rows(image.h2, rows2)
-    z_new = _conv_update(model.pool1.embed, take_rows(image.z, rows3), removed_proj=image.removed_proj[2],
-                         removed=removed, delta=dh, edges=batch.conv_edges[2])
+    z_new = _conv_update(model.pool1.embed, take_rows(image.z, rows3), removed_in=take_rows(image.h2, removed),
+                         delta=dh, edges=batch.conv_edges[2])
     # new softmax numerators in float32, as the model computes its softmax: their rounding is relative
     # to the remaining mass, which no correction amplifies
     e_old = take_rows(image.e, node)

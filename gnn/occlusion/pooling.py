@@ -14,9 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nucleograph.gnn.layers.spmm import weighted_sums
 from nucleograph.gnn.models import RSFNet
-from nucleograph.gnn.occlusion.balls import row_blocks
+from nucleograph.gnn.occlusion.balls import (
+    afresh_region,
+    boundary_sums,
+    csr_rows_times,
+    outside_pool,
+    row_blocks,
+)
 from nucleograph.gnn.occlusion.cache import ImageCache, PoolingSums
 from nucleograph.gnn.occlusion.reference import empty_value, target_values
 from nucleograph.gnn.occlusion.rows import BatchRows, CSRArrays, take_rows
@@ -182,57 +187,121 @@ def redo_float64(state: PoolingState, mask: np.ndarray, out: PoolingSums | None 
     _set_row_and_column(out.adj, occ_k, clusters, adj_rows)
 
 
-def sum_afresh(state: PoolingState, mask: np.ndarray, chunk: int = 16) -> None:
+#: How far (in logits) below the image's shift a cluster's numerators may lie for its cached ``A E``
+#: (at that shift) to be rescaled to its own (:func:`nucleograph.gnn.occlusion.balls.outside_pool`):
+#: ``e^-300`` and the terms a few dozen logits below it stay normal float64 numbers. Further below, its
+#: ``A E`` is summed from the logits.
+RESCALE_GAP = 300.0
+
+
+def sum_afresh(state: PoolingState, mask: np.ndarray, scratch: np.ndarray | None = None) -> None:
     """Sum afresh, in float64, the pooling sums of the clusters ``mask`` ``(b, K)`` marks (the removed
     nuclei held virtually all of their mass), in place in ``state.sums``.
 
-    Over all remaining nuclei, with the cluster's own softmax shift, as the model pools (sums of
-    non-negative terms: no cancellation at all). For such an occlusion and cluster ``k`` it writes
-    ``den``, row ``k`` of ``num`` and row and column ``k`` of ``adj``; the other clusters keep the global
-    shift, and the entries between the two kinds use each one's shift, so ``A' = adj / (den den)`` stays
-    consistent. ``chunk`` occlusions at a time bound the ``(chunk, N, K)`` temporaries.
+    Over all remaining nuclei with the cluster's own softmax shift, as the model pools: sums of
+    non-negative terms, no cancellation at all. For such an occlusion and cluster ``k`` it writes ``den``,
+    row ``k`` of ``num`` and row and column ``k`` of ``adj``; the other clusters keep the global shift, and
+    the entries between the two kinds use each one's shift, so ``A' = adj / (den den)`` stays consistent.
+
+    The nuclei an occlusion leaves unchanged are summed by blocks (:class:`.cache.BlockSums`): the
+    blocks it does not touch from their sums (rescaled from each block's own shifts), the other nuclei
+    of the touched blocks one by one, and the ball's rows from their new values, so the cost does not
+    grow with the slide (``docs/occlusion.md``, "Precision tiers"). ``scratch`` ``(N,)`` int64 holds -1
+    on entry and on return (one per thread).
     """
-    change, sums = state.change, state.sums
+    change = state.change
     batch, image = change.batch, change.image
-    n, n_ch = image.e.shape[0], image.efeat64.shape[1]
-    sel, clusters_all, pick = _marked_clusters(mask, batch.occ)
-    for lo in range(0, sel.size, chunk):
-        clusters = clusters_all[lo:lo + chunk]  # (f, s)
-        f, s = clusters.shape
-        rows = np.flatnonzero((pick >= lo) & (pick < lo + f))  # the ball rows of these occlusions
-        o, v, rows_t = torch.from_numpy(pick[rows] - lo), torch.from_numpy(batch.node[rows]), torch.from_numpy(rows)
-        # E' (global shift) of each occlusion: E with its ball rows changed (removed rows: e - e = 0)
-        e_occ = image.e.unsqueeze(0).repeat(f, 1, 1)  # (f, N, K)
-        e_occ[o, v] = image.e[v] + change.de[rows_t]
-        ek = _own_shift_numerators(change, clusters, rows, o, v)  # (f, s, N)
-        # E''^T H' = E''^T H + E''^T (H' - H), the second over the rows whose H changed
-        num_k = ek @ image.h2_64  # (f, s, F2)
-        ch = torch.from_numpy((rows >= batch.n_removed) & (rows < batch.n_vconv2))
-        dh = change.h_new[rows_t[ch] - batch.n_removed].double() - image.h2_64[v[ch]]
-        num_k.index_add_(0, o[ch], ek[o[ch], :, v[ch]].unsqueeze(2) * dh.unsqueeze(1))
-        # E'': E' with the afresh columns at their own shift; row k of E''^T A_l E'' is (A_l e''_k)^T E''
-        e_occ.scatter_(2, clusters.unsqueeze(1).expand(f, n, s), ek.transpose(1, 2))
-        aek = weighted_sums(image.graph, image.efeat64, ek.permute(2, 0, 1).reshape(n, f * s),
-                            adjacency=image.adjacency64)  # (N, L, f s)
-        aek = aek.view(n, n_ch, f, s).permute(2, 3, 1, 0).reshape(f, s * n_ch, n)
-        occ_k = torch.from_numpy(sel[lo:lo + f]).unsqueeze(1).expand(f, s)
-        sums.den[occ_k, clusters] = ek.sum(2)
-        sums.num[occ_k, clusters] = num_k
-        _set_row_and_column(sums.adj, occ_k, clusters, torch.bmm(aek, e_occ).view(f, s, n_ch, -1))
+    if scratch is None:
+        scratch = np.full(image.e.shape[0], -1, dtype=np.int64)
+    order = np.argsort(batch.occ, kind="stable")  # each occlusion's rows, in level order
+    start = np.concatenate([[0], np.cumsum(np.bincount(batch.occ, minlength=batch.b))])
+    for o in np.flatnonzero(mask.any(1)):
+        _afresh_from_blocks(state, int(o), order[start[o]:start[o + 1]], np.flatnonzero(mask[o]), scratch)
 
 
-def _own_shift_numerators(change: BatchChange, clusters, rows, o, v) -> torch.Tensor:
-    """``(f, s, N)``: the softmax numerators of the occlusions' afresh clusters with their own shift,
-    removed nuclei at zero (logit ``-inf``). ``rows`` the occlusions' ball rows, ``o`` and ``v`` their
-    occlusion (``0..f-1``) and nucleus."""
+def _afresh_from_blocks(state: PoolingState, o: int, rows: np.ndarray, clusters: np.ndarray,
+                        scratch: np.ndarray) -> None:
+    """:func:`sum_afresh` for occlusion ``o`` (its batch ``rows``, ascending) and its afresh ``clusters``.
+
+    With ``U`` the nuclei outside the ball, ``C`` the kept rows and ``E''`` the numerators with each afresh
+    cluster at its own shift (the largest remaining logit ``m_k``), the others at the image's:
+    ``den_k = 1^T E''_k`` and ``num_k = E''_k^T H'`` over ``U`` and ``C``, and row ``k`` of ``E''^T A_l E''``
+    sums its edges by ends: U-U (the untouched blocks' sums and the touched blocks' other nuclei), U-C
+    and C-U (the edges leaving the ball's last level) and C-rows (the ball's own edges). Small arrays:
+    numpy, whose calls cost a fraction of torch's.
+    """
+    change = state.change
     batch, image = change.batch, change.image
-    z = image.z64.t()[clusters]  # (f, s, N)
-    removed = rows < batch.n_removed
-    z[o[removed], :, v[removed]] = -torch.inf
-    kept = torch.from_numpy(~removed)
-    rows_kept = torch.from_numpy(rows)[kept] - batch.n_removed
-    z[o[kept], :, v[kept]] = torch.gather(change.z_new[rows_kept].double(), 1, clusters[o[kept]])
-    return torch.exp(z - z.amax(2, keepdim=True))
+    blocks = image.blocks
+    n_rem, n_v2, f2 = batch.n_removed, batch.n_vconv2, image.h2.shape[1]
+    (k, n_ch, _), s = image.totals.adj.shape, clusters.size
+    z64, tab, shift = image.z64.numpy(), image.table64.numpy(), image.shift.numpy()
+    zmax, qmax, block_sums = blocks.zmax.numpy(), blocks.qmax.numpy(), blocks.sums.numpy()
+    nodes = batch.node[rows]
+    n_rem_o, last_lo = int(np.searchsorted(rows, n_rem)), int(np.searchsorted(rows, n_v2))
+    region = afresh_region(nodes, last_lo, image.edges, blocks.blocks, scratch)
+    kept = rows[n_rem_o:] - n_rem
+    z_c = change.z_new.numpy()[kept].astype(np.float64)  # (n_C, K)
+    untouched = np.ones(zmax.shape[0], dtype=bool)
+    untouched[region.touched] = False
+    top = np.full(s, -np.inf)  # m_k
+    for part in (z_c[:, clusters], z64[region.x_node[:, None], clusters],
+                 np.where(untouched[:, None], zmax[:, clusters], -np.inf)):
+        if part.shape[0]:
+            top = np.maximum(top, part.max(0))
+    own = shift.copy()
+    own[clusters] = top
+    e_c = np.exp(z_c - own)  # (n_C, K) E'' on the kept rows
+    ek_c = e_c[:, clusters]
+    h_c = tab[nodes[n_rem_o:], :f2]  # H' on the kept rows
+    changed = rows[n_rem_o:] < n_v2
+    h_c[changed] = change.h_new.numpy()[kept[changed]]
+    den, num, adj = ek_c.sum(0), ek_c.T @ h_c, np.zeros((s, n_ch, k))
+    # U-U: the untouched blocks (their shifts r_b, q_b lie at or below the ones used here: weights <= 1)
+    w_row = np.where(untouched[:, None], np.exp(np.minimum(zmax[:, clusters] - top, 0.0)), 0.0)  # (n_b, s)
+    w_col = np.exp(np.minimum(qmax - own, 0.0))  # (n_b, K)
+    for j, c in enumerate(clusters):
+        part = block_sums[c]  # (n_b, 1 + F2 + L K)
+        den[j] += w_row[:, j] @ part[:, 0]
+        num[j] += w_row[:, j] @ part[:, 1:1 + f2]
+        adj[j] += np.einsum("bc,blc->lc", w_row[:, j:j + 1] * w_col, part[:, 1 + f2:].reshape(-1, n_ch, k))
+    # ... and the touched blocks' nuclei outside the ball, over their edges to nuclei outside it; the
+    # cached numerators rescaled to the afresh clusters' shifts, but where that would leave float64
+    gap = shift - own  # 0 but for the afresh clusters
+    far = gap > RESCALE_GAP
+    scale, e = np.where(far, 0.0, np.exp(np.minimum(gap, RESCALE_GAP))), image.e.numpy()
+    if region.x_node.size:
+        x_den, x_num, x_adj = outside_pool(region, nodes, image.edges, image.efeat, z64, e, tab[:, :f2], tab[:, f2:],
+                                           own, scale, clusters, top, far, scratch)
+        den += x_den
+        num += x_num
+        adj += x_adj.reshape(s, n_ch, k)
+    # U-C and C-U: the edges leaving the last level, P_n = sum over them of a_l E''_u per last-level row n
+    p = boundary_sums(region.bnd_row - last_lo, region.bnd_node, region.bnd_eid, rows.size - last_lo, image.efeat,
+                      z64, e, own, scale, far)
+    adj += (e_c[last_lo - n_rem_o:].T @ p[:, :, clusters].reshape(-1, n_ch * s)).reshape(k, n_ch, s).transpose(2, 1, 0)
+    adj += (ek_c[last_lo - n_rem_o:].T @ p.reshape(-1, n_ch * k)).reshape(s, n_ch, k)
+    # C-rows: the ball's own edges (removed rows have E'' = 0)
+    e_rows = np.zeros((rows.size, k))
+    e_rows[n_rem_o:] = e_c
+    edges = batch.padded_edges
+    ptr, cols, vals = row_blocks(edges.ptr, edges.cols, edges.vals, np.array([o]), batch.layout.width)
+    ae_rows = csr_rows_times(ptr, np.searchsorted(rows, cols), vals, e_rows, n_rem_o, rows.size)  # (n_C, L K)
+    adj += (ek_c.T @ ae_rows).reshape(s, n_ch, k)
+    sums, cl = state.sums, torch.from_numpy(clusters)
+    sums.den[o, cl] = torch.from_numpy(den)
+    sums.num[o, cl] = torch.from_numpy(num)
+    _set_row_and_column(sums.adj, torch.full((1, s), o, dtype=torch.int64), cl.unsqueeze(0),
+                        torch.from_numpy(adj).unsqueeze(0))
+
+
+def image_logits(model: RSFNet, image: ImageCache) -> torch.Tensor:
+    """``(1, C)``: the model's logits for the whole image from the cached float64 pooling sums (the
+    model's head on ``V' = num / den``, ``A'_l = adj_l / (den den^T)``): no pass of the whole slide."""
+    t, dtype = image.totals, model.feat_mean.dtype
+    v = t.num / t.den.unsqueeze(1)
+    a = (t.adj / (t.den[:, None, None] * t.den[None, None, :])).permute(1, 0, 2)
+    return model.head(v.unsqueeze(0).to(dtype), a.unsqueeze(0).to(dtype))
 
 
 def class_values(model: RSFNet, state: PoolingState, target: int, output: str) -> np.ndarray:

@@ -8,7 +8,7 @@ are a prefix of the kept rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from nucleograph.gnn.occlusion.balls import (
     ball_lists,
     batch_rows,
     layer_csr,
+    out_edges,
     padded_csr,
 )
 
@@ -99,28 +100,37 @@ class GraphIndex:
     efeat: np.ndarray  #: (L, E) edge channels by edge id, contiguous per channel
     nonzero: np.ndarray  #: (E, L) bool: the edge carries a nonzero weight in channel ``l``
     total_nonzero: np.ndarray  #: (L,) such edges per channel
-    balls: Balls  #: the ``hops + 3``-hop ball of every nucleus
+    #: the ``hops + 3``-hop balls of the nuclei being explained (ball ``i`` is that of ``centers[i]``)
+    balls: Balls
     hops: int  #: each occlusion removes the ``hops``-hop ball of its nucleus
+    centers: np.ndarray  #: (n,) int64, the nuclei whose balls ``balls`` holds
 
     @classmethod
-    def build(cls, src: np.ndarray, dst: np.ndarray, efeat: np.ndarray, *, hops: int, n_nodes: int) -> GraphIndex:
+    def build(cls, src: np.ndarray, dst: np.ndarray, efeat: np.ndarray, *, hops: int, n_nodes: int,
+              centers: np.ndarray | None = None) -> GraphIndex:
         """From the edges ``src -> dst`` of a graph of ``n_nodes`` nuclei and their channels ``efeat``
-        ``(E, L)``."""
-        order = np.argsort(src, kind="stable")
-        edges = OutEdges(np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n_nodes))]), dst[order], order)
+        ``(E, L)``, with the balls of ``centers`` (default: every nucleus)."""
+        edges = out_edges(src, dst, n_nodes)
         efeat_by_channel = np.ascontiguousarray(efeat.T)
         nonzero = efeat_by_channel.T != 0
+        index = cls(edges, efeat_by_channel, nonzero, nonzero.sum(0), Balls(*(np.zeros(1, np.int64),) * 3), hops,
+                    np.zeros(0, np.int64))
+        return index.for_centers(np.arange(n_nodes, dtype=np.int64) if centers is None else centers)
+
+    def for_centers(self, centers: np.ndarray) -> GraphIndex:
+        """This index with the balls of ``centers`` (one window's nuclei) in place of its own."""
+        centers = np.asarray(centers, dtype=np.int64)
         # the rows whose values change: VConv1, VConv2 and the assignment convolution each reach one hop
         # further than the removed ball
-        balls = ball_lists(edges.indptr, edges.dst, hops + 3)
-        return cls(edges, efeat_by_channel, nonzero, nonzero.sum(0), balls, hops)
+        return replace(self, balls=ball_lists(self.edges.indptr, self.edges.dst, self.hops + 3, centers),
+                       centers=centers)
 
     @property
     def n_nodes(self) -> int:
         return self.edges.indptr.size - 1
 
     def ball_sizes(self) -> np.ndarray:
-        """``(N,)`` rows of each nucleus's occlusion."""
+        """``(n,)`` rows of each center's occlusion."""
         return np.diff(self.balls.start)
 
 
@@ -157,9 +167,11 @@ class BatchRows:
         return self.centers.size
 
     @classmethod
-    def build(cls, centers: np.ndarray, index: GraphIndex, scratch: np.ndarray) -> BatchRows:
-        """The rows of the occlusions of ``centers``; ``scratch`` ``(N,)`` holds -1 (one per thread)."""
-        rows = batch_rows(centers, index.balls, index.edges, index.efeat, hops=index.hops, scratch=scratch)
+    def build(cls, positions: np.ndarray, index: GraphIndex, scratch: np.ndarray) -> BatchRows:
+        """The rows of the occlusions of ``index.centers[positions]``; ``scratch`` ``(N,)`` holds -1 (one
+        per thread)."""
+        centers = index.centers[positions]
+        rows = batch_rows(positions, index.balls, index.edges, index.efeat, hops=index.hops, scratch=scratch)
         b, n = centers.size, index.n_nodes
         n_removed, n_vconv1, n_vconv2, n_rows = (int(v) for v in rows.level_end[index.hops:])
         n_ch = rows.vals.shape[0]

@@ -296,6 +296,11 @@ WRITE_SCORES = (
     "UNWIND $rows AS row "
     "MATCH (n:Nucleus {uid: row[0]}) SET n[$property] = row[1]"
 )
+# A slide's scores go in over several transactions: until the last, its segmentation is not explained
+# (a run killed part-way leaves it to be explained again, not a mix of two runs' scores).
+UNMARK_EXPLAINED = (
+    "MATCH (:Explanation {key: $key})-[r:EXPLAINS]->(:Segmentation {key: $segmentation}) DELETE r"
+)
 # The image's segmentation is now explained, and the image is no longer stale.
 MARK_EXPLAINED = (
     "MATCH (e:Explanation {key: $key}), (s:Segmentation {key: $segmentation}) "

@@ -224,6 +224,54 @@ def save_scores(
     return prop
 
 
+class ScoreWriter:
+    """Write one image's per-nucleus scores in several transactions, as a slide's windows are scored.
+
+    Opening records the explanation (as :func:`save_scores`) and takes the image's segmentation off its
+    explained list; :meth:`write` writes a window's scores in one transaction (``UNWIND`` batches of
+    ``db.batch_size``); :meth:`finish` marks the segmentation explained. A run stopped before
+    :meth:`finish` leaves the image unexplained, so the next ``explain`` scores it again.
+
+    Parameters
+    ----------
+    db : GraphDB
+    run_id, method, hops, segmentation, output
+        As for :func:`save_scores`.
+
+    Examples
+    --------
+    >>> writer = ScoreWriter(db, run_id=run, method="occlusion", hops=1, segmentation=seg)  # doctest: +SKIP
+    >>> for nodes, scores in windows:  # doctest: +SKIP
+    ...     writer.write(nids[nodes], scores)
+    >>> writer.finish()  # doctest: +SKIP
+    """
+
+    def __init__(self, db: GraphDB, *, run_id: str, method: str, hops: int | None, segmentation: str,
+                 output: str = "logodds") -> None:
+        self.db, self.segmentation = db, segmentation
+        self.property = score_property(run_id, method, hops, output=output)
+        self.key = explanation_key(run_id, method, hops, output=output)
+        occ = method == "occlusion"
+        db.write(q.MERGE_EXPLANATION, run_id=run_id, key=self.key, method=method, hops=hops if occ else None,
+                 output=output if occ else None, property=self.property)
+        db.write(q.UNMARK_EXPLAINED, key=self.key, segmentation=segmentation)
+
+    def write(self, nids, scores) -> None:
+        """Write the scores of the nuclei ``nids`` (aligned) in one transaction."""
+        rows = [[f"{self.segmentation}:{int(n)}", float(v)] for n, v in zip(nids, scores, strict=True)]
+
+        def work(tx: neo4j.ManagedTransaction) -> None:
+            for chunk in chunks(rows, self.db.batch_size):
+                tx.run(q.WRITE_SCORES, rows=chunk, property=self.property).consume()
+
+        self.db.write_transaction(work)
+
+    def finish(self) -> str:
+        """Mark the segmentation explained; returns the property name."""
+        self.db.write(q.MARK_EXPLAINED, key=self.key, segmentation=self.segmentation)
+        return self.property
+
+
 def explained_images(db: GraphDB, key: str, image_ids: list[str]) -> list[str]:
     """The images of ``image_ids`` whose nuclei, in the segmentation the run's cohort uses now, all
     hold finite scores of the explanation ``key``.

@@ -664,9 +664,12 @@ def read_graphs(
     for chunk in chunks(list(image_ids), batch):
         records = db.read_transaction(lambda tx, c=chunk: list(tx.run(q.READ_GRAPHS, cohort=cohort, ids=c)))
         by_id = {r["id"]: r for r in records}
+        del records
         for image_id in chunk:
             if image_id in by_id:
-                yield _as_arrays(by_id[image_id])
+                # popped: a record's lists (a slide's: a gigabyte of Python objects) are not kept alive
+                # while the caller works on its arrays
+                yield _as_arrays(by_id.pop(image_id))
 
 
 def _as_arrays(r) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from nucleograph.gnn.data import check_one_feature_set, check_test_split, graph_
 from nucleograph.gnn.graph_cache import read_cache, write_cache
 from nucleograph.gnn.interrupt import Terminated, TrainingInterrupted
 from nucleograph.gnn.models import DEFAULT_MODEL, RSFNet
+from nucleograph.gnn.occlusion.windows import WINDOW_NUCLEI
 from nucleograph.gnn.run_record import record_finish, record_start, record_stop, resumed_params
 from nucleograph.gnn.slides import AUTO, RoiParams, load_rois, resolve_roi, to_slides
 from nucleograph.gnn.train import TrainConfig, TrainResult, kfold, train_model
@@ -359,7 +361,7 @@ def load_run_models(db: GraphDB, settings: Settings, run_id: str) -> tuple[dict[
 def explain_run(
     db: GraphDB, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
     image_ids: list[str] | None = None, target: int | None = None, force: bool = False, progress: bool = False,
-    output: str = "logodds", client=None,
+    output: str = "logodds", client=None, window: int = WINDOW_NUCLEI,
 ) -> dict[str, Any]:
     """Score every nucleus of the run's images (or ``image_ids``) and write the scores to Neo4j.
 
@@ -394,6 +396,10 @@ def explain_run(
         A Dask cluster's client (:func:`nucleograph.cluster.connect`): each image is a task that reads its
         graph, scores it and writes its scores (a rerun after a lost worker writes the same scores again).
         The run's models travel to the workers with the task's resources: no shared checkpoint folder.
+    window : int
+        Nuclei per window of occlusion: an image with more (a slide) is scored and its scores written
+        window by window, each window in its own transaction, the image marked explained after the last
+        (:func:`nucleograph.gnn.explain.occlusion_windows`, :class:`nucleograph.db.runs.ScoreWriter`).
 
     Returns
     -------
@@ -430,14 +436,14 @@ def explain_run(
     fold_of = {p["image_id"]: p.get("fold", 0) for p in db_runs.predictions(db, run_id)}
     done, skipped = [], []
     t0 = time.perf_counter()
-    job = _ExplainJob("", run["cohort"], run_id, method, hops, target, output)
+    job = _ExplainJob("", run["cohort"], run_id, method, hops, target, output, window)
     with progress_bar(total=len(todo), desc=f"explain {run_id} {method}", unit="image", enabled=progress) as bar:
         if client is not None:
             _explain_on_cluster(client, settings, job, models, todo, fold_of, bar, done, skipped)
         else:
             for g in store.read_graphs(db, run["cohort"], todo):
+                _count(g["id"], job.explain(db, g, models, fold_of, bar), done, skipped)
                 bar.update(1)
-                _count(g["id"], job.explain(db, g, models, fold_of), done, skipped)
     occ = method == "occlusion"
     return {"run_id": run_id, "method": method, "hops": hops if occ else None, "output": output if occ else None,
             "property": db_runs.score_property(run_id, method, hops, output=output), "images": len(done),
@@ -456,18 +462,38 @@ class _ExplainJob:
     hops: int
     target: int | None
     output: str
+    window: int = WINDOW_NUCLEI
 
-    def explain(self, db: GraphDB, g: dict[str, Any], models: list, fold_of: dict[str, int]) -> dict[str, str] | None:
+    def explain(self, db: GraphDB, g: dict[str, Any], models: list, fold_of: dict[str, int],
+                bar=None) -> dict[str, str] | None:
         """Score one image's graph (``read_graphs`` arrays) with its fold's model and write the scores;
-        the reason when it is skipped."""
+        the reason when it is skipped. An image of several windows (a slide) is scored and written window
+        by window (:func:`explain_windows`, :class:`nucleograph.db.runs.ScoreWriter`), its nuclei counted on
+        ``bar``'s postfix."""
         if len(g["nids"]) == 0:
             return {"image_id": g["id"], "reason": "no nuclei"}
         model = models[min(int(fold_of.get(g["id"], 0) or 0), len(models) - 1)]
-        scores = explain_graph(self.method, model, graph_from_arrays(g), hops=self.hops, target=self.target,
-                               output=self.output)
-        scores = _finite_scores(scores, run_id=self.run_id, method=self.method, image_id=g["id"])
-        db_runs.save_scores(db, run_id=self.run_id, method=self.method, hops=self.hops, segmentation=g["segmentation"],
-                            nids=g["nids"], scores=scores, output=self.output)
+        parts = explain_windows(self.method, model, graph_from_arrays(g), hops=self.hops, target=self.target,
+                                output=self.output, window=self.window)
+        nodes, scores = next(parts)
+        if nodes.size == len(g["nids"]):  # one window: one transaction, as always
+            scores = _finite_scores(scores[np.argsort(nodes)], run_id=self.run_id, method=self.method,
+                                    image_id=g["id"])
+            db_runs.save_scores(db, run_id=self.run_id, method=self.method, hops=self.hops,
+                                segmentation=g["segmentation"], nids=g["nids"], scores=scores, output=self.output)
+            return None
+        writer = db_runs.ScoreWriter(db, run_id=self.run_id, method=self.method, hops=self.hops,
+                                     segmentation=g["segmentation"], output=self.output)
+        done = 0
+        while nodes is not None:
+            writer.write(g["nids"][nodes], _finite_scores(scores, run_id=self.run_id, method=self.method,
+                                                          image_id=g["id"]))
+            done += nodes.size
+            if bar is not None:
+                bar.set_postfix(nuclei=f"{done}/{len(g['nids'])} of {g['id']}")
+                bar.refresh()
+            nodes, scores = next(parts, (None, None))
+        writer.finish()
         return None
 
 
@@ -552,6 +578,20 @@ def explain_graph(method: str, model, graph, *, hops: int, target: int | None, o
         if method == "attention":
             return attention_scores(model, graph)
         return occlusion(model, graph, hops=hops, target=target, output=output)
+
+
+def explain_windows(method: str, model, graph, *, hops: int, target: int | None, output: str,
+                    window: int = WINDOW_NUCLEI) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`explain_graph` window by window: ``(nodes, scores)`` per window of ``window`` nuclei, so that
+    a slide's scores are written back while the rest are computed. Occlusion goes window by window
+    (:func:`nucleograph.gnn.explain.occlusion_windows`); the other methods give one window, every nucleus
+    (attention is computed window by window inside, the gradient methods need the whole graph)."""
+    from nucleograph.gnn.explain import occlusion_windows  # see explain_graph
+
+    if method == "occlusion":
+        yield from occlusion_windows(model, graph, hops=hops, target=target, output=output, window=window)
+        return
+    yield np.arange(graph.num_nodes()), explain_graph(method, model, graph, hops=hops, target=target, output=output)
 
 
 def _images_to_explain(db: GraphDB, run: dict[str, Any], image_ids: list[str] | None) -> list[str]:

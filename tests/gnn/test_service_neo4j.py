@@ -142,14 +142,15 @@ def test_non_finite_scores_are_never_stored(cohort, attention_run, test_environ,
 
     run_id = attention_run["run_id"]
     first = store.cohort_images(graphdb, cohort)[0]["id"]
-    real = explain.occlusion
+    real = explain.occlusion_windows
 
-    def with_nan(model, graph, **kwargs):
-        scores = np.array(real(model, graph, **kwargs), dtype=float)
-        scores[:3] = np.nan
-        return scores
+    def with_nan(model, graph, **kwargs):  # the service writes scores as occlusion's windows come
+        for nodes, scores in real(model, graph, **kwargs):
+            scores = np.array(scores, dtype=float)
+            scores[:3] = np.nan
+            yield nodes, scores
 
-    monkeypatch.setattr(explain, "occlusion", with_nan)
+    monkeypatch.setattr(explain, "occlusion_windows", with_nan)
     assert main(["explain", "--run", run_id, "--hops", "3", "--image", first]) == 1
     err = capsys.readouterr().err
     assert f"run {run_id}" in err and f"image {first}" in err and "not finite for 3 of" in err

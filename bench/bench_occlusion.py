@@ -80,9 +80,8 @@ def operation_counts(model, g, hops: int) -> tuple[float, float]:
     """Multiply-adds of the naive loop and of the fast path, counted on ``g``'s actual balls.
 
     Fast, per occlusion: VConv1, VConv2 and the assignment convolution on the kept rows they change,
-    weights first (``W_0`` and the ``L`` edge weights on the changed input rows, the removed rows'
-    projections looked up from a table computed once per image, counted once), the pooling products
-    over the ball and the head. Naive: one forward pass over the remaining nuclei (aggregation on the
+    weights first (``W_0`` and the ``L`` edge weights on the changed input rows, the ``L`` edge weights on
+    the removed rows), the pooling products over the ball and the head. Naive: one forward pass over the remaining nuclei (aggregation on the
     narrower side) and the head. Batch norm, softmax and element-wise work are left out on both sides,
     and so are RSF+Edge's edge convolutions and RSF+Attention's gate (the same work per occlusion on both
     sides).
@@ -102,15 +101,15 @@ def operation_counts(model, g, hops: int) -> tuple[float, float]:
     src, dst = (t.numpy() for t in g.edges())
     n = g.num_nodes()
     dist = dijkstra(csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), unweighted=True, limit=hops + 3.5)
-    fast = float(n * L * (f0 * c1 + c1 * c2 + c2 * K))  # the removed rows' projections, once per image
-    naive = 0.0
+    fast, naive = 0.0, 0.0
     for d in dist:
         ds, dd = d[src], d[dst]  # directed edge src -> dst; symmetric graph: in-edges of dst
         n_rem, n1, n2, n3 = ((d <= hops + k).sum() for k in range(4))
         kept = dd > hops
         e0, e1, e2 = ((kept & (dd <= hops + k + 1) & (ds <= hops + k)).sum() for k in range(3))
         e3 = ((dd <= hops + 3) & (ds <= hops + 3)).sum()
-        fast += (e0 * c1 * L + (n1 - n_rem) * c1 * c2 * (L + 1) + e1 * c2 * L
+        fast += (n_rem * L * (f0 * c1 + c1 * c2 + c2 * K)  # the removed rows' projections
+                 + e0 * c1 * L + (n1 - n_rem) * c1 * c2 * (L + 1) + e1 * c2 * L
                  + (n2 - n_rem) * c2 * K * (L + 1) + e2 * K * L
                  + n3 * K * (c2 + L * K) + e3 * K * L + (n2 - n_rem) * K * c2 + head)
         m, e = n - n_rem, ((ds > hops) & (dd > hops)).sum()

@@ -510,6 +510,10 @@ def _worker_models(models: list) -> list:
     return models
 
 
+#: How many times a failed explain task is run again on a cluster (see :func:`_explain_on_cluster`).
+TASK_RETRIES = 1
+
+
 def _explain_task(job: _ExplainJob, image_id: str, fold_of: dict[str, int]) -> tuple[str, dict[str, str] | None] | None:
     """One image on a Dask worker: ``(image_id, skip reason or None)``; None when it is not stored (any more)."""
     from nucleograph import cluster  # see _explain_on_cluster
@@ -534,8 +538,13 @@ def _explain_on_cluster(
     factories = {"db": GraphDB.opener(settings), "models": functools.partial(_worker_models, models)}
     with cluster.worker_resources(client, factories) as name:
         job = dataclasses.replace(job, resources=name)
+        # retries: a task whose read or write fails (a connection of the worker's driver broken mid-read:
+        # seen once in CI as the driver's BufferError on a loaded machine) runs once more, on whichever
+        # worker is free; a task is idempotent (scores set, then the image marked). An error of the
+        # model's (a non-finite score) fails twice and stops the run below.
         futures = [client.submit(_explain_task, job, image_id, {image_id: fold_of.get(image_id, 0)},
-                                 key=f"explain-image-{token}-{n}") for n, image_id in enumerate(todo)]
+                                 key=f"explain-image-{token}-{n}", retries=TASK_RETRIES)
+                   for n, image_id in enumerate(todo)]
         try:
             for future in as_completed(futures):
                 out = future.result()

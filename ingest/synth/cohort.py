@@ -37,6 +37,21 @@ def image_seed(seed: int, task: str, label: str, k: int) -> np.random.SeedSequen
     return np.random.SeedSequence([seed, sorted(TASKS).index(task), TASKS[task].index(label), k])
 
 
+def check_cohort_args(task: str, n_per_class: int, seed: int) -> None:
+    """Check a cohort's task, images per class and seed (:func:`synthesize_cohort`, ``synth --slide``).
+
+    Raises
+    ------
+    ValueError
+        An unknown task, ``n_per_class`` not an integer >= 1, or ``seed`` not a non-negative integer.
+    """
+    check_task(task)
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
+        raise ValueError(f"n_per_class must be an integer >= 1, got {n_per_class!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def _patient(task: str, label: str, k: int) -> str:
     # alternate patients with 3 and 2 images so grouped splits have something to group
     block, pos = divmod(k, 5)
@@ -84,11 +99,7 @@ def synthesize_cohort(
     pathlib.Path
         Path of ``manifest.csv``.
     """
-    check_task(task)
-    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-        raise ValueError(f"n_per_class must be an integer >= 1, got {n_per_class!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_cohort_args(task, n_per_class, seed)
     resolve_size(task, size)
     out = pathlib.Path(out_dir)
     jobs = [(label, k) for label in TASKS[task] for k in range(n_per_class)]

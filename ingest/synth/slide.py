@@ -38,7 +38,7 @@ import pandas as pd
 import tifffile
 
 from nucleograph.ingest.synth._render import _smooth_noise
-from nucleograph.ingest.synth.cohort import image_seed
+from nucleograph.ingest.synth.cohort import check_cohort_args, image_seed
 from nucleograph.ingest.synth.tasks import (
     DEFAULT_SIZE,
     MANIFEST_COLUMNS,
@@ -47,7 +47,6 @@ from nucleograph.ingest.synth.tasks import (
     NUCLEI_COLUMNS,
     TASKS,
     check_label,
-    check_task,
 )
 from nucleograph.ingest.synth.tile import synthesize_image
 from nucleograph.progress import progress as progress_bar
@@ -612,11 +611,7 @@ def synthesize_slide_cohort(
     pathlib.Path
         Path of ``manifest.csv``.
     """
-    check_task(task)
-    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-        raise ValueError(f"n_per_class must be an integer >= 1, got {n_per_class!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_cohort_args(task, n_per_class, seed)
     _check_size(size)
     out = pathlib.Path(out_dir)
     rows = []

@@ -329,8 +329,10 @@ def batch_rows(centers: np.ndarray, balls: Balls, edges: OutEdges, efeat: np.nda
 def layer_csr(ptr, cols, vals, below, row_lo, row_hi, n_in):
     """One CSR matrix for all edge channels of a node convolution's sparse product: rows
     ``row_lo:row_hi`` of :func:`batch_rows`' in-edges, columns ``< n_in`` (the first ``below[r]`` edges of
-    row ``r``), channel ``l``'s entries in column block ``l`` (column ``l * n_in + col``). Times the
-    projections stacked by channel, ``(L n_in, O)``, it sums ``sum_l A_l P_l`` in one product."""
+    row ``r``), channel ``l``'s entry of column ``col`` at column ``col L + l``, negated where ``col <
+    row_lo`` (a removed row: its change of ``V W_l`` is ``-V W_l``). Times every input row's projections
+    ``V W_l`` side by side, ``(n_in, L O)`` viewed as ``(n_in L, O)`` (one product with the weights of all
+    channels), it sums ``sum_l A_l P_l`` in one product."""
     n_ch = vals.shape[0]
     n_out = row_hi - row_lo
     new_ptr = np.empty(n_out + 1, np.int32)
@@ -344,8 +346,9 @@ def layer_csr(ptr, cols, vals, below, row_lo, row_hi, n_in):
         at = new_ptr[r]
         for ch in range(n_ch):
             for q in range(m):
-                new_cols[at + q] = ch * n_in + cols[lo + q]
-                new_vals[at + q] = vals[ch, lo + q]
+                col = cols[lo + q]
+                new_cols[at + q] = col * n_ch + ch
+                new_vals[at + q] = -vals[ch, lo + q] if col < row_lo else vals[ch, lo + q]
             at += m
     return new_ptr, new_cols, new_vals
 
@@ -373,39 +376,6 @@ def padded_csr(ptr, cols, vals, flat, n_pad):
 
 
 @numba.njit(cache=True, nogil=True)
-def row_blocks(ptr, cols, vals, blocks, block_rows):
-    """The CSR rows of the row blocks ``blocks`` (block ``i`` is rows ``i * block_rows`` up to the next
-    block), stacked in that order, their values as float64: ``(ptr, cols, vals (L, E'))``."""
-    n_out = blocks.size * block_rows
-    new_ptr = np.zeros(n_out + 1, np.int32)
-    for i in range(blocks.size):
-        lo = blocks[i] * block_rows
-        for r in range(block_rows):
-            new_ptr[i * block_rows + r + 1] = new_ptr[i * block_rows + r] + ptr[lo + r + 1] - ptr[lo + r]
-    new_cols = np.empty(new_ptr[n_out], np.int32)
-    new_vals = np.empty((vals.shape[0], new_ptr[n_out]), np.float64)
-    for i in range(blocks.size):
-        lo, at = ptr[blocks[i] * block_rows], new_ptr[i * block_rows]
-        for e in range(ptr[(blocks[i] + 1) * block_rows] - lo):
-            new_cols[at + e] = cols[lo + e]
-            for ch in range(vals.shape[0]):
-                new_vals[ch, at + e] = vals[ch, lo + e]
-    return new_ptr, new_cols, new_vals
-
-
-class AfreshRegion(NamedTuple):
-    """Around one occlusion's ball, what summing a cluster afresh reads besides the ball's rows
-    (:func:`afresh_region`, ``docs/occlusion.md`` "Precision tiers")."""
-
-    bnd_row: np.ndarray  #: (nb,) int64: the edges leaving the ball's last level: its row (position in ``ball``)
-    bnd_node: np.ndarray  #: (nb,) int64: ... the node outside the ball it reaches
-    bnd_eid: np.ndarray  #: (nb,) int64: ... its edge id
-    touched: np.ndarray  #: (nt,) int64: the blocks holding a ball node or a node next to the ball
-    x_node: np.ndarray  #: (nx,) int64: the nodes of the touched blocks outside the ball
-    x_next: np.ndarray  #: (nx,) bool: ... next to the ball (an edge into it)
-
-
-@numba.njit(cache=True, nogil=True)
 def _boundary_edges(ball, last_lo, indptr, dst, eid, stamp):
     """The edges from the ball's last level to nodes outside it (``stamp``: 0 on ball nodes); marks
     their far ends 1."""
@@ -430,7 +400,12 @@ def _boundary_edges(ball, last_lo, indptr, dst, eid, stamp):
 
 @numba.njit(cache=True, nogil=True)
 def _afresh_region(ball, last_lo, indptr, dst, eid, block_of, block_start, block_node, stamp):
-    # stamp: 0 for ball nodes, 1 for nodes next to the ball, -1 elsewhere (restored on return)
+    """Around one occlusion's ``ball`` (in level order, ``ball[last_lo:]`` its last level), what summing a
+    cluster afresh reads besides the ball's rows: the edges leaving the last level (``bnd_row``: the row,
+    a position in ``ball``; ``bnd_node``: the node outside it reached; ``bnd_eid``: the edge), the blocks
+    holding a ball node or a node next to the ball (``touched``), and those blocks' nodes outside the
+    ball (``x_node``; ``x_next``: next to the ball). ``stamp`` ``(N,)`` holds -1 on entry and on return."""
+    # stamp: 0 for ball nodes, 1 for nodes next to the ball, -1 elsewhere
     for v in ball:
         stamp[v] = 0
     bnd_row, bnd_node, bnd_eid = _boundary_edges(ball, last_lo, indptr, dst, eid, stamp)
@@ -457,28 +432,6 @@ def _afresh_region(ball, last_lo, indptr, dst, eid, block_of, block_start, block
     for u in bnd_node:
         stamp[u] = -1
     return bnd_row, bnd_node, bnd_eid, touched, x_node[:nx].copy(), x_next[:nx].copy()
-
-
-def afresh_region(ball: np.ndarray, last_lo: int, edges: OutEdges, blocks, scratch: np.ndarray) -> AfreshRegion:
-    """What summing a cluster afresh for one occlusion reads outside its ball's rows.
-
-    Parameters
-    ----------
-    ball : np.ndarray, shape (M,)
-        The occlusion's ball (``hops + 3`` hops), in level order; ``ball[last_lo:]`` is its last level.
-    edges : OutEdges
-        The graph's out-edges (on a symmetric graph also its in-edges).
-    blocks : Windows
-        The image's blocks (:class:`nucleograph.gnn.occlusion.windows.Windows`).
-    scratch : np.ndarray, shape (N,), int64
-        Holds -1 on entry and on return.
-
-    Returns
-    -------
-    AfreshRegion
-    """
-    return AfreshRegion(*_afresh_region(ball, last_lo, edges.indptr, edges.dst, edges.eid, blocks.of_node,
-                                        blocks.start, blocks.node, scratch))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -524,6 +477,15 @@ def _ae_row(v, next_to_ball, any_far, indptr, dst, eid, efeat, z, e, ae, own, sc
 
 @numba.njit(cache=True, nogil=True)
 def _outside_pool(x_node, x_next, ball, indptr, dst, eid, efeat, z, e, h, ae, own, scale, cl, top, far, stamp):
+    """The afresh clusters' pooling sums over the touched blocks' nuclei outside the ball (``x_node``,
+    ``x_next``: :func:`_afresh_region`), in one pass over them: ``den`` ``(s,)``, ``num`` ``(s, F2)`` and rows
+    of ``adj`` ``(s, L K)``, each cluster ``cl[j]`` at its own shift ``top[j]``.
+
+    A nucleus's ``A_l E''`` (columns at the shifts ``own``) is its cached ``ae`` ``(N, L K)`` (at the image's
+    shift, from the numerators ``e`` ``(N, K)``) times ``scale`` ``(K,)``; next to the ball it is summed over
+    its edges to nuclei outside the ball; in the clusters ``far`` ``(K,)`` bool, too far below the image's
+    shift to be rescaled, it is summed from the logits ``z``. ``h`` ``(N, F2)`` float64 node states;
+    ``stamp`` ``(N,)`` int64 holds -1."""
     s, f2, width = cl.size, h.shape[1], ae.shape[1]
     den = np.zeros(s)
     num = np.zeros((s, f2))
@@ -555,22 +517,6 @@ def _outside_pool(x_node, x_next, ball, indptr, dst, eid, efeat, z, e, h, ae, ow
     return den, num, adj
 
 
-def outside_pool(region, ball: np.ndarray, edges: OutEdges, efeat: np.ndarray, z: np.ndarray, e: np.ndarray,
-                 h: np.ndarray, ae: np.ndarray, own: np.ndarray, scale: np.ndarray, cl: np.ndarray, top: np.ndarray,
-                 far: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The afresh clusters' pooling sums over the touched blocks' nuclei outside the ball (``region``,
-    :class:`AfreshRegion`), in one pass over them: ``den`` ``(s,)``, ``num`` ``(s, F2)`` and rows of ``adj``
-    ``(s, L K)``, each cluster ``cl[j]`` at its own shift ``top[j]``.
-
-    A nucleus's ``A_l E''`` (columns at the shifts ``own``) is its cached ``ae`` ``(N, L K)`` (at the image's
-    shift, from the numerators ``e`` ``(N, K)``) times ``scale`` ``(K,)``; next to the ball it is summed over
-    its edges to nuclei outside the ball; in the clusters ``far`` ``(K,)`` bool, too far below the image's
-    shift to be rescaled, it is summed from the logits ``z``. ``h`` ``(N, F2)`` float64 node states;
-    ``scratch`` ``(N,)`` int64 holds -1."""
-    return _outside_pool(region.x_node, region.x_next, ball, edges.indptr, edges.dst, edges.eid, efeat, z, e, h,
-                         ae, own, scale, cl, top, far, scratch)
-
-
 @numba.njit(cache=True, nogil=True)
 def _block_neighbour_sums(nodes, indptr, dst, eid, efeat, z, scratch):
     k = z.shape[1]
@@ -595,22 +541,6 @@ def block_neighbour_sums(nodes: np.ndarray, edges: OutEdges, efeat: np.ndarray, 
 
 
 @numba.njit(cache=True, nogil=True)
-def csr_rows_times(ptr, cols, vals, x, lo, hi):
-    """``(hi - lo, L K)``: rows ``lo:hi`` of the CSR matrix ``ptr``/``cols``/``vals`` ``(L, E)`` times ``x``
-    ``(n, K)``, channel ``l`` in column block ``l``."""
-    n_ch, k = vals.shape[0], x.shape[1]
-    out = np.zeros((hi - lo, n_ch * k))
-    for r in range(lo, hi):
-        for q in range(ptr[r], ptr[r + 1]):
-            c = cols[q]
-            for ch in range(n_ch):
-                w = vals[ch, q]
-                for j in range(k):
-                    out[r - lo, ch * k + j] += w * x[c, j]
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
 def boundary_sums(bnd_row, bnd_node, bnd_eid, n_rows, efeat, z, e, own, scale, far):
     """``(n_rows, L, K)``: per row of the ball's last level (``bnd_row``: its edges' rows, from 0), the sum
     over its edges to nodes outside the ball of ``a_l E''_u``, each column at the shift ``own`` (the
@@ -624,3 +554,238 @@ def boundary_sums(bnd_row, bnd_node, bnd_eid, n_rows, efeat, z, e, own, scale, f
             for ch in range(n_ch):
                 out[r, ch, c] += np.float64(efeat[ch, ed]) * x
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows_of_occlusions(occ, b):
+    """Each occlusion's rows, ascending: ``order[start[o]:start[o + 1]]`` for occlusion ``o``."""
+    start = np.zeros(b + 1, np.int64)
+    for r in range(occ.size):
+        start[occ[r] + 1] += 1
+    for o in range(b):
+        start[o + 1] += start[o]
+    at = start[:b].copy()
+    order = np.empty(occ.size, np.int64)
+    for r in range(occ.size):
+        order[at[occ[r]]] = r
+        at[occ[r]] += 1
+    return start, order
+
+
+@numba.njit(cache=True, nogil=True)
+def _afresh_shifts(z_c, cl, x_node, z, untouched, zmax, shift):
+    """``top`` ``(s,)``: each afresh cluster's largest remaining logit ``m_k`` (over the kept rows' new
+    logits ``z_c``, the touched blocks' other nuclei and the untouched blocks' maxima), and ``own``
+    ``(K,)``: the image's shifts with the afresh clusters' replaced by theirs."""
+    top = np.full(cl.size, -np.inf)
+    for j in range(cl.size):
+        c = cl[j]
+        for q in range(z_c.shape[0]):
+            top[j] = max(top[j], z_c[q, c])
+        for v in x_node:
+            top[j] = max(top[j], z[v, c])
+        for bb in range(zmax.shape[0]):
+            if untouched[bb]:
+                top[j] = max(top[j], zmax[bb, c])
+    own = shift.copy()
+    for j in range(cl.size):
+        own[cl[j]] = top[j]
+    return top, own
+
+
+@numba.njit(cache=True, nogil=True)
+def _kept_sums(rows, nodes, n_rem_o, n_rem, n_v2, e_c, cl, h_new, tab, den, num):
+    """Adds the kept rows' ``E''_k`` and ``E''_k^T H'`` (``H'`` new where it changed) to ``den``, ``num``."""
+    for q in range(e_c.shape[0]):
+        r = rows[n_rem_o + q]
+        for j in range(cl.size):
+            w = e_c[q, cl[j]]
+            den[j] += w
+            if r < n_v2:
+                for f in range(num.shape[1]):
+                    num[j, f] += w * np.float64(h_new[r - n_rem, f])
+            else:
+                for f in range(num.shape[1]):
+                    num[j, f] += w * tab[nodes[n_rem_o + q], f]
+
+
+@numba.njit(cache=True, nogil=True)
+def _untouched_block_sums(untouched, cl, top, own, zmax, qmax, block_sums, den, num, adj):
+    """Adds the untouched blocks' sums, rescaled from their shifts ``r_b``/``q_b`` (at or below the ones
+    used here: every weight is at most 1), to ``den``, ``num``, ``adj``."""
+    n_ch, k, f2 = adj.shape[1], adj.shape[2], num.shape[1]
+    w_col = np.empty(k)
+    for bb in range(zmax.shape[0]):
+        if not untouched[bb]:
+            continue
+        for c in range(k):
+            w_col[c] = np.exp(min(qmax[bb, c] - own[c], 0.0))
+        for j in range(cl.size):
+            c = cl[j]
+            w_row = np.exp(min(zmax[bb, c] - top[j], 0.0))
+            part = block_sums[c, bb]
+            den[j] += w_row * part[0]
+            for f in range(f2):
+                num[j, f] += w_row * part[1 + f]
+            for ch in range(n_ch):
+                for c2 in range(k):
+                    adj[j, ch, c2] += w_row * w_col[c2] * part[1 + f2 + ch * k + c2]
+
+
+@numba.njit(cache=True, nogil=True)
+def _ball_edge_sums(rows, n_rem_o, last_lo, o, e_c, cl, p, pptr, pcols, pvals, width, adj):
+    """Adds to ``adj`` the afresh rows' ``E''_k^T A_l E''`` over the edges leaving the ball's last level
+    (U-C and C-U: ``p`` ``(n_last, L, K)`` from :func:`boundary_sums`) and over the ball's own edges between
+    kept rows (the occlusion's padded block of ``pptr``/``pcols``/``pvals``: padded row = position in ``rows``)."""
+    n_ch, k = adj.shape[1], adj.shape[2]
+    for q in range(p.shape[0]):
+        qc = last_lo - n_rem_o + q
+        for j in range(cl.size):
+            w = e_c[qc, cl[j]]
+            for ch in range(n_ch):
+                pj = p[q, ch, cl[j]]
+                for c in range(k):
+                    adj[j, ch, c] += e_c[qc, c] * pj + w * p[q, ch, c]
+    ae_row = np.empty((n_ch, k))
+    for q in range(n_rem_o, rows.size):
+        ae_row[:] = 0.0
+        pr = o * width + q
+        for ed in range(pptr[pr], pptr[pr + 1]):
+            pos = np.searchsorted(rows, pcols[ed])
+            if pos < n_rem_o:  # removed rows have E'' = 0
+                continue
+            for ch in range(n_ch):
+                v = np.float64(pvals[ch, ed])
+                for c in range(k):
+                    ae_row[ch, c] += v * e_c[pos - n_rem_o, c]
+        for j in range(cl.size):
+            w = e_c[q - n_rem_o, cl[j]]
+            for ch in range(n_ch):
+                for c in range(k):
+                    adj[j, ch, c] += w * ae_row[ch, c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _afresh_one(rows, cl, o, node, n_rem, n_v2, z_new, h_new, pptr, pcols, pvals, width, indptr, dst, eid, efeat,
+                z, e, tab, shift, block_of, block_start, block_node, zmax, qmax, block_sums, rescale_gap, stamp):
+    """:func:`afresh_sums` for occlusion ``o`` (its batch ``rows``, ascending) and its clusters ``cl``."""
+    k, f2, n_ch, s, m = z.shape[1], h_new.shape[1], efeat.shape[0], cl.size, rows.size
+    nodes = node[rows]
+    n_rem_o, last_lo = 0, 0
+    for q in range(m):
+        n_rem_o += rows[q] < n_rem
+        last_lo += rows[q] < n_v2
+    bnd_row, bnd_node, bnd_eid, touched, x_node, x_next = _afresh_region(
+        nodes, last_lo, indptr, dst, eid, block_of, block_start, block_node, stamp)
+    z_c = np.empty((m - n_rem_o, k))  # the kept rows C
+    for q in range(m - n_rem_o):
+        for c in range(k):
+            z_c[q, c] = z_new[rows[n_rem_o + q] - n_rem, c]
+    untouched = np.ones(zmax.shape[0], np.bool_)
+    for t in touched:
+        untouched[t] = False
+    top, own = _afresh_shifts(z_c, cl, x_node, z, untouched, zmax, shift)
+    e_c = np.exp(z_c - own)  # (n_C, K) E'' on the kept rows
+    den, num, adj = np.zeros(s), np.zeros((s, f2)), np.zeros((s, n_ch, k))
+    _kept_sums(rows, nodes, n_rem_o, n_rem, n_v2, e_c, cl, h_new, tab, den, num)
+    _untouched_block_sums(untouched, cl, top, own, zmax, qmax, block_sums, den, num, adj)
+    # the touched blocks' nuclei outside the ball, over their edges to nuclei outside it; the cached
+    # numerators rescaled to the afresh clusters' shifts, but where that would leave float64
+    gap = shift - own  # 0 but for the afresh clusters
+    far = gap > rescale_gap
+    scale = np.where(far, 0.0, np.exp(np.minimum(gap, rescale_gap)))
+    if x_node.size:
+        x_den, x_num, x_adj = _outside_pool(x_node, x_next, nodes, indptr, dst, eid, efeat, z, e, tab[:, :f2],
+                                            tab[:, f2:], own, scale, cl, top, far, stamp)
+        den += x_den
+        num += x_num
+        adj += x_adj.reshape(s, n_ch, k)
+    p = boundary_sums(bnd_row - last_lo, bnd_node, bnd_eid, m - last_lo, efeat, z, e, own, scale, far)
+    _ball_edge_sums(rows, n_rem_o, last_lo, o, e_c, cl, p, pptr, pcols, pvals, width, adj)
+    return den, num, adj
+
+
+@numba.njit(cache=True, nogil=True)
+def afresh_sums(sel, clusters, n_marked, b, occ, node, n_rem, n_v2, z_new, h_new, pptr, pcols, pvals, width,
+                indptr, dst, eid, efeat, z, e, tab, shift, block_of, block_start, block_node, zmax, qmax, block_sums,
+                rescale_gap, stamp):
+    """The afresh tier's sums of a batch's marked clusters (``docs/occlusion.md``, "Precision tiers"), in
+    float64, each cluster at its own softmax shift: for occlusion ``sel[i]`` and cluster
+    ``clusters[i, j]`` (``j < n_marked[i]``; the rest repeat column 0, whose values they get), ``den``
+    ``(n, s)``, the row of ``num`` ``(n, s, F2)`` and the row of ``adj`` ``(n, s, L, K)``.
+
+    Per occlusion, over the nuclei it leaves unchanged by blocks: the untouched blocks from their sums
+    ``block_sums`` ``(K, n_blocks, 1 + F2 + L K)`` rescaled from their shifts ``zmax``/``qmax``
+    (:class:`nucleograph.gnn.occlusion.cache.BlockSums`), the touched blocks' other nuclei one by one
+    (:func:`_outside_pool`), the edges leaving the ball's last level (:func:`boundary_sums`); and the
+    ball's kept rows with their new logits ``z_new`` and states ``h_new`` (float32, rows ``n_rem:``) over
+    the ball's edges (``pptr``/``pcols``/``pvals``: the batch's padded in-edges, ``width`` rows per
+    occlusion). ``occ``/``node``: the batch's rows (``b`` occlusions), ``z``/``e``/``tab`` the image's
+    float64 logits, numerators and ``[H | A E]`` table, ``shift`` its fixed shifts; ``stamp`` ``(N,)``
+    int64 holds -1 on entry and on return.
+    """
+    n, s_max = clusters.shape
+    k, f2, n_ch = z.shape[1], h_new.shape[1], efeat.shape[0]
+    den, num, adj = np.zeros((n, s_max)), np.zeros((n, s_max, f2)), np.zeros((n, s_max, n_ch, k))
+    start, order = _rows_of_occlusions(occ, b)
+    for i in range(n):
+        o, s = sel[i], n_marked[i]
+        d, u, a = _afresh_one(order[start[o]:start[o + 1]], clusters[i, :s].copy(), o, node, n_rem, n_v2, z_new,
+                              h_new, pptr, pcols, pvals, width, indptr, dst, eid, efeat, z, e, tab, shift, block_of,
+                              block_start, block_node, zmax, qmax, block_sums, rescale_gap, stamp)
+        for j in range(s_max):
+            jj = j if j < s else 0
+            den[i, j] = d[jj]
+            num[i, j] = u[jj]
+            adj[i, j] = a[jj]
+    return den, num, adj
+
+
+@numba.njit(cache=True, nogil=True)
+def float64_rows(sel, clusters, n_marked, b, occ, node, de, pptr, pcols, pvals, width, tab, num0, adj0, extra):
+    """The float64 tier's sums of a batch's marked clusters (``docs/occlusion.md``, "Precision tiers"):
+    for occlusion ``sel[i]`` and cluster ``k = clusters[i, j]`` (``j < n_marked[i]``; the rest repeat column
+    0, whose values they get), row ``k`` of ``E'^T H`` less ``E'^T dH`` (``num`` ``(n, s, F2)``: ``num0[k] +
+    dE_k^T H + extra[o, k]``) and row ``k`` of ``E'^T A_l E'`` (``adj`` ``(n, s, L, K)``: ``adj0[k] +
+    dE_k^T (A_l E) + (A_l E_k + A_l dE_k)^T dE``), summed in float64 over the occlusion's ball rows.
+
+    ``occ``/``node``/``de`` ``(rows, K)``: the batch's rows (``b`` occlusions) and their ``dE``; ``pptr``/
+    ``pcols``/``pvals``: the rows' in-edges in the padded layout (``width`` rows per occlusion, padded row
+    = position among the occlusion's rows; columns are batch rows); ``tab`` ``(N + 1, F2 + L K)`` the
+    image's float64 ``[H | A E]``; ``num0``/``adj0`` the image's totals; ``extra`` ``(b, K, F2)`` float32
+    ``E'^T dH``, kept as the float32 tier computed it (it sums remaining mass only).
+    """
+    n, s_max = clusters.shape
+    k_all, f2, n_ch = de.shape[1], num0.shape[1], pvals.shape[0]
+    num = np.zeros((n, s_max, f2))
+    adj = np.zeros((n, s_max, n_ch, k_all))
+    start, order = _rows_of_occlusions(occ, b)
+    row = np.empty(tab.shape[1])
+    for i in range(n):
+        o = sel[i]
+        rows = order[start[o]:start[o + 1]]
+        ade = np.empty((rows.size, n_ch))
+        for j in range(n_marked[i]):
+            k = clusters[i, j]
+            row[:] = 0.0  # dE_k^T [H | A E]
+            for r in rows:
+                d = de[r, k]
+                for c in range(tab.shape[1]):
+                    row[c] += d * tab[node[r], c]
+            for q in range(rows.size):  # A_l dE_k over the ball's edges
+                ade[q, :] = 0.0
+                for ed in range(pptr[o * width + q], pptr[o * width + q + 1]):
+                    for ch in range(n_ch):
+                        ade[q, ch] += np.float64(pvals[ch, ed]) * de[pcols[ed], k]
+            for f in range(f2):
+                num[i, j, f] = num0[k, f] + row[f] + np.float64(extra[o, k, f])
+            for ch in range(n_ch):
+                for c in range(k_all):
+                    col = 0.0  # ((A_l E_k + A_l dE_k)^T dE)_c
+                    for q in range(rows.size):
+                        col += de[rows[q], c] * (tab[node[rows[q]], f2 + ch * k_all + k] + ade[q, ch])
+                    adj[i, j, ch, c] = adj0[k, ch, c] + row[f2 + ch * k_all + c] + col
+        for j in range(n_marked[i], s_max):
+            num[i, j] = num[i, 0]
+            adj[i, j] = adj[i, 0]
+    return num, adj

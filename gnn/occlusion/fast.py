@@ -71,13 +71,18 @@ def occlusion_rsf_windows(model: RSFNet, graph, *, hops: int, target: int | None
     centroids = graph.ndata[CENTROID].numpy() if CENTROID in graph.ndata else None
     windows = spatial_windows(centroids, n, size=window)
     blocks = spatial_windows(centroids, n, size=min(window, BLOCK_NUCLEI))
-    image = build_image_cache(model, graph, edges=index.edges, efeat=index.efeat, windows=windows, blocks=blocks)
-    # the model's own pass when the image is one window; a slide's from the cached float64 pooling sums
-    logits = model(graph) if len(windows) == 1 else image_logits(model, image)
+    with ThreadPoolExecutor(1) as pool:
+        # the first window's balls (compiled, free of the interpreter lock) meanwhile, if threads allow
+        first = pool.submit(index.for_centers, windows[0]) if threads > 1 else None
+        image = build_image_cache(model, graph, edges=index.edges, efeat=index.efeat, windows=windows,
+                                  blocks=blocks)
+        # the model's own pass when the image is one window; a slide's from the cached float64 pooling sums
+        logits = model(graph) if len(windows) == 1 else image_logits(model, image)
+        first = index.for_centers(windows[0]) if first is None else first.result()
     c = pick_target(torch.softmax(logits.double(), 1)[0].numpy(), target)
     v0 = target_values(logits, c, output)[0]
     for w in range(len(windows)):
-        local = index.for_centers(windows[w])
+        local = first if w == 0 else index.for_centers(windows[w])
         by_size = np.argsort(local.ball_sizes(), kind="stable")
         scores = np.empty(local.centers.size)
 
@@ -85,7 +90,9 @@ def occlusion_rsf_windows(model: RSFNet, graph, *, hops: int, target: int | None
             batch = BatchRows.build(positions, local, scratch)
             scores[positions] = v0 - _batch_values(model, image, batch, c, output, precision, scratch)
 
-        _each_batch(run, [by_size[lo:lo + batch_size] for lo in range(0, by_size.size, batch_size)], n, threads)
+        # the largest balls first: the threads then end on small batches, at nearly the same time
+        batches = [by_size[lo:lo + batch_size] for lo in range(0, by_size.size, batch_size)][::-1]
+        _each_batch(run, batches, n, threads)
         yield local.centers, scores
 
 
@@ -112,22 +119,21 @@ def _conv_update(conv, pre: torch.Tensor, *, removed_in: torch.Tensor, delta: to
     its own output is never computed (it leaves the graph).
 
     ``pre`` ``(n_out, O)`` the cached pre-activations of the rows to update, ``removed_in`` ``(n_removed, F)``,
-    ``delta`` ``(n_changed, F)`` or None, ``edges`` the layer's in-edges with channel ``l`` in column block
-    ``l`` (:attr:`BatchRows.conv_edges`).
+    ``delta`` ``(n_changed, F)`` or None, ``edges`` the layer's in-edges, channel ``l`` of input row ``i`` at
+    column ``i L + l`` and the removed rows' entries negated (:attr:`BatchRows.conv_edges`): the
+    projections of all ``L`` channels come from one product per part of the input, ``(n_in, L O)``.
     """
     w = conv.weight  # (L + 1, F, O)
-    n_rem, n_ch = removed_in.shape[0], 0 if delta is None else delta.shape[0]
+    n_rem, n_ch, n_out = removed_in.shape[0], 0 if delta is None else delta.shape[0], w.shape[2]
     if pre.shape[0] == 0:  # the whole graph removed
         return pre
-    proj = pre.new_empty(w.shape[0] - 1, n_rem + n_ch, w.shape[2])  # (L, n_in, O)
-    for ch in range(proj.shape[0]):
-        torch.matmul(removed_in, w[ch + 1], out=proj[ch, :n_rem])
-        if n_ch:
-            torch.matmul(delta, w[ch + 1], out=proj[ch, n_rem:])
-    proj[:, :n_rem].neg_()
+    w_edges = w[1:].transpose(0, 1).reshape(w.shape[1], -1)  # (F, L O): [W_1 | ... | W_L]
+    proj = pre.new_empty(n_rem + n_ch, w_edges.shape[1])
+    torch.matmul(removed_in, w_edges, out=proj[:n_rem])
     if n_ch:
+        torch.matmul(delta, w_edges, out=proj[n_rem:])
         pre[:n_ch].addmm_(delta, w[0])
-    return pre.addmm_(edges, proj.view(-1, proj.shape[2]))
+    return pre.addmm_(edges, proj.view(-1, n_out))
 
 
 def _batch_change(model: RSFNet, image: ImageCache, batch: BatchRows) -> BatchChange:

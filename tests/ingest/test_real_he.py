@@ -7,7 +7,8 @@ importing those packages. A test skips, naming the wheel, only when that wheel i
 * ``hgsc_nest``: 1500 x 1500 px high-grade serous carcinoma with 1,294 reference nuclei. The shipped
   U-Net trained on its rows y < 1000 (ingest/weights/train_unet_he.py); the targets are asserted
   on the held-out rows y >= 1000 (tumour nest, lymphocytes and stroma, about 420 nuclei).
-* ``hgsc_stroma``: ovarian stroma with 423 reference polygons, never trained on.
+* ``hgsc_stroma``: ovarian stroma with 423 reference polygons. The U-Net's second training stage saw
+  its rows y < 1000; scores are asserted on the held-out rows y >= 1000 (spindle nuclei, 159).
 * stardist ``histo.jpg`` and tiatoolbox ``target_image.png``: no reference; the detector must not
   flood them (call most of the tissue nucleus, as the synthetic-only U-Net did).
 """
@@ -30,7 +31,7 @@ from nucleograph.ingest.detect import (
     rasterize_polygons,
 )
 
-HOLDOUT_ROW = 1000  # ingest/weights/train_unet_he.py trained on the rows above
+HOLDOUT_ROW = 1000  # ingest/weights/train_unet_he.py trained on the rows above (both images)
 
 
 def _data_file(dist: str, path: str) -> Path:
@@ -113,16 +114,18 @@ def test_default_detector_on_whole_nest(nest):
     assert 0.8 <= s["count_ratio"] <= 1.25, s
 
 
-def test_default_detector_on_unseen_stroma(stroma):
-    # Below the issue's targets here (F1 0.64, AJI 0.41 in bench/RESULTS.md): thin spindle nuclei
+def test_default_detector_on_held_out_stroma(stroma):
+    # Still below the issue's F1 target here (held-out rows: F1 0.68, AJI 0.53 in bench/RESULTS.md;
+    # the weights before the stroma was trained on: F1 0.61, AJI 0.41, PQ 0.35): thin spindle nuclei
     # are found smaller than the reference outlines and some are missed or cut in two, and the
-    # reference itself misses some pale fibroblast nuclei. Asserted: better than the default before
-    # issue 14 (the watershed: F1 0.591, AJI 0.385, PQ 0.280, count ratio 1.39), and no flooding.
+    # reference itself misses some pale fibroblast nuclei. Asserted: above those earlier weights,
+    # and no flooding.
     _, true, labels = stroma
-    s = _scores(true, labels)
-    assert s["f1_6"] >= 0.61, s
-    assert s["aji"] >= 0.39, s
-    assert s["pq"] >= 0.33, s
+    held = np.s_[HOLDOUT_ROW:]
+    s = _scores(true[held], labels[held])
+    assert s["f1_6"] >= 0.65, s
+    assert s["aji"] >= 0.50, s
+    assert s["pq"] >= 0.42, s
     assert 0.8 <= s["count_ratio"] <= 1.3, s
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage as ndi
 
 from nucleograph.errors import InputError, ModelError
 from nucleograph.ingest.detect import detect_nuclei, match_centroids
@@ -12,6 +13,7 @@ from nucleograph.ingest.unet import (
     DEFAULT_WEIGHTS,
     SYNTHETIC_WEIGHTS,
     UNet,
+    _sample_batch,
     distance_target,
     load_unet,
     predict_maps,
@@ -205,3 +207,34 @@ def test_train_unet_scale_zoom_and_init(tmp_path):
             tmp_path / "img", tmp_path / "msk", out=tmp_path / "c.pt", patch=16, init=tmp_path / "a.pt",
             **(kw | {"width": 8}),
         )
+
+
+def test_stretch_augmentation_makes_round_nuclei_elongated(tmp_path):
+    # A grid of 8 x 8 square nuclei: with stretch 2 the patches show them up to 4x longer one way
+    # than the other (rows x a, columns / a); without stretch they stay square.
+    planes = torch.zeros((5, 256, 256))
+    for r in range(4, 256, 16):
+        for c in range(4, 256, 16):
+            planes[3, r : r + 8, c : c + 8] = 1.0
+
+    def aspects(stretch):
+        gen = torch.Generator().manual_seed(0)
+        batch = _sample_batch(
+            [planes], torch.ones(1), batch_size=8, patch=32, zoom=(1.0, 1.0), gen=gen, stretch=stretch
+        )
+        out = []
+        for fg in (batch[:, 3] > 0.5).numpy():
+            labels, _ = ndi.label(fg)
+            for sl in ndi.find_objects(labels):
+                rows, cols = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+                if sl[0].start > 0 and sl[1].start > 0 and sl[0].stop < 32 and sl[1].stop < 32:
+                    out.append(max(rows, cols) / min(rows, cols))
+        return np.array(out)
+
+    square = aspects(1.0)
+    assert square.size and np.all(square <= 1.3)
+    stretched = aspects(2.0)
+    assert stretched.max() > 2.0 and stretched.min() < 1.5
+    _write_pair(tmp_path / "img", tmp_path / "msk", "x1")
+    with pytest.raises(ValueError, match="stretch must be >= 1"):
+        train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "u.pt", patch=16, stretch=0.5)

@@ -17,6 +17,7 @@ st.set_page_config(page_title="nucleograph", page_icon=":material/biotech:", lay
 PAGES = [
     st.Page("views/cohorts.py", title="Cohorts", icon=":material/folder_open:", url_path="cohorts", default=True),
     st.Page("views/explorer.py", title="Image explorer", icon=":material/biotech:", url_path="explorer"),
+    st.Page("views/slides.py", title="Slide viewer", icon=":material/zoom_in_map:", url_path="slides"),
     st.Page("views/patterns.py", title="Cohort patterns", icon=":material/insights:", url_path="patterns"),
     st.Page("views/models.py", title="Models", icon=":material/model_training:", url_path="models"),
     st.Page("views/cypher.py", title="Cypher", icon=":material/terminal:", url_path="cypher"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,14 +25,16 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from nucleograph.config import Settings
+from nucleograph.dashboard.viewport import tiles_for
 from nucleograph.db import queries as q
+from nucleograph.db import store
 from nucleograph.db.console import run_cypher
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.db.records import ModelRunRecord, ingest_records, mark_dead_runs, open_engine
 from nucleograph.db.records import evaluations as evaluation_records
 from nucleograph.db.runs import explanation_title
 from nucleograph.errors import NucleographError
-from nucleograph.ingest.readers import read_image
+from nucleograph.ingest.readers import is_slide, open_slide, read_image, read_slide_tile
 
 TTL = 60  # seconds a listing stays cached: new ingests and runs show up within a minute
 TTL_IMAGE = 600  # one image's graph and pixels change only when it is re-ingested
@@ -306,6 +309,104 @@ def neighbours(reader: Reader, *, uid: str, prop: str | None) -> pd.DataFrame:
     """A nucleus's NEAR neighbours, nearest first, with distance, weight, size, stain and score."""
     rows = reader.db.read(q.DASH_NEIGHBOURS, uid=uid, property=prop)
     return pd.DataFrame(rows, columns=["nid", "dist", "weight", "area", "hematoxylin", "score"])
+
+
+# --- slides -----------------------------------------------------------------------------------------
+class _Slide:
+    """An open slide (or a plain image held in memory, as one level) shared by every session of the
+    server; reads go one at a time (a tiffslide handle is not documented as thread-safe)."""
+
+    def __init__(self, path: str):
+        self.path, self.lock = path, threading.Lock()
+        if is_slide(path):
+            self.slide, self.pixels = open_slide(path), None
+            self.dimensions = [tuple(map(int, d)) for d in self.slide.level_dimensions]
+            self.downsamples = [float(d) for d in self.slide.level_downsamples]
+        else:
+            self.slide, self.pixels = None, read_image(path)
+            self.dimensions = [(int(self.pixels.shape[1]), int(self.pixels.shape[0]))]
+            self.downsamples = [1.0]
+
+    def region(self, x0: int, y0: int, w: int, h: int, level: int) -> np.ndarray:
+        """``w`` x ``h`` pixels of ``level`` from its pixel (x0, y0) (level pixels)."""
+        if self.pixels is not None:
+            return self.pixels[y0:y0 + h, x0:x0 + w]
+        with self.lock:
+            return read_slide_tile(self.path, x0, y0, w, h, level=level, slide=self.slide)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _slide(path: str) -> _Slide:
+    return _Slide(path)
+
+
+def slide_levels(path: str) -> tuple[list[tuple[int, int]] | None, list[float] | str]:
+    """The slide's level sizes and downsamples (a plain image: one level), or (None, why) if unreadable."""
+    try:
+        src = _slide(path)
+    except NucleographError as exc:
+        return None, str(exc)
+    return src.dimensions, src.downsamples
+
+
+# Tiles are the unit of the cache (deep zoom): a pan re-reads only the tiles it uncovers. Kept as arrays,
+# shared, at most 256 of them (~200 MB of 512-px RGB tiles).
+@st.cache_resource(show_spinner=False, max_entries=256)
+def slide_tile(path: str, level: int, col: int, row: int, tile: int) -> np.ndarray:
+    """One ``tile``-px tile (column ``col``, row ``row``) of a slide's pyramid level, as RGB; edge tiles
+    are smaller."""
+    src = _slide(path)
+    w, h = src.dimensions[level]
+    x0, y0 = col * tile, row * tile
+    return np.ascontiguousarray(src.region(x0, y0, min(tile, w - x0), min(tile, h - y0), level))
+
+
+@st.cache_data(ttl=TTL_IMAGE, show_spinner=False, max_entries=64)
+def viewport_image(path: str, bounds: tuple[float, float, float, float], level: int, out_width: int,
+                   tile: int) -> str:
+    """The viewport's pixels as a JPEG data URI ``out_width`` pixels wide: the level's tiles that cover
+    it (:func:`slide_tile`), cropped and resized. Its size is set by ``out_width``, not by the slide."""
+    src = _slide(path)
+    down, (lw, lh) = src.downsamples[level], src.dimensions[level]
+    x0, y0, x1, y1 = (v / down for v in bounds)
+    keys = tiles_for(bounds, down, (lw, lh), tile=tile)
+    out_height = max(1, round(out_width * (y1 - y0) / (x1 - x0)))
+    canvas = Image.new("RGB", (out_width, out_height), (255, 255, 255))  # a view beside the slide: white
+    if keys:
+        c0, r0 = min(c for c, _ in keys), min(r for _, r in keys)
+        c1, r1 = max(c for c, _ in keys), max(r for _, r in keys)
+        mosaic = np.full(((r1 - r0 + 1) * tile, (c1 - c0 + 1) * tile, 3), 255, np.uint8)
+        for c, r in keys:
+            t = slide_tile(path, level, c, r, tile)
+            mosaic[(r - r0) * tile:(r - r0) * tile + t.shape[0], (c - c0) * tile:(c - c0) * tile + t.shape[1]] = t
+        ox, oy = c0 * tile, r0 * tile  # the mosaic's corner in level pixels
+        # the viewport's box in mosaic pixels; parts outside the slide stay white
+        box = (x0 - ox, y0 - oy, x1 - ox, y1 - oy)
+        canvas = Image.fromarray(mosaic).transform((out_width, out_height), Image.Transform.EXTENT, box,
+                                                   resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    buf = io.BytesIO()
+    canvas.save(buf, format="JPEG", quality=75)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@cached_read(ttl=TTL_IMAGE)
+def nucleus_grid(reader: Reader, *, cohort: str, image_id: str, prop: str | None, cell: int) -> dict[str, Any] | None:
+    """The image's nuclei and score sums per ``cell``-px cell (:func:`nucleograph.db.store.nucleus_grid`),
+    read once per image and score property; the slide viewer aggregates every zoomed-out view from it."""
+    return store.nucleus_grid(reader.db, cohort, image_id, cell=cell, score_property=prop)
+
+
+@cached_read(ttl=TTL_IMAGE)
+def score_scale(reader: Reader, *, cohort: str, image_id: str, prop: str) -> float | None:
+    """The 99th percentile of |score| over the image's nuclei: one colour scale for all its viewports."""
+    return store.score_scale(reader.db, cohort, image_id, prop)
+
+
+@cached_read()
+def viewport_nuclei(reader: Reader, *, cohort: str, image_id: str, prop: str | None,
+                    bounds: tuple[float, float, float, float], limit: int) -> pd.DataFrame:
+    """At most ``limit`` nuclei in the viewport ``bounds`` (point index): ``nid, x, y, area, score``."""
+    return pd.DataFrame(store.viewport_nuclei(reader.db, cohort, image_id, *bounds, score_property=prop, limit=limit))
 
 
 # --- cohort patterns --------------------------------------------------------------------------------

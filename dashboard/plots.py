@@ -135,6 +135,82 @@ def _image_axes(fig: go.Figure, width: float, height_px: float, height: int) -> 
                       plot_bgcolor="#222")
 
 
+def slide_view(
+    bounds: tuple[float, float, float, float], *, source: str | None, bins: dict | None = None,
+    nuclei: pd.DataFrame | None = None, colour: str = "density", scale: float | None = None,
+    colour_scale: str = "RdBu_r", screen_width: int = 1100, height: int = 720,
+) -> go.Figure:
+    """One viewport of a slide: its pixels, and its nuclei as bins (zoomed out) or points (zoomed in).
+
+    The axes span the viewport in level-0 pixels and are fixed (``fixedrange``): the browser never
+    zooms the figure itself; a drag draws a box (the page zooms to it), so every view is drawn by the
+    server from the pyramid and the point index.
+
+    Parameters
+    ----------
+    bounds : (x0, y0, x1, y1)
+        The viewport.
+    source : str or None
+        The viewport's pixels as a data URI (:func:`nucleograph.dashboard.data.viewport_image`).
+    bins : dict, optional
+        :func:`nucleograph.dashboard.viewport.aggregate`'s bins, drawn as a translucent heat map of
+        nuclei per bin (``colour="density"``) or of their mean score (``colour="score"``).
+    nuclei : DataFrame, optional
+        ``nid, x, y, area, score`` per nucleus, drawn as discs of the nucleus's size, coloured by score
+        (``colour="score"``) or a single colour.
+    colour : {"density", "score"}
+    scale : float, optional
+        The score that maps to the end of the colour scale (the slide's 99th percentile of |score|).
+    screen_width : int
+        About how many screen pixels the plot spans (sizes the discs).
+    """
+    x0, y0, x1, y1 = bounds
+    fig = go.Figure()
+    if source is not None:
+        fig.add_layout_image(source=source, xref="x", yref="y", x=x0, y=y0, sizex=x1 - x0, sizey=y1 - y0,
+                             sizing="stretch", layer="below")
+    limits = dict(zmin=-1.0, zmax=1.0, zmid=0.0) if colour == "score" else {}
+    if bins is not None and len(bins["x"]) and len(bins["y"]):
+        counts = bins["counts"].astype(float)
+        if colour == "score":
+            z = np.clip(bins["mean"] / (scale or 1.0), -1.0, 1.0)
+            title, cs, hover_z = "mean relative score", colour_scale, "mean relative score %{z:.2f}"
+        else:
+            z = np.where(counts > 0, counts, np.nan)
+            title, cs, hover_z = f"nuclei per {bins['bin']:.0f} px bin", "Viridis", "%{z:.0f} nuclei"
+        fig.add_trace(go.Heatmap(
+            x=bins["x"], y=bins["y"], z=z, colorscale=cs, opacity=0.5, zsmooth=False, hoverongaps=False,
+            colorbar=dict(title=dict(text=title, side="right"), thickness=14), name="bins",
+            hovertemplate=f"{hover_z}<br>x %{{x:.0f}}, y %{{y:.0f}}<extra></extra>", **limits))
+        # invisible bin centres: something a box can select (a heat map is not selectable)
+        gx, gy = np.meshgrid(bins["x"], bins["y"])
+        fig.add_trace(go.Scatter(x=gx.ravel(), y=gy.ravel(), mode="markers", hoverinfo="skip", name="bin centres",
+                                 marker=dict(size=6, opacity=0)))
+    if nuclei is not None and len(nuclei):
+        px = screen_width / max(x1 - x0, 1.0)  # screen pixels per slide pixel
+        size = np.clip(2 * np.sqrt(np.maximum(nuclei["area"].fillna(30.0).to_numpy(), 1.0) / np.pi) * px, 4, 40)
+        scored = colour == "score" and nuclei["score"].notna().any()
+        marker = dict(size=size, line=dict(color="black", width=0.5), opacity=0.6)  # the nucleus shows through
+        if scored:
+            marker.update(color=np.clip(nuclei["score"].to_numpy() / (scale or 1.0), -1, 1), colorscale=colour_scale,
+                          cmin=-1.0, cmax=1.0, cmid=0.0, showscale=True,
+                          colorbar=dict(title=dict(text="relative score", side="right"), thickness=14))
+        else:
+            marker.update(color="rgba(57,255,20,0.7)")
+        custom = np.column_stack([nuclei["nid"], nuclei["score"], nuclei["area"]])
+        fig.add_trace(go.Scatter(
+            x=nuclei["x"], y=nuclei["y"], mode="markers", marker=marker, customdata=custom, name="nuclei",
+            hovertemplate="nucleus %{customdata[0]}<br>score %{customdata[1]:.4g}<br>area %{customdata[2]:.0f}"
+                          "<extra></extra>"))
+    fig.update_xaxes(range=[x0, x1], showgrid=False, zeroline=False, visible=False, fixedrange=True,
+                     constrain="domain")
+    fig.update_yaxes(range=[y1, y0], showgrid=False, zeroline=False, visible=False, fixedrange=True,
+                     scaleanchor="x", scaleratio=1, constrain="domain")
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=10, b=0), showlegend=False, dragmode="select",
+                      plot_bgcolor="#fff", hovermode="closest")
+    return fig
+
+
 def confusion(cm: np.ndarray, names: list[str], *, title: str = "") -> go.Figure:
     """A confusion-matrix heatmap: rows true class, columns predicted, counts and row shares as text."""
     row = cm.sum(1, keepdims=True)

@@ -415,6 +415,45 @@ NUCLEUS_DENSITY = (
     "} "
     "RETURN i.width AS width, i.height AS height, s.params AS params, xs, ys, counts"
 )
+# The slide viewer (issue 15 item 5). An image's nuclei counted per square cell of $cell pixels, with the
+# count and sum of their scores under $property (null: none), as parallel lists over the non-empty cells.
+# Bounded by the number of cells (the caller picks $cell from the image's size), not by the nuclei.
+NUCLEUS_GRID = (
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(i:Image {id: $image_id}) "
+    "MATCH (s:Segmentation {key: m.segmentation}) "
+    "CALL (s) { "
+    "  MATCH (s)-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "  WITH toInteger(floor(n.centroid_x / $cell)) AS cx, toInteger(floor(n.centroid_y / $cell)) AS cy, "
+    "       CASE WHEN $property IS NULL THEN null ELSE n[$property] END AS score "
+    "  WITH cx, cy, count(*) AS k, count(score) AS scored, sum(score) AS total "
+    "  RETURN collect(cx) AS xs, collect(cy) AS ys, collect(k) AS counts, collect(scored) AS scored, "
+    "         collect(total) AS totals "
+    "} "
+    "RETURN i.width AS width, i.height AS height, m.path AS path, s.n_nuclei AS n_nuclei, "
+    "xs, ys, counts, scored, totals"
+)
+# The 99th percentile of |score| over an image's nuclei (null without scores): the heat map's scale, the
+# same in every viewport (render's relative scale, taken over the whole image).
+SCORE_SCALE = (
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+    "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "WHERE n[$property] IS NOT NULL "
+    "RETURN percentileCont(abs(n[$property]), 0.99) AS p99, max(abs(n[$property])) AS top, count(*) AS scored"
+)
+# The nuclei of a viewport (bounds inclusive, pixels) from the point index, as [nid, x, y, area, score]
+# lists, at most $limit of them (the caller asks for one more than it draws, to know it was cut).
+VIEWPORT_NUCLEI = (
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+    "CALL (m) { "
+    "  MATCH (n:Nucleus) USING INDEX n:Nucleus(pos) "
+    "  WHERE point.withinBBox(n.pos, point({x: $x0, y: $y0}), point({x: $x1, y: $y1})) "
+    "  AND n.segmentation = m.segmentation "
+    "  WITH n LIMIT $limit "
+    "  RETURN collect([n.nid, n.centroid_x, n.centroid_y, n.area, "
+    "                  CASE WHEN $property IS NULL THEN null ELSE n[$property] END]) AS nuclei "
+    "} "
+    "RETURN nuclei"
+)
 
 # === dashboard ======================================================================================
 # Score properties are passed as ``$property`` and read with ``n[$property]``; the dashboard only ever

@@ -806,3 +806,102 @@ def nucleus_density(db: GraphDB, cohort: str, image_id: str, *, cell: int) -> di
     np.add.at(counts, (ys, xs), np.asarray(r["counts"], np.int64))
     return {"width": width, "height": height, "threshold_px": float(json.loads(r["params"])["threshold_px"]),
             "counts": counts}
+
+
+def nucleus_grid(
+    db: GraphDB, cohort: str, image_id: str, *, cell: int, score_property: str | None = None,
+) -> dict[str, Any] | None:
+    """An image's nuclei (the segmentation ``cohort`` uses) counted per square cell, with the count and
+    sum of their scores: the slide viewer's aggregated layer, read once per image in one query.
+
+    Parameters
+    ----------
+    db : GraphDB
+    cohort : str
+    image_id : str
+    cell : int
+        The cells' side in full-resolution pixels, as for :func:`nucleus_density`.
+    score_property : str, optional
+        An explanation's score property (read from the store, never user text).
+
+    Returns
+    -------
+    dict or None
+        None when the image is not in the cohort; else ``width, height, path, n_nuclei, cell`` and three
+        arrays of shape ``(ceil(height / cell), ceil(width / cell))``: ``counts`` (int64), ``scored``
+        (int64, nuclei with a score) and ``totals`` (float64, the sum of their scores).
+
+    Raises
+    ------
+    InputError
+        ``cell`` is not a positive integer.
+    """
+    if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
+        raise InputError(f"the nucleus grid's cell must be a positive number of pixels, not {cell!r}")
+    r = db.read_one(q.NUCLEUS_GRID, cohort=cohort, image_id=image_id, cell=int(cell), property=score_property)
+    if r is None:
+        return None
+    width, height = int(r["width"]), int(r["height"])
+    shape = (-(-height // cell), -(-width // cell))
+    xs = np.clip(np.asarray(r["xs"], np.int64), 0, shape[1] - 1)
+    ys = np.clip(np.asarray(r["ys"], np.int64), 0, shape[0] - 1)
+    out = {"width": width, "height": height, "path": r["path"], "n_nuclei": r["n_nuclei"], "cell": int(cell)}
+    for key, dtype in (("counts", np.int64), ("scored", np.int64), ("totals", np.float64)):
+        grid = np.zeros(shape, dtype)
+        np.add.at(grid, (ys, xs), np.asarray(r[key], dtype))
+        out[key] = grid
+    return out
+
+
+def score_scale(db: GraphDB, cohort: str, image_id: str, score_property: str) -> float | None:
+    """The 99th percentile of ``|score|`` over an image's nuclei (its maximum if that is 0), or None
+    when none is scored: one scale for every viewport of a slide, as ``nucleograph render`` scales one
+    image (:func:`nucleograph.gnn.render.relative_importance`)."""
+    r = db.read_one(q.SCORE_SCALE, cohort=cohort, image_id=image_id, property=score_property)
+    if r is None or not r["scored"]:
+        return None
+    p99, top = float(r["p99"] or 0.0), float(r["top"] or 0.0)
+    return p99 if p99 > 0 else (top if top > 0 else None)
+
+
+def viewport_nuclei(
+    db: GraphDB, cohort: str, image_id: str, x0: float, y0: float, x1: float, y1: float, *,
+    score_property: str | None = None, limit: int,
+) -> dict[str, np.ndarray]:
+    """At most ``limit`` nuclei whose centroids lie in a viewport of an image, from the point index,
+    without their features or edges (what the slide viewer draws).
+
+    Parameters
+    ----------
+    db : GraphDB
+    cohort : str
+    image_id : str
+    x0, y0, x1, y1 : float
+        The viewport's corners in full-resolution pixels (inclusive).
+    score_property : str, optional
+        An explanation's score property (read from the store, never user text).
+    limit : int
+        The most nuclei returned; ask for one more than you draw to know whether the viewport held more.
+
+    Returns
+    -------
+    dict
+        ``nid`` (int64), ``x``, ``y``, ``area``, ``score`` (float64; NaN where missing), all ``(N,)``
+        with ``N <= limit``; empty when the image is not in the cohort.
+
+    Raises
+    ------
+    InputError
+        An empty viewport or a ``limit`` below 1.
+    """
+    if not (x0 <= x1 and y0 <= y1):
+        raise InputError(f"the viewport ({x0}, {y0})-({x1}, {y1}) is empty: give its top-left corner first "
+                         "(x0 <= x1 and y0 <= y1)")
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise InputError(f"the viewport's nucleus limit must be a positive integer, not {limit!r}")
+    r = db.read_one(q.VIEWPORT_NUCLEI, cohort=cohort, image_id=image_id, x0=float(x0), y0=float(y0),
+                    x1=float(x1), y1=float(y1), property=score_property, limit=int(limit))
+    rows = r["nuclei"] if r is not None else []
+    table = np.asarray([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64).reshape(-1, 5)
+    return {"nid": table[:, 0].astype(np.int64), "x": table[:, 1], "y": table[:, 2], "area": table[:, 3],
+            "score": table[:, 4]}

@@ -14,6 +14,11 @@ from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
 from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
 
+#: The most pixels ``render`` draws (a slide is drawn at a level, or by window, to stay under it).
+RENDER_MAX_PIXELS = 2**25
+#: The most nuclei ``render`` draws as discs in one picture.
+RENDER_MAX_NUCLEI = 1_000_000
+
 
 def _registry_names() -> tuple[str, ...]:
     from nucleograph.gnn.models import MODEL_NAMES
@@ -139,6 +144,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what occlusion scores measure: the drop of the explained class's log-odds (does not "
                         "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
+    p.add_argument("--level", type=int, default=None,
+                   help="pyramid level of a slide to draw at (0: full resolution; default: the finest level "
+                        f"that keeps the picture under {RENDER_MAX_PIXELS:,} px)")
+    p.add_argument("--window", default=None, metavar="X0,Y0,X1,Y1",
+                   help="draw only this window (full-resolution pixels, top-left corner first)")
     p.add_argument("--out", required=True, help="image file to write (.png)")
     p.set_defaults(func=cmd_render)
 
@@ -368,19 +378,38 @@ def _check_finite(rows: list[dict], args) -> None:
                          "explained again)")
 
 
+def parse_window(text: str | None) -> tuple[float, float, float, float] | None:
+    """``"X0,Y0,X1,Y1"`` as four floats (None for None); an InputError naming the format otherwise."""
+    if text is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--window {text!r}: give four numbers X0,Y0,X1,Y1 in full-resolution pixels, e.g. "
+                         "--window 8000,6000,12096,9072") from None
+    if not (x0 < x1 and y0 < y1) or min(x0, y0) < 0:
+        raise InputError(f"--window {text!r} is empty or negative: give the top-left corner first "
+                         "(0 <= X0 < X1 and 0 <= Y0 < Y1)")
+    return x0, y0, x1, y1
+
+
 def cmd_render(args, settings: Settings) -> int:
     """Run ``nucleograph render``; returns the exit status."""
     import numpy as np
 
     from nucleograph.db import store
     from nucleograph.gnn.render import render_importance
-    from nucleograph.ingest.readers import read_image
+    from nucleograph.ingest.readers import is_slide, read_image
 
     prop = db_runs.score_property(args.run, args.method, args.hops, output=args.output)
+    window = parse_window(args.window)
     with GraphDB.open(settings) as db:
         run = db_runs.get_run(db, args.run)
         if run is None:
             raise InputError(f"no model run {args.run!r} in Neo4j: `nucleograph runs` lists them")
+        image = next((r for r in store.cohort_images(db, run["cohort"]) if r["id"] == args.image), None)
+        if image is not None and (window is not None or args.level is not None or is_slide(image["path"])):
+            return _render_window(db, args, run, image, prop, window)
         graphs = list(store.read_graphs(db, run["cohort"], [args.image]))
         if not graphs:
             raise InputError(f"no image {args.image!r} in run {args.run}'s cohort {run['cohort']!r}: "
@@ -401,6 +430,66 @@ def cmd_render(args, settings: Settings) -> int:
     out = render_importance(read_image(g["path"]), g["centroids"], radii, s, args.out,
                             edges=(g["src"], g["dst"]) if args.edges else None, title=title)
     print(f"wrote {out}")
+    return 0
+
+
+def _render_window(db: GraphDB, args, run: dict, image: dict, prop: str, window) -> int:
+    """``render`` of a slide, or of a window of any image, at a pyramid level: the pixels read by window
+    (never the whole slide), the window's nuclei from the point index."""
+    import numpy as np
+
+    from nucleograph.db import store
+    from nucleograph.gnn.render import render_importance
+    from nucleograph.ingest.readers import is_slide, open_slide, read_image, read_slide_region
+
+    path, width, height = image["path"], int(image["width"]), int(image["height"])
+    window = window or (0.0, 0.0, float(width), float(height))
+    if window[0] >= width or window[1] >= height:
+        raise InputError(f"--window {args.window} lies outside image {args.image} ({width}x{height} px)")
+    window = (window[0], window[1], min(window[2], width), min(window[3], height))
+    ww, wh = window[2] - window[0], window[3] - window[1]
+    if is_slide(path):
+        slide = open_slide(path)
+        try:
+            downs = [float(d) for d in slide.level_downsamples]
+            level = args.level
+            if level is None:  # the finest level that fits
+                level = next((lv for lv, d in enumerate(downs) if math.ceil(ww / d) * math.ceil(wh / d)
+                              <= RENDER_MAX_PIXELS), len(downs) - 1)
+            pixels = read_slide_region(path, window, level=level, max_pixels=RENDER_MAX_PIXELS, slide=slide)
+            down = downs[level]
+        finally:
+            slide.close()
+    else:
+        if args.level not in (None, 0):
+            raise InputError(f"image {args.image} ({path}) is not a pyramidal slide: it has level 0 only; "
+                             "drop --level or pass --level 0")
+        x0, y0, x1, y1 = (int(round(v)) for v in window)
+        pixels, down = read_image(path)[y0:y1, x0:x1], 1.0
+    limit = RENDER_MAX_NUCLEI + 1
+    nuc = store.viewport_nuclei(db, run["cohort"], args.image, *window, score_property=prop, limit=limit)
+    if len(nuc["nid"]) >= limit:
+        raise InputError(f"the window holds more than {RENDER_MAX_NUCLEI:,} nuclei, too many discs to draw: pass "
+                         "a smaller --window (the dashboard's Slide viewer shows whole slides binned)")
+    if not np.isfinite(nuc["score"]).any():
+        raise InputError(f"image {args.image} has no {_title(args)} scores for run {args.run} in this window: run "
+                         f"`{_explain_command(args)} --image {args.image}`")
+    edges = None
+    if args.edges:
+        roi = store.window_nuclei(db, run["cohort"], args.image, *window)
+        at = {int(n): i for i, n in enumerate(nuc["nid"])}
+        pairs = [(at.get(int(roi["nids"][a])), at.get(int(roi["nids"][b]))) for a, b in zip(roi["src"], roi["dst"],
+                                                                                              strict=True)]
+        pairs = np.asarray([p for p in pairs if None not in p], dtype=np.int64).reshape(-1, 2)
+        edges = (pairs[:, 0], pairs[:, 1])
+    centroids = (np.stack([nuc["x"], nuc["y"]], 1) - np.asarray(window[:2])) / down
+    radii = np.sqrt(np.maximum(np.nan_to_num(nuc["area"], nan=1.0), 1.0) / np.pi) / down
+    title = (f"{image['label']} | {args.image} | x {window[0]:.0f}-{window[2]:.0f}, y {window[1]:.0f}-{window[3]:.0f}"
+             f" at downsample {down:g} | {_title(args)}")
+    out = render_importance(pixels, centroids, radii, nuc["score"], args.out, edges=edges, title=title,
+                            max_side=max(pixels.shape[:2]))
+    print(f"wrote {out} ({pixels.shape[1]}x{pixels.shape[0]} px of the image at downsample {down:g}, "
+          f"{len(nuc['nid']):,} nuclei)")
     return 0
 
 

@@ -6,6 +6,7 @@ whose message names the file and says what to do.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterator
@@ -23,9 +24,12 @@ __all__ = [
     "SLIDE_EXTENSIONS",
     "is_slide",
     "iter_slide_tiles",
+    "open_slide",
     "read_image",
+    "read_slide_region",
     "read_slide_tile",
     "slide_info",
+    "slide_level_for",
     "slide_tile_grid",
     "to_rgb8",
 ]
@@ -379,7 +383,7 @@ def _read_tile(slide, path: Path, x0: int, y0: int, w: int, h: int, level: int) 
     return to_rgb8(np.asarray(region), name=str(path))
 
 
-def read_slide_tile(path: str | Path, x0: int, y0: int, w: int, h: int, *, level: int = 0) -> np.ndarray:
+def read_slide_tile(path: str | Path, x0: int, y0: int, w: int, h: int, *, level: int = 0, slide=None) -> np.ndarray:
     """One tile of a whole slide (a tile of :func:`slide_tile_grid`), read on its own: the slide is
     opened and closed around it, so that tiles can be read by different processes or machines.
 
@@ -390,6 +394,8 @@ def read_slide_tile(path: str | Path, x0: int, y0: int, w: int, h: int, *, level
         The tile's top-left corner and size in ``level`` pixels.
     level : int, optional
         Pyramid level; 0 is full resolution.
+    slide : optional
+        The slide already opened (:func:`open_slide`), kept open; default: opened and closed here.
 
     Returns
     -------
@@ -397,12 +403,14 @@ def read_slide_tile(path: str | Path, x0: int, y0: int, w: int, h: int, *, level
         RGB pixels, composited on white.
     """
     path = Path(path)
-    slide = _open_slide(path)
+    own = slide is None
+    slide = _open_slide(path) if own else slide
     try:
         _check_level(slide, path, level)
         return _read_tile(slide, path, x0, y0, w, h, level)
     finally:
-        slide.close()
+        if own:
+            slide.close()
 
 
 def iter_slide_tiles(
@@ -447,3 +455,106 @@ def iter_slide_tiles(
             yield x0, y0, _read_tile(slide, path, x0, y0, w, h, level)
     finally:
         slide.close()
+
+
+def open_slide(path: str | Path):
+    """A whole slide opened for many reads (tiffslide; OpenSlide where tiffslide cannot read it).
+
+    The caller closes it (``slide.close()``). For one read, :func:`read_slide_tile` and
+    :func:`read_slide_region` open and close the slide themselves.
+
+    Raises
+    ------
+    InputError
+        The file is missing, empty, or neither library reads it (the message names the fix).
+    """
+    return _open_slide(Path(path))
+
+
+def slide_level_for(downsamples, scale: float) -> int:
+    """The pyramid level to read for ``scale`` level-0 pixels per output pixel: the coarsest whose
+    downsample is at most ``scale`` (so no level is magnified), level 0 below 1.
+
+    Parameters
+    ----------
+    downsamples : sequence of float
+        Each level's downsample, level 0 (1.0) first, as ``slide.level_downsamples``.
+    scale : float
+        Level-0 pixels per output pixel (e.g. a viewport's width over the screen's).
+
+    Returns
+    -------
+    int
+    """
+    best = 0
+    for level, down in enumerate(downsamples):
+        if float(down) <= scale * (1 + 1e-9):
+            best = level
+    return best
+
+
+def read_slide_region(
+    path: str | Path, window: tuple[float, float, float, float], *, level: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, slide=None,
+) -> np.ndarray:
+    """A window of a whole slide read at a pyramid level.
+
+    Parameters
+    ----------
+    path : str or Path
+        The slide (SVS, pyramidal TIFF, ...); named in errors.
+    window : (x0, y0, x1, y1)
+        The window in level-0 pixels (``x1``, ``y1`` exclusive); clipped to the slide.
+    level : int
+        The pyramid level to read (0: full resolution).
+    max_pixels : int or None
+        The most pixels returned; None for no limit.
+    slide : optional
+        The slide already opened (:func:`open_slide`), kept open; default: opened and closed here.
+
+    Returns
+    -------
+    (h, w, 3) uint8 ndarray
+        RGB on white, ``w = ceil((x1 - x0) / downsample)`` and likewise ``h`` (after clipping).
+
+    Raises
+    ------
+    InputError
+        A level the slide lacks, a window outside it, or an output above ``max_pixels`` (the message
+        names a level or window that fits).
+
+    Examples
+    --------
+    >>> thumb = read_slide_region("s.tif", (0, 0, 40000, 30000), level=3)  # doctest: +SKIP
+    >>> thumb.shape  # doctest: +SKIP
+    (469, 625, 3)
+    """
+    path = Path(path)
+    own = slide is None
+    slide = _open_slide(path) if own else slide
+    try:
+        if not 0 <= level < slide.level_count:
+            raise InputError(f"{path}: no pyramid level {level}; the slide has levels 0-{slide.level_count - 1} "
+                             f"(sizes {', '.join(f'{w}x{h}' for w, h in slide.level_dimensions)})")
+        width, height = slide.level_dimensions[0]
+        x0, y0, x1, y1 = (float(v) for v in window)
+        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+        if not (x0 < x1 and y0 < y1):
+            raise InputError(f"{path}: the window {tuple(window)} lies outside the slide's {width}x{height} "
+                             "pixels (x0, y0, x1, y1 in level-0 pixels, top-left corner first)")
+        down = float(slide.level_downsamples[level])
+        lw, lh = max(1, math.ceil((x1 - x0) / down)), max(1, math.ceil((y1 - y0) / down))
+        if max_pixels is not None and lw * lh > max_pixels:
+            fits = [lv for lv, d in enumerate(slide.level_downsamples)
+                    if math.ceil((x1 - x0) / d) * math.ceil((y1 - y0) / d) <= max_pixels]
+            hint = f"read it at level {fits[0]} or above" if fits else "read a smaller window"
+            raise InputError(f"{path}: the window {int(x1 - x0)}x{int(y1 - y0)} px at level {level} (downsample "
+                             f"{down:g}) is {lw}x{lh} = {lw * lh:,} pixels, over the limit of {max_pixels:,}: "
+                             f"{hint}")
+        lw = min(lw, slide.level_dimensions[level][0] - int(x0 // down))
+        lh = min(lh, slide.level_dimensions[level][1] - int(y0 // down))
+        region = slide.read_region((int(x0), int(y0)), level, (max(lw, 1), max(lh, 1)))
+        return to_rgb8(np.asarray(region), name=str(path))
+    finally:
+        if own:
+            slide.close()

@@ -10,6 +10,7 @@ APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 PAGES = {
     "cohorts": "views/cohorts.py",
     "explorer": "views/explorer.py",
+    "slides": "views/slides.py",
     "patterns": "views/patterns.py",
     "models": "views/models.py",
     "cypher": "views/cypher.py",

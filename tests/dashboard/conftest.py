@@ -77,3 +77,41 @@ def chance_cohort(neo4j_settings, driver) -> dict:
         c=name, r=run_id, acc=4 / 6, metrics=json.dumps(metrics), history=json.dumps(history),
         database_=neo4j_settings.neo4j_database)
     return {"name": name, "run_id": run_id}
+
+
+@pytest.fixture(scope="session")
+def slide_cohort(tmp_path_factory, graphdb) -> dict:
+    """A 4096 x 3072 synthetic pyramidal slide (three levels) in its own cohort, its true nuclei stored
+    directly (no detection: the viewer reads what is stored), and a run's scores for every nucleus, a
+    smooth field over the slide (positive on the right half), so the heat map has something to show."""
+    import numpy as np
+    import pandas as pd
+
+    from nucleograph.db import runs as db_runs
+    from nucleograph.db import store
+    from nucleograph.ingest.cohort import ImageRecord
+    from nucleograph.ingest.graph import build_edges
+    from nucleograph.ingest.pipeline import ImageGraph
+    from nucleograph.ingest.synth import synthesize_slide
+
+    out = tmp_path_factory.mktemp("dash_slide")
+    path = out / "slide.tif"
+    truth = synthesize_slide("breast", "Invasive", path, nuclei_path=out / "slide.csv", truth_path=out / "truth.json",
+                             rng=np.random.default_rng(3), size=(4096, 3072))
+    table = pd.read_csv(out / "slide.csv")
+    nuclei = {"nucleus_id": table["nucleus_id"].to_numpy(np.int64),
+              "centroid_x": table["centroid_x"].to_numpy(float), "centroid_y": table["centroid_y"].to_numpy(float),
+              "area": table["area"].to_numpy(float)}
+    centroids = np.stack([nuclei["centroid_x"], nuclei["centroid_y"]], 1)
+    graph = ImageGraph("dashslide0000001", ImageRecord(path, "Invasive"), 4096, 3072, nuclei,
+                       build_edges(centroids, threshold=60.0), 60.0)
+    name, run_id = "dash-test-slide", "r5115de"
+    store.store_image_graph(graphdb, graph, cohort=name, params=IngestParams(threshold=60.0), feature_names=["area"])
+    seg = store.window_nuclei(graphdb, name, graph.image_id, 0, 0, 4096, 3072)["segmentation"]
+    db_runs.save_run(graphdb, run_id=run_id, cohort=name, props={"model": "rsf", "status": "finished",
+                                                                  "class_names": ["InSitu", "Invasive"]})
+    scores = np.tanh((nuclei["centroid_x"] - 2048.0) / 600.0)
+    prop = db_runs.save_scores(graphdb, run_id=run_id, method="attention", hops=None, segmentation=seg,
+                               nids=nuclei["nucleus_id"], scores=scores)
+    return {"name": name, "image_id": graph.image_id, "path": path, "n_nuclei": truth.n_nuclei, "run_id": run_id,
+            "property": prop, "nuclei": nuclei, "scores": scores, "levels": truth.levels}

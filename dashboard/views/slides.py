@@ -1,0 +1,155 @@
+"""Slide viewer: pan and zoom over a slide's pyramid, with its nuclei (binned when zoomed out, one by
+one when zoomed in) coloured by density or by a run's importance scores.
+
+Every view is drawn by the server: the pixels from the pyramid level that suits the zoom (tiles cached),
+the bins from the slide's nucleus grid (read once per slide and score), the nuclei from the point
+index. The browser never zooms the chart itself: drag a box to zoom to it, or use the buttons; the view is kept in the address (``?image=...&x=...&y=...&w=...``) so it can be shared.
+"""
+
+import time
+from collections.abc import Mapping
+
+import streamlit as st
+
+from nucleograph.dashboard import data, plots, selection, stats
+from nucleograph.dashboard.viewport import SCREEN_PX, TILE, Viewport, aggregate, grid_cell, in_view
+from nucleograph.ingest.readers import slide_level_for
+
+NUCLEI_MAX = 4000  # nuclei drawn one by one up to this many in view (by default); above, bins
+SLIDE_MIN_SIDE = 2 * data.DISPLAY_MAX_SIDE  # smaller images are shown whole by the Image explorer
+
+reader = data.connect()
+st.title("Slide viewer")
+
+cohort = st.session_state.get("cohort")
+if cohort is None:
+    st.info("No cohorts yet: ingest slides with `nucleograph ingest PATH --cohort NAME`.")
+    st.stop()
+images = data.cohort_images(reader, cohort=cohort)
+large = images[images[["width", "height"]].max(axis=1).fillna(0) > SLIDE_MIN_SIDE] if not images.empty else images
+if large.empty:
+    st.info(f"Cohort {cohort} has no slides (no image is over {SLIDE_MIN_SIDE} px on a side): the Image explorer "
+            "shows its images whole. Make a synthetic slide with `nucleograph synth ... --slide`.")
+    st.stop()
+by_id = large.set_index("id")
+ids = large["id"].tolist()
+expls = data.explanations(reader, cohort=cohort)
+keys = [None] + [e["key"] for e in expls]
+expl_by_key = {e["key"]: e for e in expls}
+
+c1, c2, c3 = st.columns([3, 4, 1.5])
+if st.session_state.get("slides_image") not in ids:
+    wanted = st.query_params.get("image")
+    st.session_state["slides_image"] = wanted if wanted in ids else ids[0]
+image_id = c1.selectbox("Slide", ids, key="slides_image", format_func=lambda i: (
+    f"{by_id.at[i, 'label']} · {i} · {int(by_id.at[i, 'width'])}×{int(by_id.at[i, 'height'])} px · "
+    f"{int(by_id.at[i, 'n_nuclei'] or 0):,} nuclei"))
+if "slides_expl" not in st.session_state or st.session_state["slides_expl"] not in keys:
+    st.session_state["slides_expl"] = keys[1] if len(keys) > 1 else None
+key = c2.selectbox("Heat map (run · model · method)", keys, key="slides_expl", help=stats.methods_help(),
+                   format_func=lambda k: "none (nucleus density)" if k is None else stats.explanation_label(expl_by_key[k]))
+scale_name = c3.selectbox("Colour scale", plots.COLOUR_SCALES, key="slides_scale")
+nuclei_max = st.sidebar.number_input("Slide viewer: nuclei one by one up to", 100, 20_000, NUCLEI_MAX, step=500,
+                                     key="slides_max", help="views holding more nuclei show them binned")
+prop = expl_by_key[key]["property"] if key else None
+
+meta = by_id.loc[image_id]
+dims, downs = data.slide_levels(meta["path"])
+if dims is None:
+    st.warning(f"The slide's pixels cannot be read ({downs}); its nuclei are drawn on white.")
+    dims, downs = [(int(meta["width"]), int(meta["height"]))], [1.0]
+width, height = int(meta["width"]), int(meta["height"])
+
+
+# --- the view: kept per slide in the session and mirrored in the address ---------------------------
+def _view() -> Viewport:
+    saved = st.session_state.get("slides_view")
+    if saved and saved[0] == image_id:
+        return Viewport(*saved[1:], width, height)
+    return Viewport.from_query(st.query_params, width, height) if st.query_params.get("image") == image_id \
+        else Viewport.whole(width, height)
+
+
+def _keep(view: Viewport) -> None:
+    st.session_state["slides_view"] = (image_id, view.cx, view.cy, view.width)
+
+
+def _move(how: str, *args: float) -> None:
+    view = _view()
+    _keep({"zoom": view.zoomed, "pan": view.panned}[how](*args) if how != "whole" else Viewport.whole(width, height))
+
+
+def _apply(state) -> None:
+    # a drag draws a box: zoom to it (a click in select mode sends no selection: Plotly clears it)
+    sel = state.get("selection") if isinstance(state, Mapping) else None
+    boxes = (sel.get("box") if isinstance(sel, Mapping) else None) or []
+    try:
+        if boxes:
+            xs, ys = boxes[-1]["x"], boxes[-1]["y"]
+            if abs(xs[1] - xs[0]) > 1 and abs(ys[1] - ys[0]) > 1:
+                _keep(_view().framing(float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1])))
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass  # a malformed selection moves nothing
+
+
+# Each selection event is applied once (the chart keeps its last selection across reruns, so a button
+# pressed after a box must not zoom to the box again).
+chart_state = st.session_state.get("slides_chart")
+event = selection.event_signature(chart_state)
+if chart_state is not None and st.session_state.get("slides_event") != event:
+    st.session_state["slides_event"] = event
+    _apply(chart_state)
+
+
+b = st.columns(8)
+b[0].button("Zoom in", key="slides_in", on_click=_move, args=("zoom", 2.0), icon=":material/zoom_in:")
+b[1].button("Zoom out", key="slides_out", on_click=_move, args=("zoom", 0.5), icon=":material/zoom_out:")
+b[2].button("Left", key="slides_left", on_click=_move, args=("pan", -0.5, 0.0), icon=":material/arrow_back:")
+b[3].button("Right", key="slides_right", on_click=_move, args=("pan", 0.5, 0.0), icon=":material/arrow_forward:")
+b[4].button("Up", key="slides_up", on_click=_move, args=("pan", 0.0, -0.5), icon=":material/arrow_upward:")
+b[5].button("Down", key="slides_down", on_click=_move, args=("pan", 0.0, 0.5), icon=":material/arrow_downward:")
+b[6].button("Whole slide", key="slides_whole", on_click=_move, args=("whole",), icon=":material/fit_screen:")
+
+view = _view()
+_keep(view)
+st.query_params.update({"image": image_id, **view.to_query()})
+bounds = view.bounds
+
+# --- what to draw -----------------------------------------------------------------------------------
+started = time.perf_counter()
+# the coarsest level at most 1.25x magnified: a view 4.5 slide px a screen px wide reads level 1 (downsample 4),
+# not 16 times the pixels of level 0
+level = slide_level_for(downs, 1.25 * view.width / SCREEN_PX)
+source = None
+if data.slide_levels(meta["path"])[0] is not None:
+    source = data.viewport_image(meta["path"], bounds, level, SCREEN_PX, TILE)
+cell = grid_cell(width, height)
+grid = data.nucleus_grid(reader, cohort=cohort, image_id=image_id, prop=prop, cell=cell)
+if grid is None:
+    st.warning(f"Slide {image_id} is gone from cohort {cohort}; refresh the data.")
+    st.stop()
+scale = data.score_scale(reader, cohort=cohort, image_id=image_id, prop=prop) if prop else None
+colour = "score" if scale else "density"
+if prop and scale is None:
+    st.info("This slide has no scores under the chosen explanation (it was not explained): nucleus density shown.")
+estimate = in_view(grid, bounds)
+bins = nuclei = None
+if estimate <= nuclei_max:
+    nuclei = data.viewport_nuclei(reader, cohort=cohort, image_id=image_id, prop=prop, bounds=bounds,
+                                  limit=int(nuclei_max))
+else:
+    bins = aggregate(grid, bounds)
+
+fig = plots.slide_view(bounds, source=source, bins=bins, nuclei=nuclei, colour=colour, scale=scale,
+                       colour_scale=scale_name)
+st.plotly_chart(fig, key="slides_chart", on_select="rerun", selection_mode=("points", "box"),
+                config={"displayModeBar": False, "scrollZoom": False, "doubleClick": False})
+x0, y0, x1, y1 = bounds
+shown = (f"{len(nuclei):,} nuclei one by one" if nuclei is not None else
+         f"{int(bins['counts'].sum()):,} nuclei in {bins['counts'].size:,} bins of {bins['bin']:.0f} px")
+st.caption(f"view x {x0:,.0f}–{x1:,.0f}, y {y0:,.0f}–{y1:,.0f} px · zoom {view.zoom:.3g}× · pyramid level {level} "
+           f"(downsample {downs[level]:g}) · {shown} · read and drawn in {(time.perf_counter() - started) * 1000:.0f} ms "
+           "· drag a box to zoom to it or use the buttons")
+st.caption(f"slide {width:,}×{height:,} px · {int(grid['counts'].sum()):,} nuclei · "
+           + (f"heat map: {stats.explanation_label(expl_by_key[key])}, mean score per bin when zoomed out, scaled by "
+              f"the slide's 99th percentile of |score| ({scale:.3g})" if scale else "colour: nuclei per bin"))

@@ -1,0 +1,155 @@
+"""The slide viewer against a synthetic pyramidal slide in the real local Neo4j: the viewport's queries
+(bins that count what is stored, bounded payloads), the page in AppTest (buttons, a box drawn on the
+chart), and ``render`` of a slide window at a pyramid level."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import streamlit as st
+from apptest_helpers import assert_clean, open_page
+from PIL import Image
+
+from nucleograph.cli import main
+from nucleograph.dashboard.viewport import Viewport, aggregate, grid_cell, in_view
+from nucleograph.db import store
+from nucleograph.errors import InputError
+
+pytestmark = pytest.mark.neo4j
+
+
+def _inside(nuclei, x0, y0, x1, y1):
+    x, y = nuclei["centroid_x"], nuclei["centroid_y"]
+    return (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+
+
+def test_the_grid_and_its_bins_count_every_stored_nucleus(slide_cohort, graphdb):
+    s = slide_cohort
+    cell = grid_cell(4096, 3072)
+    grid = store.nucleus_grid(graphdb, s["name"], s["image_id"], cell=cell, score_property=s["property"])
+    assert grid["counts"].sum() == grid["scored"].sum() == s["n_nuclei"] > 1000
+    whole = Viewport.whole(4096, 3072)
+    bins = aggregate(grid, whole.bounds, bins_across=32)
+    assert bins["counts"].sum() == s["n_nuclei"] and bins["counts"].size <= 32 * 32
+    # each bin holds exactly the nuclei whose centroids fall in it, and their mean score
+    x, y = s["nuclei"]["centroid_x"], s["nuclei"]["centroid_y"]
+    size = bins["bin"]
+    iy, ix = np.nonzero(bins["counts"])
+    for i, j in list(zip(iy, ix, strict=True))[:: max(1, len(iy) // 25)]:
+        bx, by = bins["x"][j] - size / 2, bins["y"][i] - size / 2
+        inside = (x >= bx) & (x < bx + size) & (y >= by) & (y < by + size)
+        assert bins["counts"][i, j] == inside.sum()
+        assert bins["mean"][i, j] == pytest.approx(s["scores"][inside].mean(), abs=1e-9)
+    assert in_view(grid, whole.bounds) == s["n_nuclei"]
+    assert store.nucleus_grid(graphdb, s["name"], "no-such-image", cell=cell) is None
+    with pytest.raises(InputError, match="positive"):
+        store.nucleus_grid(graphdb, s["name"], s["image_id"], cell=0)
+
+
+def test_viewport_nuclei_come_from_the_point_index_and_stay_bounded(slide_cohort, graphdb):
+    s = slide_cohort
+    box = (1024.0, 768.0, 2048.0, 1536.0)
+    got = store.viewport_nuclei(graphdb, s["name"], s["image_id"], *box, score_property=s["property"], limit=10**6)
+    want = _inside(s["nuclei"], *box)
+    assert sorted(got["nid"]) == sorted(s["nuclei"]["nucleus_id"][want]) and want.sum() > 20
+    by_nid = dict(zip(s["nuclei"]["nucleus_id"], s["scores"], strict=True))
+    assert np.allclose(got["score"], [by_nid[n] for n in got["nid"]])
+    assert (got["area"] > 0).all()
+    few = store.viewport_nuclei(graphdb, s["name"], s["image_id"], *box, limit=10)
+    assert len(few["nid"]) == 10 and np.isnan(few["score"]).all()  # the limit bounds the payload
+    assert in_view(store.nucleus_grid(graphdb, s["name"], s["image_id"], cell=32), box) >= want.sum()
+    with pytest.raises(InputError, match="empty"):
+        store.viewport_nuclei(graphdb, s["name"], s["image_id"], 10, 10, 0, 0, limit=5)
+    with pytest.raises(InputError, match="positive integer"):
+        store.viewport_nuclei(graphdb, s["name"], s["image_id"], *box, limit=0)
+    assert store.score_scale(graphdb, s["name"], s["image_id"], s["property"]) == pytest.approx(
+        np.percentile(np.abs(s["scores"]), 99), rel=1e-3)
+
+
+def _chart(at):
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)
+
+
+def test_the_page_bins_the_whole_slide_and_draws_nuclei_zoomed_in(slide_cohort, test_environ):
+    s = slide_cohort
+    st.cache_data.clear()  # the cohort list cached by an earlier test may predate this cohort
+    at = open_page("slides", s["name"], slides_max=500)  # the test slide holds 1,350 nuclei
+    assert_clean(at)
+    fig = _chart(at)
+    names = [t.get("name") for t in fig["data"]]
+    assert "bins" in names and "nuclei" not in names
+    assert fig["layout"]["images"][0]["source"].startswith("data:image/jpeg;base64,")
+    assert len(fig["layout"]["images"][0]["source"]) < 400_000  # the pixels sent are bounded by the screen
+    caption = at.caption[0].value
+    # 4608 px over 1024 screen px (4.5 slide px a screen px): level 1, downsample 4
+    assert "pyramid level 1" in caption and f"{s['n_nuclei']:,} nuclei in" in caption
+    assert at.session_state["slides_expl"] is not None  # the run's scores colour the bins
+
+    for _ in range(3):  # 4608 / 8 = 576 px wide (the whole slide at the chart's 3:2): nuclei one by one
+        at.button(key="slides_in").click().run()
+    assert_clean(at)
+    view = at.session_state["slides_view"]
+    assert view[3] == pytest.approx(576.0)
+    fig = _chart(at)
+    nuclei = next(t for t in fig["data"] if t.get("name") == "nuclei")
+    assert "one by one" in at.caption[0].value and "pyramid level 0" in at.caption[0].value
+    x0, y0, x1, y1 = Viewport(*view[1:], 4096, 3072).bounds
+    assert nuclei["customdata"]["shape"] == f"{_inside(s['nuclei'], x0, y0, x1, y1).sum()}, 3"  # a typed array
+
+    at.button(key="slides_right").click().run()
+    assert at.session_state["slides_view"][1] == pytest.approx(view[1] + 288)
+    at.button(key="slides_whole").click().run()
+    assert at.session_state["slides_view"][3] == pytest.approx(4608)
+
+
+def test_a_box_drawn_on_the_chart_zooms_to_it_once(slide_cohort, test_environ):
+    s = slide_cohort
+    st.cache_data.clear()
+    at = open_page("slides", s["name"])
+    # what the browser sends for a box dragged in select mode (Streamlit's selection state)
+    at.session_state["slides_chart"] = {"selection": {"points": [], "point_indices": [], "lasso": [],
+                                        "box": [{"xref": "x", "yref": "y", "x": [1000, 1600], "y": [800, 1200]}]}}
+    at.run()
+    assert_clean(at)
+    _, cx, cy, width = at.session_state["slides_view"]
+    assert (cx, cy, width) == pytest.approx((1300, 1000, 600))
+    at.button(key="slides_out").click().run()  # the box is not applied again
+    assert at.session_state["slides_view"][3] == pytest.approx(1200)
+    # points without a box (no browser sends them in select mode) and malformed boxes move nothing
+    at.session_state["slides_chart"] = {"selection": {"points": [{"x": 3000.0, "y": 2000.0, "curve_number": 1}],
+                                                      "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    at.session_state["slides_chart"] = {"selection": {"points": [{"x": "nonsense"}], "box": [{"x": None}]}}
+    at.run()
+    assert_clean(at)
+    assert at.session_state["slides_view"][1:] == pytest.approx((1300, 1000, 1200))
+
+
+def test_the_page_says_when_a_cohort_has_no_slides(dash_cohort, test_environ):
+    st.cache_data.clear()  # the cohort list cached by an earlier test may predate this cohort
+    at = open_page("slides", dash_cohort["name"])
+    assert_clean(at)
+    assert any("no slides" in i.value for i in at.info)
+
+
+def test_render_draws_a_slide_window_at_a_level(slide_cohort, test_environ, tmp_path, capsys):
+    s = slide_cohort
+    base = ["render", "--image", s["image_id"], "--run", s["run_id"], "--method", "attention"]
+    out = tmp_path / "whole.png"
+    assert main([*base, "--level", "1", "--out", str(out)]) == 0  # the whole slide at level 1 (1024 x 768)
+    assert "1024x768 px of the image at downsample 4" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size[0] > 500
+    out = tmp_path / "window.png"
+    assert main([*base, "--level", "0", "--window", "1024,768,2048,1536", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    want = _inside(s["nuclei"], 1024, 768, 2048, 1536).sum()
+    assert "1024x768 px of the image at downsample 1" in printed and f"{want:,} nuclei" in printed
+    assert main([*base, "--level", "7", "--out", str(tmp_path / "x.png")]) == 1
+    assert "no pyramid level 7" in capsys.readouterr().err
+    assert main([*base, "--window", "1,2,3", "--out", str(tmp_path / "x.png")]) == 1
+    assert "X0,Y0,X1,Y1" in capsys.readouterr().err

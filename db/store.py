@@ -794,18 +794,32 @@ def nucleus_density(db: GraphDB, cohort: str, image_id: str, *, cell: int) -> di
     InputError
         ``cell`` is not a positive integer.
     """
-    if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
-        raise InputError(f"the density grid's cell must be a positive number of pixels, not {cell!r}")
+    _check_cell(cell, "the density grid's")
     r = db.read_one(q.NUCLEUS_DENSITY, cohort=cohort, image_id=image_id, cell=int(cell))
     if r is None:
         return None
-    width, height = int(r["width"]), int(r["height"])
-    counts = np.zeros((-(-height // cell), -(-width // cell)), np.int64)
-    xs = np.clip(np.asarray(r["xs"], np.int64), 0, counts.shape[1] - 1)
-    ys = np.clip(np.asarray(r["ys"], np.int64), 0, counts.shape[0] - 1)
-    np.add.at(counts, (ys, xs), np.asarray(r["counts"], np.int64))
-    return {"width": width, "height": height, "threshold_px": float(json.loads(r["params"])["threshold_px"]),
-            "counts": counts}
+    return {"width": int(r["width"]), "height": int(r["height"]),
+            "threshold_px": float(json.loads(r["params"])["threshold_px"]),
+            "counts": _cell_grids(r, cell, counts=np.int64)["counts"]}
+
+
+def _check_cell(cell, what: str) -> None:
+    if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
+        raise InputError(f"{what} cell must be a positive number of pixels, not {cell!r}")
+
+
+def _cell_grids(r, cell: int, **dtypes) -> dict[str, np.ndarray]:
+    """The per-cell lists ``r[key]`` (over non-empty cells ``r["xs"], r["ys"]``) as arrays of shape
+    ``(ceil(height / cell), ceil(width / cell))``, one per ``key=dtype``."""
+    shape = (-(-int(r["height"]) // cell), -(-int(r["width"]) // cell))
+    xs = np.clip(np.asarray(r["xs"], np.int64), 0, shape[1] - 1)
+    ys = np.clip(np.asarray(r["ys"], np.int64), 0, shape[0] - 1)
+    out = {}
+    for key, dtype in dtypes.items():
+        grid = np.zeros(shape, dtype)
+        np.add.at(grid, (ys, xs), np.asarray(r[key], dtype))
+        out[key] = grid
+    return out
 
 
 def nucleus_grid(
@@ -836,21 +850,12 @@ def nucleus_grid(
     InputError
         ``cell`` is not a positive integer.
     """
-    if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
-        raise InputError(f"the nucleus grid's cell must be a positive number of pixels, not {cell!r}")
+    _check_cell(cell, "the nucleus grid's")
     r = db.read_one(q.NUCLEUS_GRID, cohort=cohort, image_id=image_id, cell=int(cell), property=score_property)
     if r is None:
         return None
-    width, height = int(r["width"]), int(r["height"])
-    shape = (-(-height // cell), -(-width // cell))
-    xs = np.clip(np.asarray(r["xs"], np.int64), 0, shape[1] - 1)
-    ys = np.clip(np.asarray(r["ys"], np.int64), 0, shape[0] - 1)
-    out = {"width": width, "height": height, "path": r["path"], "n_nuclei": r["n_nuclei"], "cell": int(cell)}
-    for key, dtype in (("counts", np.int64), ("scored", np.int64), ("totals", np.float64)):
-        grid = np.zeros(shape, dtype)
-        np.add.at(grid, (ys, xs), np.asarray(r[key], dtype))
-        out[key] = grid
-    return out
+    return {"width": int(r["width"]), "height": int(r["height"]), "path": r["path"], "n_nuclei": r["n_nuclei"],
+            "cell": int(cell), **_cell_grids(r, cell, counts=np.int64, scored=np.int64, totals=np.float64)}
 
 
 def score_scale(db: GraphDB, cohort: str, image_id: str, score_property: str) -> float | None:

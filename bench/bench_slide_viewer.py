@@ -165,26 +165,42 @@ class Browser(Tab):
 _VIEW_JS = """(() => {
   const caps = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')].map(c => c.innerText);
   const cap = caps.find(c => c.startsWith('view x')) || '';
-  const gd = [...document.querySelectorAll('.js-plotly-plot')][0];
+  const gd = document.querySelector('[data-testid="stMain"] .js-plotly-plot');  // not the sidebar's navigator
+  const nav = document.querySelector('[data-testid="stSidebar"] .js-plotly-plot');
   const xr = gd && gd._fullLayout ? gd._fullLayout.xaxis.range : null;
   const names = gd && gd.data ? gd.data.map(t => t.name) : [];
   const running = /Running/.test((document.querySelector('[data-testid="stStatusWidget"]') || {}).innerText || '')
       || !!document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
-  const r = gd ? gd.getBoundingClientRect() : null;
-  const xa = gd && gd._fullLayout ? gd._fullLayout.xaxis : null, ya = gd && gd._fullLayout ? gd._fullLayout.yaxis : null;
-  return JSON.stringify({cap, xr, names, running,
-    plot: r && xa ? [r.left + xa._offset, r.top + ya._offset, xa._length, ya._length] : null,
+  const area = (g) => { if (!g || !g._fullLayout) return null; const b = g.getBoundingClientRect(), a = g._fullLayout.xaxis,
+    o = g._fullLayout.yaxis; return [b.left + a._offset, b.top + o._offset, a._length, o._length]; };
+  const picked = [...document.querySelectorAll('[data-testid="stMain"] h3')].map(h => h.innerText)
+      .find(t => t.startsWith('Nucleus')) || null;
+  return JSON.stringify({cap, xr, names, running, plot: area(gd), nav: area(nav), picked,
     exceptions: document.querySelectorAll('[data-testid="stException"]').length});
 })()"""
 
-_HOOK_JS = """(() => { try { const gd = document.querySelector('.js-plotly-plot'); window._ev = [];
+_HOOK_JS = """(() => { try { const gd = document.querySelector('[data-testid="stMain"] .js-plotly-plot'); window._ev = [];
   ['plotly_selected', 'plotly_click', 'plotly_selecting', 'plotly_relayout'].forEach(n => gd.on(n, e => window._ev.push(
     [n, e && e.range ? JSON.stringify(e.range) : '', e && e.points ? e.points.length : -1]))); return 'ok'; }
     catch (err) { return String(err); } })()"""
-_DIAG_JS = """(() => { try { const gd = document.querySelector('.js-plotly-plot');
+_DIAG_JS = """(() => { try { const gd = document.querySelector('[data-testid="stMain"] .js-plotly-plot');
   return JSON.stringify({ev: window._ev, drag: gd._fullLayout.dragmode, n: document.querySelectorAll('.js-plotly-plot').length,
     el: document.elementFromPoint(window._pt[0], window._pt[1]).getAttribute('class')}); }
   catch (err) { return String(err) + ' | ' + (document.querySelector('[data-testid="stMain"]') || document.body).innerText.slice(0, 1500); } })()"""
+# The nucleus of the main chart nearest a fraction (fx, fy) of its plot area, in viewport pixels (Plotly's
+# own axis mapping), or null when no nuclei are drawn.
+_NUCLEUS_AT_JS = """((fx, fy) => {
+  const gd = document.querySelector('[data-testid="stMain"] .js-plotly-plot');
+  const t = gd && gd._fullData ? gd._fullData.findIndex(t => t.name === 'nuclei') : -1;
+  if (t < 0) return null;
+  const xs = Array.from(gd._fullData[t].x), ys = Array.from(gd._fullData[t].y);
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+  const px = i => [r.left + xa._offset + xa.l2p(xs[i]), r.top + ya._offset + ya.l2p(ys[i])];
+  const tx = r.left + xa._offset + fx * xa._length, ty = r.top + ya._offset + fy * ya._length;
+  let best = -1, bd = Infinity;
+  xs.forEach((_, i) => { const [x, y] = px(i); const d = (x - tx) ** 2 + (y - ty) ** 2; if (d < bd) { bd = d; best = i; } });
+  return best < 0 ? null : JSON.stringify(px(best));
+})(%s, %s)"""
 _BUTTON_JS = """((label) => {
   const b = [...document.querySelectorAll('button')].find(b => b.innerText.trim().endsWith(label));
   if (!b) return null;
@@ -244,15 +260,26 @@ def click(tab: Browser, plot, fx: float, fy: float) -> None:
         tab.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", buttons=1, clickCount=1)
 
 
+def click_nucleus(tab: Browser, fx: float, fy: float) -> None:
+    """A click on the drawn nucleus nearest a fraction (fx, fy) of the main chart's plot area."""
+    found = tab.eval(_NUCLEUS_AT_JS % (fx, fy))
+    if not found:
+        raise RuntimeError("no nuclei drawn to click")
+    x, y = json.loads(found)
+    click(tab, (x, y, 0.0, 0.0), 0.0, 0.0)
+
+
 # What a user does: from the whole slide, box into tissue, zoom and pan through it down to single nuclei,
-# pan there, and back out.
+# pan there, click a bin, a nucleus and the navigator, and back out.
+# ("button", "Click") and ("button", "Box") switch the mouse between clicking points and dragging boxes.
 SCRIPT = [
     ("drag", (0.35, 0.30, 0.65, 0.55)), ("button", "Zoom in"), ("button", "Right"), ("button", "Down"),
-    ("button", "Zoom in"), ("button", "Left"), ("button", "Zoom in"), ("button", "Right"), ("button", "Down"),
-    ("button", "Left"), ("button", "Zoom in"), ("button", "Right"), ("button", "Up"), ("button", "Left"),
-    ("drag", (0.2, 0.2, 0.6, 0.6)), ("button", "Zoom out"), ("button", "Down"), ("button", "Zoom out"),
-    ("button", "Zoom out"), ("button", "Left"), ("button", "Zoom out"), ("button", "Up"),
-    ("button", "Zoom in"), ("button", "Whole slide"),
+    ("button", "Click"), ("click", (0.40, 0.45)), ("button", "Left"), ("button", "Zoom in"), ("button", "Right"),
+    ("button", "Down"), ("button", "Left"), ("button", "Zoom in"), ("nucleus", (0.3, 0.4)), ("button", "Up"),
+    ("button", "Left"), ("nav", (0.3, 0.6)), ("button", "Box"), ("drag", (0.2, 0.2, 0.6, 0.6)),
+    ("button", "Zoom out"), ("button", "Down"),
+    ("button", "Zoom out"), ("button", "Zoom out"), ("button", "Left"), ("button", "Zoom out"), ("button", "Up"),
+    ("nav", (0.6, 0.3)), ("button", "Zoom in"), ("button", "Whole slide"),
 ]
 
 
@@ -293,6 +320,10 @@ def browse(env: dict, cohort: str, image_id: str, shots: Path | None, chromium: 
                 press(tab, arg)
             elif kind == "drag":
                 drag(tab, state["plot"], *arg)
+            elif kind == "nucleus":
+                click_nucleus(tab, *arg)
+            elif kind == "nav":
+                click(tab, state["nav"], *arg)
             else:
                 click(tab, state["plot"], *arg)
             try:
@@ -303,10 +334,17 @@ def browse(env: dict, cohort: str, image_id: str, shots: Path | None, chromium: 
             mode = "nuclei" if "nuclei" in after["names"] else "bins"
             server = after["cap"].split("read and drawn in ")[1].split(" ms")[0] if "drawn in" in after["cap"] else "nan"
             steps.append({"action": kind, "arg": arg, "seconds": round(seconds, 3), "bytes": tab.received,
-                          "server_ms": float(server),
+                          "server_ms": float(server), "picked": after["picked"],
                           "mode": mode, "view": after["cap"].split(" · ")[0], "exceptions": after["exceptions"]})
             print(f"  {kind:6s} {arg!s:26s} {seconds * 1000:6.0f} ms {tab.received / 1024:7.0f} KiB  {mode:6s} "
                   f"{after['cap']}", file=sys.stderr)
+            if kind == "nucleus":  # the panel comes after the view's caption: wait for the page to settle
+                tab.settle(timeout=30, quiet=1.0)
+                steps[-1]["picked"] = view_state(tab)["picked"]
+                if not steps[-1]["picked"]:
+                    raise RuntimeError(f"a click on a nucleus opened no nucleus panel: {tab.eval(_DIAG_JS)}")
+                if shots:
+                    shot(tab, shots / "slide_viewer_nucleus.png", height=1700)  # the panel is below the chart
             if shots and mode == "nuclei" and not (shots / "slide_viewer_nuclei.png").exists():
                 shot(tab, shots / "slide_viewer_nuclei.png")
             if shots and mode == "bins" and 3 <= len(steps) and not (shots / "slide_viewer_tissue.png").exists():
@@ -321,10 +359,16 @@ def browse(env: dict, cohort: str, image_id: str, shots: Path | None, chromium: 
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def shot(tab: Browser, path: Path) -> None:
+def shot(tab: Browser, path: Path, height: int = 1100) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if height != 1100:
+        tab.call("Emulation.setDeviceMetricsOverride", width=1600, height=height, deviceScaleFactor=1, mobile=False)
+        time.sleep(0.8)  # Plotly re-lays out for the new viewport
     data = tab.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)["data"]
     path.write_bytes(base64.b64decode(data))
+    if height != 1100:
+        tab.call("Emulation.setDeviceMetricsOverride", width=1600, height=1100, deviceScaleFactor=1, mobile=False)
+        time.sleep(0.8)
 
 
 def summary(steps: list[dict]) -> dict:

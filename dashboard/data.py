@@ -153,8 +153,10 @@ def cohorts(reader: Reader) -> list[dict[str, Any]]:
 
 @cached_read()
 def cohort_images(reader: Reader, *, cohort: str) -> pd.DataFrame:
-    """The cohort's images with the summaries stored at ingest (one row per image)."""
-    cols = ["id", "path", "label", "patient", "width", "height", "detector", "n_nuclei", "n_edges", "ingested_at"]
+    """The cohort's images with the summaries stored at ingest (one row per image) and the key of the
+    segmentation the cohort holds for each (a nucleus's ``uid`` is ``f"{segmentation}:{nid}"``)."""
+    cols = ["id", "path", "label", "patient", "width", "height", "detector", "n_nuclei", "n_edges", "ingested_at",
+            "segmentation"]
     return pd.DataFrame(reader.db.read(q.DASH_COHORT_IMAGES, cohort=cohort), columns=cols)
 
 

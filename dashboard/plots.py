@@ -139,6 +139,7 @@ def slide_view(
     bounds: tuple[float, float, float, float], *, source: str | None, bins: dict | None = None,
     nuclei: pd.DataFrame | None = None, colour: str = "density", scale: float | None = None,
     colour_scale: str = "RdBu_r", screen_width: int = 1100, height: int = 720,
+    selected: tuple[float, float] | None = None, box: bool = True,
 ) -> go.Figure:
     """One viewport of a slide: its pixels, and its nuclei as bins (zoomed out) or points (zoomed in).
 
@@ -163,6 +164,12 @@ def slide_view(
         The score that maps to the end of the colour scale (the slide's 99th percentile of |score|).
     screen_width : int
         About how many screen pixels the plot spans (sizes the discs).
+    selected : (float, float), optional
+        A selected nucleus's centroid, ringed.
+    box : bool
+        A drag draws a box (True), or a click selects the bin centre or nucleus under it (False).
+        Streamlit passes on a click on a point only when the chart is not in box-select mode, so the
+        two cannot share one mode.
     """
     x0, y0, x1, y1 = bounds
     fig = go.Figure()
@@ -179,13 +186,17 @@ def slide_view(
             z = np.where(counts > 0, counts, np.nan)
             title, cs, hover_z = f"nuclei per {bins['bin']:.0f} px bin", "Viridis", "%{z:.0f} nuclei"
         fig.add_trace(go.Heatmap(
-            x=bins["x"], y=bins["y"], z=z, colorscale=cs, opacity=0.5, zsmooth=False, hoverongaps=False,
-            colorbar=dict(title=dict(text=title, side="right"), thickness=14), name="bins",
-            hovertemplate=f"{hover_z}<br>x %{{x:.0f}}, y %{{y:.0f}}<extra></extra>", **limits))
-        # invisible bin centres: something a box can select (a heat map is not selectable)
+            x=bins["x"], y=bins["y"], z=z, colorscale=cs, opacity=0.5, zsmooth=False, hoverinfo="skip",
+            colorbar=dict(title=dict(text=title, side="right"), thickness=14), name="bins", **limits))
+        # invisible centres of the bins that hold nuclei: what a click or a box selects (a heat map is not
+        # selectable); they carry the bin's hover label, its value read from the marker colour. float32:
+        # among the payload's largest arrays, and exact to a pixel at any slide size
         gx, gy = np.meshgrid(bins["x"], bins["y"])
-        fig.add_trace(go.Scatter(x=gx.ravel(), y=gy.ravel(), mode="markers", hoverinfo="skip", name="bin centres",
-                                 marker=dict(size=6, opacity=0)))
+        full = counts.ravel() > 0
+        fig.add_trace(go.Scatter(
+            x=gx.ravel()[full].astype(np.float32), y=gy.ravel()[full].astype(np.float32), mode="markers",
+            name="bin centres", marker=dict(size=6, opacity=0, color=np.asarray(z, np.float32).ravel()[full]),
+            hovertemplate=hover_z.replace("%{z", "%{marker.color") + "<br>x %{x:.0f}, y %{y:.0f}<extra></extra>"))
     if nuclei is not None and len(nuclei):
         px = screen_width / max(x1 - x0, 1.0)  # screen pixels per slide pixel
         size = np.clip(2 * np.sqrt(np.maximum(nuclei["area"].fillna(30.0).to_numpy(), 1.0) / np.pi) * px, 4, 40)
@@ -202,12 +213,58 @@ def slide_view(
             x=nuclei["x"], y=nuclei["y"], mode="markers", marker=marker, customdata=custom, name="nuclei",
             hovertemplate="nucleus %{customdata[0]}<br>score %{customdata[1]:.4g}<br>area %{customdata[2]:.0f}"
                           "<extra></extra>"))
+    if selected is not None:
+        fig.add_trace(go.Scatter(x=[selected[0]], y=[selected[1]], mode="markers", name="selected", hoverinfo="skip",
+                                 marker=dict(size=26, symbol="circle-open", color="#ffd400", line=dict(width=3))))
+    _fixed_axes(fig, bounds)
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=10, b=0), showlegend=False,
+                      dragmode="select" if box else False, plot_bgcolor="#fff", hovermode="closest")
+    return fig
+
+
+def _fixed_axes(fig: go.Figure, bounds: tuple[float, float, float, float]) -> None:
+    """Hidden axes spanning ``bounds`` in level-0 pixels, ``y`` down, one unit the same on both, not
+    zoomable in the browser."""
+    x0, y0, x1, y1 = bounds
     fig.update_xaxes(range=[x0, x1], showgrid=False, zeroline=False, visible=False, fixedrange=True,
                      constrain="domain")
     fig.update_yaxes(range=[y1, y0], showgrid=False, zeroline=False, visible=False, fixedrange=True,
                      scaleanchor="x", scaleratio=1, constrain="domain")
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=10, b=0), showlegend=False, dragmode="select",
-                      plot_bgcolor="#fff", hovermode="closest")
+
+
+def slide_navigator(slide_size: tuple[int, int], view: tuple[float, float, float, float], *, source: str | None,
+                    across: int = 32, height: int = 200) -> go.Figure:
+    """The whole slide, small, with the current view outlined: a click on it moves the view there.
+
+    Parameters
+    ----------
+    slide_size : (int, int)
+        The slide's level-0 width and height.
+    view : (x0, y0, x1, y1)
+        The slide viewer's current view, outlined.
+    source : str or None
+        The whole slide's pixels as a data URI (a thumbnail).
+    across : int
+        Invisible points placed ``across`` to the slide's width (and as densely down): what a click
+        selects, its position the point's; their number is bounded whatever the slide.
+    """
+    width, height_px = slide_size
+    fig = go.Figure()
+    if source is not None:
+        fig.add_layout_image(source=source, xref="x", yref="y", x=0, y=0, sizex=width, sizey=height_px,
+                             sizing="stretch", layer="below")
+    step = width / across
+    gx, gy = np.meshgrid(np.arange(step / 2, width, step), np.arange(step / 2, height_px, step))
+    fig.add_trace(go.Scatter(x=gx.ravel().astype(np.float32), y=gy.ravel().astype(np.float32), mode="markers",
+                             name="places",
+                             marker=dict(size=8, opacity=0),
+                             hovertemplate="go to x %{x:.0f}, y %{y:.0f}<extra></extra>"))
+    x0, y0, x1, y1 = view
+    fig.add_shape(type="rect", x0=max(x0, 0), y0=max(y0, 0), x1=min(x1, width), y1=min(y1, height_px),
+                  line=dict(color="#e8002d", width=2), fillcolor="rgba(232,0,45,0.12)")
+    _fixed_axes(fig, (0.0, 0.0, float(width), float(height_px)))
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=0, b=0), showlegend=False, plot_bgcolor="#fff",
+                      hovermode="closest", dragmode=False)
     return fig
 
 

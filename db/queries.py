@@ -472,7 +472,7 @@ DASH_COHORT_IMAGES = (
     "OPTIONAL MATCH (s:Segmentation {key: m.segmentation}) "
     "RETURN i.id AS id, m.path AS path, m.label AS label, m.patient AS patient, i.width AS width, "
     "i.height AS height, s.detector AS detector, s.n_nuclei AS n_nuclei, s.n_edges AS n_edges, "
-    "toString(s.ingested_at) AS ingested_at ORDER BY label, id"
+    "toString(s.ingested_at) AS ingested_at, m.segmentation AS segmentation ORDER BY label, id"
 )
 
 # --- one image --------------------------------------------------------------------------------------

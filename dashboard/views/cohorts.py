@@ -52,7 +52,8 @@ else:
         )
     with st.expander(f"All {len(images)} images", expanded=False):
         st.dataframe(images, hide_index=True, column_config={
-            "n_nuclei": st.column_config.NumberColumn("nuclei"), "n_edges": st.column_config.NumberColumn("edges")})
+            "n_nuclei": st.column_config.NumberColumn("nuclei"), "n_edges": st.column_config.NumberColumn("edges"),
+            "segmentation": None})  # an internal key
 
 st.header("Ingest records")
 log = data.ingest_log(reader, cohort=cohort)

@@ -69,7 +69,7 @@ def test_viewport_nuclei_come_from_the_point_index_and_stay_bounded(slide_cohort
 
 
 def _chart(at):
-    charts = at.get("plotly_chart")
+    charts = at.main.get("plotly_chart")  # the navigator is in the sidebar
     assert len(charts) == 1
     return json.loads(charts[0].proto.spec)
 
@@ -119,14 +119,72 @@ def test_a_box_drawn_on_the_chart_zooms_to_it_once(slide_cohort, test_environ):
     assert (cx, cy, width) == pytest.approx((1300, 1000, 600))
     at.button(key="slides_out").click().run()  # the box is not applied again
     assert at.session_state["slides_view"][3] == pytest.approx(1200)
-    # points without a box (no browser sends them in select mode) and malformed boxes move nothing
-    at.session_state["slides_chart"] = {"selection": {"points": [{"x": 3000.0, "y": 2000.0, "curve_number": 1}],
-                                                      "point_indices": [0], "box": [], "lasso": []}}
-    at.run()
-    at.session_state["slides_chart"] = {"selection": {"points": [{"x": "nonsense"}], "box": [{"x": None}]}}
+    # malformed selections move nothing
+    for sel in ({"points": [{"x": "nonsense"}], "box": [{"x": None}]}, {"points": [{"x": float("nan"), "y": 1.0}]},
+                {"points": "x"}, None):
+        at.session_state["slides_chart"] = {"selection": sel}
+        at.run()
+        assert_clean(at)
+        assert at.session_state["slides_view"][1:] == pytest.approx((1300, 1000, 1200))
+
+
+def test_a_click_on_a_bin_zooms_in_there_and_on_a_nucleus_centres_and_reads_it(slide_cohort, test_environ):
+    s = slide_cohort
+    st.cache_data.clear()
+    at = open_page("slides", s["name"], slides_max=500)
+    assert_clean(at)
+    assert "Nucleus" not in [h.value.split()[0] for h in at.subheader]
+    # the browser passes clicks on points on only outside box-select mode: the Click mode leaves it
+    assert _chart(at)["layout"]["dragmode"] == "select"
+    at.get("button_group")[0].set_value("click").run()
+    assert _chart(at)["layout"]["dragmode"] is False and "click a bin" in at.caption[0].value
+    # a click on a bin's centre (a point of the invisible "bin centres" trace: no customdata)
+    at.session_state["slides_chart"] = {"selection": {"points": [{"x": 1500.0, "y": 1100.0, "curve_number": 1,
+                                                                  "point_index": 7}],
+                                                      "point_indices": [7], "box": [], "lasso": []}}
     at.run()
     assert_clean(at)
-    assert at.session_state["slides_view"][1:] == pytest.approx((1300, 1000, 1200))
+    assert at.session_state["slides_view"][1:] == pytest.approx((1500, 1100, 4608 / 2))
+    # a click on a nucleus: customdata as the browser serialises a typed array (an object keyed by index)
+    cx, cy = s["nuclei"]["centroid_x"], s["nuclei"]["centroid_y"]
+    near = np.hypot(cx[:, None] - cx[None], cy[:, None] - cy[None]) < 60.0  # the fixture's edge threshold
+    degrees = near.sum(1) - 1
+    i = int(np.argmax(np.where((np.abs(cx - 1500) < 900) & (np.abs(cy - 1100) < 600), degrees, -1)))
+    nid = int(s["nuclei"]["nucleus_id"][i])
+    x, y = float(s["nuclei"]["centroid_x"][i]), float(s["nuclei"]["centroid_y"][i])
+    at.session_state["slides_chart"] = {"selection": {"points": [{"x": x, "y": y, "curve_number": 2, "point_index": 3,
+                                                                  "customdata": {"0": nid, "1": 0.1, "2": 80.0}}],
+                                                      "point_indices": [3], "box": [], "lasso": []}}
+    at.run()
+    assert_clean(at)
+    assert at.session_state["slides_view"][1:] == pytest.approx((x, y, 4608 / 2))  # centred, same zoom
+    assert f"Nucleus {nid}" in [h.value for h in at.subheader]
+    degree = next(m for m in at.metric if m.label == "degree")
+    assert int(degree.value) == degrees[i] > 0  # read from Neo4j: the nucleus's NEAR edges
+    fig = _chart(at)
+    ring = next(t for t in fig["data"] if t.get("name") == "selected")
+    assert (ring["x"][0], ring["y"][0]) == pytest.approx((x, y))
+
+
+def test_a_click_on_the_navigator_moves_the_view_there(slide_cohort, test_environ):
+    s = slide_cohort
+    st.cache_data.clear()
+    at = open_page("slides", s["name"])
+    at.button(key="slides_in").click().run()
+    at.button(key="slides_in").click().run()
+    width = at.session_state["slides_view"][3]
+    nav = json.loads(at.sidebar.get("plotly_chart")[0].proto.spec)
+    assert nav["layout"]["images"][0]["source"].startswith("data:image/jpeg;base64,")
+    assert len(nav["layout"]["images"][0]["source"]) < 60_000  # a thumbnail, whatever the slide's size
+    rect = nav["layout"]["shapes"][0]
+    x0, y0, x1, y1 = Viewport(*at.session_state["slides_view"][1:], 4096, 3072).bounds
+    assert (rect["x0"], rect["y0"], rect["x1"], rect["y1"]) == pytest.approx((x0, y0, x1, y1))
+    at.session_state["slides_nav"] = {"selection": {"points": [{"x": 3500.0, "y": 600.0, "curve_number": 0}],
+                                                    "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    assert_clean(at)
+    view = Viewport(3500.0, 600.0, width, 4096, 3072).clamped()  # kept over the slide
+    assert at.session_state["slides_view"][1:] == pytest.approx((view.cx, view.cy, width))
 
 
 def test_the_page_says_when_a_cohort_has_no_slides(dash_cohort, test_environ):

@@ -6,7 +6,8 @@ until the page has finished running, saves ``<out>/<page>.png`` and reads the pa
 Streamlit's exception box (``data-testid="stException"``). The Cypher page is shot twice: as
 opened, and after clicking Run on its first library query (results drawn over the image); so is the
 Image explorer: as opened, and after a real mouse click (``Input.dispatchMouseEvent``) on a nucleus
-of its chart, the path a user takes to inspect one.
+of its chart, the path a user takes to inspect one; and the Slide viewer, switched to Click mode, after a
+click on its whole-slide view (a bin: the view zooms in about it).
 
     NUCLEOGRAPH_HOME=/tmp/dashbench NEO4J_URI=bolt://127.0.0.1:7690 \\
         .venv/bin/python bench/screenshot_dashboard.py --cohort bench --out /tmp/nucleograph-screenshots
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-PAGES = ("cohorts", "explorer", "patterns", "models", "cypher")
+PAGES = ("cohorts", "explorer", "patterns", "models", "cypher", "slides")
 URL_PATH = {"cohorts": ""}  # the default page lives at "/"; its url_path is not a route
 # Streamlit marks a running script on <div data-testid="stStatusWidget">; the app is idle when the
 # app view exists and no status widget shows "Running".
@@ -69,6 +70,17 @@ _NUCLEUS_JS = """(() => {
   const [x, y] = px(best);
   return JSON.stringify({index: best, x, y});
 })()"""
+
+
+# The plot area of the page's main chart (not the sidebar's) in viewport pixels: left, top, width, height.
+_MAIN_PLOT_JS = """(() => {
+  const gd = document.querySelector('[data-testid="stMain"] .js-plotly-plot');
+  gd.scrollIntoView({block: 'center'});
+  const r = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  return JSON.stringify([r.left + xa._offset, r.top + ya._offset, xa._length, ya._length]);
+})()"""
+_SLIDE_CAPTION_JS = """[...document.querySelectorAll('[data-testid="stCaptionContainer"]')].map(c => c.innerText)
+  .find(c => c.startsWith('view x'))"""
 
 
 def _free_port() -> int:
@@ -206,6 +218,21 @@ def main(argv: list[str] | None = None) -> int:
                 tab.screenshot(path)
                 results.append({"page": "explorer (after click)", "png": str(path), "seconds": round(seconds, 2),
                                 "clicked": target, **state})
+            if page == "slides" and state["plots"]:
+                # Click mode, then a click in the middle of the whole slide's view: on a bin, which zooms in
+                # about it, or (a slide with few nuclei shows them one by one) on a nucleus, which opens it
+                tab.eval("[...document.querySelectorAll('button')].find(b => b.innerText.trim().endsWith('Click')).click()")
+                tab.settle()
+                area = json.loads(tab.eval(_MAIN_PLOT_JS))
+                tab.click(area[0] + area[2] / 2, area[1] + area[3] / 2)
+                time.sleep(1.0)
+                state, seconds = tab.settle()
+                state["zoomed"] = "zoom 2×" in (tab.eval(_SLIDE_CAPTION_JS) or "") or tab.eval(
+                    "[...document.querySelectorAll('[data-testid=\"stMain\"] h3')].some(h => /^Nucleus/.test(h.innerText))")
+                path = out / "slides-click.png"
+                tab.screenshot(path)
+                results.append({"page": "slides (after a click)", "png": str(path), "seconds": round(seconds, 2),
+                                **state})
             if page == "cypher":
                 tab.eval("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Run').click()")
                 state, seconds = tab.settle()
@@ -221,13 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         app.wait(timeout=20)
         shutil.rmtree(profile, ignore_errors=True)
 
-    bad = [r for r in results if r["exceptions"] or r.get("nucleus_panel") is False]
+    bad = [r for r in results if r["exceptions"] or r.get("nucleus_panel") is False or r.get("zoomed") is False]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
             flag = ("EXCEPTION" if r["exceptions"] else "error box" if r["errors"] else
-                    "no nucleus" if r.get("nucleus_panel") is False else "ok")
+                    "no nucleus" if r.get("nucleus_panel") is False else "no effect" if r.get("zoomed") is False
+                    else "ok")
             print(f"{r['page']:20s} {flag:10s} {r['plots']} plot(s)  settled {r['seconds']:5.1f} s  {r['png']}")
             for e in r["exceptions"] + r["errors"]:
                 print(f"    {e.splitlines()[0] if e else e}")

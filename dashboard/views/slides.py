@@ -52,6 +52,7 @@ image_id = c1.selectbox("Slide", ids, key="slides_image", format_func=lambda i: 
 if "slides_expl" not in st.session_state or st.session_state["slides_expl"] not in keys:
     st.session_state["slides_expl"] = keys[1] if len(keys) > 1 else None
 key = c2.selectbox("Heat map (run · model · method)", keys, key="slides_expl", help=stats.methods_help(),
+                   placeholder="none (nucleus density)",  # what Streamlit shows when the value is None
                    format_func=lambda k: "none (nucleus density)" if k is None else stats.explanation_label(expl_by_key[k]))
 scale_name = c3.selectbox("Colour scale", plots.COLOUR_SCALES, key="slides_scale")
 nuclei_max = st.sidebar.number_input("Slide viewer: nuclei one by one up to", 100, 20_000, NUCLEI_MAX, step=500,
@@ -199,7 +200,8 @@ st.caption(f"view x {x0:,.0f}–{x1:,.0f}, y {y0:,.0f}–{y1:,.0f} px · zoom {v
            + " · the navigator in the sidebar moves the view")
 st.caption(f"slide {width:,}×{height:,} px · {int(grid['counts'].sum()):,} nuclei · "
            + (f"heat map: {stats.explanation_label(expl_by_key[key])}, mean score per bin when zoomed out, scaled by "
-              f"the slide's 99th percentile of |score| ({scale:.3g})" if scale else "colour: nuclei per bin"))
+              f"the slide's 99th percentile of |score| ({scale:.3g})" if scale else
+              "colour: nuclei per bin" if bins is not None else "nuclei in one colour (no scores)"))
 
 # --- the navigator: the whole slide in the sidebar, the view outlined; a click goes there ------------
 with st.sidebar:

@@ -281,9 +281,12 @@ SCRIPT = [
     ("button", "Zoom out"), ("button", "Zoom out"), ("button", "Left"), ("button", "Zoom out"), ("button", "Up"),
     ("nav", (0.6, 0.3)), ("button", "Zoom in"), ("button", "Whole slide"),
 ]
+# The same walk by buttons and boxes only (what the viewer offered before Click mode and the navigator):
+# `--script buttons` measures it on code without them, for a side-by-side comparison.
+BUTTONS_SCRIPT = [step for step in SCRIPT if step[0] in ("button", "drag") and step[1] not in ("Click", "Box")]
 
 
-def browse(env: dict, cohort: str, image_id: str, shots: Path | None, chromium: str) -> dict:
+def browse(env: dict, cohort: str, image_id: str, shots: Path | None, chromium: str, script: list = SCRIPT) -> dict:
     port, cdp_port = _free_port(), _free_port()
     app = subprocess.Popen([sys.executable, "-m", "nucleograph.cli", "dashboard", "--port", str(port)],
                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -311,7 +314,9 @@ def browse(env: dict, cohort: str, image_id: str, shots: Path | None, chromium: 
         if shots:
             shot(tab, shots / "slide_viewer_whole.png")
         steps = []
-        for kind, arg in SCRIPT:
+        for kind, arg in script:
+            # a user acts on a finished page: the sidebar's navigator is redrawn after the view's caption
+            tab.settle(timeout=30, quiet=0.5)
             state = view_state(tab)
             tab.eval(_HOOK_JS)
             before, tab.received = state["cap"], 0
@@ -393,6 +398,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/nucleograph-viewer", help="folder for the painted slide (kept)")
     ap.add_argument("--shots", default=None, help="folder for the screenshots")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    ap.add_argument("--script", choices=("full", "buttons"), default="full",
+                    help="the interactions: all of them, or buttons and boxes only (works on older code too)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
@@ -432,7 +439,8 @@ def main() -> None:
             db_runs.save_scores(db, run_id=RUN_ID, method="attention", hops=None, segmentation=seg,
                                 nids=nids[lo:lo + 50_000], scores=scores[lo:lo + 50_000])
         say(f"stored in {t_store:.0f} s, scores in {time.perf_counter() - t:.0f} s")
-        result = browse(env, "viewer", graph.image_id, Path(args.shots) if args.shots else None, args.chromium)
+        result = browse(env, "viewer", graph.image_id, Path(args.shots) if args.shots else None, args.chromium,
+                        SCRIPT if args.script == "full" else BUTTONS_SCRIPT)
     out = {"nuclei": graph.n_nuclei, "edges": graph.n_edges, "slide": [graph.width, graph.height],
            "store_s": round(t_store), "first_view_s": result["first_view_s"], "viewports": summary(result["steps"]),
            "steps": result["steps"]}

@@ -17,6 +17,9 @@ ASPECT = 1.5  # viewport width / height (the chart's plot area)
 MIN_WIDTH = 256.0  # the closest zoom: a 256-px-wide view shows a few dozen nuclei
 SCREEN_PX = 1024  # pixels of the viewport image sent to the browser along its width (the payload's bound)
 TILE = 512  # deep-zoom tile side in level pixels (the unit of the tile cache)
+# A pyramid level is drawn up to this many times magnified (OpenSeadragon's default minPixelRatio 0.5, i.e.
+# 2x): with levels 4x apart, a view then decodes at most 4x the screen's pixels instead of 16x
+MAX_MAGNIFY = 2.0
 BINS_ACROSS = 64  # aggregated bins along the viewport's width when zoomed out (each an SVG point to select)
 
 

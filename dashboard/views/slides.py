@@ -16,7 +16,15 @@ from collections.abc import Mapping
 import streamlit as st
 
 from nucleograph.dashboard import data, plots, selection, stats
-from nucleograph.dashboard.viewport import SCREEN_PX, TILE, Viewport, aggregate, grid_cell, in_view
+from nucleograph.dashboard.viewport import (
+    MAX_MAGNIFY,
+    SCREEN_PX,
+    TILE,
+    Viewport,
+    aggregate,
+    grid_cell,
+    in_view,
+)
 from nucleograph.ingest.readers import slide_level_for
 
 NUCLEI_MAX = 4000  # nuclei drawn one by one up to this many in view (by default); above, bins
@@ -161,9 +169,9 @@ bounds = view.bounds
 
 # --- what to draw -----------------------------------------------------------------------------------
 started = time.perf_counter()
-# the coarsest level at most 1.25x magnified: a view 4.5 slide px a screen px wide reads level 1 (downsample 4),
-# not 16 times the pixels of level 0
-level = slide_level_for(downs, 1.25 * view.width / SCREEN_PX)
+# the coarsest level at most MAX_MAGNIFY times magnified: a view 4.5 slide px a screen px wide reads level 1
+# (downsample 4), not 16 times the pixels of level 0
+level = slide_level_for(downs, MAX_MAGNIFY * view.width / SCREEN_PX)
 source = None
 if readable:
     source = data.viewport_image(meta["path"], bounds, level, SCREEN_PX, TILE)

@@ -313,6 +313,11 @@ def neighbours(reader: Reader, *, uid: str, prop: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["nid", "dist", "weight", "area", "hematoxylin", "score"])
 
 
+# How the pages show :func:`neighbours`' measured columns (``st.dataframe(..., column_config=...)``).
+NEIGHBOUR_COLUMNS = {c: st.column_config.NumberColumn(format="%.3g")
+                     for c in ("dist", "weight", "area", "hematoxylin", "score")}
+
+
 # --- slides -----------------------------------------------------------------------------------------
 class _Slide:
     """An open slide (or a plain image held in memory, as one level) shared by every session of the

@@ -133,9 +133,7 @@ with right:
                 st.caption(f"rank {rank} of {nuclei['score'].notna().sum()} in this image")
             st.dataframe(stats.feature_table(info["props"]), hide_index=True, height=260)
             st.caption(f"{len(neigh)} neighbours (nearest first)")
-            st.dataframe(neigh, hide_index=True, height=200,
-                         column_config={c: st.column_config.NumberColumn(format="%.3g")
-                                        for c in ("dist", "weight", "area", "hematoxylin", "score")})
+            st.dataframe(neigh, hide_index=True, height=200, column_config=data.NEIGHBOUR_COLUMNS)
 
 with left:
     scaled = {"relative": " (relative)", "log": " (signed log)"}.get(scaling, "")

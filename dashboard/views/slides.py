@@ -241,6 +241,4 @@ if picked:
         left.dataframe(stats.feature_table(info["props"]), hide_index=True, height=260)
         neigh = data.neighbours(reader, uid=uid, prop=prop)
         right.caption(f"{len(neigh)} neighbours (nearest first)")
-        right.dataframe(neigh, hide_index=True, height=230,
-                        column_config={k: st.column_config.NumberColumn(format="%.3g")
-                                       for k in ("dist", "weight", "area", "hematoxylin", "score")})
+        right.dataframe(neigh, hide_index=True, height=230, column_config=data.NEIGHBOUR_COLUMNS)

@@ -14,6 +14,7 @@ from nucleograph.ingest.readers import (
     iter_slide_tiles,
     read_image,
     slide_info,
+    to_rgb8,
 )
 
 
@@ -81,6 +82,16 @@ def test_rgba_composited_on_white(tmp_path):
     out = read_image(tmp_path / "a.png")
     np.testing.assert_array_equal(out[0, 0], [200, 0, 0])
     np.testing.assert_array_equal(out[-1, -1], [255, 255, 255])
+
+
+def test_rgb8_and_opaque_rgba_pass_through_unchanged_and_writable():
+    img = _rgb()
+    img.flags.writeable = False  # as a decoder may give it
+    out = to_rgb8(img)
+    np.testing.assert_array_equal(out, img)
+    assert out.flags.writeable and out.flags.c_contiguous and not np.shares_memory(out, img)
+    rgba = np.dstack([_rgb(seed=1), np.full((48, 64), 255, np.uint8)])
+    np.testing.assert_array_equal(to_rgb8(rgba), rgba[..., :3])
 
 
 def test_16bit_scaled(tmp_path):

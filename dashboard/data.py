@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -321,12 +324,18 @@ NEIGHBOUR_COLUMNS = {c: st.column_config.NumberColumn(format="%.3g")
 # --- slides -----------------------------------------------------------------------------------------
 class _Slide:
     """An open slide (or a plain image held in memory, as one level) shared by every session of the
-    server; reads go one at a time (a tiffslide handle is not documented as thread-safe)."""
+    server. A tiffslide handle is not documented as thread-safe, so each read takes a handle of its own
+    from a pool of up to :data:`SLIDE_READERS` (JPEG decoding releases the GIL: tiles read side by side).
+    Decoded tiles are kept in an LRU of :data:`TILE_CACHE` tiles."""
 
     def __init__(self, path: str):
-        self.path, self.lock = path, threading.Lock()
+        self.path = path
+        self.lock, self.idle, self.opened = threading.Lock(), queue.SimpleQueue(), 0
+        self.tiles: OrderedDict[tuple[int, int, int, int], np.ndarray] = OrderedDict()
         if is_slide(path):
             self.slide, self.pixels = open_slide(path), None
+            self.idle.put(self.slide)
+            self.opened = 1
             self.dimensions = [tuple(map(int, d)) for d in self.slide.level_dimensions]
             self.downsamples = [float(d) for d in self.slide.level_downsamples]
         else:
@@ -334,12 +343,59 @@ class _Slide:
             self.dimensions = [(int(self.pixels.shape[1]), int(self.pixels.shape[0]))]
             self.downsamples = [1.0]
 
+    def _handle(self):
+        with self.lock:
+            if self.idle.empty() and self.opened < SLIDE_READERS:
+                self.opened += 1
+                return open_slide(self.path)
+        return self.idle.get()  # waits for a handle another read is using
+
     def region(self, x0: int, y0: int, w: int, h: int, level: int) -> np.ndarray:
         """``w`` x ``h`` pixels of ``level`` from its pixel (x0, y0) (level pixels)."""
         if self.pixels is not None:
             return self.pixels[y0:y0 + h, x0:x0 + w]
+        handle = self._handle()
+        try:
+            return read_slide_tile(self.path, x0, y0, w, h, level=level, slide=handle)
+        finally:
+            self.idle.put(handle)
+
+    def close(self) -> None:
+        """Close the slide's handles (a server keeps them open while the slide is cached)."""
         with self.lock:
-            return read_slide_tile(self.path, x0, y0, w, h, level=level, slide=self.slide)
+            while not self.idle.empty():
+                self.idle.get().close()
+                self.opened -= 1
+
+    def tile(self, level: int, col: int, row: int, tile: int) -> np.ndarray:
+        """One ``tile``-px tile (column ``col``, row ``row``) of a pyramid level, as RGB, from the LRU or
+        read; edge tiles are smaller."""
+        key = (level, col, row, tile)
+        with self.lock:
+            if key in self.tiles:
+                self.tiles.move_to_end(key)
+                return self.tiles[key]
+        w, h = self.dimensions[level]
+        x0, y0 = col * tile, row * tile
+        pixels = np.ascontiguousarray(self.region(x0, y0, min(tile, w - x0), min(tile, h - y0), level))
+        with self.lock:
+            self.tiles[key] = pixels
+            while len(self.tiles) > TILE_CACHE:
+                self.tiles.popitem(last=False)
+        return pixels
+
+    def tiles_of(self, level: int, keys: list[tuple[int, int]], tile: int) -> list[np.ndarray]:
+        """The tiles ``keys`` ((column, row) pairs) of a level, in order; those not cached read side by side."""
+        if self.pixels is not None or len(keys) < 2:
+            return [self.tile(level, c, r, tile) for c, r in keys]
+        return list(_READ_POOL.map(lambda key: self.tile(level, key[0], key[1], tile), keys))
+
+
+# Tiles are the unit of the cache (deep zoom): a pan re-reads only the tiles it uncovers. Kept as arrays,
+# per slide (at most 16 slides open), up to 256 tiles each (~200 MB of 512-px RGB tiles).
+TILE_CACHE = 256
+SLIDE_READERS = 2  # handles per slide, and threads reading tiles (the machine's 2 cores)
+_READ_POOL = ThreadPoolExecutor(max_workers=SLIDE_READERS, thread_name_prefix="slide-tiles")
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -356,23 +412,11 @@ def slide_levels(path: str) -> tuple[list[tuple[int, int]] | None, list[float] |
     return src.dimensions, src.downsamples
 
 
-# Tiles are the unit of the cache (deep zoom): a pan re-reads only the tiles it uncovers. Kept as arrays,
-# shared, at most 256 of them (~200 MB of 512-px RGB tiles).
-@st.cache_resource(show_spinner=False, max_entries=256)
-def slide_tile(path: str, level: int, col: int, row: int, tile: int) -> np.ndarray:
-    """One ``tile``-px tile (column ``col``, row ``row``) of a slide's pyramid level, as RGB; edge tiles
-    are smaller."""
-    src = _slide(path)
-    w, h = src.dimensions[level]
-    x0, y0 = col * tile, row * tile
-    return np.ascontiguousarray(src.region(x0, y0, min(tile, w - x0), min(tile, h - y0), level))
-
-
 @st.cache_data(ttl=TTL_IMAGE, show_spinner=False, max_entries=64)
 def viewport_image(path: str, bounds: tuple[float, float, float, float], level: int, out_width: int,
                    tile: int) -> str:
     """The viewport's pixels as a JPEG data URI ``out_width`` pixels wide: the level's tiles that cover
-    it (:func:`slide_tile`), cropped and resized. Its size is set by ``out_width``, not by the slide."""
+    it (:meth:`_Slide.tiles_of`), cropped and resized. Its size is set by ``out_width``, not by the slide."""
     src = _slide(path)
     down, (lw, lh) = src.downsamples[level], src.dimensions[level]
     x0, y0, x1, y1 = (v / down for v in bounds)
@@ -383,8 +427,7 @@ def viewport_image(path: str, bounds: tuple[float, float, float, float], level: 
         c0, r0 = min(c for c, _ in keys), min(r for _, r in keys)
         c1, r1 = max(c for c, _ in keys), max(r for _, r in keys)
         mosaic = np.full(((r1 - r0 + 1) * tile, (c1 - c0 + 1) * tile, 3), 255, np.uint8)
-        for c, r in keys:
-            t = slide_tile(path, level, c, r, tile)
+        for (c, r), t in zip(keys, src.tiles_of(level, keys, tile), strict=True):
             mosaic[(r - r0) * tile:(r - r0) * tile + t.shape[0], (c - c0) * tile:(c - c0) * tile + t.shape[1]] = t
         ox, oy = c0 * tile, r0 * tile  # the mosaic's corner in level pixels
         # the viewport's box in mosaic pixels; parts outside the slide stay white

@@ -201,16 +201,20 @@ def slide_view(
         px = screen_width / max(x1 - x0, 1.0)  # screen pixels per slide pixel
         size = np.clip(2 * np.sqrt(np.maximum(nuclei["area"].fillna(30.0).to_numpy(), 1.0) / np.pi) * px, 4, 40)
         scored = colour == "score" and nuclei["score"].notna().any()
-        marker = dict(size=size, line=dict(color="black", width=0.5), opacity=0.6)  # the nucleus shows through
+        # float32 where a value only places or paints (to 0.01 px on a 100,000 px slide): half the bytes of the
+        # arrays the browser decodes; customdata keeps the nucleus id exact. At 0.6 opacity the nucleus shows through
+        marker = dict(size=size.astype(np.float32), line=dict(color="black", width=0.5), opacity=0.6)
         if scored:
-            marker.update(color=np.clip(nuclei["score"].to_numpy() / (scale or 1.0), -1, 1), colorscale=colour_scale,
+            marker.update(color=np.clip(nuclei["score"].to_numpy(np.float32) / (scale or 1.0), -1, 1),
+                          colorscale=colour_scale,
                           cmin=-1.0, cmax=1.0, cmid=0.0, showscale=True,
                           colorbar=dict(title=dict(text="relative score", side="right"), thickness=14))
         else:
             marker.update(color="rgba(57,255,20,0.7)")
         custom = np.column_stack([nuclei["nid"], nuclei["score"], nuclei["area"]])
         fig.add_trace(go.Scatter(
-            x=nuclei["x"], y=nuclei["y"], mode="markers", marker=marker, customdata=custom, name="nuclei",
+            x=nuclei["x"].to_numpy(np.float32), y=nuclei["y"].to_numpy(np.float32), mode="markers", marker=marker,
+            customdata=custom, name="nuclei",
             hovertemplate="nucleus %{customdata[0]}<br>score %{customdata[1]:.4g}<br>area %{customdata[2]:.0f}"
                           "<extra></extra>"))
     if selected is not None:

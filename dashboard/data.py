@@ -326,12 +326,11 @@ class _Slide:
     """An open slide (or a plain image held in memory, as one level) shared by every session of the
     server. A tiffslide handle is not documented as thread-safe, so each read takes a handle of its own
     from a pool of up to :data:`SLIDE_READERS` (JPEG decoding releases the GIL: tiles read side by side).
-    Decoded tiles are kept in an LRU of :data:`TILE_CACHE` tiles."""
+    Decoded tiles go to the server's tile LRU (:data:`TILE_CACHE` tiles of all slides)."""
 
     def __init__(self, path: str):
         self.path = path
         self.lock, self.idle, self.opened = threading.Lock(), queue.SimpleQueue(), 0
-        self.tiles: OrderedDict[tuple[int, int, int, int], np.ndarray] = OrderedDict()
         if is_slide(path):
             self.slide, self.pixels = open_slide(path), None
             self.idle.put(self.slide)
@@ -370,18 +369,18 @@ class _Slide:
     def tile(self, level: int, col: int, row: int, tile: int) -> np.ndarray:
         """One ``tile``-px tile (column ``col``, row ``row``) of a pyramid level, as RGB, from the LRU or
         read; edge tiles are smaller."""
-        key = (level, col, row, tile)
-        with self.lock:
-            if key in self.tiles:
-                self.tiles.move_to_end(key)
-                return self.tiles[key]
+        key = (self.path, level, col, row, tile)
+        with _TILES_LOCK:
+            if key in _TILES:
+                _TILES.move_to_end(key)
+                return _TILES[key]
         w, h = self.dimensions[level]
         x0, y0 = col * tile, row * tile
         pixels = np.ascontiguousarray(self.region(x0, y0, min(tile, w - x0), min(tile, h - y0), level))
-        with self.lock:
-            self.tiles[key] = pixels
-            while len(self.tiles) > TILE_CACHE:
-                self.tiles.popitem(last=False)
+        with _TILES_LOCK:
+            _TILES[key] = pixels
+            while len(_TILES) > TILE_CACHE:
+                _TILES.popitem(last=False)
         return pixels
 
     def tiles_of(self, level: int, keys: list[tuple[int, int]], tile: int) -> list[np.ndarray]:
@@ -392,8 +391,11 @@ class _Slide:
 
 
 # Tiles are the unit of the cache (deep zoom): a pan re-reads only the tiles it uncovers. Kept as arrays,
-# per slide (at most 16 slides open), up to 256 tiles each (~200 MB of 512-px RGB tiles).
+# shared by all slides and sessions, at most 256 of them (~200 MB of 512-px RGB tiles), least recently used
+# dropped first; keyed by (path, level, column, row, tile side).
 TILE_CACHE = 256
+_TILES: OrderedDict[tuple[str, int, int, int, int], np.ndarray] = OrderedDict()
+_TILES_LOCK = threading.Lock()
 SLIDE_READERS = 2  # handles per slide, and threads reading tiles (the machine's 2 cores)
 _READ_POOL = ThreadPoolExecutor(max_workers=SLIDE_READERS, thread_name_prefix="slide-tiles")
 

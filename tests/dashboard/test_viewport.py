@@ -91,6 +91,8 @@ def test_bins_count_the_nuclei_in_them_and_stay_bounded():
 
 
 def test_a_views_tiles_read_side_by_side_equal_the_slides_pixels_and_stay_bounded(tmp_path, monkeypatch):
+    from collections import OrderedDict
+
     from nucleograph.dashboard import data
     from nucleograph.ingest.readers import read_slide_tile
     from nucleograph.ingest.synth import synthesize_slide
@@ -98,6 +100,7 @@ def test_a_views_tiles_read_side_by_side_equal_the_slides_pixels_and_stay_bounde
     path = tmp_path / "slide.tif"
     synthesize_slide("breast", "Invasive", path, nuclei_path=tmp_path / "n.csv", truth_path=tmp_path / "t.json",
                      rng=np.random.default_rng(0), size=(2048, 2048))
+    monkeypatch.setattr(data, "_TILES", OrderedDict())  # the server's tile LRU, empty
     src = data._Slide(str(path))
     keys = tiles_for(Viewport.whole(2048, 2048).bounds, 1.0, src.dimensions[0], tile=256)
     assert len(keys) == 64
@@ -105,12 +108,14 @@ def test_a_views_tiles_read_side_by_side_equal_the_slides_pixels_and_stay_bounde
     assert src.opened == data.SLIDE_READERS  # a second handle was opened to read beside the first
     for (c, r), t in zip(keys, tiles, strict=True):
         np.testing.assert_array_equal(t, read_slide_tile(path, c * 256, r * 256, 256, 256))
-    assert len(src.tiles) == 64 and src.tiles_of(0, keys[:1], 256)[0] is tiles[0]  # the second read: cached
+    assert len(data._TILES) == 64 and src.tiles_of(0, keys[:1], 256)[0] is tiles[0]  # the second read: cached
     src.close()
     monkeypatch.setattr(data, "TILE_CACHE", 10)
+    monkeypatch.setattr(data, "_TILES", OrderedDict())
     src = data._Slide(str(path))
     for c, r in keys[:12]:
         src.tile(0, c, r, 256)
     src.tile(0, *keys[2], 256)  # used again: the most recent
-    assert list(src.tiles) == [(0, c, r, 256) for c, r in keys[3:12] + keys[2:3]]  # the least recent dropped
+    # the least recently used dropped first, whatever slide they came from
+    assert list(data._TILES) == [(str(path), 0, c, r, 256) for c, r in keys[3:12] + keys[2:3]]
     src.close()

@@ -23,7 +23,7 @@ from nucleograph.gnn.layers import (
     dense_rsf_conv,
 )
 from nucleograph.gnn.layers.pooling import segment_softmax
-from nucleograph.gnn.layers.spmm import neighbour_combine, neighbour_stack
+from nucleograph.gnn.layers.spmm import csr_matrix, csr_mm, neighbour_combine, neighbour_stack
 
 
 @pytest.fixture
@@ -179,6 +179,21 @@ def test_csr_matrix_spends_torchs_beta_warning_quietly():
     )
     run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_csr_mm_writes_every_row_of_its_uninitialised_output(dtype):
+    # empty rows and a matrix without entries: the product must write their zeros, never leave what the
+    # (uninitialised) output held; the freed NaN blocks below are what such an output is likely to reuse
+    x = torch.randn(3, 5, dtype=dtype)
+    for crow, col, val in (([0, 2, 2, 3, 3], [0, 2, 1], [1.0, 2.0, 3.0]), ([0, 0, 0, 0, 0], [], [])):
+        a = csr_matrix(torch.tensor(crow), torch.tensor(col, dtype=torch.int64), torch.tensor(val, dtype=dtype), (4, 3))
+        assert a.crow_indices().dtype == torch.int32 and a.col_indices().dtype == torch.int32  # MKL's own
+        for _ in range(20):
+            garbage = [torch.full((4, 5), float("nan"), dtype=dtype) for _ in range(4)]
+            del garbage
+            out = csr_mm(a, x)
+            assert not out.isnan().any() and torch.allclose(out, a.to_dense() @ x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -12,7 +12,7 @@ from nucleograph.db import queries as q
 from nucleograph.db.graphdb import GraphDB, chunks
 from nucleograph.errors import InputError
 
-METHODS = ("attention", "occlusion", "gradxinput", "ig", "gnnexplainer")
+METHODS = ("attention", "occlusion", "gradxinput", "ig", "gnnexplainer", "local")
 #: What a nucleus's score means, per method (help texts and pickers; README "Explanations").
 METHOD_NOTES = {
     "attention": "the rsf-attention gate of the nucleus, in (0, 1)",
@@ -23,6 +23,8 @@ METHOD_NOTES = {
           "nucleus at the cohort mean (signed; the shares sum to that difference)",
     "gnnexplainer": "GNNExplainer's learnt edge mask averaged over the nucleus's edges, in [0, 1]: high where "
                     "they are needed to keep the class's log-odds",
+    "local": "local evidence: the class's log-odds when the model sees only the nucleus and the nuclei linked to "
+             "it (above the uniform prior's; signed): what that neighbourhood alone says",
 }
 _RUN_ID = re.compile(r"^r[0-9a-f]{6,32}$")
 #: What an occlusion score measures: the drop of the explained class's log-odds (the default; it does

@@ -375,9 +375,10 @@ def explain_run(
     settings : Settings
     run_id : str
     method : str
-        ``occlusion``, ``gradxinput`` or ``ig`` (any model), ``gnnexplainer`` (RSF models) or
+        ``occlusion``, ``gradxinput``, ``ig`` or ``local`` (any model), ``gnnexplainer`` (RSF models) or
         ``attention`` (rsf-attention runs); :mod:`nucleograph.gnn.attribution` holds the gradient
-        methods and GNNExplainer (their defaults: 32 path steps, 100 epochs, seed 0).
+        methods and GNNExplainer (their defaults: 32 path steps, 100 epochs, seed 0),
+        :mod:`nucleograph.gnn.local` the local evidence.
     hops : int
         Occlusion's neighbourhood size.
     image_ids : list of str, optional
@@ -397,7 +398,7 @@ def explain_run(
         graph, scores it and writes its scores (a rerun after a lost worker writes the same scores again).
         The run's models travel to the workers with the task's resources: no shared checkpoint folder.
     window : int
-        Nuclei per window of occlusion: an image with more (a slide) is scored and its scores written
+        Nuclei per window of occlusion and local evidence: an image with more (a slide) is scored and its scores written
         window by window, each window in its own transaction, the image marked explained after the last
         (:func:`nucleograph.gnn.explain.occlusion_windows`, :class:`nucleograph.db.runs.ScoreWriter`).
 
@@ -575,6 +576,7 @@ def explain_graph(method: str, model, graph, *, hops: int, target: int | None, o
     # imported here: explain loads numba's compiled kernels (~1 s), which training runs do not need
     from nucleograph.gnn import attribution
     from nucleograph.gnn.explain import attention_scores, occlusion
+    from nucleograph.gnn.local import local_evidence
 
     # the gradient methods need autograd: each switches it on for itself, and none writes a parameter's grad
     if method == "gradxinput":
@@ -583,6 +585,8 @@ def explain_graph(method: str, model, graph, *, hops: int, target: int | None, o
         return attribution.integrated_gradients(model, graph, target=target)
     if method == "gnnexplainer":
         return attribution.gnnexplainer_scores(model, graph, target=target)
+    if method == "local":
+        return local_evidence(model, graph, target=target)
     with torch.no_grad():
         if method == "attention":
             return attention_scores(model, graph)
@@ -593,12 +597,17 @@ def explain_windows(method: str, model, graph, *, hops: int, target: int | None,
                     window: int = WINDOW_NUCLEI) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """:func:`explain_graph` window by window: ``(nodes, scores)`` per window of ``window`` nuclei, so that
     a slide's scores are written back while the rest are computed. Occlusion goes window by window
-    (:func:`nucleograph.gnn.explain.occlusion_windows`); the other methods give one window, every nucleus
+    (:func:`nucleograph.gnn.explain.occlusion_windows`), and so does local evidence
+    (:func:`nucleograph.gnn.local.local_evidence_windows`); the other methods give one window, every nucleus
     (attention is computed window by window inside, the gradient methods need the whole graph)."""
     from nucleograph.gnn.explain import occlusion_windows  # see explain_graph
+    from nucleograph.gnn.local import local_evidence_windows
 
     if method == "occlusion":
         yield from occlusion_windows(model, graph, hops=hops, target=target, output=output, window=window)
+        return
+    if method == "local":
+        yield from local_evidence_windows(model, graph, target=target, window=window)
         return
     yield np.arange(graph.num_nodes()), explain_graph(method, model, graph, hops=hops, target=target, output=output)
 

@@ -1,4 +1,4 @@
-"""Gradient x input, integrated gradients and GNNExplainer on a cohort in the real local Neo4j: each
+"""Gradient x input, integrated gradients, GNNExplainer and local evidence on a cohort in the real local Neo4j: each
 method's scores written to its own property, read back, exported and drawn through the CLI."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from nucleograph.cli import main
 from nucleograph.db import runs as db_runs
 from nucleograph.db import store
 from nucleograph.gnn.attribution import gnnexplainer_scores, integrated_gradients
+from nucleograph.gnn.local import local_evidence
 from nucleograph.gnn.service import explain_run, graph_from_arrays, load_run_models, train_cohort
 from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.pipeline import IngestParams
@@ -87,6 +88,21 @@ def test_each_method_has_its_own_property(cohort, edge_run, test_environ, graphd
     expl = {e["method"]: e for e in db_runs.list_explanations(graphdb, run_id=run_id)}
     assert {"gradxinput", "gnnexplainer"} <= set(expl)
     assert all(expl[m]["hops"] is None and expl[m]["images"] >= 1 for m in ("gradxinput", "gnnexplainer"))
+
+
+def test_local_evidence_is_stored_window_by_window_as_computed(cohort, edge_run, test_environ, graphdb):
+    run_id = edge_run["run_id"]
+    first = store.cohort_images(graphdb, cohort)[0]
+    # windows of 7 nuclei: the image is written in several transactions (ScoreWriter), as a slide is
+    out = explain_run(graphdb, test_environ, run_id, method="local", image_ids=[first["id"]], force=True, window=7)
+    assert (out["property"], out["hops"], out["images"]) == (f"imp_{run_id}_local", None, 1)
+    assert first["n_nuclei"] > 7
+    stored = _stored(graphdb, cohort, first["id"], out["property"])
+    _, models = load_run_models(graphdb, test_environ, run_id)
+    graph = graph_from_arrays(next(store.read_graphs(graphdb, cohort, [first["id"]])))
+    np.testing.assert_allclose(stored, local_evidence(models[0], graph), rtol=0, atol=1e-5)
+    assert np.ptp(stored) > 0
+    assert explain_run(graphdb, test_environ, run_id, method="local", image_ids=[first["id"]])["reused"] == 1
 
 
 def test_gnnexplainer_needs_an_rsf_run(cohort, test_environ, graphdb, capsys):

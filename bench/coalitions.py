@@ -72,6 +72,15 @@ def coalition_scores(model, graph, target: int, groups: np.ndarray, n_groups: in
     return rise[groups], coef[groups]
 
 
+def first_per_class(db: GraphDB, cohort: str, per_class: int) -> list[str]:
+    """The ids of the cohort's first ``per_class`` images of each label."""
+    chosen: dict[str, list[str]] = {}
+    for r in store.cohort_images(db, cohort):
+        if len(chosen.setdefault(r["label"], [])) < per_class:
+            chosen[r["label"]].append(r["id"])
+    return [i for ids in chosen.values() for i in ids]
+
+
 def structure_auroc(roles: np.ndarray, scores: np.ndarray) -> float | None:
     """AUROC of every structural role together above stroma (None without both)."""
     structure = np.array([r is not None and r != "stroma" for r in roles])
@@ -97,12 +106,8 @@ def main(argv=None) -> pd.DataFrame:
     db = GraphDB.open(settings)
     run, models = load_run_models(db, settings, args.run)
     model, truth, rng = models[0], read_truth(args.truth), np.random.default_rng(args.seed)
-    chosen: dict[str, list[str]] = {}
-    for r in store.cohort_images(db, run["cohort"]):
-        if len(chosen.setdefault(r["label"], [])) < args.per_class:
-            chosen[r["label"]].append(r["id"])
     rows = []
-    for g in store.read_graphs(db, run["cohort"], [i for ids in chosen.values() for i in ids]):
+    for g in store.read_graphs(db, run["cohort"], first_per_class(db, run["cohort"], args.per_class)):
         graph = graph_from_arrays(g)
         roles = truth.roles(g["path"], g["centroids"])
         n_groups, groups = structure_groups(g["centroids"], args.radius)

@@ -20,7 +20,7 @@ import dgl
 import numpy as np
 import pandas as pd
 import torch
-from coalitions import structure_auroc
+from coalitions import first_per_class, structure_auroc
 from scipy.spatial import cKDTree
 
 from nucleograph.config import Settings
@@ -57,12 +57,8 @@ def main(argv=None) -> pd.DataFrame:
     db = GraphDB.open(settings)
     run, models = load_run_models(db, settings, args.run)
     model, truth = models[0], read_truth(args.truth)
-    chosen: dict[str, list[str]] = {}
-    for r in store.cohort_images(db, run["cohort"]):
-        if len(chosen.setdefault(r["label"], [])) < args.per_class:
-            chosen[r["label"]].append(r["id"])
     rows = []
-    for g in store.read_graphs(db, run["cohort"], [i for ids in chosen.values() for i in ids]):
+    for g in store.read_graphs(db, run["cohort"], first_per_class(db, run["cohort"], args.per_class)):
         graph, n = graph_from_arrays(g), len(g["nids"])
         roles = truth.roles(g["path"], g["centroids"])
         row = {"image": g["id"], "label": g["label"], "nuclei": n}

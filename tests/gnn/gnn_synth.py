@@ -1,9 +1,17 @@
 """Synthetic nucleus graphs for the gnn tests: the class is in the arrangement, not in the features."""
 
+import dgl
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 from nucleograph.gnn.data import edge_channels, to_dgl
+from nucleograph.gnn.models import build_model
+
+#: The registry's models without graph convolutions.
+BASELINES = ("mlp", "graphstats")
+#: Narrow RSF widths for fast explainer tests.
+SMALL = dict(conv_feats=(16, 16, 16), pool_sizes=(8, 4), fc_feats=(32, 16))
 
 
 def make_graph(n, *, clustered, rng, n_feats=4, radius=60.0, side=None):
@@ -30,3 +38,16 @@ def make_cohort(n_per_class=30, n_nodes=40, *, seed=0, n_feats=4):
         graphs.append(make_graph(n_nodes, clustered=bool(label), rng=rng, n_feats=n_feats))
         labels.append(label)
     return graphs, np.array(labels)
+
+
+def small_model(name, rng, n_classes=2):
+    """A small model of the registry (4 features, 2 edge channels) in eval mode, its batch norm given
+    non-trivial running statistics by three training-mode passes."""
+    torch.manual_seed(0)
+    m = build_model(name, in_feats=4, edge_channels=2, n_classes=n_classes,
+                    **(SMALL if name not in BASELINES else {}))
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(dgl.batch([make_graph(30, clustered=True, rng=rng), make_graph(30, clustered=False, rng=rng)]))
+    return m.eval()

@@ -4,7 +4,7 @@ import dgl
 import numpy as np
 import pytest
 import torch
-from gnn_synth import make_graph
+from gnn_synth import BASELINES, SMALL, make_graph, small_model
 from scipy.spatial import cKDTree
 
 from nucleograph.errors import InputError, ModelError
@@ -17,26 +17,18 @@ from nucleograph.gnn.attribution import (
 )
 from nucleograph.gnn.data import edge_channels, to_dgl
 from nucleograph.gnn.keys import FEAT
-from nucleograph.gnn.models import MODEL_NAMES, build_model
+from nucleograph.gnn.models import MODEL_NAMES
 from nucleograph.gnn.train import TrainConfig, train_model
 
-BASELINES = ("mlp", "graphstats")
 RSF_NAMES = [n for n in MODEL_NAMES if n not in BASELINES]
 FEATURE_READERS = [n for n in MODEL_NAMES if n != "graphstats"]  # the gradient methods' models
-SMALL = dict(conv_feats=(16, 16, 16), pool_sizes=(8, 4), fc_feats=(32, 16))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
 
 def _model(name, rng):
-    torch.manual_seed(0)
-    m = build_model(name, in_feats=4, edge_channels=2, **(SMALL if name not in BASELINES else {}))
-    m.train()  # non-trivial batch-norm running statistics
-    with torch.no_grad():
-        for _ in range(3):
-            m(dgl.batch([make_graph(30, clustered=True, rng=rng), make_graph(30, clustered=False, rng=rng)]))
-    return m.eval()
+    return small_model(name, rng)
 
 
 def _log_odds_at(m, g, raw, c):

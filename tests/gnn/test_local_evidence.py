@@ -4,28 +4,16 @@ import dgl
 import numpy as np
 import pytest
 import torch
-from gnn_synth import make_graph
+from gnn_synth import make_graph, small_model
 
 from nucleograph.errors import InputError
 from nucleograph.gnn.attribution import log_odds
 from nucleograph.gnn.keys import CENTROID, EFEAT, FEAT
 from nucleograph.gnn.local import local_evidence, local_evidence_windows, neighbourhood_graphs
-from nucleograph.gnn.models import MODEL_NAMES, build_model
+from nucleograph.gnn.models import MODEL_NAMES
 
-BASELINES = ("mlp", "graphstats")
-SMALL = dict(conv_feats=(16, 16, 16), pool_sizes=(8, 4), fc_feats=(32, 16))
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _model(name, rng, n_classes=2):
-    torch.manual_seed(0)
-    m = build_model(name, in_feats=4, edge_channels=2, n_classes=n_classes,
-                    **(SMALL if name not in BASELINES else {}))
-    m.train()  # non-trivial batch-norm running statistics
-    with torch.no_grad():
-        for _ in range(3):
-            m(dgl.batch([make_graph(30, clustered=True, rng=rng), make_graph(30, clustered=False, rng=rng)]))
-    return m.eval()
+_model = small_model
 
 
 def _naive(model, graph, node, target):

@@ -7,7 +7,8 @@ Streamlit's exception box (``data-testid="stException"``). The Cypher page is sh
 opened, and after clicking Run on its first library query (results drawn over the image); so is the
 Image explorer: as opened, and after a real mouse click (``Input.dispatchMouseEvent``) on a nucleus
 of its chart, the path a user takes to inspect one; and the Slide viewer, switched to Click mode, after a
-click on its whole-slide view (a bin: the view zooms in about it).
+click on its whole-slide view (a bin: the view zooms in about it). With ``--explorer-scaling TEXT`` the
+explorer is shot once more after picking that Score scaling with real clicks on the selectbox.
 
     NUCLEOGRAPH_HOME=/tmp/dashbench NEO4J_URI=bolt://127.0.0.1:7690 \\
         .venv/bin/python bench/screenshot_dashboard.py --cohort bench --out /tmp/nucleograph-screenshots
@@ -79,6 +80,22 @@ _MAIN_PLOT_JS = """(() => {
   const r = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
   return JSON.stringify([r.left + xa._offset, r.top + ya._offset, xa._length, ya._length]);
 })()"""
+# The centre of a selectbox (by its label) or of an open list's option (by the start of its text), in
+# viewport pixels.
+_SELECTBOX_JS = """(label => {
+  const w = [...document.querySelectorAll('[data-testid="stSelectbox"]')].find(e => e.innerText.startsWith(label));
+  if (!w) return null;
+  const s = w.querySelector('[role="combobox"], [data-baseweb="select"]');  // react-aria's, else BaseWeb's
+  s.scrollIntoView({block: 'center'});
+  const r = s.getBoundingClientRect();
+  return JSON.stringify([r.left + r.width / 2, r.top + r.height / 2]);
+})"""
+_OPTION_JS = """(text => {
+  const o = [...document.querySelectorAll('[role="option"]')].find(e => e.innerText.trim().startsWith(text));
+  if (!o) return null;
+  const r = o.getBoundingClientRect();
+  return JSON.stringify([r.left + r.width / 2, r.top + r.height / 2]);
+})"""
 _SLIDE_CAPTION_JS = """[...document.querySelectorAll('[data-testid="stCaptionContainer"]')].map(c => c.innerText)
   .find(c => c.startsWith('view x'))"""
 
@@ -155,6 +172,21 @@ class Tab:
         self.click(target["x"], target["y"])
         return target
 
+    def choose(self, label: str, option: str) -> bool:
+        """Open the selectbox labelled ``label`` and pick the option whose text starts with ``option``,
+        with real mouse clicks (as a user does); False when either is not on the page."""
+        box = self.eval(f"{_SELECTBOX_JS}({json.dumps(label)})")
+        if not box:
+            return False
+        time.sleep(0.5)  # scrollIntoView
+        self.click(*json.loads(self.eval(f"{_SELECTBOX_JS}({json.dumps(label)})")))
+        time.sleep(0.5)  # the list opens
+        found = self.eval(f"{_OPTION_JS}({json.dumps(option)})")
+        if not found:
+            return False
+        self.click(*json.loads(found))
+        return True
+
     def screenshot(self, path: Path) -> None:
         height = self.eval("Math.max(document.body.scrollHeight, "
                            "(document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight)")
@@ -176,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/nucleograph-screenshots")
     p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
     p.add_argument("--pages", default=",".join(PAGES), help="comma-separated subset of " + ", ".join(PAGES))
+    p.add_argument("--explorer-scaling", default=None, metavar="TEXT",
+                   help="also shoot the explorer after picking this Score scaling (the start of its label, "
+                        "e.g. 'rank in the image')")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -218,6 +253,15 @@ def main(argv: list[str] | None = None) -> int:
                 tab.screenshot(path)
                 results.append({"page": "explorer (after click)", "png": str(path), "seconds": round(seconds, 2),
                                 "clicked": target, **state})
+                if args.explorer_scaling:
+                    chosen = tab.choose("Score scaling", args.explorer_scaling)
+                    time.sleep(1.0)
+                    state, seconds = tab.settle()
+                    state["chosen"] = chosen
+                    path = out / "explorer-scaling.png"
+                    tab.screenshot(path)
+                    results.append({"page": "explorer (scaling)", "png": str(path), "seconds": round(seconds, 2),
+                                    **state})
             if page == "slides" and state["plots"]:
                 # Click mode, then a click in the middle of the whole slide's view: on a bin, which zooms in
                 # about it, or (a slide with few nuclei shows them one by one) on a nucleus, which opens it
@@ -248,14 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         app.wait(timeout=20)
         shutil.rmtree(profile, ignore_errors=True)
 
-    bad = [r for r in results if r["exceptions"] or r.get("nucleus_panel") is False or r.get("zoomed") is False]
+    bad = [r for r in results if r["exceptions"] or r.get("nucleus_panel") is False or r.get("zoomed") is False
+           or r.get("chosen") is False]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
             flag = ("EXCEPTION" if r["exceptions"] else "error box" if r["errors"] else
                     "no nucleus" if r.get("nucleus_panel") is False else "no effect" if r.get("zoomed") is False
-                    else "ok")
+                    else "not chosen" if r.get("chosen") is False else "ok")
             print(f"{r['page']:20s} {flag:10s} {r['plots']} plot(s)  settled {r['seconds']:5.1f} s  {r['png']}")
             for e in r["exceptions"] + r["errors"]:
                 print(f"    {e.splitlines()[0] if e else e}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
 from nucleograph.db.runs import METHOD_NOTES, explanation_title
 from nucleograph.gnn.render import relative_importance
@@ -190,6 +191,7 @@ SCALINGS = {
     "relative": "relative (÷ 99th percentile of |score|, as `render`)",
     "log": "log (signed, for scores spanning orders of magnitude)",
     "linear": "linear (raw scores)",
+    "rank": "rank in the image (lowest -1, highest +1; for maps read by their order, e.g. local)",
 }
 
 
@@ -202,12 +204,15 @@ def colour_values(values: pd.Series | np.ndarray, scaling: str = "relative", *,
     in the middle, so a few extreme nuclei do not wash the others out (occlusion maps look binary on
     a linear scale). ``log`` is a signed log, ``sign(s) log10(1 + |s| / t)`` with ``t`` the 5th
     percentile of the non-zero ``|s|``, centred on 0. ``linear`` keeps the scores and Plotly's limits.
+    ``rank`` maps each score to its rank among the image's scores, from -1 (lowest) to +1 (highest),
+    ties at their mean rank: the median nucleus is white whatever the sign, so a map whose scores are
+    nearly all negative (local evidence on these cohorts) shows its order rather than one colour.
 
     Parameters
     ----------
     values : Series or ndarray
         Scores (NaN for nuclei without one).
-    scaling : {"relative", "log", "linear"}
+    scaling : {"relative", "log", "linear", "rank"}
         The mapping.
     percentile : float
         The percentile of ``|score|`` that maps to 1 under ``relative``.
@@ -238,6 +243,11 @@ def colour_values(values: pd.Series | np.ndarray, scaling: str = "relative", *,
         out = np.sign(s) * np.log10(1.0 + np.abs(s) / t)
         lim = float(np.nanmax(np.abs(out))) or 1.0
         return out, {"cmin": -lim, "cmax": lim, "cmid": 0.0}
+    if scaling == "rank":
+        out = np.full(s.shape, np.nan)
+        ranks = rankdata(s[finite])  # 1 .. n, ties at their mean
+        out[finite] = 2 * (ranks - 1) / max(ranks.size - 1, 1) - 1
+        return out, {"cmin": -1.0, "cmax": 1.0, "cmid": 0.0}
     raise ValueError(f"unknown colour scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
 
 

@@ -136,7 +136,7 @@ with right:
             st.dataframe(neigh, hide_index=True, height=200, column_config=data.NEIGHBOUR_COLUMNS)
 
 with left:
-    scaled = {"relative": " (relative)", "log": " (signed log)"}.get(scaling, "")
+    scaled = {"relative": " (relative)", "log": " (signed log)", "rank": " (rank in the image)"}.get(scaling, "")
     colour, title = ("score", f"{stats.method_title(expl)}{scaled}") if has_scores else ("area", "area (px²)")
     source, why = data.image_source(meta["path"])
     if source is None:

@@ -104,8 +104,18 @@ def test_log_and_linear_colour_scales():
     assert shown[0] == 0 and shown[3] == -shown[4] == limits["cmax"] and limits["cmid"] == 0
     assert 0 < shown[1] < shown[2] < shown[3]
     assert ds.colour_values(scores, "linear")[1] == {}
-    with pytest.raises(ValueError, match="relative, log, linear"):
+    with pytest.raises(ValueError, match="relative, log, linear, rank"):
         ds.colour_values(scores, "sqrt")
+
+
+def test_rank_colour_scale_spreads_one_signed_map_over_the_whole_scale():
+    # local evidence on these cohorts: nearly every score below 0, the structure only less negative
+    scores = np.array([-5.0, -4.0, -1.0, -1.0, 0.5, np.nan])
+    shown, limits = ds.colour_values(scores, "rank")
+    assert limits == {"cmin": -1.0, "cmax": 1.0, "cmid": 0.0}
+    assert shown[0] == -1.0 and shown[4] == 1.0 and np.isnan(shown[5])
+    assert shown[2] == shown[3] == 0.25 and shown[1] == -0.5  # ties share their mean rank; order kept
+    assert ds.colour_values(np.array([3.0]), "rank")[0].tolist() == [-1.0]  # one nucleus: no division by 0
 
 
 def test_chance_is_the_majority_share_of_the_test_images():

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from nucleograph.db.runs import METHOD_NOTES, explanation_title
-from nucleograph.gnn.render import relative_importance
+from nucleograph.gnn.render import rank_importance, relative_importance
 
 SHAPE_FEATURES = {
     "area": "area (px²)",
@@ -244,10 +243,7 @@ def colour_values(values: pd.Series | np.ndarray, scaling: str = "relative", *,
         lim = float(np.nanmax(np.abs(out))) or 1.0
         return out, {"cmin": -lim, "cmax": lim, "cmid": 0.0}
     if scaling == "rank":
-        out = np.full(s.shape, np.nan)
-        ranks = rankdata(s[finite])  # 1 .. n, ties at their mean
-        out[finite] = 2 * (ranks - 1) / max(ranks.size - 1, 1) - 1
-        return out, {"cmin": -1.0, "cmax": 1.0, "cmid": 0.0}
+        return rank_importance(s), {"cmin": -1.0, "cmax": 1.0, "cmid": 0.0}
     raise ValueError(f"unknown colour scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
 
 

@@ -144,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what occlusion scores measure: the drop of the explained class's log-odds (does not "
                         "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
+    p.add_argument("--scaling", choices=["relative", "rank"], default="relative",
+                   help="colours: scores over their 99th percentile of |score|, or each nucleus's rank in the "
+                        "image (-1 lowest, +1 highest; for maps read by their order, e.g. local evidence)")
     p.add_argument("--level", type=int, default=None,
                    help="pyramid level of a slide to draw at (0: full resolution; default: the finest level "
                         f"that keeps the picture under {RENDER_MAX_PIXELS:,} px)")
@@ -428,7 +431,7 @@ def cmd_render(args, settings: Settings) -> int:
              f"(p={pred.get('prob', float('nan')):.2f}) | {_title(args)}")
     radii = np.sqrt(np.maximum(areas, 1.0) / np.pi)
     out = render_importance(read_image(g["path"]), g["centroids"], radii, s, args.out,
-                            edges=(g["src"], g["dst"]) if args.edges else None, title=title)
+                            edges=(g["src"], g["dst"]) if args.edges else None, title=title, scaling=args.scaling)
     print(f"wrote {out}")
     return 0
 
@@ -487,7 +490,7 @@ def _render_window(db: GraphDB, args, run: dict, image: dict, prop: str, window)
     title = (f"{image['label']} | {args.image} | x {window[0]:.0f}-{window[2]:.0f}, y {window[1]:.0f}-{window[3]:.0f}"
              f" at downsample {down:g} | {_title(args)}")
     out = render_importance(pixels, centroids, radii, nuc["score"], args.out, edges=edges, title=title,
-                            max_side=max(pixels.shape[:2]))
+                            max_side=max(pixels.shape[:2]), scaling=args.scaling)
     print(f"wrote {out} ({pixels.shape[1]}x{pixels.shape[0]} px of the image at downsample {down:g}, "
           f"{len(nuc['nid']):,} nuclei)")
     return 0

@@ -20,11 +20,34 @@ def relative_importance(scores: np.ndarray, *, percentile: float = 99.0) -> np.n
     return np.clip(s / m, -1.0, 1.0) if m > 0 else s
 
 
+def rank_importance(scores: np.ndarray) -> np.ndarray:
+    """Each score's rank among ``scores``, from -1 (lowest) to +1 (highest), ties at their mean rank; NaN
+    stays NaN. The median nucleus maps to 0 whatever the sign: for maps read by their order (local
+    evidence, whose scores are nearly all negative on the synthetic cohorts)."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=float)
+    out = np.full(s.shape, np.nan)
+    finite = np.isfinite(s)
+    ranks = rankdata(s[finite])  # 1 .. n
+    out[finite] = 2 * (ranks - 1) / max(ranks.size - 1, 1) - 1
+    return out
+
+
+#: How :func:`render_importance` maps scores to its colour scale, and the colour bar's label.
+SCALINGS = {
+    "relative": "relative importance (score / 99th percentile of |score|)",
+    "rank": "rank in the image (lowest -1, highest +1)",
+}
+
+
 def render_importance(
     image: np.ndarray, centroids: np.ndarray, radii: np.ndarray, scores: np.ndarray, out: str | Path, *,
     edges: tuple[np.ndarray, np.ndarray] | None = None, title: str = "", max_side: int = 2048, dpi: int = 100,
+    scaling: str = "relative",
 ) -> Path:
-    """Write a PNG of ``image`` with each nucleus a disc coloured by relative importance.
+    """Write a PNG of ``image`` with each nucleus a disc coloured by relative importance (or by its rank,
+    ``scaling="rank"``: :func:`rank_importance`).
 
     Parameters
     ----------
@@ -36,7 +59,11 @@ def render_importance(
         diverging colour scale is centred on 0.
     edges : (src, dst) index arrays, optional
         Drawn as thin lines (the nucleus graph).
+    scaling : {"relative", "rank"}
+        :func:`relative_importance` or :func:`rank_importance`.
     """
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +76,7 @@ def render_importance(
     fig_w, fig_h = w * scale / dpi, h * scale / dpi
     fig, ax = plt.subplots(figsize=(fig_w + 1.4, fig_h + 0.5), dpi=dpi)
     ax.imshow(image, interpolation="lanczos")
-    rel = relative_importance(scores)
+    rel = relative_importance(scores) if scaling == "relative" else np.nan_to_num(rank_importance(scores))
     if edges is not None and len(edges[0]):
         src, dst = edges
         segs = np.stack([centroids[src], centroids[dst]], axis=1)
@@ -65,7 +92,7 @@ def render_importance(
     if title:
         ax.set_title(title, fontsize=10)
     cbar = fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.01)
-    cbar.set_label("relative importance (score / 99th percentile of |score|)")
+    cbar.set_label(SCALINGS[scaling])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # JPEG for figures meant to be shared small; PNG (lossless) otherwise

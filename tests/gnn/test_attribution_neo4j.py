@@ -90,7 +90,8 @@ def test_each_method_has_its_own_property(cohort, edge_run, test_environ, graphd
     assert all(expl[m]["hops"] is None and expl[m]["images"] >= 1 for m in ("gradxinput", "gnnexplainer"))
 
 
-def test_local_evidence_is_stored_window_by_window_as_computed(cohort, edge_run, test_environ, graphdb):
+def test_local_evidence_is_stored_window_by_window_as_computed(cohort, edge_run, test_environ, graphdb, capsys,
+                                                               tmp_path):
     run_id = edge_run["run_id"]
     first = store.cohort_images(graphdb, cohort)[0]
     # windows of 7 nuclei: the image is written in several transactions (ScoreWriter), as a slide is
@@ -104,6 +105,10 @@ def test_local_evidence_is_stored_window_by_window_as_computed(cohort, edge_run,
     np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-5 * max(1.0, np.abs(expected).max()))
     assert np.ptp(stored) > 0
     assert explain_run(graphdb, test_environ, run_id, method="local", image_ids=[first["id"]])["reused"] == 1
+    png = tmp_path / "local-rank.png"  # drawn by rank in the image, as such maps are read
+    assert main(["render", "--image", first["id"], "--run", run_id, "--method", "local", "--scaling", "rank",
+                 "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
 
 
 def test_gnnexplainer_needs_an_rsf_run(cohort, test_environ, graphdb, capsys):

@@ -789,3 +789,60 @@ def float64_rows(sel, clusters, n_marked, b, occ, node, de, pptr, pcols, pvals, 
             num[i, j] = num[i, 0]
             adj[i, j] = adj[i, 0]
     return num, adj
+
+
+@numba.njit(cache=True, nogil=True)
+def softmax_changes(e, node, occ, n_removed, n_vconv2, z_new, shift, b):  # pragma: no cover - compiled
+    """One batch's change of the softmax numerators and its per-occlusion sums, in one pass over its rows.
+
+    ``e`` ``(N, K)`` float64 the cached numerators, ``node``/``occ`` each row's nucleus and occlusion,
+    ``z_new`` ``(rows - n_removed, K)`` float32 the kept rows' new logits, ``shift`` ``(K,)`` float32.
+    Returns ``de`` ``(rows, K)`` (``-E`` on the removed rows, ``exp(z' - shift) - E`` on the others, the
+    exponential in float32 as the model computes it), ``e_new`` ``(n_vconv2 - n_removed, K)`` (``E'`` on the
+    kept rows whose ``H`` changes) and, per occlusion and cluster, ``sum dE`` and ``sum |dE|`` ``(b, K)``
+    (rows in order: the sums ``index_add_`` made)."""
+    n_rows, k = node.size, e.shape[1]
+    de = np.empty((n_rows, k))
+    e_new = np.empty((n_vconv2 - n_removed, k))
+    dsum, moved = np.zeros((b, k)), np.zeros((b, k))
+    for r in range(n_rows):
+        o, v = occ[r], node[r]
+        for c in range(k):
+            old = e[v, c]
+            if r < n_removed:
+                d = -old
+            else:
+                d = np.float64(np.exp(z_new[r - n_removed, c] - shift[c])) - old
+                if r < n_vconv2:
+                    e_new[r - n_removed, c] = d + old
+            de[r, c] = d
+            dsum[o, c] += d
+            moved[o, c] += abs(d)
+    return de, e_new, dsum, moved
+
+
+@numba.njit(cache=True, nogil=True)
+def corrected_sums(num0, adj0, prod, extra, f2):  # pragma: no cover - compiled
+    """The float32 tier's corrected pooling sums of a batch in one pass: ``num = num0 + dE^T H + E'^T dH``
+    ``(b, K, F2)`` and ``adj = adj0 + Q + Q^T`` ``(b, K, L, K)`` in float64 from the float32 products
+    ``prod`` ``(b, K, F2 + L K)`` (``[dE^T H | Q]``) and ``extra`` ``(b, K, F2)``, and whether each
+    (occlusion, cluster)'s row of both is finite ``(b, K)``."""
+    b, k, width = prod.shape
+    n_ch = (width - f2) // k
+    num = np.empty((b, k, f2))
+    adj = np.empty((b, k, n_ch, k))
+    finite = np.ones((b, k), dtype=np.bool_)
+    for o in range(b):
+        for i in range(k):
+            total = 0.0
+            for f in range(f2):
+                x = num0[i, f] + np.float64(prod[o, i, f]) + np.float64(extra[o, i, f])
+                num[o, i, f] = x
+                total += x
+            for ch in range(n_ch):
+                for j in range(k):
+                    x = adj0[i, ch, j] + np.float64(prod[o, i, f2 + ch * k + j]) + np.float64(prod[o, j, f2 + ch * k + i])
+                    adj[o, i, ch, j] = x
+                    total += x
+            finite[o, i] = np.isfinite(total)
+    return num, adj, finite

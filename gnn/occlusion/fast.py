@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from nucleograph.gnn.keys import CENTROID
 from nucleograph.gnn.models import RSFNet
+from nucleograph.gnn.occlusion.balls import softmax_changes
 from nucleograph.gnn.occlusion.cache import ImageCache, build_image_cache
 from nucleograph.gnn.occlusion.pooling import (
     BatchChange,
@@ -157,11 +158,11 @@ def _batch_change(model: RSFNet, image: ImageCache, batch: BatchRows) -> BatchCh
     z_new = _conv_update(model.pool1.embed, take_rows(image.z, rows3), removed_in=take_rows(image.h2, removed),
                          delta=dh, edges=batch.conv_edges[2])
     # new softmax numerators in float32, as the model computes its softmax: their rounding is relative
-    # to the remaining mass, which no correction amplifies
-    e_old = take_rows(image.e, node)
-    de = torch.cat([-e_old[:n_rem], torch.exp(z_new - image.shift.to(z_new.dtype)).double() - e_old[n_rem:]])
-    e_new = de[n_rem:batch.n_vconv2] + e_old[n_rem:batch.n_vconv2]
-    return BatchChange(batch, image, z_new, h_new, dh, de, e_new)
+    # to the remaining mass, which no correction amplifies; with their changes' sums per occlusion, in
+    # one compiled pass (it was seven torch calls, 7 % of the fast path)
+    de, e_new, dsum, moved = softmax_changes(image.e.numpy(), batch.node, batch.occ, n_rem, batch.n_vconv2,
+                                             z_new.numpy(), image.shift.to(z_new.dtype).numpy(), batch.b)
+    return BatchChange(batch, image, z_new, h_new, dh, *map(torch.from_numpy, (de, e_new, dsum, moved)))
 
 
 def _each_batch(run: Callable[[np.ndarray, np.ndarray], None], batches: list[np.ndarray], n: int,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nucleograph.gnn.models import RSFNet
-from nucleograph.gnn.occlusion.balls import afresh_sums, float64_rows
+from nucleograph.gnn.occlusion.balls import afresh_sums, corrected_sums, float64_rows
 from nucleograph.gnn.occlusion.cache import ImageCache, PoolingSums
 from nucleograph.gnn.occlusion.reference import empty_value, target_values
 from nucleograph.gnn.occlusion.rows import BatchRows, take_rows
@@ -35,6 +35,8 @@ class BatchChange:
     dh: torch.Tensor  #: ``H' - H`` on those rows
     de: torch.Tensor  #: (n_rows, K) float64 ``dE = E' - E`` on every row (removed rows: ``-E``)
     e_new: torch.Tensor  #: (n_vconv2 - n_removed, K) float64 ``E'`` on the kept rows whose ``H`` changes
+    dsum: torch.Tensor  #: (b, K) float64 ``1^T dE`` per occlusion
+    moved: torch.Tensor  #: (b, K) float64 ``1^T |dE|`` per occlusion
 
 
 @dataclass
@@ -97,23 +99,22 @@ def float32_sums(change: BatchChange) -> PoolingState:
     ``Q = dE^T (A E + A dE / 2)``; denominators and the bound in float64.
     """
     batch, image = change.batch, change.image
-    b, (k, n_ch, _), f2 = batch.b, image.totals.adj.shape, image.h2.shape[1]
-    occ = torch.from_numpy(batch.occ)
-    den = image.totals.den + torch.zeros(b, k, dtype=torch.float64).index_add_(0, occ, change.de)
-    moved = torch.zeros(b, k, dtype=torch.float64).index_add_(0, occ, change.de.abs())
+    f2 = image.h2.shape[1]
+    den = image.totals.den + change.dsum
     prod, extra = pool_products(change, torch.float32)
-    num = image.totals.num + prod[:, :, :f2] + extra
-    q = prod[:, :, f2:].reshape(b, k, n_ch, k)
-    adj = image.totals.adj + q + q.permute(0, 3, 2, 1)  # (b, K, L, K)
-    ratio = (moved / den).nan_to_num(nan=torch.inf)
+    # num = totals + dE^T H + E'^T dH and adj = totals + Q + Q^T in float64, in one compiled pass
+    num, adj, finite = corrected_sums(image.totals.num.numpy(), image.totals.adj.numpy(), prod.numpy(),
+                                      extra.numpy(), f2)
+    num, adj = torch.from_numpy(num), torch.from_numpy(adj)  # (b, K, F2), (b, K, L, K)
+    ratio = (change.moved / den).nan_to_num(nan=torch.inf)
     excess = ((1 + ratio) ** 2 * torch.from_numpy(batch.ball_sizes).unsqueeze(1) / batch.n_nodes).numpy()
     # An occlusion can lift a cluster's logits far above the image's fixed shift (E' ~ 1e26): its
     # float32 products then overflow although the bound above is small (the moved mass is about the new
     # mass). Such a cluster is summed afresh with its own shift, like one whose mass was all removed;
-    # without this its scores were NaN. (A sum is finite exactly when its terms are: they are float32
-    # products added to finite float64 totals, far below float64's overflow; one pass, no bool tensors.)
-    finite = torch.isfinite(num.sum(2) + adj.flatten(2).sum(2))
-    excess[~finite.numpy()] = np.inf
+    # without this its scores were NaN. (``finite``: the cluster's row of num and of adj summed, which is
+    # finite exactly when its terms are: float32 products added to finite float64 totals, far below
+    # float64's overflow.)
+    excess[~finite] = np.inf
     excess[batch.emptied] = 0  # the whole graph removed: the uniform prior, nothing to pool
     return PoolingState(change, extra, PoolingSums(num, den, adj), excess)
 

@@ -127,9 +127,11 @@ def neighbourhood_graphs(graph, centers: np.ndarray, *, arrays=None, scratch: np
         scratch = np.full(graph.num_nodes(), -1, dtype=np.int64)
     node_ptr, nodes, edge_ptr, esrc, edst, eids = _neighbourhoods(*arrays, np.asarray(centers, dtype=np.int64),
                                                                   scratch)
-    out = dgl.graph((torch.from_numpy(esrc), torch.from_numpy(edst)), num_nodes=nodes.size, idtype=graph.idtype)
-    out.set_batch_num_nodes(torch.from_numpy(np.diff(node_ptr)))
-    out.set_batch_num_edges(torch.from_numpy(np.diff(edge_ptr)))
+    idtype = graph.idtype
+    out = dgl.graph((torch.from_numpy(esrc).to(idtype), torch.from_numpy(edst).to(idtype)), num_nodes=nodes.size,
+                    idtype=idtype)
+    out.set_batch_num_nodes(torch.from_numpy(np.diff(node_ptr)).to(idtype))
+    out.set_batch_num_edges(torch.from_numpy(np.diff(edge_ptr)).to(idtype))
     nodes_t, eids_t = torch.from_numpy(nodes), torch.from_numpy(eids)
     for key, value in graph.ndata.items():
         out.ndata[key] = value[nodes_t]

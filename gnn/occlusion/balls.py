@@ -797,7 +797,7 @@ def softmax_changes(e, node, occ, n_removed, n_vconv2, e_kept, b):  # pragma: no
 
     ``e`` ``(N, K)`` float64 the cached numerators, ``node``/``occ`` each row's nucleus and occlusion,
     ``e_kept`` ``(rows - n_removed, K)`` the kept rows' new numerators ``exp(z' - shift)`` (float32, as the
-    model computes them; torch's vectorised ``exp``, 10x numba's scalar one). Returns ``de`` ``(rows, K)``
+    model computes them, by torch's vectorised ``exp``: numba's scalar one made this pass several times slower). Returns ``de`` ``(rows, K)``
     (``-E`` on the removed rows, ``E' - E`` on the others), ``e_new`` ``(n_vconv2 - n_removed, K)`` (``E'``
     on the kept rows whose ``H`` changes) and, per occlusion and cluster, ``sum dE`` and ``sum |dE|``
     ``(b, K)`` (rows in order: the sums ``index_add_`` made)."""

@@ -39,6 +39,7 @@ def test_local_evidence_is_the_model_on_each_neighbourhood_alone(name, rng):
 def test_batches_and_windows_give_the_same_scores(rng):
     model, graph = _model("rsf-edge", rng), make_graph(80, clustered=False, rng=rng)
     whole = local_evidence(model, graph)
+    np.testing.assert_array_equal(local_evidence(model, graph.int()), whole)  # 32-bit node ids alike
     small = local_evidence(model, graph, batch_nuclei=7)  # a neighbourhood larger than a batch stays whole
     np.testing.assert_allclose(small, whole, rtol=0, atol=1e-5 * max(1.0, np.abs(whole).max()))
     parts = list(local_evidence_windows(model, graph, window=25))

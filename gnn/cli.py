@@ -12,6 +12,7 @@ from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.render import SCALINGS as RENDER_SCALINGS
 from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
 
 #: The most pixels ``render`` draws (a slide is drawn at a level, or by window, to stay under it).
@@ -144,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what occlusion scores measure: the drop of the explained class's log-odds (does not "
                         "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
-    p.add_argument("--scaling", choices=["relative", "rank"], default="relative",
+    p.add_argument("--scaling", choices=list(RENDER_SCALINGS), default="relative",
                    help="colours: scores over their 99th percentile of |score|, or each nucleus's rank in the "
                         "image (-1 lowest, +1 highest; for maps read by their order, e.g. local evidence)")
     p.add_argument("--level", type=int, default=None,

@@ -17,6 +17,14 @@ nodes), so the model pools a neighbourhood as it pools a small image, not as a t
 cannot show: evidence that only exists at a larger scale than one neighbourhood (e.g. how many
 glands an image holds).
 
+**Ties.** Nuclei with the same neighbourhood (a tight group linked to each other and to nothing else
+in common) see the same graph and would get the same score, leaving their order in a ranking, a top-k
+or a deletion curve to storage order. Tied nuclei are ordered among themselves by what each adds to
+its neighbourhood, :math:`f_c(G[N(i)]) - f_c(G[N(i) \setminus \{i\}])` (:func:`own_contribution`,
+computed for the tied nuclei only), added at a scale below a quarter of the smallest gap between
+distinct scores and below 1e-7 of the largest score: every other score, and the order of all distinct
+scores, stay as the formula gives, and a tied score moves by less than the float32 model resolves.
+
 All neighbourhoods of a window of nuclei go through the model as one batched graph, built by a compiled
 pass over the graph's in-edges (:func:`_neighbourhoods`): per nucleus, the cost of a forward pass of a
 graph of its degree + 1 nuclei.
@@ -41,16 +49,17 @@ from nucleograph.gnn.occlusion.reference import (
 )
 from nucleograph.gnn.occlusion.windows import WINDOW_NUCLEI
 
-__all__ = ["local_evidence", "local_evidence_windows", "neighbourhood_graphs"]
+__all__ = ["local_evidence", "local_evidence_windows", "neighbourhood_graphs", "own_contribution"]
 
 #: Nuclei per batched graph of neighbourhoods (their sum; a neighbourhood is never split).
 BATCH_NUCLEI = 16384
 
 
 @numba.njit(cache=True, nogil=True)
-def _neighbourhoods(indptr, src, eid, centers, scratch):  # pragma: no cover - compiled
-    """Each centre's neighbourhood (the centre first, then its in-neighbours, each once) and the in-edges
-    among its members. ``scratch`` ``(N,)`` holds -1 on entry and on return.
+def _neighbourhoods(indptr, src, eid, centers, scratch, keep_centre):  # pragma: no cover - compiled
+    """Each centre's neighbourhood (the centre, unless not ``keep_centre``, and its in-neighbours, each once,
+    in ascending order) and the in-edges among its members. ``scratch`` ``(N,)`` holds -1 on entry and on
+    return.
 
     Returns ``node_ptr`` ``(m + 1,)``, ``nodes`` (graph ids, neighbourhood by neighbourhood), ``edge_ptr``
     ``(m + 1,)``, ``esrc`` and ``edst`` (positions in ``nodes``) and ``eids`` (the graph's edge ids)."""
@@ -67,15 +76,18 @@ def _neighbourhoods(indptr, src, eid, centers, scratch):  # pragma: no cover - c
         # the centre, then its in-neighbours; a duplicate (a multi-edge, a self-loop) kept once
         c = centers[b]
         start = k
-        scratch[c] = k
-        nodes[k] = c
-        k += 1
+        scratch[c] = k  # marks the centre as seen (a member only if kept)
+        if keep_centre:
+            nodes[k] = c
+            k += 1
         for j in range(indptr[c], indptr[c + 1]):
             v = src[j]
             if scratch[v] < 0:
                 scratch[v] = k
                 nodes[k] = v
                 k += 1
+        scratch[c] = -1
+        nodes[start:k] = np.sort(nodes[start:k])  # one order per member set: the same graph, bit for bit
         for p in range(start, k):
             e_bound += indptr[nodes[p] + 1] - indptr[nodes[p]]
             scratch[nodes[p]] = -1
@@ -102,9 +114,11 @@ def _neighbourhoods(indptr, src, eid, centers, scratch):  # pragma: no cover - c
     return node_ptr, nodes, edge_ptr, esrc[:e], edst[:e], eids[:e]
 
 
-def neighbourhood_graphs(graph, centers: np.ndarray, *, arrays=None, scratch: np.ndarray | None = None):
+def neighbourhood_graphs(graph, centers: np.ndarray, *, arrays=None, scratch: np.ndarray | None = None,
+                         keep_centre: bool = True):
     """The neighbourhood graphs :math:`G[N(i)]` of ``centers``, as one batched DGL graph (in ``centers``'
-    order), with every node and edge feature of ``graph`` carried over.
+    order), with every node and edge feature of ``graph`` carried over; without ``keep_centre``, the
+    graphs :math:`G[N(i) \\setminus \\{i\\}]` (empty for a nucleus without links).
 
     Parameters
     ----------
@@ -115,18 +129,21 @@ def neighbourhood_graphs(graph, centers: np.ndarray, *, arrays=None, scratch: np
         ``graph.adj_tensors("csc")`` as int64 numpy arrays (computed when None).
     scratch : np.ndarray, optional
         ``(N,)`` int64 of -1 (made when None).
+    keep_centre : bool
+        Include each centre itself.
 
     Returns
     -------
     dgl.DGLGraph
-        ``len(centers)`` graphs; graph ``b``'s first node is ``centers[b]``.
+        ``len(centers)`` graphs, their nodes in ascending order of ``graph``'s ids (nuclei with the same
+        neighbourhood get the same graph, so the same score to the last bit).
     """
     if arrays is None:
         arrays = tuple(t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))
     if scratch is None:
         scratch = np.full(graph.num_nodes(), -1, dtype=np.int64)
     node_ptr, nodes, edge_ptr, esrc, edst, eids = _neighbourhoods(*arrays, np.asarray(centers, dtype=np.int64),
-                                                                  scratch)
+                                                                  scratch, keep_centre)
     idtype = graph.idtype
     out = dgl.graph((torch.from_numpy(esrc).to(idtype), torch.from_numpy(edst).to(idtype)), num_nodes=nodes.size,
                     idtype=idtype)
@@ -141,7 +158,7 @@ def neighbourhood_graphs(graph, centers: np.ndarray, *, arrays=None, scratch: np
 
 
 def local_evidence(model: GraphClassifier, graph, *, target: int | None = None,
-                   batch_nuclei: int = BATCH_NUCLEI) -> np.ndarray:
+                   batch_nuclei: int = BATCH_NUCLEI, tie_break: bool = True) -> np.ndarray:
     """Every nucleus's local evidence for class ``target`` (default: the class predicted for the image).
 
     Parameters
@@ -153,6 +170,9 @@ def local_evidence(model: GraphClassifier, graph, *, target: int | None = None,
     target : int, optional
     batch_nuclei : int
         Nuclei per batched forward pass (memory grows with it).
+    tie_break : bool
+        Order nuclei with equal scores by what each adds to its own neighbourhood (the module's
+        "Ties"); off: the bare formula.
 
     Returns
     -------
@@ -160,16 +180,17 @@ def local_evidence(model: GraphClassifier, graph, *, target: int | None = None,
         :math:`f_c(G[N(i)]) - f_c(\\varnothing)`, the module's formula.
     """
     scores = np.empty(graph.num_nodes())
-    for nodes, values in local_evidence_windows(model, graph, target=target, batch_nuclei=batch_nuclei):
+    for nodes, values in local_evidence_windows(model, graph, target=target, batch_nuclei=batch_nuclei,
+                                                tie_break=tie_break):
         scores[nodes] = values
     return scores
 
 
 def local_evidence_windows(model: GraphClassifier, graph, *, target: int | None = None,
-                           window: int = WINDOW_NUCLEI,
-                           batch_nuclei: int = BATCH_NUCLEI) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                           window: int = WINDOW_NUCLEI, batch_nuclei: int = BATCH_NUCLEI,
+                           tie_break: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """:func:`local_evidence` ``window`` nuclei at a time: yields ``(nodes, scores)`` per window (a slide's
-    scores are written back while the rest are computed)."""
+    scores are written back while the rest are computed; ties are broken within a window)."""
     check_single_graph(graph)
     n = graph.num_nodes()
     arrays = tuple(t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))
@@ -189,4 +210,57 @@ def local_evidence_windows(model: GraphClassifier, graph, *, target: int | None 
                 batch = neighbourhood_graphs(graph, nodes[start:end], arrays=arrays, scratch=scratch)
                 scores[start:end] = target_values(model(batch), c, "logodds") - prior
                 start = end
+            if tie_break:
+                scores = _break_ties(model, graph, nodes, scores, c, arrays, scratch, batch_nuclei)
             yield nodes, scores
+
+
+def own_contribution(model: GraphClassifier, graph, centers: np.ndarray, scores: np.ndarray, target: int, *,
+                     arrays=None, scratch: np.ndarray | None = None, batch_nuclei: int = BATCH_NUCLEI) -> np.ndarray:
+    r"""What each centre adds to its own neighbourhood: :math:`f_c(G[N(i)]) - f_c(G[N(i) \setminus \{i\}])`.
+
+    ``scores`` are the centres' local evidence (:math:`f_c(G[N(i)]) - f_c(arnothing)`); a nucleus without
+    links adds its whole score. Run inside :class:`EvalMode` (no gradients)."""
+    if arrays is None:
+        arrays = tuple(t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))
+    if scratch is None:
+        scratch = np.full(graph.num_nodes(), -1, dtype=np.int64)
+    indptr, src = arrays[0], arrays[1]
+    centers = np.asarray(centers, dtype=np.int64)
+    out = np.array(scores, dtype=np.float64)
+    linked = np.array([bool(np.any(src[indptr[i]:indptr[i + 1]] != i)) for i in centers], dtype=bool)
+    rest, prior = centers[linked], empty_value(model.n_classes, "logodds")
+    bounds = np.cumsum(np.diff(indptr)[rest])
+    start, values = 0, []
+    while start < rest.size:
+        base = bounds[start - 1] if start else 0
+        end = max(start + 1, int(np.searchsorted(bounds, base + batch_nuclei, side="right")))
+        batch = neighbourhood_graphs(graph, rest[start:end], arrays=arrays, scratch=scratch, keep_centre=False)
+        values.append(target_values(model(batch), target, "logodds") - prior)
+        start = end
+    if values:
+        out[linked] -= np.concatenate(values)
+    return out
+
+
+def _break_ties(model, graph, nodes, scores, c, arrays, scratch, batch_nuclei) -> np.ndarray:
+    """``scores`` with the nuclei that tie (most often: nuclei with the same neighbourhood) ordered among
+    themselves by their :func:`own_contribution`, every other score and the order of distinct scores kept.
+
+    A tied nucleus moves by ``delta * contribution``, at most a quarter of the smallest gap between distinct
+    scores, so it never passes another score, and at most 1e-7 of the largest score (below the float32
+    resolution of the model's own output, so a score reads as the formula gives it)."""
+    values, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    tied = counts[inverse] > 1
+    if not tied.any():
+        return scores
+    own = own_contribution(model, graph, nodes[tied], scores[tied], c, arrays=arrays, scratch=scratch,
+                           batch_nuclei=batch_nuclei)
+    spread = float(np.abs(own).max())
+    if not np.isfinite(spread) or spread == 0.0:
+        return scores
+    scale = max(1.0, float(np.abs(values).max()))
+    step = min(0.25 * float(np.diff(values).min()), 1e-7 * scale) if values.size > 1 else 1e-7 * scale
+    out = scores.copy()
+    out[tied] += (step / spread) * own
+    return out

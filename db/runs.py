@@ -13,6 +13,11 @@ from nucleograph.db.graphdb import GraphDB, chunks
 from nucleograph.errors import InputError
 
 METHODS = ("attention", "occlusion", "gradxinput", "ig", "gnnexplainer", "local")
+#: What `explain`, `scores`, `render`, `evaluate` and the scheduler's retraining use when no method is
+#: given: local evidence, the method whose order is faithful (deletion 0.28-0.45x random order) and that
+#: ranks the class-defining structure above stroma (bench/RESULTS.md, issue 18); occlusion, the seed
+#: paper's method, stays one `--method occlusion` away.
+DEFAULT_METHOD = "local"
 #: What a nucleus's score means, per method (help texts and pickers; README "Explanations").
 METHOD_NOTES = {
     "attention": "the rsf-attention gate of the nucleus, in (0, 1)",

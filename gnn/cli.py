@@ -13,6 +13,7 @@ from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.render import SCALINGS as RENDER_SCALINGS
+from nucleograph.gnn.render import default_scaling
 from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
 
 #: The most pixels ``render`` draws (a slide is drawn at a level, or by window, to stay under it).
@@ -104,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("explain", help="per-nucleus importance for a run, written to Neo4j", formatter_class=_HELP)
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion",
+    p.add_argument("--method", choices=list(db_runs.METHODS), default=db_runs.DEFAULT_METHOD,
                    help="explanation method; a nucleus's score is, for " +
                         "; ".join(f"{m}: {note}" for m, note in db_runs.METHOD_NOTES.items()))
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
@@ -124,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("scores", help="export per-nucleus scores", formatter_class=_HELP)
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion",
+    p.add_argument("--method", choices=list(db_runs.METHODS), default=db_runs.DEFAULT_METHOD,
                    help="explanation method (what each one's scores mean: `nucleograph explain --help`)")
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
     p.add_argument("--output", choices=list(db_runs.OUTPUTS), default="logodds",
@@ -138,16 +139,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="draw a run's per-nucleus importance over the image", formatter_class=_HELP)
     p.add_argument("--image", required=True, help="an image id (`nucleograph images --cohort C`)")
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion",
+    p.add_argument("--method", choices=list(db_runs.METHODS), default=db_runs.DEFAULT_METHOD,
                    help="explanation method (what each one's scores mean: `nucleograph explain --help`)")
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
     p.add_argument("--output", choices=list(db_runs.OUTPUTS), default="logodds",
                    help="what occlusion scores measure: the drop of the explained class's log-odds (does not "
                         "saturate) or of its probability (what occlusion stored before outputs existed)")
     p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
-    p.add_argument("--scaling", choices=list(RENDER_SCALINGS), default="relative",
+    p.add_argument("--scaling", choices=list(RENDER_SCALINGS), default=None,
                    help="colours: scores over their 99th percentile of |score|, or each nucleus's rank in the "
-                        "image (-1 lowest, +1 highest; for maps read by their order, e.g. local evidence)")
+                        "image (-1 lowest, +1 highest; for maps read by their order); default: rank for local "
+                        "evidence, relative for the other methods")
     p.add_argument("--level", type=int, default=None,
                    help="pyramid level of a slide to draw at (0: full resolution; default: the finest level "
                         f"that keeps the picture under {RENDER_MAX_PIXELS:,} px)")
@@ -160,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="how faithful, sparse and stable a stored explanation is, and whether it finds the "
                             "tissue structure (recorded in SQL and on the Explanation)")
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default=db_runs.DEFAULT_METHOD, help="explanation method")
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
     p.add_argument("--output", choices=list(db_runs.OUTPUTS), default=db_runs.OUTPUTS[0],
                    help="what the occlusion scores measure")
@@ -407,6 +409,8 @@ def cmd_render(args, settings: Settings) -> int:
 
     prop = db_runs.score_property(args.run, args.method, args.hops, output=args.output)
     window = parse_window(args.window)
+    if args.scaling is None:
+        args.scaling = default_scaling(args.method)
     with GraphDB.open(settings) as db:
         run = db_runs.get_run(db, args.run)
         if run is None:

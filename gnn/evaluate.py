@@ -278,7 +278,7 @@ class _Setup:
 
 
 def evaluate_run(
-    db: GraphDB, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
+    db: GraphDB, settings: Settings, run_id: str, *, method: str = db_runs.DEFAULT_METHOD, hops: int = 1,
     output: str = "logodds", images: int | None = None, per_class: int | None = None, n_random: int = 3,
     truth=None, against: str | None = None, seed: int = 0, save: bool = True, progress: bool = False,
 ) -> dict[str, Any]:

@@ -34,11 +34,40 @@ def rank_importance(scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def rank_on_scale(scores: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Each score's rank, from -1 (lowest) to +1 (highest), among the scores whose evenly spaced order
+    statistics are ``quantiles`` (lowest first; e.g. a slide's, :func:`nucleograph.db.store.score_quantiles`),
+    linear between two of them, a score equal to several at their middle; NaN stays NaN. With every score
+    of an image as ``quantiles`` it is :func:`rank_importance`: a slide drawn viewport by viewport ranks
+    each nucleus against the whole slide."""
+    qs = np.asarray(quantiles, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    if qs.size == 0:
+        return np.full(s.shape, np.nan)
+    levels = np.linspace(-1.0, 1.0, qs.size) if qs.size > 1 else np.zeros(1)
+    out = np.interp(s, qs, levels)
+    lo, hi = np.searchsorted(qs, s, side="left"), np.searchsorted(qs, s, side="right")
+    equal = hi > lo
+    out[equal] = (levels[lo[equal]] + levels[hi[equal] - 1]) / 2
+    out[~np.isfinite(s)] = np.nan
+    return out
+
+
 #: How :func:`render_importance` maps scores to its colour scale, and the colour bar's label.
 SCALINGS = {
     "relative": "relative importance (score / 99th percentile of |score|)",
     "rank": "rank in the image (lowest -1, highest +1)",
 }
+#: Methods whose maps are drawn by rank unless a scaling is asked for: local evidence is nearly all
+#: negative on a confident model (one field alone rarely carries the class), so relative colours draw
+#: it all blue, while its order is what it shows (bench/RESULTS.md, issue 18).
+RANK_METHODS = frozenset({"local"})
+
+
+def default_scaling(method: str) -> str:
+    """The scaling a map of ``method`` is drawn with when none is asked for: ``rank`` for local evidence,
+    ``relative`` (scores as measured) for every other method."""
+    return "rank" if method in RANK_METHODS else "relative"
 
 
 def render_importance(

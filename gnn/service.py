@@ -359,7 +359,7 @@ def load_run_models(db: GraphDB, settings: Settings, run_id: str) -> tuple[dict[
 
 
 def explain_run(
-    db: GraphDB, settings: Settings, run_id: str, *, method: str = "occlusion", hops: int = 1,
+    db: GraphDB, settings: Settings, run_id: str, *, method: str = db_runs.DEFAULT_METHOD, hops: int = 1,
     image_ids: list[str] | None = None, target: int | None = None, force: bool = False, progress: bool = False,
     output: str = "logodds", client=None, window: int = WINDOW_NUCLEI,
 ) -> dict[str, Any]:

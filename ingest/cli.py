@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a run's explanation as QuPath GeoJSON (one file per image)",
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="a run id (`nucleograph runs`)")
-    p.add_argument("--method", choices=list(db_runs.METHODS), default="occlusion", help="explanation method")
+    p.add_argument("--method", choices=list(db_runs.METHODS), default=db_runs.DEFAULT_METHOD, help="explanation method")
     p.add_argument("--hops", type=int, default=1, choices=[1, 2, 3], help="occlusion's neighbourhood size")
     p.add_argument("--output", choices=list(db_runs.OUTPUTS), default="logodds",
                    help="which occlusion scores: drops of the explained class's log-odds or of its probability")

@@ -14,6 +14,7 @@ import sys
 
 from nucleograph.config import Settings
 from nucleograph.db import ledger
+from nucleograph.db.runs import DEFAULT_METHOD
 from nucleograph.errors import InputError
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
 from nucleograph.ingest.pipeline import DETECTORS
@@ -68,8 +69,8 @@ def _retrain_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--folds", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--explain", default="occlusion",
-                   help="explanation method for the new run, or 'none' (default occlusion)")
+    p.add_argument("--explain", default=DEFAULT_METHOD,
+                   help=f"explanation method for the new run, or 'none' (default {DEFAULT_METHOD})")
     p.add_argument("--hops", type=int, default=1, help="occlusion neighbourhood in hops (default 1)")
 
 

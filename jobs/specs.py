@@ -18,7 +18,7 @@ from typing import Any
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from nucleograph.db.runs import METHODS
+from nucleograph.db.runs import DEFAULT_METHOD, METHODS
 from nucleograph.errors import ConfigError, InputError
 from nucleograph.gnn.cli import MODEL_CHOICES
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX
@@ -210,7 +210,7 @@ class RetrainSpec:
     seed: int = 0
     batch_size: int = 8
     patience: int | None = 10
-    explain: str | None = "occlusion"  # None: no explanation after training
+    explain: str | None = DEFAULT_METHOD  # None: no explanation after training
     hops: int = 1
 
     def __post_init__(self):

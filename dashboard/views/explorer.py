@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from nucleograph.dashboard import data, plots, selection, stats
+from nucleograph.gnn.render import default_scaling
 from nucleograph.ingest.readers import read_image
 
 reader = data.connect()
@@ -58,8 +59,12 @@ image_id = c1.selectbox(
 )
 d1, d2, d3 = st.columns([2, 4, 1.3])
 scale = d1.selectbox("Colour scale", plots.COLOUR_SCALES, key="explorer_scale")
+if st.session_state.get("explorer_scaling_for") != key:  # a new explanation starts at its method's scaling
+    st.session_state["explorer_scaling"] = default_scaling(expl["method"]) if expl else "relative"
+    st.session_state["explorer_scaling_for"] = key
 scaling = d2.selectbox("Score scaling", list(stats.SCALINGS), key="explorer_scaling", format_func=stats.SCALINGS.get,
-                       help="relative: as `nucleograph render` draws it; linear shows occlusion maps almost binary")
+                       help="relative: as `nucleograph render` draws it; linear shows occlusion maps almost binary; "
+                            "local evidence starts at rank, as `render` draws it")
 show_edges = d3.toggle("Edges", value=False, key="explorer_edges")
 if not expls:
     st.info("No explanations for this cohort yet: nuclei are coloured by area. Train and explain a run with "

@@ -109,6 +109,11 @@ def test_local_evidence_is_stored_window_by_window_as_computed(cohort, edge_run,
     assert main(["render", "--image", first["id"], "--run", run_id, "--method", "local", "--scaling", "rank",
                  "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
+    default = tmp_path / "default.png"  # no method, no scaling: local evidence (the default), by rank
+    assert main(["render", "--image", first["id"], "--run", run_id, "--out", str(default)]) == 0
+    relative = tmp_path / "relative.png"
+    assert main(["render", "--image", first["id"], "--run", run_id, "--scaling", "relative", "--out", str(relative)]) == 0
+    assert default.read_bytes() == png.read_bytes() != relative.read_bytes()
 
 
 def test_gnnexplainer_needs_an_rsf_run(cohort, test_environ, graphdb, capsys):

@@ -54,7 +54,7 @@ def test_help_shows_the_defaults(capsys):
                           ("--batch-size", TrainConfig.batch_size), ("--patience", TrainConfig.patience)):
         after = text.split(f"{option} {option.lstrip('-').upper().replace('-', '_')}")[1]
         assert after.split(")")[0].endswith(f"(default: {value}"), (option, after[:80])
-    for command, shown in (("explain", "(default: occlusion)"), ("scores", "(default: csv)"),
+    for command, shown in (("explain", "(default: local)"), ("scores", "(default: csv)"),
                            ("render", "(default: 1)")):
         _help(command, *(["--run", "r0"] if command != "explain" else []))
         out = " ".join(capsys.readouterr().out.split())

@@ -80,7 +80,7 @@ def test_evaluate_records_in_sql_and_on_the_explanation(explained, test_environ,
         assert stored["overall"] == overall and stored["by_class"] == out["by_class"] and stored["key"] == key
 
         # a second evaluation (2 images, as a table) is a second row; the Explanation holds the latest
-        assert main(["evaluate", "--run", run_id, "--images", "2", "--random", "1"]) == 0
+        assert main(["evaluate", "--run", run_id, "--method", "occlusion", "--images", "2", "--random", "1"]) == 0
         text = capsys.readouterr().out
         assert "class" in text and "deletion" in text and "stability" in text and "all" in text
         assert "occlusion k=1, log-odds drop, 2 images" in text
@@ -91,7 +91,8 @@ def test_evaluate_records_in_sql_and_on_the_explanation(explained, test_environ,
     finally:
         engine.dispose()
     # with truth, the table a user reads also says which compartment the model reads
-    assert main(["evaluate", "--run", run_id, "--images", "2", "--random", "1", "--truth", str(explained["truth"])]) == 0
+    assert main(["evaluate", "--run", run_id, "--method", "occlusion", "--images", "2", "--random", "1",
+                 "--truth", str(explained["truth"])]) == 0
     table = capsys.readouterr().out
     assert "without_stroma" in table and "which compartment the model reads" in table
 
@@ -100,7 +101,8 @@ def test_stability_against_the_same_run_is_one(explained, test_environ, capsys):
     """Recomputing the explanation with the model each image was explained with (the fold that held it
     out) reproduces the stored ranking exactly."""
     run_id = explained["run_id"]
-    assert main(["evaluate", "--run", run_id, "--against", run_id, "--per-class", "2", "--random", "1", "--json"]) == 0
+    assert main(["evaluate", "--run", run_id, "--method", "occlusion", "--against", run_id, "--per-class", "2",
+                 "--random", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_images"] == 4 and out["stability_from"] == f"run {run_id}"
     assert {r["fold"] for r in out["images"]} == {0, 1}  # both folds' models are used
@@ -113,13 +115,13 @@ def test_stability_against_the_same_run_is_one(explained, test_environ, capsys):
 
 def test_evaluate_errors_name_the_fix(explained, test_environ, capsys, tmp_path):
     run_id = explained["run_id"]
-    assert main(["evaluate", "--run", run_id, "--hops", "2"]) == 1
+    assert main(["evaluate", "--run", run_id, "--method", "occlusion", "--hops", "2"]) == 1
     err = capsys.readouterr().err
     assert f"`nucleograph explain --run {run_id} --method occlusion --hops 2 --output logodds`" in err
-    assert main(["evaluate", "--run", run_id, "--output", "prob"]) == 1
+    assert main(["evaluate", "--run", run_id, "--method", "occlusion", "--output", "prob"]) == 1
     assert "--output prob" in capsys.readouterr().err
-    assert main(["evaluate", "--run", run_id, "--truth", str(tmp_path)]) == 1
+    assert main(["evaluate", "--run", run_id, "--method", "occlusion", "--truth", str(tmp_path)]) == 1
     assert "manifest.csv" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
-        main(["evaluate", "--run", run_id, "--images", "0"])
+        main(["evaluate", "--run", run_id, "--method", "occlusion", "--images", "0"])
     assert stop.value.code == 2 and "not a positive count" in capsys.readouterr().err

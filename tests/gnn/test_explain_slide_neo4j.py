@@ -38,7 +38,7 @@ def test_windows_are_written_one_by_one_and_the_image_marked_at_the_end(run, gra
                                                                         monkeypatch, one_thread):
     cohort = run["cohort"]
     images = [r["id"] for r in store.cohort_images(graphdb, cohort)]
-    whole = explain_run(graphdb, neo4j_settings, run["run_id"])  # every image one window
+    whole = explain_run(graphdb, neo4j_settings, run["run_id"], method="occlusion")  # every image one window
     prop, key = whole["property"], db_runs.explanation_key(run["run_id"], "occlusion", 1)
     expected = _scores(graphdb, cohort, images, prop)
     assert min(v.size for v in expected.values()) > 60  # windows of 25 below: several per image
@@ -51,7 +51,8 @@ def test_windows_are_written_one_by_one_and_the_image_marked_at_the_end(run, gra
         real_write(self, nids, scores)
 
     monkeypatch.setattr(db_runs.ScoreWriter, "write", counted)
-    out = explain_run(graphdb, neo4j_settings, run["run_id"], force=True, window=25, progress=True)
+    out = explain_run(graphdb, neo4j_settings, run["run_id"], method="occlusion", force=True, window=25,
+                      progress=True)
     assert out["images"] == len(images) and sum(writes) == sum(v.size for v in expected.values())
     assert len(writes) > 3 * len(images)  # one transaction per window
     assert "nuclei" in capsys.readouterr().err  # the bar counts a slide's nuclei window by window
@@ -69,9 +70,10 @@ def test_windows_are_written_one_by_one_and_the_image_marked_at_the_end(run, gra
 
     monkeypatch.setattr(db_runs.ScoreWriter, "finish", stopped)
     with pytest.raises(KeyboardInterrupt):
-        explain_run(graphdb, neo4j_settings, run["run_id"], image_ids=images[:1], force=True, window=25)
+        explain_run(graphdb, neo4j_settings, run["run_id"], method="occlusion", image_ids=images[:1], force=True,
+                    window=25)
     assert images[0] not in db_runs.explained_images(graphdb, key, images)
     monkeypatch.undo()
-    again = explain_run(graphdb, neo4j_settings, run["run_id"], window=25)
+    again = explain_run(graphdb, neo4j_settings, run["run_id"], method="occlusion", window=25)
     assert (again["images"], again["reused"]) == (1, len(images) - 1)
     assert sorted(db_runs.explained_images(graphdb, key, images)) == sorted(images)

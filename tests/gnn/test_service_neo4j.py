@@ -151,7 +151,7 @@ def test_non_finite_scores_are_never_stored(cohort, attention_run, test_environ,
             yield nodes, scores
 
     monkeypatch.setattr(explain, "occlusion_windows", with_nan)
-    assert main(["explain", "--run", run_id, "--hops", "3", "--image", first]) == 1
+    assert main(["explain", "--run", run_id, "--method", "occlusion", "--hops", "3", "--image", first]) == 1
     err = capsys.readouterr().err
     assert f"run {run_id}" in err and f"image {first}" in err and "not finite for 3 of" in err
     prop = db_runs.score_property(run_id, "occlusion", 3)
@@ -214,14 +214,15 @@ def test_both_occlusion_outputs_side_by_side_and_legacy_scores_read_as_probabili
 
     run_id = attention_run["run_id"]
     first = store.cohort_images(graphdb, cohort)[0]["id"]
-    args = ["explain", "--run", run_id, "--image", first, "--force", "--json"]
+    args = ["explain", "--run", run_id, "--method", "occlusion", "--image", first, "--force", "--json"]
     assert main(args) == 0
     lo = _json(capsys)
     assert main([*args, "--output", "prob"]) == 0
     pr = _json(capsys)
     assert (lo["output"], pr["output"]) == ("logodds", "prob")
     assert (lo["property"], pr["property"]) == (f"imp_{run_id}_occlusion_k1_logodds", f"imp_{run_id}_occlusion_k1")
-    assert main(["explain", "--run", run_id, "--image", first, "--output", "prob", "--json"]) == 0
+    assert main(["explain", "--run", run_id, "--method", "occlusion", "--image", first, "--output", "prob",
+                 "--json"]) == 0
     assert _json(capsys)["reused"] == 1  # reuse is per output
 
     _, models = load_run_models(graphdb, test_environ, run_id)
@@ -250,18 +251,21 @@ def test_both_occlusion_outputs_side_by_side_and_legacy_scores_read_as_probabili
     dash = {e["key"]: e["output"] for e in graphdb.read(q.DASH_EXPLANATIONS, cohort=cohort) if e["run_id"] == run_id}
     assert (dash[f"{run_id}_occlusion_k1"], dash[f"{run_id}_occlusion_k1_logodds"]) == ("prob", "logodds")
     assert {e["key"]: e["output"] for e in db_runs.list_explanations(graphdb, run_id=run_id)} == dash
-    assert main(["scores", "--run", run_id, "--output", "prob", "--image", first, "--format", "json"]) == 0
+    assert main(["scores", "--run", run_id, "--method", "occlusion", "--output", "prob", "--image", first, "--format",
+                 "json"]) == 0
     captured = capsys.readouterr()
     np.testing.assert_array_equal([r["score"] for r in json.loads(captured.out)], stored["prob"])
     assert "occlusion k=1, probability drop scores of run" in captured.err
-    assert main(["scores", "--run", run_id, "--image", first, "--format", "json"]) == 0
+    assert main(["scores", "--run", run_id, "--method", "occlusion", "--image", first, "--format", "json"]) == 0
     captured = capsys.readouterr()
     np.testing.assert_array_equal([r["score"] for r in json.loads(captured.out)], stored["logodds"])
     assert "occlusion k=1, log-odds drop scores of run" in captured.err
-    assert main(["export", "--run", run_id, "--output", "prob", "--image", first, "--out", str(tmp_path), "--json"]) == 0
+    assert main(["export", "--run", run_id, "--method", "occlusion", "--output", "prob", "--image", first, "--out",
+                 str(tmp_path), "--json"]) == 0
     meta = json.loads(Path(_json(capsys)["files"][0]["file"]).read_text())["nucleograph"]
     assert (meta["output"], meta["explanation"]) == ("prob", "occlusion k=1, probability drop")
-    assert main(["render", "--image", first, "--run", run_id, "--output", "prob", "--out", str(tmp_path / "p.png")]) == 0
+    assert main(["render", "--image", first, "--run", run_id, "--method", "occlusion", "--output", "prob", "--out",
+                 str(tmp_path / "p.png")]) == 0
     capsys.readouterr()
 
 
@@ -280,7 +284,7 @@ def test_readme_cypher_runs_with_the_console_parameter_names(cohort, attention_r
 
     run_id = attention_run["run_id"]
     first = store.cohort_images(graphdb, cohort)[0]["id"]
-    assert main(["explain", "--run", run_id, "--image", first, "--json"]) == 0
+    assert main(["explain", "--run", run_id, "--image", first, "--json"]) == 0  # the default method
     capsys.readouterr()
     queries = _readme_queries()
     assert sorted(queries) == ["1", "2", "3", "4", "5", "6", "7"]

@@ -125,7 +125,7 @@ def test_export_leaves_out_reingested_images_and_needs_an_explanation(tmp_path, 
     capsys.readouterr()
     run_id = "r" + uuid.uuid4().hex[:12]
     db_runs.save_run(graphdb, run_id=run_id, cohort=unique_name, props={"model": "test"})
-    assert main(["export", "--run", run_id, "--out", str(tmp_path / "none")]) == 1
+    assert main(["export", "--run", run_id, "--method", "occlusion", "--out", str(tmp_path / "none")]) == 1
     assert (f"no occlusion k=1, log-odds drop scores of run {run_id} to export: run `nucleograph explain --run "
             f"{run_id} --method occlusion --hops 1 --output logodds` first") in capsys.readouterr().err
 
@@ -135,7 +135,7 @@ def test_export_leaves_out_reingested_images_and_needs_an_explanation(tmp_path, 
     sidecar.write_text(json.dumps(data))
     assert main(["ingest", str(folder), "--cohort", unique_name, "--json"]) == 0
     capsys.readouterr()
-    assert main(["export", "--run", run_id, "--out", str(tmp_path / "stale")]) == 1
+    assert main(["export", "--run", run_id, "--method", "occlusion", "--out", str(tmp_path / "stale")]) == 1
     assert "its images were re-ingested since" in capsys.readouterr().err
 
 

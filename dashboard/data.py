@@ -454,6 +454,12 @@ def score_scale(reader: Reader, *, cohort: str, image_id: str, prop: str) -> flo
     return store.score_scale(reader.db, cohort, image_id, prop)
 
 
+@cached_read(ttl=TTL_IMAGE)
+def score_quantiles(reader: Reader, *, cohort: str, image_id: str, prop: str) -> np.ndarray | None:
+    """1,001 evenly spaced quantiles of the image's scores: one rank scale for all its viewports."""
+    return store.score_quantiles(reader.db, cohort, image_id, prop)
+
+
 @cached_read()
 def viewport_nuclei(reader: Reader, *, cohort: str, image_id: str, prop: str | None,
                     bounds: tuple[float, float, float, float], limit: int) -> pd.DataFrame:

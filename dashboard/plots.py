@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from nucleograph.dashboard.stats import colour_values
-from nucleograph.gnn.render import render_importance
+from nucleograph.gnn.render import rank_on_scale, render_importance
 
 # RdBu_r first: diverging and centred on 0, like `nucleograph render`'s coolwarm (occlusion scores
 # can be negative: removing such a nucleus raised the predicted probability)
@@ -139,7 +139,7 @@ def slide_view(
     bounds: tuple[float, float, float, float], *, source: str | None, bins: dict | None = None,
     nuclei: pd.DataFrame | None = None, colour: str = "density", scale: float | None = None,
     colour_scale: str = "RdBu_r", screen_width: int = 1100, height: int = 720,
-    selected: tuple[float, float] | None = None, box: bool = True,
+    selected: tuple[float, float] | None = None, box: bool = True, quantiles: np.ndarray | None = None,
 ) -> go.Figure:
     """One viewport of a slide: its pixels, and its nuclei as bins (zoomed out) or points (zoomed in).
 
@@ -162,6 +162,9 @@ def slide_view(
     colour : {"density", "score"}
     scale : float, optional
         The score that maps to the end of the colour scale (the slide's 99th percentile of |score|).
+    quantiles : np.ndarray, optional
+        The slide's evenly spaced score quantiles (:func:`nucleograph.db.store.score_quantiles`): colour by
+        rank in the slide (:func:`nucleograph.gnn.render.rank_on_scale`) instead of by ``scale``.
     screen_width : int
         About how many screen pixels the plot spans (sizes the discs).
     selected : (float, float), optional
@@ -177,11 +180,19 @@ def slide_view(
         fig.add_layout_image(source=source, xref="x", yref="y", x=x0, y=y0, sizex=x1 - x0, sizey=y1 - y0,
                              sizing="stretch", layer="below")
     limits = dict(zmin=-1.0, zmax=1.0, zmid=0.0) if colour == "score" else {}
+
+    def coloured(values) -> np.ndarray:  # scores onto the colour scale's -1 .. +1
+        if quantiles is not None:
+            return rank_on_scale(values, quantiles)
+        return np.clip(np.asarray(values, dtype=float) / (scale or 1.0), -1.0, 1.0)
+
+    label = "rank in the slide" if quantiles is not None else "relative score"
     if bins is not None and len(bins["x"]) and len(bins["y"]):
         counts = bins["counts"].astype(float)
         if colour == "score":
-            z = np.clip(bins["mean"] / (scale or 1.0), -1.0, 1.0)
-            title, cs, hover_z = "mean relative score", colour_scale, "mean relative score %{z:.2f}"
+            z = coloured(bins["mean"])
+            name = "mean score's rank in the slide" if quantiles is not None else "mean relative score"
+            title, cs, hover_z = name, colour_scale, name + " %{z:.2f}"
         else:
             z = np.where(counts > 0, counts, np.nan)
             title, cs, hover_z = f"nuclei per {bins['bin']:.0f} px bin", "Viridis", "%{z:.0f} nuclei"
@@ -205,10 +216,10 @@ def slide_view(
         # arrays the browser decodes; customdata keeps the nucleus id exact. At 0.6 opacity the nucleus shows through
         marker = dict(size=size.astype(np.float32), line=dict(color="black", width=0.5), opacity=0.6)
         if scored:
-            marker.update(color=np.clip(nuclei["score"].to_numpy(np.float32) / (scale or 1.0), -1, 1),
+            marker.update(color=coloured(nuclei["score"].to_numpy(float)).astype(np.float32),
                           colorscale=colour_scale,
                           cmin=-1.0, cmax=1.0, cmid=0.0, showscale=True,
-                          colorbar=dict(title=dict(text="relative score", side="right"), thickness=14))
+                          colorbar=dict(title=dict(text=label, side="right"), thickness=14))
         else:
             marker.update(color="rgba(57,255,20,0.7)")
         custom = np.column_stack([nuclei["nid"], nuclei["score"], nuclei["area"]])

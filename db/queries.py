@@ -440,6 +440,18 @@ SCORE_SCALE = (
     "WHERE n[$property] IS NOT NULL "
     "RETURN percentileCont(abs(n[$property]), 0.99) AS p99, max(abs(n[$property])) AS top, count(*) AS scored"
 )
+# $q + 1 evenly spaced order statistics of an image's scores (the lowest first, the highest last): a
+# slide's rank scale, one for all its viewports
+SCORE_QUANTILES = (
+    "MATCH (:Cohort {name: $cohort})<-[m:IN_COHORT]-(:Image {id: $image_id}) "
+    "MATCH (:Segmentation {key: m.segmentation})-[:HAS_NUCLEUS]->(n:Nucleus) "
+    "WHERE n[$property] IS NOT NULL "
+    "WITH n[$property] AS s ORDER BY s "
+    "WITH collect(s) AS scores "
+    "WHERE size(scores) > 0 "
+    "RETURN [i IN range(0, $q) | scores[toInteger(round(toFloat(i) * (size(scores) - 1) / $q))]] AS quantiles, "
+    "size(scores) AS scored"
+)
 # The nuclei of a viewport (bounds inclusive, pixels) from the point index, as [nid, x, y, area, score]
 # lists, at most $limit of them (the caller asks for one more than it draws, to know it was cut).
 VIEWPORT_NUCLEI = (

@@ -869,6 +869,19 @@ def score_scale(db: GraphDB, cohort: str, image_id: str, score_property: str) ->
     return p99 if p99 > 0 else (top if top > 0 else None)
 
 
+def score_quantiles(db: GraphDB, cohort: str, image_id: str, score_property: str, *,
+                    steps: int = 1000) -> np.ndarray | None:
+    """``steps + 1`` evenly spaced order statistics of an image's scores, lowest first, or None when none
+    is scored: one rank scale for every viewport of a slide (a score's rank is where it falls among
+    them, as :func:`nucleograph.gnn.render.rank_importance` ranks one image's scores)."""
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}")
+    r = db.read_one(q.SCORE_QUANTILES, cohort=cohort, image_id=image_id, property=score_property, q=int(steps))
+    if r is None or not r["scored"]:
+        return None
+    return np.asarray(r["quantiles"], dtype=float)
+
+
 def viewport_nuclei(
     db: GraphDB, cohort: str, image_id: str, x0: float, y0: float, x1: float, y1: float, *,
     score_property: str | None = None, limit: int,

@@ -25,11 +25,13 @@ from nucleograph.dashboard.viewport import (
     grid_cell,
     in_view,
 )
+from nucleograph.gnn.render import default_scaling
 from nucleograph.ingest.readers import slide_level_for
 
 NUCLEI_MAX = 4000  # nuclei drawn one by one up to this many in view (by default); above, bins
 SLIDE_MIN_SIDE = 2 * data.DISPLAY_MAX_SIDE  # smaller images are shown whole by the Image explorer
 NAVIGATOR_PX = 300  # the navigator's thumbnail width
+SLIDE_SCALINGS = {"relative": "relative (÷ 99th percentile of |score|)", "rank": "rank in the slide"}
 
 reader = data.connect()
 st.title("Slide viewer")
@@ -50,7 +52,7 @@ expls = data.explanations(reader, cohort=cohort)
 keys = [None] + [e["key"] for e in expls]
 expl_by_key = {e["key"]: e for e in expls}
 
-c1, c2, c3 = st.columns([3, 4, 1.5])
+c1, c2, c3, c4 = st.columns([3, 4, 1.5, 1.5])
 if st.session_state.get("slides_image") not in ids:
     wanted = st.query_params.get("image")
     st.session_state["slides_image"] = wanted if wanted in ids else ids[0]
@@ -63,6 +65,12 @@ key = c2.selectbox("Heat map (run · model · method)", keys, key="slides_expl",
                    placeholder="none (nucleus density)",  # what Streamlit shows when the value is None
                    format_func=lambda k: "none (nucleus density)" if k is None else stats.explanation_label(expl_by_key[k]))
 scale_name = c3.selectbox("Colour scale", plots.COLOUR_SCALES, key="slides_scale")
+if st.session_state.get("slides_scaling_for") != key:  # a new heat map starts at its method's scaling
+    st.session_state["slides_scaling"] = default_scaling(expl_by_key[key]["method"]) if key else "relative"
+    st.session_state["slides_scaling_for"] = key
+scaling = c4.selectbox("Score scaling", list(SLIDE_SCALINGS), key="slides_scaling", format_func=SLIDE_SCALINGS.get,
+                       help="relative: scores over the slide's 99th percentile of |score|; rank: each nucleus's "
+                            "rank among the slide's scores (local evidence starts here: its order is what it shows)")
 nuclei_max = st.sidebar.number_input("Slide viewer: nuclei one by one up to", 100, 20_000, NUCLEI_MAX, step=500,
                                      key="slides_max", help="views holding more nuclei show them binned")
 prop = expl_by_key[key]["property"] if key else None
@@ -182,6 +190,8 @@ if grid is None:
     st.stop()
 scale = data.score_scale(reader, cohort=cohort, image_id=image_id, prop=prop) if prop else None
 colour = "score" if scale else "density"
+quantiles = (data.score_quantiles(reader, cohort=cohort, image_id=image_id, prop=prop)
+             if scale and scaling == "rank" else None)
 if prop and scale is None:
     st.info("This slide has no scores under the chosen explanation (it was not explained): nucleus density shown.")
 estimate = in_view(grid, bounds)
@@ -195,7 +205,8 @@ else:
 picked = st.session_state.get("slides_nucleus")
 picked = picked if picked and picked[0] == image_id else None
 fig = plots.slide_view(bounds, source=source, bins=bins, nuclei=nuclei, colour=colour, scale=scale,
-                       colour_scale=scale_name, selected=picked[2:] if picked else None, box=mouse == "box")
+                       colour_scale=scale_name, selected=picked[2:] if picked else None, box=mouse == "box",
+                       quantiles=quantiles)
 st.plotly_chart(fig, key="slides_chart", on_select="rerun", selection_mode=("points", "box"),
                 config={"displayModeBar": False, "scrollZoom": False, "doubleClick": False})
 x0, y0, x1, y1 = bounds
@@ -207,8 +218,9 @@ st.caption(f"view x {x0:,.0f}–{x1:,.0f}, y {y0:,.0f}–{y1:,.0f} px · zoom {v
               "· click a bin to zoom in there, a nucleus to centre and read it (choose Box to drag a box)")
            + " · the navigator in the sidebar moves the view")
 st.caption(f"slide {width:,}×{height:,} px · {int(grid['counts'].sum()):,} nuclei · "
-           + (f"heat map: {stats.explanation_label(expl_by_key[key])}, mean score per bin when zoomed out, scaled by "
-              f"the slide's 99th percentile of |score| ({scale:.3g})" if scale else
+           + (f"heat map: {stats.explanation_label(expl_by_key[key])}, mean score per bin when zoomed out, "
+              + ("coloured by rank among the slide's scores" if quantiles is not None else
+                 f"scaled by the slide's 99th percentile of |score| ({scale:.3g})") if scale else
               "colour: nuclei per bin" if bins is not None else "nuclei in one colour (no scores)"))
 
 # --- the navigator: the whole slide in the sidebar, the view outlined; a click goes there ------------

@@ -4,6 +4,7 @@ chart), and ``render`` of a slide window at a pyramid level."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -66,6 +67,14 @@ def test_viewport_nuclei_come_from_the_point_index_and_stay_bounded(slide_cohort
         store.viewport_nuclei(graphdb, s["name"], s["image_id"], *box, limit=0)
     assert store.score_scale(graphdb, s["name"], s["image_id"], s["property"]) == pytest.approx(
         np.percentile(np.abs(s["scores"]), 99), rel=1e-3)
+    ordered = np.sort(s["scores"])
+    every = store.score_quantiles(graphdb, s["name"], s["image_id"], s["property"], steps=ordered.size - 1)
+    np.testing.assert_allclose(every, ordered)  # as many steps as scores: every score, in order
+    ten = store.score_quantiles(graphdb, s["name"], s["image_id"], s["property"], steps=10)
+    np.testing.assert_allclose(ten, ordered[np.floor(np.arange(11) * (ordered.size - 1) / 10 + 0.5).astype(int)])
+    assert store.score_quantiles(graphdb, s["name"], s["image_id"], "imp_r0_none") is None
+    with pytest.raises(InputError, match="at least 1"):
+        store.score_quantiles(graphdb, s["name"], s["image_id"], s["property"], steps=0)
 
 
 def _chart(at):
@@ -107,6 +116,37 @@ def test_the_page_bins_the_whole_slide_and_draws_nuclei_zoomed_in(slide_cohort, 
     assert at.session_state["slides_view"][1] == pytest.approx(view[1] + 288)
     at.button(key="slides_whole").click().run()
     assert at.session_state["slides_view"][3] == pytest.approx(4608)
+
+
+def _typed(value) -> np.ndarray:
+    """A plotly typed array (``{"dtype", "bdata"[, "shape"]}``) as numpy."""
+    out = np.frombuffer(base64.b64decode(value["bdata"]), np.dtype(value["dtype"]).newbyteorder("<"))
+    return out.reshape(-1, 3) if value.get("shape", "").endswith(", 3") else out
+
+
+def test_the_heat_map_can_be_coloured_by_rank_in_the_slide(slide_cohort, test_environ, graphdb):
+    from nucleograph.gnn.render import rank_on_scale
+
+    s = slide_cohort
+    st.cache_data.clear()
+    at = open_page("slides", s["name"], slides_max=500)
+    assert at.session_state["slides_scaling"] == "relative"  # attention scores: as measured
+    at.selectbox(key="slides_scaling").set_value("rank").run()
+    assert_clean(at)
+    assert "coloured by rank among the slide's scores" in at.caption[1].value
+    bins = next(t for t in _chart(at)["data"] if t.get("name") == "bins")
+    assert bins["colorbar"]["title"]["text"] == "mean score's rank in the slide"
+    for _ in range(3):  # nuclei one by one, each coloured by its rank among all the slide's scores
+        at.button(key="slides_in").click().run()
+    assert at.session_state["slides_scaling"] == "rank"  # kept while the view moves
+    nuclei = next(t for t in _chart(at)["data"] if t.get("name") == "nuclei")
+    assert nuclei["marker"]["colorbar"]["title"]["text"] == "rank in the slide"
+    nids = _typed(nuclei["customdata"])[:, 0].astype(int)
+    by_nid = dict(zip(s["nuclei"]["nucleus_id"], s["scores"], strict=True))
+    quantiles = store.score_quantiles(graphdb, s["name"], s["image_id"], s["property"])
+    want = rank_on_scale(np.array([by_nid[n] for n in nids]), quantiles)
+    np.testing.assert_allclose(_typed(nuclei["marker"]["color"]), want, atol=1e-6)
+    assert -1.0 <= want.min() < 0.0 < want.max() <= 1.0  # this view holds scores of both signs
 
 
 def test_a_box_drawn_on_the_chart_zooms_to_it_once(slide_cohort, test_environ):

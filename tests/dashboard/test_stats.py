@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from nucleograph.dashboard import stats as ds
-from nucleograph.gnn.render import relative_importance
+from nucleograph.gnn.render import rank_importance, rank_on_scale, relative_importance
 
 
 def test_nucleus_points_from_columns_and_from_nodes():
@@ -116,6 +116,19 @@ def test_rank_colour_scale_spreads_one_signed_map_over_the_whole_scale():
     assert shown[0] == -1.0 and shown[4] == 1.0 and np.isnan(shown[5])
     assert shown[2] == shown[3] == 0.25 and shown[1] == -0.5  # ties share their mean rank; order kept
     assert ds.colour_values(np.array([3.0]), "rank")[0].tolist() == [-1.0]  # one nucleus: no division by 0
+
+
+def test_a_slide_ranks_each_viewport_against_its_quantiles():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=501), 1)  # many ties
+    scores[7] = np.nan
+    every = np.sort(scores[np.isfinite(scores)])
+    got = rank_on_scale(scores, every)  # every score as a quantile: the image's own ranks
+    np.testing.assert_allclose(got, rank_importance(scores), atol=1e-12)
+    few = every[np.linspace(0, every.size - 1, 11).astype(int)]  # a slide's 11 quantiles
+    view = rank_on_scale(scores[:50], few)
+    assert np.isnan(view[7]) and np.nanmax(np.abs(view - rank_importance(scores)[:50])) < 0.15
+    assert rank_on_scale(np.array([-99.0, 99.0]), few).tolist() == [-1.0, 1.0]  # outside the slide's range
 
 
 def test_chance_is_the_majority_share_of_the_test_images():

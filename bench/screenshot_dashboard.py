@@ -8,7 +8,8 @@ opened, and after clicking Run on its first library query (results drawn over th
 Image explorer: as opened, and after a real mouse click (``Input.dispatchMouseEvent``) on a nucleus
 of its chart, the path a user takes to inspect one; and the Slide viewer, switched to Click mode, after a
 click on its whole-slide view (a bin: the view zooms in about it). With ``--explorer-scaling TEXT`` the
-explorer is shot once more after picking that Score scaling with real clicks on the selectbox.
+explorer is shot once more after picking that Score scaling with real clicks on the selectbox. With
+``--explanation TEXT`` the explorer and the slide viewer first pick that explanation the same way.
 
     NUCLEOGRAPH_HOME=/tmp/dashbench NEO4J_URI=bolt://127.0.0.1:7690 \\
         .venv/bin/python bench/screenshot_dashboard.py --cohort bench --out /tmp/nucleograph-screenshots
@@ -35,7 +36,8 @@ from pathlib import Path
 from websockets.sync.client import connect
 
 PAGES = ("cohorts", "explorer", "patterns", "models", "cypher", "slides")
-URL_PATH = {"cohorts": ""}  # the default page lives at "/"; its url_path is not a route
+URL_PATH = {"cohorts": ""}
+EXPLANATION_PICKER = {"explorer": "Importance (run · model · method)", "slides": "Heat map (run · model · method)"}  # the default page lives at "/"; its url_path is not a route
 # Streamlit marks a running script on <div data-testid="stStatusWidget">; the app is idle when the
 # app view exists and no status widget shows "Running".
 _STATE_JS = """(() => {
@@ -211,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explorer-scaling", default=None, metavar="TEXT",
                    help="also shoot the explorer after picking this Score scaling (the start of its label, "
                         "e.g. 'rank in the image')")
+    p.add_argument("--explanation", default=None, metavar="TEXT",
+                   help="on the explorer and the slide viewer, first pick the explanation whose label starts "
+                        "with TEXT (e.g. 'r1a2b3c4d5e · rsf-edge · local'), with real clicks")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -239,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         for page in [x.strip() for x in args.pages.split(",") if x.strip()]:
             tab.call("Page.navigate", url=f"http://127.0.0.1:{port}/{URL_PATH.get(page, page)}{query}")
             state, seconds = tab.settle()
+            if args.explanation and page in EXPLANATION_PICKER:
+                state["explanation"] = tab.choose(EXPLANATION_PICKER[page], args.explanation)
+                time.sleep(1.0)
+                state, seconds = {**tab.settle()[0], "chosen": state["explanation"]}, seconds
             path = out / f"{page}.png"
             tab.screenshot(path)
             results.append({"page": page, "png": str(path), "seconds": round(seconds, 2), **state})

@@ -66,9 +66,25 @@ def test_explorer_colours_by_importance_and_inspects_a_nucleus(dash_cohort, test
 
     assert at.toggle(key="explorer_edges").value is False  # edges off by default
     at.toggle(key="explorer_edges").set_value(True).run()
+    assert at.selectbox(key="explorer_scaling").value == "relative"  # occlusion and attention: as measured
     at.selectbox(key="explorer_scaling").set_value("log").run()
+    assert at.selectbox(key="explorer_scaling").value == "log"  # the user's choice holds while the explanation does
+    picker = at.selectbox(key="explorer_expl")
+    other = next(i for i in range(1, len(picker.options)) if i != picker.index)  # index 0: none
+    before = at.session_state["explorer_expl"]
+    picker.select_index(other).run()
+    assert at.session_state["explorer_expl"] not in (before, None)
+    assert at.selectbox(key="explorer_scaling").value == "relative"  # another explanation: its method's scaling
     at.selectbox(key="explorer_expl").set_value(None).run()
     assert_clean(at)
+
+
+def test_each_method_opens_at_its_scaling():
+    from nucleograph.db.runs import METHODS
+    from nucleograph.gnn.render import default_scaling
+
+    # local evidence is read by its order (nearly all its scores are negative on a confident model)
+    assert {m: default_scaling(m) for m in METHODS} == {**dict.fromkeys(METHODS, "relative"), "local": "rank"}
 
 
 def _is_number(text: str) -> bool:

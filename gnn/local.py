@@ -194,22 +194,14 @@ def local_evidence_windows(model: GraphClassifier, graph, *, target: int | None 
     check_single_graph(graph)
     n = graph.num_nodes()
     arrays = tuple(t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))
-    degree = np.diff(arrays[0])
     scratch = np.full(n, -1, dtype=np.int64)
     with EvalMode(model):
         c = pick_target(torch.softmax(model(graph).double(), 1)[0].numpy(), target)
         prior = empty_value(model.n_classes, "logodds")
         for lo in range(0, n, window):
             nodes = np.arange(lo, min(lo + window, n))
-            scores = np.empty(nodes.size)
-            bounds = np.cumsum(degree[nodes] + 1)  # nuclei up to each neighbourhood's end (an upper bound)
-            start = 0
-            while start < nodes.size:  # whole neighbourhoods, about batch_nuclei nuclei per batch
-                base = bounds[start - 1] if start else 0
-                end = max(start + 1, int(np.searchsorted(bounds, base + batch_nuclei, side="right")))
-                batch = neighbourhood_graphs(graph, nodes[start:end], arrays=arrays, scratch=scratch)
-                scores[start:end] = target_values(model(batch), c, "logodds") - prior
-                start = end
+            scores = _neighbourhood_values(model, graph, nodes, c, arrays=arrays, scratch=scratch,
+                                           batch_nuclei=batch_nuclei) - prior
             if tie_break:
                 scores = _break_ties(model, graph, nodes, scores, c, arrays, scratch, batch_nuclei)
             yield nodes, scores
@@ -219,7 +211,7 @@ def own_contribution(model: GraphClassifier, graph, centers: np.ndarray, scores:
                      arrays=None, scratch: np.ndarray | None = None, batch_nuclei: int = BATCH_NUCLEI) -> np.ndarray:
     r"""What each centre adds to its own neighbourhood: :math:`f_c(G[N(i)]) - f_c(G[N(i) \setminus \{i\}])`.
 
-    ``scores`` are the centres' local evidence (:math:`f_c(G[N(i)]) - f_c(arnothing)`); a nucleus without
+    ``scores`` are the centres' local evidence (:math:`f_c(G[N(i)]) - f_c(\varnothing)`); a nucleus without
     links adds its whole score. Run inside :class:`EvalMode` (no gradients)."""
     if arrays is None:
         arrays = tuple(t.numpy().astype(np.int64, copy=False) for t in graph.adj_tensors("csc"))
@@ -229,18 +221,28 @@ def own_contribution(model: GraphClassifier, graph, centers: np.ndarray, scores:
     centers = np.asarray(centers, dtype=np.int64)
     out = np.array(scores, dtype=np.float64)
     linked = np.array([bool(np.any(src[indptr[i]:indptr[i + 1]] != i)) for i in centers], dtype=bool)
-    rest, prior = centers[linked], empty_value(model.n_classes, "logodds")
-    bounds = np.cumsum(np.diff(indptr)[rest])
-    start, values = 0, []
-    while start < rest.size:
+    out[linked] -= _neighbourhood_values(model, graph, centers[linked], target, arrays=arrays, scratch=scratch,
+                                         batch_nuclei=batch_nuclei, keep_centre=False)
+    out[linked] += empty_value(model.n_classes, "logodds")
+    return out
+
+
+def _neighbourhood_values(model: GraphClassifier, graph, centers: np.ndarray, target: int, *, arrays, scratch,
+                          batch_nuclei: int, keep_centre: bool = True) -> np.ndarray:
+    """Class-``target`` log-odds of the neighbourhood graphs of ``centers`` (:func:`neighbourhood_graphs`),
+    whole neighbourhoods of about ``batch_nuclei`` nuclei per forward pass."""
+    # nuclei up to each neighbourhood's end (an upper bound: a multi-edge or self-loop counts twice)
+    bounds = np.cumsum(np.diff(arrays[0])[centers] + int(keep_centre))
+    values = np.empty(centers.size)
+    start = 0
+    while start < centers.size:
         base = bounds[start - 1] if start else 0
         end = max(start + 1, int(np.searchsorted(bounds, base + batch_nuclei, side="right")))
-        batch = neighbourhood_graphs(graph, rest[start:end], arrays=arrays, scratch=scratch, keep_centre=False)
-        values.append(target_values(model(batch), target, "logodds") - prior)
+        batch = neighbourhood_graphs(graph, centers[start:end], arrays=arrays, scratch=scratch,
+                                     keep_centre=keep_centre)
+        values[start:end] = target_values(model(batch), target, "logodds")
         start = end
-    if values:
-        out[linked] -= np.concatenate(values)
-    return out
+    return values
 
 
 def _break_ties(model, graph, nodes, scores, c, arrays, scratch, batch_nuclei) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""Benchmark the explainers per image: occlusion, gradient x input, integrated gradients, GNNExplainer.
+"""Benchmark the explainers per image: occlusion, gradient x input, integrated gradients, GNNExplainer,
+local evidence (with its tie-break, the default, and without it: the bare formula).
 
 Each method explains the same graph of about 1,500 nuclei (``--graph`` as in bench_occlusion.py:
 ``delaunay``, ``image`` or ``synth-breast``) with the same model (random weights, batch-norm statistics
 from a few synthetic batches, as bench_occlusion.py builds it). Reported per method: wall seconds and
 CPU seconds of the process (``time.process_time``, all threads; median of ``--repeats`` runs, one run
-for GNNExplainer unless ``--repeats-gnnexplainer``), and for integrated gradients the completeness
-gap ``|sum(scores) - (f(x) - f(baseline))|`` next to ``|f(x) - f(baseline)|``.
+for GNNExplainer unless ``--repeats-gnnexplainer``), the share of nuclei whose score ties another's,
+and for integrated gradients the completeness gap ``|sum(scores) - (f(x) - f(baseline))|`` next to
+``|f(x) - f(baseline)|``.
 
     ./.venv/bin/python bench/bench_attribution.py [--nodes 1500] [--model rsf] [--graph delaunay]
         [--threads 1] [--steps 32] [--ig-batch 8] [--epochs 100] [--json]
@@ -33,7 +35,9 @@ from nucleograph.gnn.attribution import (  # noqa: E402
     log_odds,
 )
 from nucleograph.gnn.explain import occlusion  # noqa: E402
+from nucleograph.gnn.faithfulness import tie_share  # noqa: E402
 from nucleograph.gnn.keys import FEAT  # noqa: E402
+from nucleograph.gnn.local import local_evidence  # noqa: E402
 from nucleograph.gnn.models import build_model  # noqa: E402
 
 
@@ -87,6 +91,8 @@ def main(argv=None) -> dict:
         "gradxinput": (lambda: gradient_x_input(model, g), args.repeats),
         "ig": (lambda: integrated_gradients(model, g, steps=args.steps, batch_size=args.ig_batch), args.repeats),
         "gnnexplainer": (lambda: gnnexplainer_scores(model, g, epochs=args.epochs), args.repeats_gnnexplainer),
+        "local_bare": (lambda: local_evidence(model, g, tie_break=False), args.repeats),
+        "local": (lambda: local_evidence(model, g), args.repeats),
     }
     out = {"model": args.model, "graph": args.graph, "nodes": g.num_nodes(), "edges": g.num_edges(),
            "threads": torch.get_num_threads(), "steps": args.steps, "ig_batch": args.ig_batch,
@@ -94,7 +100,7 @@ def main(argv=None) -> dict:
     for name, (fn, repeats) in methods.items():
         wall, cpu, scores = _timed(fn, repeats)
         out["methods"][name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "repeats": repeats,
-                                "finite": bool(np.isfinite(scores).all())}
+                                "finite": bool(np.isfinite(scores).all()), "ties": round(tie_share(scores), 4)}
         if name == "ig":
             with torch.no_grad():
                 c = int(model(g).argmax())
@@ -110,7 +116,7 @@ def main(argv=None) -> dict:
         for name, r in out["methods"].items():
             extra = (f"  |f(x)-f(b)| {r['delta']}, completeness gap {r['completeness_gap']}"
                      if name == "ig" else "")
-            print(f"  {name:13s} wall {r['wall_s']:8.3f} s   cpu {r['cpu_s']:8.3f} s{extra}")
+            print(f"  {name:13s} wall {r['wall_s']:8.3f} s   cpu {r['cpu_s']:8.3f} s   ties {r['ties']:.2%}{extra}")
     return out
 
 

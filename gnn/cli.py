@@ -332,10 +332,24 @@ def _explain_command(args) -> str:
 
 
 def _other_outputs(expls: list[dict], args) -> str:
-    """A hint naming the run's stored scores of the same method and hops under another output."""
+    """A hint naming the run's stored scores of the same method and hops under another output, or, when
+    the run has no scores of the method at all (e.g. explained before local evidence became the default),
+    the methods it has."""
     other = [e["output"] for e in expls if e["method"] == args.method == "occlusion" and e["hops"] == args.hops
              and e["output"] != args.output]
-    return f" (the run has {db_runs.OUTPUT_LABELS[other[0]]} scores: --output {other[0]})" if other else ""
+    if other:
+        return f" (the run has {db_runs.OUTPUT_LABELS[other[0]]} scores: --output {other[0]})"
+    if any(e["method"] == args.method for e in expls):
+        return ""
+    stored = {db_runs.explanation_title(e["method"], e["hops"], e["output"]): _method_flags(e) for e in expls}
+    return (" (the run has " + "; ".join(f"{t} scores: {f}" for t, f in stored.items()) + ")") if stored else ""
+
+
+def _method_flags(expl: dict) -> str:
+    """The options that select a stored explanation, e.g. ``--method occlusion --hops 1 --output logodds``."""
+    if expl["method"] != "occlusion":
+        return f"--method {expl['method']}"
+    return f"--method occlusion --hops {expl['hops']} --output {expl['output'] or db_runs.LEGACY_OUTPUT}"
 
 
 def cmd_scores(args, settings: Settings) -> int:

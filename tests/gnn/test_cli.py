@@ -98,6 +98,11 @@ def test_a_missing_output_is_explained_with_the_stored_one():
     assert cli._other_outputs(expls, args) == " (the run has probability drop scores: --output prob)"
     assert cli._other_outputs(expls, argparse.Namespace(**{**vars(args), "hops": 2})) == ""
     assert cli._other_outputs(expls, argparse.Namespace(**{**vars(args), "output": "prob"})) == ""
+    # a run with no scores of the method asked for (local evidence, the default) names what it has
+    local = argparse.Namespace(**{**vars(args), "method": "local"})
+    assert cli._other_outputs(expls, local) == (" (the run has occlusion k=1, probability drop scores: --method "
+                                               "occlusion --hops 1 --output prob; attention scores: --method attention)")
+    assert cli._other_outputs([], local) == ""
     assert cli._explain_command(args) == "nucleograph explain --run r0 --method occlusion --hops 1 --output logodds"
     assert cli._title(args) == "occlusion k=1, log-odds drop"
     att = argparse.Namespace(run="r0", method="attention", hops=1, output="logodds")

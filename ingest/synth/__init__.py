@@ -18,7 +18,8 @@ Two tasks mirror the paper (Sureka et al., arXiv 2006.09464):
     ``Gleason3``: separate, well-formed small glands, each a ring of nuclei (``gland_boundary``)
     around an open lumen, with stroma between.
     ``Gleason4``: cribriform glands, large nests with several punched-out lumens (``cribriform``),
-    fused glands sharing one irregular lumen (``fused``) and poorly formed glands, cords and nests
+    fused glands, 3-6 small glands back to back with no stroma between them, neighbouring lumens
+    parted by one shared wall of nuclei (``fused``), and poorly formed glands, cords and nests
     (``poorly_formed``).
 
 Only the epithelium's arrangement separates the classes of a task, as in BACH: both classes draw

@@ -197,21 +197,27 @@ def _layout_gleason3(lay: Layout) -> None:
 def _layout_gleason4(lay: Layout) -> None:
     rng = lay.rng
     step = _spacing(lay)
-    failures = 0
+    # Each tile has its own mix of the three patterns, often one predominant, as a tumour region does:
+    # some tiles are mostly fused glands, some mostly cribriform, so each pattern alone must mean
+    # Gleason 4 to a model that classifies every tile.
+    mix = rng.dirichlet([0.7, 0.7, 0.7])
+    failures = idle = 0
     while lay.left:
-        kind = ("cribriform", "fused", "poorly_formed")[int(rng.choice(3, p=[0.35, 0.35, 0.3]))]
-        if kind == "cribriform":
-            if not _cribriform_gland(lay, step):
-                failures += 1
-                if failures > 30:
-                    lay.scatter("cribriform")
-        elif kind == "fused":
-            if not _fused_glands(lay, step):
-                failures += 1
-                if failures > 60:
-                    lay.scatter("fused")
-        else:
-            _poorly_formed(lay, step)
+        kind = ("cribriform", "fused", "poorly_formed")[int(rng.choice(3, p=mix))]
+        if kind == "cribriform" and _cribriform_gland(lay, step):
+            continue
+        if kind == "fused" and _fused_glands(lay, step):
+            continue
+        if kind != "poorly_formed":
+            failures += 1
+            if failures > 30:  # no room left for large glands: small ones fill the gaps between them
+                mix = np.array([0.0, 0.0, 1.0])
+            continue
+        before = lay.left
+        _poorly_formed(lay, step)
+        idle = idle + 1 if lay.left == before else 0
+        if idle > 200:
+            lay.scatter("poorly_formed")
 
 
 def _cribriform_gland(lay: Layout, step: float) -> bool:
@@ -265,27 +271,53 @@ def _cribriform_holes(lay: Layout, cx, cy, rx, ry, rot, step: float) -> list[tup
 
 
 def _fused_glands(lay: Layout, step: float) -> bool:
-    """2-4 overlapping glands whose rings skip each other's insides; False when there was no room."""
+    """3-6 small glands fused back to back: no stroma between them, one shared wall between two lumens.
+
+    In Gleason pattern 4 the glands of a fused group are no longer separated by stroma: neighbouring
+    lumens are parted by a single wall of epithelium. Each gland here is a near-circular ring that
+    skips the other glands' insides; where two glands meet, their common chord is lined by nuclei (the
+    shared wall) and each lumen stops short of it. False when there was no room for the group.
+    """
     rng = lay.rng
-    parts = []
-    n_parts = int(rng.integers(2, 5))
-    x, y = rng.uniform(0, lay.width), rng.uniform(0, lay.height)
-    ang = rng.uniform(0, 2 * math.pi)
-    for p in range(n_parts):
-        rx = rng.uniform(32, 60)
-        ry = rx * rng.uniform(0.7, 1.0)
-        if p:
-            prev = parts[-1]
-            d = (prev[2] + rx) * rng.uniform(0.65, 0.9)
-            ang += rng.normal(0, 0.9)
-            x, y = prev[0] + d * math.cos(ang), prev[1] + d * math.sin(ang)
-        parts.append((x, y, rx, ry, rng.uniform(0, math.pi)))
-    xs = [p[0] for p in parts]
-    ys = [p[1] for p in parts]
-    bx, by = float(np.mean(xs)), float(np.mean(ys))
-    br = max(math.hypot(p[0] - bx, p[1] - by) + p[2] for p in parts)
-    if not lay.reserve(bx, by, br + step / 2, gap=rng.uniform(5, 20)):
+    parts: list[tuple[float, float, float, float, float]] = []
+    n_parts = int(rng.integers(3, 7))
+    x = y = 0.0  # the group is drawn around the origin, then moved to where it has room
+    for _ in range(n_parts * 8):
+        if len(parts) == n_parts:
+            break
+        r = rng.uniform(26, 46)
+        if parts:  # attach to a gland of the group, overlapping it by a wall's width or so
+            px, py, pr, _pry, _rot = parts[int(rng.integers(len(parts)))]
+            ang = rng.uniform(0, 2 * math.pi)
+            d = (pr + r) * rng.uniform(0.72, 0.85)
+            x, y = px + d * math.cos(ang), py + d * math.sin(ang)
+            # a third gland must not swallow the wall between two others
+            if any(math.hypot(x - q[0], y - q[1]) < 0.7 * (r + q[2]) for q in parts):
+                continue
+        parts.append((x, y, r, r * rng.uniform(0.88, 1.0), rng.uniform(0, math.pi)))
+    mx = float(np.mean([p[0] for p in parts]))
+    my = float(np.mean([p[1] for p in parts]))
+    br = max(math.hypot(p[0] - mx, p[1] - my) + p[2] for p in parts)
+    centre = _pick_center(lay, br + step / 2, gap=rng.uniform(5, 20), margin=0.1)
+    if centre is None:
         return False
+    parts = [(px - mx + centre[0], py - my + centre[1], rx, ry, rot) for px, py, rx, ry, rot in parts]
+    # the shared walls: the chord of each overlapping pair, clipped to what no third gland covers
+    lumen_r = [min(p[2], p[3]) - step * 0.5 - 6 for p in parts]
+    walls = []
+    for i in range(len(parts)):
+        for j in range(i + 1, len(parts)):
+            (xi, yi, ri, *_), (xj, yj, rj, *_) = parts[i], parts[j]
+            d = math.hypot(xj - xi, yj - yi)
+            if d >= ri + rj or d <= abs(ri - rj):
+                continue
+            a = (d * d + ri * ri - rj * rj) / (2 * d)  # from gland i's centre to the chord
+            h = math.sqrt(max(ri * ri - a * a, 0.0))
+            ux, uy = (xj - xi) / d, (yj - yi) / d
+            mx, my = xi + a * ux, yi + a * uy
+            walls.append((mx - h * uy, my + h * ux, mx + h * uy, my - h * ux, i, j))
+            lumen_r[i] = min(lumen_r[i], a - step * 0.5 - 6)
+            lumen_r[j] = min(lumen_r[j], d - a - step * 0.5 - 6)
     for i, (px, py, rx, ry, rot) in enumerate(parts):
         others = [q for j, q in enumerate(parts) if j != i]
         _ring(
@@ -299,7 +331,19 @@ def _fused_glands(lay: Layout, step: float) -> bool:
             tangent=True,
             skip=lambda sx, sy, others=others: any(_inside(*q, sx, sy, scale=1.05) for q in others),
         )
-        lay.add_lumen(px, py, rx - step * 0.5 - 6, ry - step * 0.5 - 6, rot)
+    for x0, y0, x1, y1, i, j in walls:
+        length = math.hypot(x1 - x0, y1 - y0)
+        tang = math.atan2(y1 - y0, x1 - x0)
+        third = [q for k, q in enumerate(parts) if k not in (i, j)]
+        t = step * 0.5
+        while t < length - step * 0.5 and lay.left:
+            wx, wy = x0 + (x1 - x0) * t / length, y0 + (y1 - y0) * t / length
+            if not any(_inside(*q, wx, wy, scale=0.95) for q in third):
+                lay.place_near(wx, wy, "fused", tang + rng.normal(0, 0.2), tries=3, spread=1.5)
+            t += step + 1
+    for (px, py, _rx, _ry, rot), lr in zip(parts, lumen_r):
+        if lr > 4:
+            lay.add_lumen(px, py, lr, lr * rng.uniform(0.85, 1.0), rot)
     return True
 
 

@@ -167,3 +167,34 @@ def test_only_arrangement_separates_classes(task):
 def _stroma_area(tile) -> float:
     h, w = tile.mask.shape
     return (1 - tile.epithelium.mean()) * h * w
+
+
+def test_fused_glands_share_walls_without_stroma():
+    """A fused group (Gleason 4): its glands' lumens are parted by one wall of nuclei, with no stroma
+    between them, and no lumen covers a nucleus."""
+    from nucleograph.ingest.synth._layouts import _fused_glands, _spacing
+    from nucleograph.ingest.synth._placement import Layout
+
+    walls = groups = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        lay = Layout(1024, 1024, np.clip(rng.normal(8.5, 1.1, 600), 6.0, 12.0), rng)
+        lay.stop = 600
+        if not _fused_glands(lay, _spacing(lay)):
+            continue
+        groups += 1
+        xy = np.column_stack([lay.x[: lay.next], lay.y[: lay.next]])
+        assert set(lay.role[: lay.next]) == {"fused"}
+        assert len(lay.lumens) >= 2
+        for cx, cy, rx, ry, _rot in lay.lumens:
+            # a nucleus' outline stays out of every lumen
+            assert np.hypot(xy[:, 0] - cx, xy[:, 1] - cy).min() > max(rx, ry)
+        # a wall: a nucleus on the segment between two lumen centres, closer to it than a nucleus' size
+        for i, (ax, ay, *_a) in enumerate(lay.lumens):
+            for bx, by, *_b in lay.lumens[i + 1 :]:
+                seg = np.array([bx - ax, by - ay])
+                t = np.clip(((xy - [ax, ay]) @ seg) / (seg @ seg), 0, 1)
+                near = np.hypot(*(xy - ([ax, ay] + t[:, None] * seg)).T) < 8
+                walls += bool((near & (t > 0.2) & (t < 0.8)).any())
+    assert groups >= 8
+    assert walls >= groups  # every group has at least one shared wall, on average

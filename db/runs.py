@@ -12,7 +12,7 @@ from nucleograph.db import queries as q
 from nucleograph.db.graphdb import GraphDB, chunks
 from nucleograph.errors import InputError
 
-METHODS = ("attention", "occlusion", "gradxinput", "ig", "gnnexplainer", "local")
+METHODS = ("attention", "occlusion", "gradxinput", "ig", "gnnexplainer", "local", "contribution")
 #: What `explain`, `scores`, `render`, `evaluate` and the scheduler's retraining use when no method is
 #: given: local evidence, the method whose order is faithful (deletion 0.28-0.45x random order) and that
 #: ranks the class-defining structure above stroma (bench/RESULTS.md, issue 18); occlusion, the seed
@@ -30,6 +30,9 @@ METHOD_NOTES = {
                     "they are needed to keep the class's log-odds",
     "local": "local evidence: the class's log-odds when the model sees only the nucleus and the nuclei linked to "
              "it (above the uniform prior's; signed): what that neighbourhood alone says",
+    "contribution": "local contribution: how much the class's log-odds of each neighbourhood the nucleus lies in "
+                    "(its own and those of the nuclei linked to it, each seen alone) falls without it, averaged "
+                    "(signed): what the nucleus adds to its fields",
 }
 _RUN_ID = re.compile(r"^r[0-9a-f]{6,32}$")
 #: What an occlusion score measures: the drop of the explained class's log-odds (the default; it does

@@ -144,11 +144,18 @@ def neighbourhood_graphs(graph, centers: np.ndarray, *, arrays=None, scratch: np
         scratch = np.full(graph.num_nodes(), -1, dtype=np.int64)
     node_ptr, nodes, edge_ptr, esrc, edst, eids = _neighbourhoods(*arrays, np.asarray(centers, dtype=np.int64),
                                                                   scratch, keep_centre)
+    return _batched(graph, nodes, np.diff(node_ptr), esrc, edst, eids, np.diff(edge_ptr))
+
+
+def _batched(graph, nodes, node_counts, esrc, edst, eids, edge_counts):
+    """One batched DGL graph of subgraphs of ``graph``: their members ``nodes`` (graph ids, graph by graph),
+    their edges ``esrc -> edst`` (positions in ``nodes``) with the graph's edge ids ``eids``, and the
+    nodes and edges per subgraph; every node and edge feature of ``graph`` carried over."""
     idtype = graph.idtype
     out = dgl.graph((torch.from_numpy(esrc).to(idtype), torch.from_numpy(edst).to(idtype)), num_nodes=nodes.size,
                     idtype=idtype)
-    out.set_batch_num_nodes(torch.from_numpy(np.diff(node_ptr)).to(idtype))
-    out.set_batch_num_edges(torch.from_numpy(np.diff(edge_ptr)).to(idtype))
+    out.set_batch_num_nodes(torch.from_numpy(node_counts).to(idtype))
+    out.set_batch_num_edges(torch.from_numpy(edge_counts).to(idtype))
     nodes_t, eids_t = torch.from_numpy(nodes), torch.from_numpy(eids)
     for key, value in graph.ndata.items():
         out.ndata[key] = value[nodes_t]

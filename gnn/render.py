@@ -60,13 +60,14 @@ SCALINGS = {
 }
 #: Methods whose maps are drawn by rank unless a scaling is asked for: local evidence is nearly all
 #: negative on a confident model (one field alone rarely carries the class), so relative colours draw
-#: it all blue, while its order is what it shows (bench/RESULTS.md, issue 18).
-RANK_METHODS = frozenset({"local"})
+#: it all blue, and local contribution is near 0 for most nuclei with a few large ones, so relative
+#: colours draw it nearly all grey; for both, the order is what they show (bench/RESULTS.md, issue 18).
+RANK_METHODS = frozenset({"local", "contribution"})
 
 
 def default_scaling(method: str) -> str:
-    """The scaling a map of ``method`` is drawn with when none is asked for: ``rank`` for local evidence,
-    ``relative`` (scores as measured) for every other method."""
+    """The scaling a map of ``method`` is drawn with when none is asked for: ``rank`` for local evidence and
+    local contribution, ``relative`` (scores as measured) for every other method."""
     return "rank" if method in RANK_METHODS else "relative"
 
 

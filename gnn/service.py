@@ -575,6 +575,7 @@ def explain_graph(method: str, model, graph, *, hops: int, target: int | None, o
     """
     # imported here: explain loads numba's compiled kernels (~1 s), which training runs do not need
     from nucleograph.gnn import attribution
+    from nucleograph.gnn.contribution import local_contribution
     from nucleograph.gnn.explain import attention_scores, occlusion
     from nucleograph.gnn.local import local_evidence
 
@@ -587,6 +588,8 @@ def explain_graph(method: str, model, graph, *, hops: int, target: int | None, o
         return attribution.gnnexplainer_scores(model, graph, target=target)
     if method == "local":
         return local_evidence(model, graph, target=target)
+    if method == "contribution":
+        return local_contribution(model, graph, target=target)
     with torch.no_grad():
         if method == "attention":
             return attention_scores(model, graph)
@@ -597,9 +600,11 @@ def explain_windows(method: str, model, graph, *, hops: int, target: int | None,
                     window: int = WINDOW_NUCLEI) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """:func:`explain_graph` window by window: ``(nodes, scores)`` per window of ``window`` nuclei, so that
     a slide's scores are written back while the rest are computed. Occlusion goes window by window
-    (:func:`nucleograph.gnn.explain.occlusion_windows`), and so does local evidence
-    (:func:`nucleograph.gnn.local.local_evidence_windows`); the other methods give one window, every nucleus
+    (:func:`nucleograph.gnn.explain.occlusion_windows`), and so do local evidence
+    (:func:`nucleograph.gnn.local.local_evidence_windows`) and local contribution
+    (:func:`nucleograph.gnn.contribution.local_contribution_windows`); the other methods give one window, every nucleus
     (attention is computed window by window inside, the gradient methods need the whole graph)."""
+    from nucleograph.gnn.contribution import local_contribution_windows
     from nucleograph.gnn.explain import occlusion_windows  # see explain_graph
     from nucleograph.gnn.local import local_evidence_windows
 
@@ -608,6 +613,9 @@ def explain_windows(method: str, model, graph, *, hops: int, target: int | None,
         return
     if method == "local":
         yield from local_evidence_windows(model, graph, target=target, window=window)
+        return
+    if method == "contribution":
+        yield from local_contribution_windows(model, graph, target=target, window=window)
         return
     yield np.arange(graph.num_nodes()), explain_graph(method, model, graph, hops=hops, target=target, output=output)
 

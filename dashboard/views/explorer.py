@@ -64,7 +64,7 @@ if st.session_state.get("explorer_scaling_for") != key:  # a new explanation sta
     st.session_state["explorer_scaling_for"] = key
 scaling = d2.selectbox("Score scaling", list(stats.SCALINGS), key="explorer_scaling", format_func=stats.SCALINGS.get,
                        help="relative: as `nucleograph render` draws it; linear shows occlusion maps almost binary; "
-                            "local evidence starts at rank, as `render` draws it")
+                            "local evidence and contribution start at rank, as `render` draws them")
 show_edges = d3.toggle("Edges", value=False, key="explorer_edges")
 if not expls:
     st.info("No explanations for this cohort yet: nuclei are coloured by area. Train and explain a run with "

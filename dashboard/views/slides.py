@@ -70,7 +70,7 @@ if st.session_state.get("slides_scaling_for") != key:  # a new heat map starts a
     st.session_state["slides_scaling_for"] = key
 scaling = c4.selectbox("Score scaling", list(SLIDE_SCALINGS), key="slides_scaling", format_func=SLIDE_SCALINGS.get,
                        help="relative: scores over the slide's 99th percentile of |score|; rank: each nucleus's "
-                            "rank among the slide's scores (local evidence starts here: its order is what it shows)")
+                            "rank among the slide's scores (local evidence and contribution start here: their order is what they show)")
 nuclei_max = st.sidebar.number_input("Slide viewer: nuclei one by one up to", 100, 20_000, NUCLEI_MAX, step=500,
                                      key="slides_max", help="views holding more nuclei show them binned")
 prop = expl_by_key[key]["property"] if key else None

@@ -84,7 +84,8 @@ def test_each_method_opens_at_its_scaling():
     from nucleograph.gnn.render import default_scaling
 
     # local evidence is read by its order (nearly all its scores are negative on a confident model)
-    assert {m: default_scaling(m) for m in METHODS} == {**dict.fromkeys(METHODS, "relative"), "local": "rank"}
+    assert {m: default_scaling(m) for m in METHODS} == {**dict.fromkeys(METHODS, "relative"), "local": "rank",
+                                                        "contribution": "rank"}
 
 
 def _is_number(text: str) -> bool:

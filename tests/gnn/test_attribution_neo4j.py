@@ -1,4 +1,4 @@
-"""Gradient x input, integrated gradients, GNNExplainer and local evidence on a cohort in the real local Neo4j: each
+"""Gradient x input, integrated gradients, GNNExplainer, local evidence and local contribution on a cohort in the real local Neo4j: each
 method's scores written to its own property, read back, exported and drawn through the CLI."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from nucleograph.cli import main
 from nucleograph.db import runs as db_runs
 from nucleograph.db import store
 from nucleograph.gnn.attribution import gnnexplainer_scores, integrated_gradients
+from nucleograph.gnn.contribution import local_contribution
 from nucleograph.gnn.local import local_evidence
 from nucleograph.gnn.service import explain_run, graph_from_arrays, load_run_models, train_cohort
 from nucleograph.ingest.cohort import discover
@@ -114,6 +115,31 @@ def test_local_evidence_is_stored_window_by_window_as_computed(cohort, edge_run,
     relative = tmp_path / "relative.png"
     assert main(["render", "--image", first["id"], "--run", run_id, "--scaling", "relative", "--out", str(relative)]) == 0
     assert default.read_bytes() == png.read_bytes() != relative.read_bytes()
+
+
+def test_local_contribution_through_the_cli_window_by_window(cohort, edge_run, test_environ, graphdb, capsys,
+                                                              tmp_path):
+    run_id = edge_run["run_id"]
+    first = store.cohort_images(graphdb, cohort)[0]
+    assert first["n_nuclei"] > 7
+    # windows of 7 nuclei, each written as computed; a window's scores need its neighbours' neighbourhoods too
+    out = explain_run(graphdb, test_environ, run_id, method="contribution", image_ids=[first["id"]], force=True,
+                      window=7)
+    assert (out["property"], out["hops"], out["images"]) == (f"imp_{run_id}_contribution", None, 1)
+    stored = _stored(graphdb, cohort, first["id"], out["property"])
+    _, models = load_run_models(graphdb, test_environ, run_id)
+    graph = graph_from_arrays(next(store.read_graphs(graphdb, cohort, [first["id"]])))
+    expected = local_contribution(models[0], graph)
+    np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-5 * max(1.0, np.abs(expected).max()))
+    assert np.ptp(stored) > 0 and not np.allclose(stored, local_evidence(models[0], graph))  # another measure
+    assert main(["explain", "--run", run_id, "--method", "contribution", "--json"]) == 0
+    assert _json(capsys)["reused"] == 1
+    rank, relative = tmp_path / "rank.png", tmp_path / "relative.png"  # drawn by rank unless asked otherwise
+    assert main(["render", "--image", first["id"], "--run", run_id, "--method", "contribution", "--out", str(rank)]) == 0
+    assert main(["render", "--image", first["id"], "--run", run_id, "--method", "contribution", "--scaling",
+                 "relative", "--out", str(relative)]) == 0
+    assert rank.read_bytes()[:4] == b"\x89PNG" and rank.read_bytes() != relative.read_bytes()
+    capsys.readouterr()
 
 
 def test_gnnexplainer_needs_an_rsf_run(cohort, test_environ, graphdb, capsys):

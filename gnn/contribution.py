@@ -32,7 +32,13 @@ import torch
 
 from nucleograph.gnn.local import BATCH_NUCLEI, _batched, _neighbourhood_values, _neighbourhoods
 from nucleograph.gnn.models import GraphClassifier
-from nucleograph.gnn.occlusion.reference import EvalMode, check_single_graph, empty_value, pick_target, target_values
+from nucleograph.gnn.occlusion.reference import (
+    EvalMode,
+    check_single_graph,
+    empty_value,
+    pick_target,
+    target_values,
+)
 from nucleograph.gnn.occlusion.windows import WINDOW_NUCLEI
 
 __all__ = ["local_contribution", "local_contribution_windows"]

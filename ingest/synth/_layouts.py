@@ -341,7 +341,7 @@ def _fused_glands(lay: Layout, step: float) -> bool:
             if not any(_inside(*q, wx, wy, scale=0.95) for q in third):
                 lay.place_near(wx, wy, "fused", tang + rng.normal(0, 0.2), tries=3, spread=1.5)
             t += step + 1
-    for (px, py, _rx, _ry, rot), lr in zip(parts, lumen_r):
+    for (px, py, _rx, _ry, rot), lr in zip(parts, lumen_r, strict=True):
         if lr > 4:
             lay.add_lumen(px, py, lr, lr * rng.uniform(0.85, 1.0), rot)
     return True

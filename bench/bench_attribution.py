@@ -1,5 +1,5 @@
 """Benchmark the explainers per image: occlusion, gradient x input, integrated gradients, GNNExplainer,
-local evidence (with its tie-break, the default, and without it: the bare formula).
+local evidence (with its tie-break and without it: the bare formula) and local contribution.
 
 Each method explains the same graph of about 1,500 nuclei (``--graph`` as in bench_occlusion.py:
 ``delaunay``, ``image`` or ``synth-breast``) with the same model (random weights, batch-norm statistics
@@ -34,6 +34,7 @@ from nucleograph.gnn.attribution import (  # noqa: E402
     integrated_gradients,
     log_odds,
 )
+from nucleograph.gnn.contribution import local_contribution  # noqa: E402
 from nucleograph.gnn.explain import occlusion  # noqa: E402
 from nucleograph.gnn.faithfulness import tie_share  # noqa: E402
 from nucleograph.gnn.keys import FEAT  # noqa: E402
@@ -93,6 +94,7 @@ def main(argv=None) -> dict:
         "gnnexplainer": (lambda: gnnexplainer_scores(model, g, epochs=args.epochs), args.repeats_gnnexplainer),
         "local_bare": (lambda: local_evidence(model, g, tie_break=False), args.repeats),
         "local": (lambda: local_evidence(model, g), args.repeats),
+        "contribution": (lambda: local_contribution(model, g), args.repeats),
     }
     out = {"model": args.model, "graph": args.graph, "nodes": g.num_nodes(), "edges": g.num_edges(),
            "threads": torch.get_num_threads(), "steps": args.steps, "ig_batch": args.ig_batch,

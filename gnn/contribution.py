@@ -19,7 +19,8 @@ and C-Shapley: efficient model interpretation for structured data", ICLR 2019), 
 coalitions of a feature to its graph neighbourhood: here one coalition per field the nucleus is in.
 
 Cost: per nucleus, about its degree forward passes of a graph of its degree nuclei (the leave-one-out
-graphs are built by one compiled pass, :func:`_leave_one_out`, and batched), some 5-20x local evidence.
+graphs are built by one compiled pass, :func:`_leave_one_out`, and batched): 12-19x local evidence on the
+synthetic cohorts (bench/RESULTS.md, issue 18 stop 31).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def _leave_one_out(node_ptr, nodes, edge_ptr, esrc, edst, eids, lo, hi, want):  
     ``N(j)`` without one member ``i`` with ``want[i]`` (neighbourhoods of one nucleus are left out).
 
     Returns the members (graph ids, graph by graph, ascending in each), nodes per graph, the edges (positions
-    in the members), their edge ids, edges per graph, and per graph the neighbourhood's position ``j`` in
-    ``lo:hi``'s numbering and the graph id of the nucleus left out."""
+    in the members), their edge ids, edges per graph, and per graph the index of its neighbourhood in
+    ``node_ptr`` and the graph id of the nucleus left out."""
     n_graphs = 0
     n_nodes = 0
     n_edges = 0

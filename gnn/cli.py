@@ -12,8 +12,8 @@ from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.render import RANK_METHODS, default_scaling
 from nucleograph.gnn.render import SCALINGS as RENDER_SCALINGS
-from nucleograph.gnn.render import default_scaling
 from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
 
 #: The most pixels ``render`` draws (a slide is drawn at a level, or by window, to stay under it).
@@ -148,8 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edges", action="store_true", help="draw the nucleus graph too")
     p.add_argument("--scaling", choices=list(RENDER_SCALINGS), default=None,
                    help="colours: scores over their 99th percentile of |score|, or each nucleus's rank in the "
-                        "image (-1 lowest, +1 highest; for maps read by their order); default: rank for local "
-                        "evidence, relative for the other methods")
+                        "image (-1 lowest, +1 highest; for maps read by their order); default: rank for "
+                        + " and ".join(sorted(RANK_METHODS)) + "; relative for the other methods")
     p.add_argument("--level", type=int, default=None,
                    help="pyramid level of a slide to draw at (0: full resolution; default: the finest level "
                         f"that keeps the picture under {RENDER_MAX_PIXELS:,} px)")

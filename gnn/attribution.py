@@ -44,7 +44,7 @@ from torch import nn
 
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.keys import FEAT
-from nucleograph.gnn.models import GraphClassifier, RSFNet
+from nucleograph.gnn.models import GraphClassifier, RSFNet, architecture
 from nucleograph.gnn.occlusion.reference import EvalMode, check_single_graph, pick_target
 
 __all__ = [
@@ -285,7 +285,7 @@ class RSFExplainerAdapter(nn.Module):
 
     def __init__(self, model: RSFNet):
         super().__init__()
-        if not isinstance(model, RSFNet):
+        if not isinstance(architecture(model), RSFNet):
             raise ModelError(f"GNNExplainer masks the edges of an RSF model; {type(model).__name__} has none "
                              "(use integrated gradients or occlusion for it)")
         self.model = model

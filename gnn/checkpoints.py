@@ -21,7 +21,7 @@ import torch
 from nucleograph.errors import ModelError
 
 from .data import FeatureScaler
-from .models import GraphClassifier, build_model
+from .models import GraphClassifier, SeedEnsemble, build_model
 
 if TYPE_CHECKING:  # for annotations only: train imports this module
     from .train import RunState
@@ -127,13 +127,12 @@ def load_checkpoint(path) -> tuple[GraphClassifier, FeatureScaler, dict]:
         raise ModelError(
             f"{path} is not a nucleograph checkpoint ({exc}); retrain or pass the right file"
         ) from exc
-    model = build_model(
-        config["model_name"],
-        in_feats=config["in_feats"],
-        edge_channels=config["edge_channels"],
-        n_classes=config["n_classes"],
-        **config.get("model_kwargs", {}),
-    )
+    def build():
+        return build_model(config["model_name"], in_feats=config["in_feats"], edge_channels=config["edge_channels"],
+                           n_classes=config["n_classes"], **config.get("model_kwargs", {}))
+
+    size = int(config.get("ensemble", 1))
+    model = SeedEnsemble([build() for _ in range(size)]) if size > 1 else build()
     state = ckpt.get("best_state") or ckpt["model"]
     model.load_state_dict(state)
     model.eval()

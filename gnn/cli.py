@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="augmentation: each training graph loses a random share of up to SHARE of its nuclei at "
                         "every step, so thinned graphs (occlusion, deletion curves) are not new to the model "
                         "(default: 0, off)")
+    p.add_argument("--ensemble", type=positive_int, default=None, metavar="K",
+                   help="train a seed ensemble: K models per split from different seeds, whose mean logits are the "
+                        "run's model; its explanations are steadier than one model's (default: 1, one model)")
     p.add_argument("--split-by", choices=["patient", "image"], default=None,
                    help="keep each patient's images in one part of the split (when all images have a patient), "
                         "or split images independently (default: patient)")
@@ -186,7 +189,7 @@ def cmd_train(args, settings: Settings) -> int:
     from nucleograph.gnn.interrupt import TrainingInterrupted, sigterm_interrupts
     from nucleograph.gnn.service import train_cohort
 
-    options = _given(args, "model", "epochs", "lr", "seed", "batch_size", "split_by", "drop_nodes")
+    options = _given(args, "model", "epochs", "lr", "seed", "batch_size", "split_by", "drop_nodes", "ensemble")
     if args.patience is not None:
         options["patience"] = args.patience or None
     options["roi"] = _roi_option(args.roi, args.roi_per_slide)
@@ -284,7 +287,7 @@ def cmd_runs(args, settings: Settings) -> int:
     if args.json:
         emit_json(rows)
     else:
-        cols = ["id", "cohort", "model", "status", "accuracy", "roc_auc", "n_parameters", "created_at"]
+        cols = ["id", "cohort", "model", "ensemble", "status", "accuracy", "roc_auc", "n_parameters", "created_at"]
         print(format_table(cols, rows))
         for r in unfinished:
             if "resume" in r:

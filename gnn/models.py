@@ -435,3 +435,64 @@ def build_model(
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class SeedEnsemble(GraphClassifier):
+    """Members of one architecture, trained on the same split from different seeds; its logits are the
+    mean of theirs (``train --ensemble K``).
+
+    A deep ensemble (Lakshminarayanan, Pritzel and Blundell, NeurIPS 2017) averages what each member
+    learnt by chance from its initialisation and batch order. Averaging logits keeps every explanation
+    exact and simple: a log-odds is linear in the logits for two classes, so local evidence, local
+    contribution, occlusion and the gradient methods of the ensemble are the means of its members'
+    (``nucleograph.gnn.explain``, ``bench/RESULTS.md`` issue 18: the ensemble's scores rank the structure
+    more reliably than any one member's).
+
+    Parameters
+    ----------
+    members : list of GraphClassifier
+        Two or more models of the same architecture and inputs, with the same feature scaler.
+
+    Shapes
+    ------
+    forward(graph, **kwargs) -> logits ``(B, n_classes)``; ``kwargs`` (``feat``, ``efeat`` of the RSF models)
+    go to every member.
+    """
+
+    def __init__(self, members: list[GraphClassifier]):
+        if len(members) < 2:
+            raise ModelError(f"an ensemble needs at least two members, got {len(members)}")
+        first = members[0]
+
+        def shape(m):  # the class and every parameter's and buffer's name and shape
+            return type(m), [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
+
+        if any(shape(m) != shape(first) for m in members):
+            raise ModelError("an ensemble's members must share one architecture and its inputs")
+        super().__init__(first.in_feats, first.edge_channels, first.n_classes)
+        self.members = nn.ModuleList(members)
+        self.reads_node_features = first.reads_node_features
+        self.feat_mean.copy_(first.feat_mean)
+        self.feat_std.copy_(first.feat_std)
+
+    def set_scaler(self, scaler: FeatureScaler) -> None:
+        super().set_scaler(scaler)
+        for m in self.members:
+            m.set_scaler(scaler)
+
+    def forward(self, graph, **kwargs) -> torch.Tensor:
+        first = self.members[0]
+        if isinstance(first, RSFNet) and "adjacency" not in kwargs:
+            # the CSR matrices depend on the graph and edge channels only: built once for every member
+            kwargs["adjacency"] = first.adjacency(graph, kwargs.get("efeat"))
+        return torch.stack([m(graph, **kwargs) for m in self.members]).mean(0)
+
+
+def members(model: GraphClassifier) -> list[GraphClassifier]:
+    """The models whose mean is ``model``: an ensemble's members, else ``[model]``."""
+    return list(model.members) if isinstance(model, SeedEnsemble) else [model]
+
+
+def architecture(model: GraphClassifier) -> GraphClassifier:
+    """The model that stands for ``model``'s architecture: an ensemble's first member, else itself."""
+    return members(model)[0]

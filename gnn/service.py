@@ -31,7 +31,7 @@ from nucleograph.gnn.checkpoints import load_checkpoint
 from nucleograph.gnn.data import check_one_feature_set, check_test_split, graph_from_arrays
 from nucleograph.gnn.graph_cache import read_cache, write_cache
 from nucleograph.gnn.interrupt import Terminated, TrainingInterrupted
-from nucleograph.gnn.models import DEFAULT_MODEL, RSFNet
+from nucleograph.gnn.models import DEFAULT_MODEL, RSFNet, architecture
 from nucleograph.gnn.occlusion.windows import WINDOW_NUCLEI
 from nucleograph.gnn.run_record import record_finish, record_start, record_stop, resumed_params
 from nucleograph.gnn.slides import AUTO, RoiParams, load_rois, resolve_roi, to_slides
@@ -135,7 +135,8 @@ def _train_config(params: dict[str, Any]) -> TrainConfig:
     """A run's TrainConfig from its recorded params; the settings params do not record keep their defaults."""
     return TrainConfig(model_name=params["model"], model_kwargs=params["model_kwargs"] or {}, epochs=params["epochs"],
                        lr=params["lr"], seed=params["seed"], batch_size=params["batch_size"],
-                       patience=params["patience"], drop_nodes=params.get("drop_nodes", 0.0))
+                       patience=params["patience"], drop_nodes=params.get("drop_nodes", 0.0),
+                       ensemble=params.get("ensemble", 1))
 
 
 def _pooled_metrics(results: list[TrainResult]) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def train_cohort(
     lr: float = TrainConfig.lr, folds: int = 1, seed: int = TrainConfig.seed, batch_size: int = TrainConfig.batch_size,
     patience: int | None = TrainConfig.patience, resume_run: str | None = None, progress: bool = False,
     model_kwargs: dict | None = None, split_by: str = "patient", drop_nodes: float = TrainConfig.drop_nodes,
-    roi: RoiParams | str | None = AUTO,
+    roi: RoiParams | str | None = AUTO, ensemble: int = TrainConfig.ensemble,
 ) -> dict[str, Any]:
     """Train ``model`` on ``cohort`` and record the run; returns the run id, metrics and paths.
 
@@ -227,6 +228,9 @@ def train_cohort(
         Train on ROIs drawn so; ``"auto"``: on the default ROIs when an image is larger than
         :data:`nucleograph.gnn.slides.SLIDE_PIXELS` (a slide), else on whole images; None: whole images.
         A resumed run keeps its own.
+    ensemble : int
+        Train a seed ensemble of this many members per split (:attr:`TrainConfig.ensemble`); the run's
+        model, predictions and explanations are the ensemble's. 1: one model.
 
     Returns
     -------
@@ -245,11 +249,14 @@ def train_cohort(
     """
     if not 0.0 <= drop_nodes < 1.0:
         raise InputError(f"drop_nodes is the largest share of nuclei dropped per step, in [0, 1), not {drop_nodes}")
+    if ensemble < 1:
+        raise InputError(f"an ensemble has at least one member, got {ensemble}")
     if split_by not in SPLIT_BY:
         raise InputError(f"split_by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
     engine = rec.open_engine(settings)
     params = {"model": model, "epochs": epochs, "lr": lr, "folds": folds, "seed": seed, "batch_size": batch_size,
-              "patience": patience, "model_kwargs": model_kwargs or {}, "split_by": split_by, "drop_nodes": drop_nodes}
+              "patience": patience, "model_kwargs": model_kwargs or {}, "split_by": split_by, "drop_nodes": drop_nodes,
+              "ensemble": ensemble}
     if resume_run is not None:
         params = resumed_params(engine, resume_run, cohort)
     else:
@@ -307,7 +314,7 @@ def train_cohort(
     history = results[0].history
     props = {
         "model": params["model"], "epochs": params["epochs"], "lr": params["lr"], "seed": params["seed"],
-        "folds": params["folds"], "n_parameters": results[0].n_parameters, "data_version": data.data_version,
+        "folds": params["folds"], "ensemble": params.get("ensemble", 1), "n_parameters": results[0].n_parameters, "data_version": data.data_version,
         "class_names": data.class_names, "checkpoints": checkpoints, "n_images": len(data.image_ids),
         "seconds": round(seconds, 2), "status": "finished", "metrics": metrics, "history": history, **extra,
         **{k: v for k, v in metrics.items() if isinstance(v, float)},
@@ -427,7 +434,7 @@ def explain_run(
     if method in ("gradxinput", "ig") and not models[0].reads_node_features:
         raise InputError(f"run {run_id} is a {run.get('model')} model, which reads no node features: {method} would "
                          "score every nucleus 0 (use --method occlusion)")
-    if method == "gnnexplainer" and not isinstance(models[0], RSFNet):
+    if method == "gnnexplainer" and not isinstance(architecture(models[0]), RSFNet):
         raise InputError(f"run {run_id} is a {run.get('model')} model: GNNExplainer masks the edges of an RSF model "
                          "(use --method ig or occlusion for any model)")
     todo = _images_to_explain(db, run, image_ids)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dgl
@@ -30,12 +30,13 @@ from .checkpoints import (
     MODEL_FILE_NAME,
     data_fingerprint,
     resume_state,
+    save_atomic,
     save_epoch,
     save_model_file,
 )
 from .data import FeatureScaler, check_labels, class_targets, graph_dims, stratified_kfold, stratified_split
 from .metrics import classification_metrics
-from .models import DEFAULT_MODEL, MODEL_NAMES, GraphClassifier, build_model, count_parameters
+from .models import DEFAULT_MODEL, MODEL_NAMES, GraphClassifier, SeedEnsemble, build_model, count_parameters
 from .occlusion.reference import without
 
 
@@ -75,6 +76,10 @@ class TrainConfig:
         Augmentation: at every step each training graph loses a random share, drawn uniformly from
         ``[0, drop_nodes]``, of its nuclei with their edges (:func:`thin_graph`). A model trained so has
         seen thinned graphs, which occlusion and deletion curves show it; 0 (the default) is off.
+    ensemble : int
+        Members of a seed ensemble (:class:`nucleograph.gnn.models.SeedEnsemble`): this many models trained
+        on the same split, member ``m`` seeded by :func:`member_seed` (member 0 by ``seed`` itself, so it is
+        the single model of that seed); 1 (the default) trains one model.
     """
 
     model_name: str = DEFAULT_MODEL
@@ -91,6 +96,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     drop_nodes: float = 0.0
+    ensemble: int = 1
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (0-based) on the cosine schedule."""
@@ -404,9 +410,14 @@ def train_model(
     cfg = config or TrainConfig()
     if cfg.model_name not in MODEL_NAMES:
         raise ModelError(f"unknown model {cfg.model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if cfg.ensemble < 1:
+        raise InputError(f"an ensemble has at least one member, got {cfg.ensemble}")
     y, n_classes = class_targets(labels, len(graphs), n_classes)
     in_feats, edge_channels = graph_dims(graphs)
     split = _resolve_split(y, split, groups, cfg)
+    if cfg.ensemble > 1:
+        return _train_ensemble(graphs, y, split, cfg, n_classes=n_classes, checkpoint_dir=checkpoint_dir,
+                               resume=resume, progress=progress)
     run = _start_run(graphs, y, split, cfg, dims=(in_feats, edge_channels, n_classes))
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -431,6 +442,44 @@ def train_model(
         if ckpt_path:
             save_epoch(ckpt_path, run, epoch)
     return _finish(run, graphs, y, ckpt_dir)
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of ensemble member ``member``: ``seed`` itself for member 0, else a number drawn from
+    ``(seed, member)`` (so the members of two ensembles with nearby seeds share no initialisation)."""
+    if member == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**32, member]).generate_state(1)[0]) >> 1  # DGL's seed is an int32
+
+
+def _train_ensemble(graphs, y: np.ndarray, split, cfg: TrainConfig, *, n_classes: int, checkpoint_dir, resume: bool,
+                    progress: bool) -> TrainResult:
+    """``cfg.ensemble`` members on ``split``, each with its checkpoints in ``checkpoint_dir/member{m}`` (a
+    resumed ensemble reuses the finished members), combined into a :class:`SeedEnsemble` saved as
+    ``checkpoint_dir/model.pt``."""
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    seeds = [member_seed(cfg.seed, m) for m in range(cfg.ensemble)]
+    results = []
+    for m, seed in enumerate(seeds):
+        member_cfg = replace(cfg, seed=seed, ensemble=1)
+        member_dir = None if ckpt_dir is None else ckpt_dir / f"member{m}"
+        results.append(train_model(graphs, y, member_cfg, split=split, n_classes=n_classes,
+                                   checkpoint_dir=member_dir, resume=resume, progress=progress))
+    model = SeedEnsemble([r.model for r in results]).eval()
+    proba = predict_proba(model, graphs)
+    test_idx = results[0].split["test"]
+    metrics = classification_metrics(y[test_idx], proba[test_idx]) if test_idx.size else {}
+    config = {**results[0].config, "seed": cfg.seed, "ensemble": cfg.ensemble, "member_seeds": seeds}
+    model_path = None
+    if ckpt_dir is not None:
+        model_path = ckpt_dir / MODEL_FILE_NAME
+        save_atomic({"config": config, "model": model.state_dict(), "scaler": results[0].scaler.to_dict(),
+                     "history": results[0].history, "metrics": metrics,
+                     "member_metrics": [r.metrics for r in results],
+                     "best_epoch": results[0].best_epoch, "split": results[0].split}, model_path)
+    return TrainResult(model=model, scaler=results[0].scaler, metrics=metrics, history=results[0].history,
+                       split=results[0].split, proba=proba, predictions=proba.argmax(1), checkpoint_path=model_path,
+                       n_parameters=count_parameters(model), best_epoch=results[0].best_epoch, config=config)
 
 
 def kfold(

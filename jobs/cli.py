@@ -69,6 +69,8 @@ def _retrain_args(p: argparse.ArgumentParser, *, prefix: str) -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--folds", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="train a seed ensemble of K models per split (default 1: one model)")
     p.add_argument("--explain", default=DEFAULT_METHOD,
                    help=f"explanation method for the new run, or 'none' (default {DEFAULT_METHOD})")
     p.add_argument("--hops", type=int, default=1, help="occlusion neighbourhood in hops (default 1)")
@@ -169,8 +171,8 @@ def _watch_spec(args, cohort: str) -> WatchSpec:
 def _retrain_spec(args, cohort: str) -> RetrainSpec:
     explain = None if (args.explain or "").lower() == "none" else args.explain
     return RetrainSpec(cohort=cohort, min_new=args.min_new, cron=args.cron, interval=args.retrain_interval,
-                           model=args.model, epochs=args.epochs, folds=args.folds, seed=args.seed, explain=explain,
-                           hops=args.hops)
+                           model=args.model, epochs=args.epochs, folds=args.folds, seed=args.seed,
+                           ensemble=args.ensemble, explain=explain, hops=args.hops)
 
 
 def cmd_scheduler(args, settings: Settings) -> int:

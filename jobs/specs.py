@@ -184,7 +184,7 @@ class RetrainSpec:
         Or train at the times of this crontab expression (UTC). Exactly one of the two.
     interval : float
         Seconds between checks for ``min_new``.
-    model, epochs, lr, folds, seed, batch_size, patience
+    model, epochs, lr, folds, seed, batch_size, patience, ensemble
         As :func:`nucleograph.gnn.service.train_cohort` takes them.
     explain : str or None
         Explanation method run on the new model (one of :data:`nucleograph.db.runs.METHODS`), or None.
@@ -210,6 +210,7 @@ class RetrainSpec:
     seed: int = 0
     batch_size: int = 8
     patience: int | None = 10
+    ensemble: int = 1
     explain: str | None = DEFAULT_METHOD  # None: no explanation after training
     hops: int = 1
 
@@ -227,7 +228,7 @@ class RetrainSpec:
             raise InputError(f"--model {self.model!r} is not a model: choose one of {', '.join(MODEL_CHOICES)}")
         if self.explain is not None and self.explain not in METHODS:
             raise InputError(f"--explain {self.explain!r}: choose one of {', '.join(METHODS)} or none")
-        for name, low in (("folds", 1), ("batch_size", 1), ("hops", 1)):
+        for name, low in (("folds", 1), ("batch_size", 1), ("hops", 1), ("ensemble", 1)):
             if getattr(self, name) < low:
                 raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -247,7 +248,8 @@ class RetrainSpec:
     def train_params(self) -> dict[str, Any]:
         """The run parameters exactly as :func:`nucleograph.gnn.service.train_cohort` records them."""
         return {"model": self.model, "epochs": self.epochs, "lr": self.lr, "folds": self.folds, "seed": self.seed,
-                "batch_size": self.batch_size, "patience": self.patience, "model_kwargs": {}}
+                "batch_size": self.batch_size, "patience": self.patience, "model_kwargs": {},
+                "ensemble": self.ensemble}
 
 
 SPECS = {"watch": WatchSpec, "retrain": RetrainSpec}

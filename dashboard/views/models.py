@@ -30,7 +30,8 @@ table = pd.DataFrame([
      **{m: r.get(m) for m in METRICS},
      "chance": chance[r["id"]][0] if chance[r["id"]] else None,
      "vs chance": "⚠ at or below" if stats.at_or_below_chance(r) else None,
-     "folds": r.get("folds"), "epochs": stats.epochs_run(r), "max epochs": r.get("epochs"),
+     "folds": r.get("folds"), "ensemble": r.get("ensemble") or 1, "epochs": stats.epochs_run(r),
+     "max epochs": r.get("epochs"),
      "images": r.get("n_images"), "parameters": r.get("n_parameters"), "seconds": r.get("seconds")}
     for r in runs
 ])
@@ -41,6 +42,9 @@ st.dataframe(table, hide_index=True, column_config={
         "chance", format="%.3f", help="accuracy of predicting the majority class of the test images for all"),
     "epochs": st.column_config.NumberColumn(
         "epochs", help="epochs trained (first fold; early stopping can end a run before its max epochs)"),
+    "ensemble": st.column_config.NumberColumn(
+        "ensemble", help="models per split, trained from different seeds; the run's model is their mean "
+                         "(`train --ensemble K`)"),
 })
 
 by_id = {r["id"]: r for r in runs}

@@ -54,6 +54,7 @@ def test_help_shows_the_defaults(capsys):
                           ("--batch-size", TrainConfig.batch_size), ("--patience", TrainConfig.patience)):
         after = text.split(f"{option} {option.lstrip('-').upper().replace('-', '_')}")[1]
         assert after.split(")")[0].endswith(f"(default: {value}"), (option, after[:80])
+    assert text.split("--ensemble K")[1].split(")")[0].endswith(f"(default: {TrainConfig.ensemble}, one model")
     for command, shown in (("explain", "(default: local)"), ("scores", "(default: csv)"),
                            ("render", "(default: 1)")):
         _help(command, *(["--run", "r0"] if command != "explain" else []))

@@ -60,6 +60,31 @@ def test_train_records_run_and_predictions(cohort, test_environ, graphdb, capsys
     assert out["run_id"] in {r["id"] for r in _json(capsys)}
 
 
+def test_an_ensemble_run_is_trained_recorded_and_explained_as_one_model(cohort, test_environ, graphdb, capsys):
+    from nucleograph.gnn.models import SeedEnsemble
+    from nucleograph.gnn.service import explain_graph, graph_from_arrays, load_run_models
+
+    assert main(["train", "--cohort", cohort, "--model", "rsf-edge", "--epochs", "2", "--ensemble", "2",
+                 "--seed", "3", "--json"]) == 0
+    out = _json(capsys)
+    run_id = out["run_id"]
+    assert 400_000 < out["n_parameters"] < 800_000  # two members of ~330k
+    run, models = load_run_models(graphdb, test_environ, run_id)
+    assert run["ensemble"] == 2 and isinstance(models[0], SeedEnsemble)
+    assert main(["runs", "--cohort", cohort]) == 0
+    assert any(line.startswith(run_id) and "| rsf-edge | 2 " in line for line in capsys.readouterr().out.splitlines())
+    first = store.cohort_images(graphdb, cohort)[0]
+    assert main(["explain", "--run", run_id, "--method", "contribution", "--image", first["id"], "--json"]) == 0
+    stored = db_runs.image_scores(graphdb, cohort, first["id"], _json(capsys)["property"])
+    # what is stored is the mean of the members' scores, for the class the ensemble predicts
+    g = next(store.read_graphs(graphdb, cohort, [first["id"]]))
+    graph = graph_from_arrays(g)
+    c = int(models[0](graph).argmax(1)[0])
+    each = [explain_graph("contribution", m, graph, hops=1, target=c, output="logodds") for m in models[0].members]
+    by_nid = {int(r["nid"]): r["score"] for r in stored}
+    assert np.allclose([by_nid[int(n)] for n in g["nids"]], np.mean(each, axis=0), atol=1e-5)
+
+
 def test_second_load_comes_from_the_disk_cache(cohort, graphdb, neo4j_settings):
     first = load_cohort(graphdb, neo4j_settings, cohort)
     second = load_cohort(graphdb, neo4j_settings, cohort)

@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import dgl
 import numpy as np
 import pytest
 import torch
@@ -7,6 +8,7 @@ from gnn_synth import make_cohort
 
 from nucleograph.errors import InputError, ModelError
 from nucleograph.gnn.checkpoints import load_checkpoint
+from nucleograph.gnn.models import SeedEnsemble
 from nucleograph.gnn.train import TrainConfig, kfold, predict_proba, train_model
 
 SMALL = {"conv_feats": (16, 16, 16), "pool_sizes": (8, 4), "fc_feats": (32, 16)}
@@ -141,3 +143,37 @@ def test_train_cohort_refuses_a_drop_share_outside_0_1(share):
     # checked before Neo4j or SQL is touched
     with pytest.raises(InputError, match=r"drop_nodes .* in \[0, 1\)"):
         train_cohort(None, None, "any", drop_nodes=share)
+
+
+def test_seed_ensemble_trains_members_on_one_split_and_reloads(cohort, tmp_path):
+    graphs, labels = cohort
+    cfg = TrainConfig(model_name="rsf-edge", epochs=2, patience=None, model_kwargs=SMALL, seed=4)
+    single = train_model(graphs, labels, cfg)
+    ens = train_model(graphs, labels, replace(cfg, ensemble=3), checkpoint_dir=tmp_path)
+    assert isinstance(ens.model, SeedEnsemble) and len(ens.model.members) == 3
+    assert ens.n_parameters == 3 * single.n_parameters
+    # member 0 is the single model of the ensemble's seed, on the same split
+    assert all(np.array_equal(ens.split[k], single.split[k]) for k in ("train", "val", "test"))
+    assert torch.equal(ens.model.members[0].fc3.weight, single.model.fc3.weight)
+    assert not torch.equal(ens.model.members[1].fc3.weight, ens.model.members[0].fc3.weight)
+    # its logits are the mean of its members', and its probabilities what training reported
+    bg = dgl.batch(graphs[:5])
+    with torch.no_grad():
+        mean = torch.stack([m(bg) for m in ens.model.members]).mean(0)
+        assert torch.allclose(ens.model(bg), mean, atol=1e-6)
+    model, _scaler, config = load_checkpoint(tmp_path / "model.pt")
+    assert isinstance(model, SeedEnsemble) and config["ensemble"] == 3 and config["member_seeds"][0] == 4
+    assert np.allclose(predict_proba(model, graphs), ens.proba, atol=1e-6)
+    assert all((tmp_path / f"member{m}" / "model.pt").exists() for m in range(3))
+    with pytest.raises(InputError, match="at least one member"):
+        train_model(graphs, labels, replace(cfg, ensemble=0))
+
+
+def test_ensemble_members_must_share_an_architecture():
+    from gnn_synth import small_model
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(ModelError, match="at least two"):
+        SeedEnsemble([small_model("rsf", rng)])
+    with pytest.raises(ModelError, match="one architecture"):
+        SeedEnsemble([small_model("rsf", rng), small_model("rsf-edge", rng)])

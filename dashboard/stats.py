@@ -56,7 +56,24 @@ def explanation_label(e: dict[str, Any]) -> str:
     str
         e.g. ``"ab12 · rsf-attention · occlusion k=1, log-odds drop (8 images)"``.
     """
-    return f"{e['run_id']} · {e.get('model') or '?'} · {method_title(e)} ({e['images']} images)"
+    return f"{e['run_id']} · {model_title(e)} · {method_title(e)} ({e['images']} images)"
+
+
+def model_title(run: dict[str, Any]) -> str:
+    """A run's model as the pages name it: ``"rsf-edge"``, or ``"rsf-edge ×3"`` for a seed ensemble of three
+    (``train --ensemble 3``).
+
+    Parameters
+    ----------
+    run : dict
+        A run (or an explanation row) with ``model`` and, for an ensemble, ``ensemble``.
+
+    Returns
+    -------
+    str
+    """
+    size = int(run.get("ensemble") or 1)
+    return f"{run.get('model') or '?'}" + (f" ×{size}" if size > 1 else "")
 
 
 # --- models -----------------------------------------------------------------------------------------

@@ -26,12 +26,11 @@ if not runs:
 METRICS = ["accuracy", "balanced_accuracy", "roc_auc", "f1"]
 chance = {r["id"]: stats.chance_rate(r) for r in runs}
 table = pd.DataFrame([
-    {"id": r["id"], "model": r.get("model"), "created": r.get("created_at", "")[:19],
+    {"id": r["id"], "model": stats.model_title(r), "created": r.get("created_at", "")[:19],
      **{m: r.get(m) for m in METRICS},
      "chance": chance[r["id"]][0] if chance[r["id"]] else None,
      "vs chance": "⚠ at or below" if stats.at_or_below_chance(r) else None,
-     "folds": r.get("folds"), "ensemble": r.get("ensemble") or 1, "epochs": stats.epochs_run(r),
-     "max epochs": r.get("epochs"),
+     "folds": r.get("folds"), "epochs": stats.epochs_run(r), "max epochs": r.get("epochs"),
      "images": r.get("n_images"), "parameters": r.get("n_parameters"), "seconds": r.get("seconds")}
     for r in runs
 ])
@@ -42,15 +41,15 @@ st.dataframe(table, hide_index=True, column_config={
         "chance", format="%.3f", help="accuracy of predicting the majority class of the test images for all"),
     "epochs": st.column_config.NumberColumn(
         "epochs", help="epochs trained (first fold; early stopping can end a run before its max epochs)"),
-    "ensemble": st.column_config.NumberColumn(
-        "ensemble", help="models per split, trained from different seeds; the run's model is their mean "
-                         "(`train --ensemble K`)"),
+    "model": st.column_config.TextColumn(
+        "model", help="×K: a seed ensemble, K models per split trained from different seeds, whose mean logits are "
+                      "the run's model (`train --ensemble K`)"),
 })
 
 by_id = {r["id"]: r for r in runs}
 c1, c2 = st.columns([3, 2])
 run_id = c1.selectbox("Run", list(by_id), key="models_run",
-                      format_func=lambda i: f"{i} · {by_id[i].get('model')} · {by_id[i].get('created_at', '')[:19]}")
+                      format_func=lambda i: f"{i} · {stats.model_title(by_id[i])} · {by_id[i].get('created_at', '')[:19]}")
 split = c2.radio("Confusion matrix of", ["test", "val", "train", "all"], horizontal=True, key="models_split",
                  help="test: held-out images (summed over folds); the others count stored predictions")
 run = by_id[run_id]
@@ -76,7 +75,9 @@ with left:
 with right:
     history = run.get("history") or []
     if history:
-        st.plotly_chart(plots.curves(history, title="Training curves (fold 1)"), key="curves")
+        size = int(run.get("ensemble") or 1)
+        title = "Training curves (fold 1" + (f", member 1 of {size})" if size > 1 else ")")
+        st.plotly_chart(plots.curves(history, title=title), key="curves")
     else:
         st.info("This run recorded no training history.")
 

@@ -73,6 +73,9 @@ def test_explanation_label_names_run_model_method_hops_and_output():
     assert ds.method_title({**e, "output": None}) == "occlusion k=1, probability drop"
     att = {"run_id": "r1", "model": None, "method": "attention", "hops": None, "output": None, "images": 8}
     assert ds.explanation_label(att) == "r1 · ? · attention (8 images)"
+    # a seed ensemble's model carries its size; one model (or a run from before ensembles) does not
+    assert ds.explanation_label({**e, "ensemble": 3}) == "r1 · rsf ×3 · occlusion k=1, log-odds drop (8 images)"
+    assert ds.model_title({"model": "rsf-edge", "ensemble": 1}) == ds.model_title({"model": "rsf-edge"}) == "rsf-edge"
 
 
 def test_importance_by_position_bins():

@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: 0, off)")
     p.add_argument("--ensemble", type=positive_int, default=None, metavar="K",
                    help="train a seed ensemble: K models per split from different seeds, whose mean logits are the "
-                        "run's model; its explanations are steadier than one model's (default: 1, one model)")
+                        "run's model; explaining it costs K times one model (default: 1, one model)")
     p.add_argument("--split-by", choices=["patient", "image"], default=None,
                    help="keep each patient's images in one part of the split (when all images have a patient), "
                         "or split images independently (default: patient)")

@@ -445,8 +445,9 @@ class SeedEnsemble(GraphClassifier):
     learnt by chance from its initialisation and batch order. Averaging logits keeps every explanation
     exact and simple: a log-odds is linear in the logits for two classes, so local evidence, local
     contribution, occlusion and the gradient methods of the ensemble are the means of its members'
-    (``nucleograph.gnn.explain``, ``bench/RESULTS.md`` issue 18: the ensemble's scores rank the structure
-    more reliably than any one member's).
+    (``nucleograph.gnn.explain``). An average does not filter: a member that reads something other than
+    the class-defining structure keeps its share of the vote and of the scores (``bench/RESULTS.md``,
+    issue 18, "Seed ensembles").
 
     Parameters
     ----------

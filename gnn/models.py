@@ -489,11 +489,6 @@ class SeedEnsemble(GraphClassifier):
         return torch.stack([m(graph, **kwargs) for m in self.members]).mean(0)
 
 
-def members(model: GraphClassifier) -> list[GraphClassifier]:
-    """The models whose mean is ``model``: an ensemble's members, else ``[model]``."""
-    return list(model.members) if isinstance(model, SeedEnsemble) else [model]
-
-
 def architecture(model: GraphClassifier) -> GraphClassifier:
     """The model that stands for ``model``'s architecture: an ensemble's first member, else itself."""
-    return members(model)[0]
+    return model.members[0] if isinstance(model, SeedEnsemble) else model

@@ -164,26 +164,28 @@ def test_only_arrangement_separates_classes(task):
     assert (min(a["degree"]) > max(b["degree"])) or (min(b["degree"]) > max(a["degree"]))
 
 
-def test_open_stroma_is_alike_in_both_grades():
+@pytest.mark.parametrize("task,tiles", [("prostate", range(11, 23)), ("breast", range(1000, 1010))])
+def test_open_stroma_is_alike_in_both_classes(task, tiles):
     """The share of stromal nuclei farther than a link (100 px) from any epithelium, per tile: fields of
-    stroma alone must not tell Gleason 3 from Gleason 4 (issue 18: the old Gleason 3 tiles had none,
-    0.01 against 0.18, and a model read the class from them)."""
+    stroma alone must not tell the classes apart (issue 18: Gleason 3 tiles had none, 0.01 against
+    Gleason 4's 0.18, invasive 0.085 against in-situ's 0.38, and a model read the class from them)."""
     from scipy.spatial import cKDTree
 
     far = {}
-    for label in ("Gleason3", "Gleason4"):
+    for label in TASKS[task]:
         shares = []
-        for s in range(11, 23):
-            nuclei = synthesize_image("prostate", label, rng=np.random.default_rng(s)).nuclei
+        for s in tiles:
+            nuclei = synthesize_image(task, label, rng=np.random.default_rng(s)).nuclei
             stroma = (nuclei.role == "stroma").to_numpy()
             xy = nuclei[["centroid_x", "centroid_y"]].to_numpy()
             distance, _ = cKDTree(xy[~stroma]).query(xy[stroma])
             shares.append(float((distance > 100).mean()))
         far[label] = np.array(shares)
-    assert abs(far["Gleason3"].mean() - far["Gleason4"].mean()) < 0.08
-    # both grades have tiles with open stroma and tiles without
+    first, second = TASKS[task]
+    assert abs(far[first].mean() - far[second].mean()) < 0.08
+    # in both classes most tiles have open stroma, and not every tile as much
     for shares in far.values():
-        assert (shares > 0.1).sum() >= 3 and (shares < 0.05).sum() >= 2
+        assert (shares > 0.1).sum() >= len(shares) // 4 and shares.min() < 0.5 * shares.max()
 
 
 def _stroma_area(tile) -> float:

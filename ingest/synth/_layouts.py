@@ -168,7 +168,11 @@ def _layout_invasive(lay: Layout) -> None:
 
     kinds = ("cord", "single_file", "cluster", "infiltrating")
     clearance = 70.0  # a new structure starts in stroma, so tumour spreads instead of piling up
+    idle = 0
     while lay.left:
+        before = lay.left
+        if idle > 100:  # the tumour has no room left outside the fields: it may grow into them
+            fields.clear()
         kind = kinds[int(rng.choice(4, p=[0.4, 0.15, 0.35, 0.1]))]
         for _ in range(30):
             x0, y0 = rng.uniform(0, lay.width), rng.uniform(0, lay.height)
@@ -196,6 +200,7 @@ def _layout_invasive(lay: Layout) -> None:
         else:
             for _ in range(int(rng.integers(1, 4))):
                 place(x0 + rng.normal(0, 50), y0 + rng.normal(0, 50), "infiltrating")
+        idle = idle + 1 if lay.left == before else 0
 
 
 #: Tumour-free stroma fields of an invasive tile: how many (0-3, with these chances) and their radius (px),

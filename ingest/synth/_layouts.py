@@ -113,6 +113,11 @@ def _stroma_fields(lay: Layout, count: int, radius: tuple[float, float],
     return fields
 
 
+def _outside(fields, x: float, y: float) -> bool:
+    """Whether ``(x, y)`` lies in none of the :func:`_stroma_fields` ``fields``."""
+    return all((x - fx) ** 2 + (y - fy) ** 2 >= fr * fr for fx, fy, fr in fields)
+
+
 # breast ---------------------------------------------------------------------------------------
 
 
@@ -160,11 +165,8 @@ def _layout_invasive(lay: Layout) -> None:
     fields = _stroma_fields(lay, int(rng.choice(len(_INVASIVE_FIELDS), p=_INVASIVE_FIELDS)), _INVASIVE_FIELD_RADIUS,
                             reference=1536)
 
-    def free(x, y) -> bool:
-        return all((x - fx) ** 2 + (y - fy) ** 2 >= fr * fr for fx, fy, fr in fields)
-
     def place(x, y, role, theta=math.nan) -> bool:
-        return free(x, y) and lay.place_near(x, y, role, theta)
+        return _outside(fields, x, y) and lay.place_near(x, y, role, theta)
 
     kinds = ("cord", "single_file", "cluster", "infiltrating")
     clearance = 70.0  # a new structure starts in stroma, so tumour spreads instead of piling up
@@ -176,7 +178,7 @@ def _layout_invasive(lay: Layout) -> None:
         kind = kinds[int(rng.choice(4, p=[0.4, 0.15, 0.35, 0.1]))]
         for _ in range(30):
             x0, y0 = rng.uniform(0, lay.width), rng.uniform(0, lay.height)
-            if free(x0, y0) and not lay.crowded(x0, y0, clearance):
+            if _outside(fields, x0, y0) and not lay.crowded(x0, y0, clearance):
                 break
         else:
             clearance *= 0.8
@@ -215,7 +217,7 @@ _INVASIVE_FIELD_RADIUS = (360.0, 540.0)
 
 #: Gland-free stroma fields of a Gleason 3 tile: how many (0-3, with these chances) and their radius (px).
 #: Chosen so that the share of stromal nuclei farther than a link (100 px) from any epithelium matches
-#: Gleason 4's per tile (mean 0.17 and 0.18; ``test_open_stroma_is_alike_in_both_grades``).
+#: Gleason 4's per tile (mean 0.17 and 0.18; ``test_open_stroma_is_alike_in_both_classes``).
 _G3_FIELDS = (0.5, 0.25, 0.15, 0.1)
 _G3_FIELD_RADIUS = (120.0, 300.0)
 
@@ -240,8 +242,7 @@ def _layout_gleason3(lay: Layout) -> None:
             failures += 1
             shrink = max(0.1, shrink * 0.9)
             if failures > 60:
-                lay.scatter("gland_boundary",
-                            ok=lambda x, y: all((x - fx) ** 2 + (y - fy) ** 2 > fr * fr for fx, fy, fr in fields))
+                lay.scatter("gland_boundary", ok=lambda x, y: _outside(fields, x, y))
             continue
         cx, cy = centre
         before = lay.left

@@ -59,7 +59,7 @@ lint: install
 
 demo: install
 	$(BIN)/nucleograph db start
-	$(BIN)/nucleograph synth $(TASK) --n $(N) --out $(DEMO)/$(TASK)
+	$(BIN)/nucleograph synth $(TASK) --n $(N) --out $(DEMO)/$(TASK) --workers 2
 	$(BIN)/nucleograph ingest $(DEMO)/$(TASK) --cohort demo-$(TASK) --workers 2
 	$(BIN)/nucleograph train --cohort demo-$(TASK) --model $(MODEL) --lr $(LR) --json > $(DEMO)/run.json
 	$(BIN)/nucleograph explain --run $$($(BIN)/python -c "import json,sys; print(json.load(open('$(DEMO)/run.json'))['run_id'])") --cohort demo-$(TASK)

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slide", action="store_true",
                    help="whole slides: pyramidal TIFFs whose tissue regions are drawn by the task's image generator, "
                         "labelled by their highest region class (regions/*.json lists the regions)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes drawing tiles side by side (the files are the same for any number)")
     p.add_argument("--json", action="store_true", help="print the manifest path as JSON")
     p.set_defaults(func=cmd_synth)
 
@@ -99,10 +101,16 @@ def _parse_size(text: str | None):
 
 def cmd_synth(args, settings: Settings) -> int:
     """``nucleograph synth``: write a synthetic cohort; returns the exit status."""
-    write = synthesize_slide_cohort if args.slide else synthesize_cohort
+    if args.slide and args.workers != 1:
+        raise InputError("--workers draws tiles side by side; with --slide leave it out (slides are written one "
+                         "at a time: each holds a whole slide's arrays in memory)")
     try:
-        manifest = write(args.task, n_per_class=args.n, out_dir=args.out, seed=args.seed,
-                         size=_parse_size(args.size), progress=not args.json)
+        if args.slide:
+            manifest = synthesize_slide_cohort(args.task, n_per_class=args.n, out_dir=args.out, seed=args.seed,
+                                               size=_parse_size(args.size), progress=not args.json)
+        else:
+            manifest = synthesize_cohort(args.task, n_per_class=args.n, out_dir=args.out, seed=args.seed,
+                                         size=_parse_size(args.size), progress=not args.json, workers=args.workers)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     if args.json:

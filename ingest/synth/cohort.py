@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import pathlib
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -58,6 +60,32 @@ def _patient(task: str, label: str, k: int) -> str:
     return f"{task}-{label}-P{2 * block + (pos >= 3):03d}"
 
 
+def _write_tile(task: str, label: str, k: int, seed: int, size, out: pathlib.Path) -> dict:
+    """Draw tile ``k`` of class ``label`` and write its image, mask and nucleus table under ``out``; returns
+    its manifest row."""
+    tile = synthesize_image(task, label, rng=np.random.default_rng(image_seed(seed, task, label, k)), size=size)
+    stem = f"{task}_{label}_{k:04d}"
+    paths = {
+        "path": pathlib.Path("images", label, stem + ".png"),
+        "mask": pathlib.Path("masks", label, stem + ".png"),
+        "nuclei": pathlib.Path("nuclei", label, stem + ".csv"),
+    }
+    for rel in paths.values():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(tile.image, mode="RGB").save(out / paths["path"])
+    Image.fromarray(tile.mask.astype(np.uint16)).save(out / paths["mask"])
+    tile.nuclei.to_csv(out / paths["nuclei"], index=False, float_format="%.3f", lineterminator="\n")
+    return {
+        "path": paths["path"].as_posix(),
+        "label": label,
+        "patient": _patient(task, label, k),
+        "mpp": MPP,
+        "mask": paths["mask"].as_posix(),
+        "nuclei": paths["nuclei"].as_posix(),
+        "task": task,
+    }
+
+
 def synthesize_cohort(
     task: str,
     *,
@@ -66,6 +94,7 @@ def synthesize_cohort(
     seed: int = 0,
     size: tuple[int, int] | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> pathlib.Path:
     """Write a synthetic cohort of ``n_per_class`` tiles per class and its manifest.
 
@@ -93,6 +122,8 @@ def synthesize_cohort(
         See :func:`~nucleograph.ingest.synth.tile.synthesize_image`.
     progress : bool
         Show a progress bar.
+    workers : int
+        Processes drawing tiles side by side (each tile's files do not depend on it).
 
     Returns
     -------
@@ -101,36 +132,18 @@ def synthesize_cohort(
     """
     check_cohort_args(task, n_per_class, seed)
     resolve_size(task, size)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     out = pathlib.Path(out_dir)
-    jobs = [(label, k) for label in TASKS[task] for k in range(n_per_class)]
-    jobs = progress_bar(jobs, desc=f"synth {task}", unit="image", enabled=progress)
-    rows = []
-    for label, k in jobs:
-        tile = synthesize_image(
-            task, label, rng=np.random.default_rng(image_seed(seed, task, label, k)), size=size
-        )
-        stem = f"{task}_{label}_{k:04d}"
-        paths = {
-            "path": pathlib.Path("images", label, stem + ".png"),
-            "mask": pathlib.Path("masks", label, stem + ".png"),
-            "nuclei": pathlib.Path("nuclei", label, stem + ".csv"),
-        }
-        for rel in paths.values():
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(tile.image, mode="RGB").save(out / paths["path"])
-        Image.fromarray(tile.mask.astype(np.uint16)).save(out / paths["mask"])
-        tile.nuclei.to_csv(out / paths["nuclei"], index=False, float_format="%.3f", lineterminator="\n")
-        rows.append(
-            {
-                "path": paths["path"].as_posix(),
-                "label": label,
-                "patient": _patient(task, label, k),
-                "mpp": MPP,
-                "mask": paths["mask"].as_posix(),
-                "nuclei": paths["nuclei"].as_posix(),
-                "task": task,
-            }
-        )
+    jobs = [(task, label, k, seed, size, out) for label in TASKS[task] for k in range(n_per_class)]
+    workers = min(int(workers), len(jobs))
+    if workers == 1:
+        rows = [_write_tile(*job) for job in progress_bar(jobs, desc=f"synth {task}", unit="image", enabled=progress)]
+    else:
+        # spawned, as ingest's workers: the tiles are pure numpy, but a caller may hold torch or threads
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            done = pool.map(_write_tile, *zip(*jobs, strict=True))  # in job order, so the manifest is the same
+            rows = list(progress_bar(done, total=len(jobs), desc=f"synth {task}", unit="image", enabled=progress))
     manifest = out / "manifest.csv"
     pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(manifest, index=False, lineterminator="\n")
     return manifest

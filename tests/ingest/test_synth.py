@@ -94,7 +94,8 @@ def test_cohort_layout_and_manifest(tmp_path):
 
 def test_cohort_is_byte_identical_and_partial(tmp_path):
     a = synthesize_cohort("breast", n_per_class=2, out_dir=tmp_path / "a", seed=3, size=(256, 256))
-    b = synthesize_cohort("breast", n_per_class=2, out_dir=tmp_path / "b", seed=3, size=(256, 256))
+    # drawn by two processes: the same bytes, the same manifest order
+    b = synthesize_cohort("breast", n_per_class=2, out_dir=tmp_path / "b", seed=3, size=(256, 256), workers=2)
     c = synthesize_cohort("breast", n_per_class=1, out_dir=tmp_path / "c", seed=3, size=(256, 256))
     files = sorted(p.relative_to(a.parent) for p in a.parent.rglob("*") if p.is_file())
     assert len(files) == 1 + 3 * 4
@@ -112,6 +113,7 @@ def test_cohort_is_byte_identical_and_partial(tmp_path):
         ({"n_per_class": 0}, "n_per_class must be an integer >= 1"),
         ({"size": (100, 512)}, "too small"),
         ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"workers": 0}, "workers must be an integer >= 1"),
     ],
 )
 def test_cohort_bad_arguments(tmp_path, kwargs, match):

@@ -142,6 +142,9 @@ def test_bad_sizes_and_labels_are_refused(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
     assert main(["synth", "prostate", "--slide", "--n", "1", "--size", "1024x1024", "--out", str(tmp_path)]) == 1
     assert "without --slide" in capsys.readouterr().err
+    assert main(["synth", "prostate", "--slide", "--n", "1", "--workers", "2", "--out", str(tmp_path)]) == 1
+    assert "with --slide leave it out" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_reduce_is_the_area_mean():

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from nucleograph.db.runs import METHOD_NOTES, explanation_title
+from nucleograph.gnn.metrics import CONSTANT_OUTPUT_WARN
 from nucleograph.gnn.render import rank_importance, relative_importance
 
 SHAPE_FEATURES = {
@@ -200,6 +201,18 @@ def at_or_below_chance(run: dict[str, Any], preds: pd.DataFrame | None = None) -
             f"{majority} among the {n} test images, which a model predicting that class for every image "
             "reaches. This model has learned nothing usable; its predictions and explanations are not "
             "evidence. Train longer or on more images.")
+
+
+def constant_output(run: dict[str, Any]) -> str | None:
+    """A warning naming the share when the run answers many of its cohort's images with one and the same
+    output (``constant_output_share`` at or above :data:`nucleograph.gnn.metrics.CONSTANT_OUTPUT_WARN`),
+    else None (runs trained before the metric existed have none)."""
+    share = run.get("constant_output_share")
+    if share is None or not share >= CONSTANT_OUTPUT_WARN:
+        return None
+    return (f"One and the same output, bit for bit, for {share:.0%} of the cohort's images: the input no longer "
+            "reaches this model's last layer for them (its units died in training), so it answers them with its "
+            "bias, and their explanations are all ties. Retrain with another seed or a lower learning rate.")
 
 
 # --- image explorer ---------------------------------------------------------------------------------

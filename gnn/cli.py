@@ -12,6 +12,7 @@ from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
+from nucleograph.gnn.metrics import CONSTANT_OUTPUT_WARN
 from nucleograph.gnn.render import RANK_METHODS, default_scaling
 from nucleograph.gnn.render import SCALINGS as RENDER_SCALINGS
 from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
@@ -212,6 +213,8 @@ def cmd_train(args, settings: Settings) -> int:
         print(("test slides: " if out.get("roi") else "test: ") + ", ".join(f"{k} {m[k]:.3f}" for k in keys if k in m))
     if out["metrics"].get("at_or_below_chance"):
         print(chance_warning(out), file=sys.stderr)
+    if out["metrics"].get("constant_output_share", 0.0) >= CONSTANT_OUTPUT_WARN:
+        print(constant_output_warning(out), file=sys.stderr)
     return 0
 
 
@@ -241,6 +244,15 @@ def chance_warning(out: dict) -> str:
             f"({m['chance_accuracy']:.3f}, the majority class's share of the test images): the model has learned "
             "nothing usable, so its predictions and explanations are not evidence. Train on more images "
             "(`nucleograph synth --n` is per class) or for more epochs (--epochs, --patience 0)")
+
+
+def constant_output_warning(out: dict) -> str:
+    """The warning for a run that answers many images with one and the same output."""
+    share = out["metrics"]["constant_output_share"]
+    return (f"warning: run {out['run_id']} gives one and the same output, bit for bit, to {share:.0%} of the "
+            "cohort's images: the input no longer reaches its last layer for them (its units died in training), so "
+            "it answers them with its bias, and their explanations are all ties. Retrain with another --seed or a "
+            "lower --lr (e.g. 0.003)")
 
 
 def cmd_experiment(args, settings: Settings) -> int:

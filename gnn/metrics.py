@@ -107,3 +107,35 @@ def classification_metrics(y_true, proba) -> dict:
         "f1": f1_score(y_true, pred, n_classes=c),
         "confusion_matrix": confusion_matrix(y_true, pred, n_classes=c).tolist(),
     }
+
+
+#: A run that answers at least this share of its cohort's images with one output is flagged (train's warning,
+#: the Models page). A working model gives every image its own output, bit for bit: 0.
+CONSTANT_OUTPUT_WARN = 0.1
+
+
+def constant_output_share(proba) -> float:
+    """The share of images that get one and the same output, bit for bit, as the most common one; 0 when no
+    two images share an output.
+
+    A model answers every image with the same output only where the input no longer reaches its last
+    layer: the units before it are all inactive for those images (ReLUs that died in training, most
+    often at a high learning rate), so it answers with its bias. Such a model can still score well on
+    the images it does see, and every explanation of the others is a tie.
+
+    Parameters
+    ----------
+    proba : array-like, shape (N, C)
+        Class probabilities (or logits) per image.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
+    p = np.ascontiguousarray(np.asarray(proba))
+    if p.ndim != 2 or p.shape[0] == 0:
+        return 0.0
+    _, counts = np.unique(p, axis=0, return_counts=True)
+    top = int(counts.max())
+    return top / p.shape[0] if top > 1 else 0.0

@@ -31,6 +31,7 @@ from nucleograph.gnn.checkpoints import load_checkpoint
 from nucleograph.gnn.data import check_one_feature_set, check_test_split, graph_from_arrays
 from nucleograph.gnn.graph_cache import read_cache, write_cache
 from nucleograph.gnn.interrupt import Terminated, TrainingInterrupted
+from nucleograph.gnn.metrics import constant_output_share
 from nucleograph.gnn.models import DEFAULT_MODEL, RSFNet, architecture
 from nucleograph.gnn.occlusion.windows import WINDOW_NUCLEI
 from nucleograph.gnn.run_record import record_finish, record_start, record_stop, resumed_params
@@ -160,6 +161,12 @@ def _chance_flag(labels: np.ndarray, results: list[TrainResult], accuracy: float
     chance = float(np.bincount(labels[test]).max() / test.size)
     # a tolerance, so an accuracy equal to the rate up to float rounding counts as "at"
     return {"chance_accuracy": chance, "at_or_below_chance": bool(accuracy <= chance + 1e-9)}
+
+
+def _constant_output(results: list[TrainResult]) -> dict[str, float]:
+    """``constant_output_share``: the largest share of the cohort's images that one model of the run (a
+    fold's) answers with one and the same output (:func:`nucleograph.gnn.metrics.constant_output_share`)."""
+    return {"constant_output_share": max(constant_output_share(r.proba) for r in results)}
 
 
 def _prediction_rows(data: CohortData, results: list[TrainResult]) -> list[dict[str, Any]]:
@@ -309,6 +316,7 @@ def train_cohort(
 
     metrics = _pooled_metrics(results)
     metrics.update(_chance_flag(data.labels, results, metrics.get("accuracy")))
+    metrics.update(_constant_output(results))
     rows = _prediction_rows(data, results)
     checkpoints = [str(r.checkpoint_path) for r in results]
     history = results[0].history

@@ -30,6 +30,7 @@ table = pd.DataFrame([
      **{m: r.get(m) for m in METRICS},
      "chance": chance[r["id"]][0] if chance[r["id"]] else None,
      "vs chance": "⚠ at or below" if stats.at_or_below_chance(r) else None,
+     "one output": f"⚠ {r['constant_output_share']:.0%}" if stats.constant_output(r) else None,
      "folds": r.get("folds"), "epochs": stats.epochs_run(r), "max epochs": r.get("epochs"),
      "images": r.get("n_images"), "parameters": r.get("n_parameters"), "seconds": r.get("seconds")}
     for r in runs
@@ -39,6 +40,10 @@ st.dataframe(table, hide_index=True, column_config={
        for m in METRICS},
     "chance": st.column_config.NumberColumn(
         "chance", format="%.3f", help="accuracy of predicting the majority class of the test images for all"),
+    "one output": st.column_config.TextColumn(
+        "one output", help="share of the cohort's images the model answers with one and the same output (its "
+                           "units died in training): flagged from "
+                           f"{stats.CONSTANT_OUTPUT_WARN:.0%}"),
     "epochs": st.column_config.NumberColumn(
         "epochs", help="epochs trained (first fold; early stopping can end a run before its max epochs)"),
     "model": st.column_config.TextColumn(
@@ -64,6 +69,9 @@ preds = data.run_predictions(reader, run_id=run_id)
 flag = stats.at_or_below_chance(run, preds)
 if flag:
     st.warning(f"Run {run_id}: {flag}", icon=":material/warning:")
+dead = stats.constant_output(run)
+if dead:
+    st.warning(f"Run {run_id}: {dead}", icon=":material/warning:")
 left, right = st.columns(2)
 with left:
     cm = stats.confusion(run, preds, split=split)

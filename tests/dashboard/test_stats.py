@@ -147,6 +147,14 @@ def test_chance_is_the_majority_share_of_the_test_images():
     assert ds.chance_rate({"metrics": {}}) is None and ds.at_or_below_chance({"accuracy": 0.1}) is None
 
 
+def test_a_run_answering_many_images_with_one_output_is_flagged():
+    assert "for 62% of the cohort's images" in ds.constant_output({"constant_output_share": 0.625})
+    assert ds.constant_output({"constant_output_share": 0.1}) is not None
+    assert ds.constant_output({"constant_output_share": 0.05}) is None
+    assert ds.constant_output({"constant_output_share": 0.0}) is None
+    assert ds.constant_output({}) is None  # runs trained before the metric
+
+
 def test_epochs_run_counts_the_history_not_the_setting():
     assert ds.epochs_run({"epochs": 50, "history": [{"epoch": e} for e in range(7)]}) == 7
     assert ds.epochs_run({"epochs": 50, "history": None}) == 50

@@ -6,6 +6,7 @@ from nucleograph.gnn.metrics import (
     balanced_accuracy,
     classification_metrics,
     confusion_matrix,
+    constant_output_share,
     f1_score,
     roc_auc,
 )
@@ -34,3 +35,15 @@ def test_classification_metrics_dict():
         and out["roc_auc"] == 1.0
         and out["confusion_matrix"] == np.eye(3, dtype=int).tolist()
     )
+
+
+def test_constant_output_share_counts_bit_identical_outputs():
+    own = np.array([[0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1]], dtype=np.float32)
+    assert constant_output_share(own) == 0.0
+    bias = np.array([0.45, 0.55], dtype=np.float32)
+    dead = np.vstack([own[:2], bias, bias, bias])  # three images answered with the bias
+    assert constant_output_share(dead) == pytest.approx(3 / 5)
+    # equal to the last bit only: a working model's close outputs are not one output
+    near = np.vstack([bias, np.nextafter(bias, np.float32(1))])
+    assert constant_output_share(near) == 0.0
+    assert constant_output_share(np.zeros((0, 2))) == 0.0

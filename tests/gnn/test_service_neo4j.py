@@ -48,7 +48,8 @@ def test_train_records_run_and_predictions(cohort, test_environ, graphdb, capsys
     assert "read " + cohort + ": 12/12 graph" in captured.err and "train rsf: 2/2 epoch" in captured.err
     m = out["metrics"]
     assert m["at_or_below_chance"] == (m["accuracy"] <= m["chance_accuracy"] + 1e-9)
-    assert ("warning: run " in captured.err) == m["at_or_below_chance"]
+    assert ("is at or below chance" in captured.err) == m["at_or_below_chance"]
+    assert m["constant_output_share"] < 0.1 and "one and the same output" not in captured.err
     assert out["run_id"].startswith("r") and 200_000 < out["n_parameters"] < 400_000
     run = db_runs.get_run(graphdb, out["run_id"])
     assert run["cohort"] == cohort and run["model"] == "rsf" and run["status"] == "finished"
@@ -58,6 +59,19 @@ def test_train_records_run_and_predictions(cohort, test_environ, graphdb, capsys
     assert "accuracy" in out["metrics"] and Path(out["checkpoints"][0]).exists()
     assert main(["runs", "--cohort", cohort, "--json"]) == 0
     assert out["run_id"] in {r["id"] for r in _json(capsys)}
+
+
+def test_a_model_whose_units_died_is_flagged(cohort, test_environ, graphdb, capsys):
+    # Adam at lr 1 kills the head's ReLUs within two epochs: the model answers images with its bias
+    assert main(["train", "--cohort", cohort, "--model", "rsf", "--epochs", "2", "--lr", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    share = out["metrics"]["constant_output_share"]
+    assert share >= 0.1
+    assert f"gives one and the same output, bit for bit, to {share:.0%} of the cohort's images" in captured.err
+    preds = db_runs.predictions(graphdb, out["run_id"])
+    assert max(sum(p["probs"] == q["probs"] for q in preds) for p in preds) == round(share * len(preds))
+    assert db_runs.get_run(graphdb, out["run_id"])["constant_output_share"] == share
 
 
 def test_an_ensemble_run_is_trained_recorded_and_explained_as_one_model(cohort, test_environ, graphdb, capsys):

@@ -16,8 +16,10 @@ DEMO    ?= .nucleograph/demo
 # at Adam lr 0.01: test accuracy over training seeds 0/1/2 = 0.81/0.83/0.95 since Gleason 3 tiles have open
 # stroma too (0.90/1.0/0.90 before, when open stroma alone marked Gleason 4: bench/RESULTS.md, issue 18
 # stop 32; 1.0/0.94/0.95 before synth's fused glands were rebuilt, stop 31). The breast demo it replaces
-# (40 per class, RSF, lr 0.003) scored 1.0/0.9/0.7, and RSF on this prostate cohort 0.95/0.83/0.90 (lr
-# 0.003) or 1.0/1.0/0.81 (lr 0.01): too few images for those to train reliably (bench/RESULTS.md, issue 17).
+# (40 per class, RSF, lr 0.003) scored 1.0/0.9/0.7 before invasive tiles got open stroma; RSF+Edge at lr
+# 0.01 on the rebuilt breast cohort scores 0.9/1.0/0.8, the third a model that answers 59% of the images
+# with one output (stop 33). RSF on this prostate cohort scored 0.95/0.83/0.90 (lr 0.003) or 1.0/1.0/0.81
+# (lr 0.01): too few images for those to train reliably (bench/RESULTS.md, issue 17).
 # TASK=breast N=40 MODEL=rsf LR=0.003 gives the breast demo; MODEL=rsf-attention also gives attention maps.
 TASK    ?= prostate
 N       ?= 60

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from nucleograph.db.runs import METHOD_NOTES, explanation_title
-from nucleograph.gnn.metrics import CONSTANT_OUTPUT_WARN
+from nucleograph.gnn.metrics import CONSTANT_OUTPUT_WARN, constant_output_note
 from nucleograph.gnn.render import rank_importance, relative_importance
 
 SHAPE_FEATURES = {
@@ -210,9 +210,7 @@ def constant_output(run: dict[str, Any]) -> str | None:
     share = run.get("constant_output_share")
     if share is None or not share >= CONSTANT_OUTPUT_WARN:
         return None
-    return (f"One and the same output, bit for bit, for {share:.0%} of the cohort's images: the input no longer "
-            "reaches this model's last layer for them (its units died in training), so it answers them with its "
-            "bias, and their explanations are all ties. Retrain with another seed or a lower learning rate.")
+    return f"This model {constant_output_note(share)}. Retrain with another seed or a lower learning rate."
 
 
 # --- image explorer ---------------------------------------------------------------------------------

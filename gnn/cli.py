@@ -12,7 +12,7 @@ from nucleograph.config import Settings
 from nucleograph.db import runs as db_runs
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.errors import InputError, ModelError
-from nucleograph.gnn.metrics import CONSTANT_OUTPUT_WARN
+from nucleograph.gnn.metrics import CONSTANT_OUTPUT_WARN, constant_output_note
 from nucleograph.gnn.render import RANK_METHODS, default_scaling
 from nucleograph.gnn.render import SCALINGS as RENDER_SCALINGS
 from nucleograph.output import DefaultsHelpFormatter, emit_json, format_table, positive_int
@@ -248,11 +248,8 @@ def chance_warning(out: dict) -> str:
 
 def constant_output_warning(out: dict) -> str:
     """The warning for a run that answers many images with one and the same output."""
-    share = out["metrics"]["constant_output_share"]
-    return (f"warning: run {out['run_id']} gives one and the same output, bit for bit, to {share:.0%} of the "
-            "cohort's images: the input no longer reaches its last layer for them (its units died in training), so "
-            "it answers them with its bias, and their explanations are all ties. Retrain with another --seed or a "
-            "lower --lr (e.g. 0.003)")
+    note = constant_output_note(out["metrics"]["constant_output_share"])
+    return f"warning: run {out['run_id']} {note}. Retrain with another --seed or a lower --lr (e.g. 0.003)"
 
 
 def cmd_experiment(args, settings: Settings) -> int:

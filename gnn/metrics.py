@@ -139,3 +139,11 @@ def constant_output_share(proba) -> float:
     _, counts = np.unique(p, axis=0, return_counts=True)
     top = int(counts.max())
     return top / p.shape[0] if top > 1 else 0.0
+
+
+def constant_output_note(share: float) -> str:
+    """What a :func:`constant_output_share` of ``share`` means, to follow "run R" or "this model" (train's
+    warning, the Models page)."""
+    return (f"gives one and the same output, bit for bit, to {share:.0%} of the cohort's images: the input no "
+            "longer reaches its last layer for them (its units died in training), so it answers them with its bias, "
+            "and their explanations are all ties")

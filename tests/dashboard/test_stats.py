@@ -148,7 +148,7 @@ def test_chance_is_the_majority_share_of_the_test_images():
 
 
 def test_a_run_answering_many_images_with_one_output_is_flagged():
-    assert "for 62% of the cohort's images" in ds.constant_output({"constant_output_share": 0.625})
+    assert "to 62% of the cohort's images" in ds.constant_output({"constant_output_share": 0.625})
     assert ds.constant_output({"constant_output_share": 0.1}) is not None
     assert ds.constant_output({"constant_output_share": 0.05}) is None
     assert ds.constant_output({"constant_output_share": 0.0}) is None

@@ -8,6 +8,7 @@ images without any run, for the pages' "nothing yet" states.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -15,6 +16,16 @@ from nucleograph.ingest.cohort import discover
 from nucleograph.ingest.pipeline import IngestParams
 from nucleograph.ingest.run import ingest_records
 from nucleograph.ingest.synth import synthesize_cohort
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest runs a page as ``__main__`` and leaves it in ``sys.modules``; a later test that
+    starts a spawned process pool in this process (``synth --workers``, ``ingest --workers``) would then
+    re-run that page in every worker, which crashes them. Put the real ``__main__`` back after each test."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,16 @@ DATA_STAMP := $(VENV)/.test-data
 TEST_DATA_WHEELS := histolytics==0.3.0 stardist==0.9.2 tiatoolbox==2.1.3
 DEMO    ?= .nucleograph/demo
 # The prostate task (Gleason 3 vs 4, 1024x1024 tiles), 60 images per class (18-21 test images), RSF+Edge
-# at Adam lr 0.003: test accuracy over training seeds 0/1/2 = 0.90/0.94/0.81, and local evidence ranks
-# Gleason 4's structure above the stroma at AUROC 0.85/0.81/0.70 (bench/RESULTS.md, issue 18 stop 33). At
+# at Adam lr 0.003 (train's default): test accuracy over training seeds 0/1/2 = 0.90/0.94/0.81, and local contribution (the
+# default explainer) ranks Gleason 4's structure above the stroma at AUROC 0.89/0.87/0.70 (local evidence
+# 0.85/0.81/0.70; bench/RESULTS.md, issue 18 stops 33-34). At
 # the paper's lr 0.01 the FC head keeps 3-7 of FC2's 64 units alive: 0.81/0.83/0.95 and 0.82/0.50/0.82.
 # (Before Gleason 3 tiles got open stroma, lr 0.01 scored 0.90/1.0/0.90, stop 32.) The breast demo
 # (TASK=breast N=40) at lr 0.003 scores 0.8/0.8/0.8 (10 test images) with in-situ structure AUROC
-# 0.93-0.95; at lr 0.01 0.9/1.0/0.8, the third a model that answers 59% of the images with one output.
-# RSF on the prostate cohort scored 0.95/0.83/0.90 (lr 0.003) or 1.0/1.0/0.81 (lr 0.01): bench/RESULTS.md, issue 17.
+# 0.875-0.883 (local evidence 0.93-0.95); at lr 0.01 0.9/1.0/0.8, the third a model that answers 59% of the images with one output.
+# RSF on the rebuilt prostate cohort scores 0.90/0.78/0.86 at lr 0.003 (contribution: Gleason 4 at 0.93/0.91/0.87)
+# and 0.52/0.83/0.71 at lr 0.01, the first at chance (bench/RESULTS.md, issue 18 stop 34). LR is train's default;
+# LR=0.01 is the paper's.
 # MODEL=rsf-attention also gives attention maps.
 TASK    ?= prostate
 N       ?= 60

@@ -35,7 +35,7 @@ from nucleograph.db.console import run_cypher
 from nucleograph.db.graphdb import GraphDB
 from nucleograph.db.records import ModelRunRecord, ingest_records, mark_dead_runs, open_engine
 from nucleograph.db.records import evaluations as evaluation_records
-from nucleograph.db.runs import explanation_title
+from nucleograph.db.runs import DEFAULT_METHOD, explanation_title
 from nucleograph.errors import NucleographError
 from nucleograph.ingest.readers import is_slide, open_slide, read_image, read_slide_tile
 
@@ -200,8 +200,14 @@ def sql_runs(reader: Reader, *, cohort: str) -> pd.DataFrame:
 
 @cached_read()
 def explanations(reader: Reader, *, cohort: str) -> list[dict[str, Any]]:
-    """The explanations of the cohort's runs (key, run, model, method, hops, score property, images)."""
-    return reader.db.read(q.DASH_EXPLANATIONS, cohort=cohort)
+    """The explanations of the cohort's runs (key, run, model, method, hops, score property, images):
+    newest run first and, within a run, the default method (:data:`nucleograph.db.runs.DEFAULT_METHOD`)
+    first, so the pages open at the newest run's default explanation."""
+    rows = reader.db.read(q.DASH_EXPLANATIONS, cohort=cohort)
+    run_rank: dict[str, int] = {}
+    for row in rows:
+        run_rank.setdefault(row["run_id"], len(run_rank))
+    return sorted(rows, key=lambda r: (run_rank[r["run_id"]], r["method"] != DEFAULT_METHOD))
 
 
 #: Columns of :func:`evaluations` besides one ``AUROC <role>`` column per ground-truth role.

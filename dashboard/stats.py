@@ -218,7 +218,7 @@ SCALINGS = {
     "relative": "relative (÷ 99th percentile of |score|, as `render`)",
     "log": "log (signed, for scores spanning orders of magnitude)",
     "linear": "linear (raw scores)",
-    "rank": "rank in the image (lowest -1, highest +1; for maps read by their order, e.g. local)",
+    "rank": "rank in the image (lowest -1, highest +1; for maps read by their order: contribution, local)",
 }
 
 

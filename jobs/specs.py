@@ -205,7 +205,7 @@ class RetrainSpec:
     interval: float = 60.0
     model: str = "rsf"
     epochs: int = 50
-    lr: float = 0.01
+    lr: float = 0.003
     folds: int = 1
     seed: int = 0
     batch_size: int = 8

@@ -105,8 +105,8 @@ st.subheader("Explanation evaluations")
 evals = data.evaluations(reader, run_id=run_id)
 if evals.empty:
     st.info(f"No evaluation of run {run_id}'s explanations yet: "
-            f"`nucleograph evaluate --run {run_id}` (local evidence; `--method occlusion` for occlusion; add "
-            "`--truth DIR` for a synthetic cohort).")
+            f"`nucleograph evaluate --run {run_id}` (local contribution, the default; `--method local` for local "
+            "evidence, `--method occlusion` for occlusion; add `--truth DIR` for a synthetic cohort).")
 else:
     ratio = "area under the curve ÷ a random order's"
     st.dataframe(evals, hide_index=True, key="models_evaluations", column_config={

@@ -110,11 +110,12 @@ def test_local_evidence_is_stored_window_by_window_as_computed(cohort, edge_run,
     assert main(["render", "--image", first["id"], "--run", run_id, "--method", "local", "--scaling", "rank",
                  "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
-    default = tmp_path / "default.png"  # no method, no scaling: local evidence (the default), by rank
-    assert main(["render", "--image", first["id"], "--run", run_id, "--out", str(default)]) == 0
+    unscaled = tmp_path / "local.png"  # no scaling: by rank, as `--scaling rank` draws it
+    assert main(["render", "--image", first["id"], "--run", run_id, "--method", "local", "--out", str(unscaled)]) == 0
     relative = tmp_path / "relative.png"
-    assert main(["render", "--image", first["id"], "--run", run_id, "--scaling", "relative", "--out", str(relative)]) == 0
-    assert default.read_bytes() == png.read_bytes() != relative.read_bytes()
+    assert main(["render", "--image", first["id"], "--run", run_id, "--method", "local", "--scaling", "relative",
+                 "--out", str(relative)]) == 0
+    assert unscaled.read_bytes() == png.read_bytes() != relative.read_bytes()
 
 
 def test_local_contribution_through_the_cli_window_by_window(cohort, edge_run, test_environ, graphdb, capsys,
@@ -132,10 +133,13 @@ def test_local_contribution_through_the_cli_window_by_window(cohort, edge_run, t
     expected = local_contribution(models[0], graph)
     np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-5 * max(1.0, np.abs(expected).max()))
     assert np.ptp(stored) > 0 and not np.allclose(stored, local_evidence(models[0], graph))  # another measure
-    assert main(["explain", "--run", run_id, "--method", "contribution", "--json"]) == 0
+    assert main(["explain", "--run", run_id, "--image", first["id"], "--json"]) == 0  # the default method
     assert _json(capsys)["reused"] == 1
     rank, relative = tmp_path / "rank.png", tmp_path / "relative.png"  # drawn by rank unless asked otherwise
     assert main(["render", "--image", first["id"], "--run", run_id, "--method", "contribution", "--out", str(rank)]) == 0
+    default = tmp_path / "default.png"  # no method: local contribution, the default
+    assert main(["render", "--image", first["id"], "--run", run_id, "--out", str(default)]) == 0
+    assert default.read_bytes() == rank.read_bytes()
     assert main(["render", "--image", first["id"], "--run", run_id, "--method", "contribution", "--scaling",
                  "relative", "--out", str(relative)]) == 0
     assert rank.read_bytes()[:4] == b"\x89PNG" and rank.read_bytes() != relative.read_bytes()

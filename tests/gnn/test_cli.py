@@ -55,7 +55,7 @@ def test_help_shows_the_defaults(capsys):
         after = text.split(f"{option} {option.lstrip('-').upper().replace('-', '_')}")[1]
         assert after.split(")")[0].endswith(f"(default: {value}"), (option, after[:80])
     assert text.split("--ensemble K")[1].split(")")[0].endswith(f"(default: {TrainConfig.ensemble}, one model")
-    for command, shown in (("explain", "(default: local)"), ("scores", "(default: csv)"),
+    for command, shown in (("explain", "(default: contribution)"), ("scores", "(default: csv)"),
                            ("render", "(default: 1)")):
         _help(command, *(["--run", "r0"] if command != "explain" else []))
         out = " ".join(capsys.readouterr().out.split())
@@ -99,7 +99,7 @@ def test_a_missing_output_is_explained_with_the_stored_one():
     assert cli._other_outputs(expls, args) == " (the run has probability drop scores: --output prob)"
     assert cli._other_outputs(expls, argparse.Namespace(**{**vars(args), "hops": 2})) == ""
     assert cli._other_outputs(expls, argparse.Namespace(**{**vars(args), "output": "prob"})) == ""
-    # a run with no scores of the method asked for (local evidence, the default) names what it has
+    # a run with no scores of the method asked for (here local evidence) names what it has
     local = argparse.Namespace(**{**vars(args), "method": "local"})
     assert cli._other_outputs(expls, local) == (" (the run has occlusion k=1, probability drop scores: --method "
                                                "occlusion --hops 1 --output prob; attention scores: --method attention)")

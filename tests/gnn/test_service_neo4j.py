@@ -61,6 +61,23 @@ def test_train_records_run_and_predictions(cohort, test_environ, graphdb, capsys
     assert out["run_id"] in {r["id"] for r in _json(capsys)}
 
 
+def test_train_defaults_to_lr_0003_and_table2_to_the_papers(cohort, test_environ, graphdb, capsys):
+    from nucleograph.gnn.train import PAPER_LR, TrainConfig
+
+    # train's default keeps the FC head alive (bench/RESULTS.md, issue 18); Table II is the paper's setting
+    assert (TrainConfig.lr, PAPER_LR) == (0.003, 0.01)
+    assert main(["train", "--cohort", cohort, "--model", "rsf", "--epochs", "1", "--json"]) == 0
+    assert db_runs.get_run(graphdb, _json(capsys)["run_id"])["lr"] == TrainConfig.lr
+    assert main(["experiment", "table2", "--cohort", cohort, "--models", "rsf", "--folds", "2", "--epochs", "1",
+                 "--json"]) == 0
+    out = _json(capsys)
+    assert out["lr"] == PAPER_LR and [r["model"] for r in out["rows"]] == ["rsf"]
+    assert db_runs.get_run(graphdb, out["rows"][0]["run_id"])["lr"] == PAPER_LR
+    assert main(["experiment", "table2", "--cohort", cohort, "--models", "rsf", "--folds", "2", "--epochs", "1",
+                 "--lr", "0.005", "--json"]) == 0
+    assert db_runs.get_run(graphdb, _json(capsys)["rows"][0]["run_id"])["lr"] == 0.005
+
+
 def test_a_model_whose_units_died_is_flagged(cohort, test_environ, graphdb, capsys):
     # Adam at lr 1 kills the head's ReLUs within two epochs: the model answers images with its bias
     assert main(["train", "--cohort", cohort, "--model", "rsf", "--epochs", "2", "--lr", "1", "--json"]) == 0

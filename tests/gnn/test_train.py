@@ -90,10 +90,10 @@ def test_one_class_cohort(cohort):
 
 def test_config_defaults_and_cosine_schedule():
     cfg = TrainConfig()
-    assert (cfg.model_name, cfg.lr, cfg.epochs, cfg.batch_size, cfg.patience) == ("rsf", 0.01, 50, 8, 10)
-    assert cfg.lr_at(0) == pytest.approx(0.01)
-    assert cfg.lr_at(25) == pytest.approx(0.01 * (0.05 + 0.95 * 0.5))
-    assert cfg.lr_at(50) == cfg.lr_at(80) == pytest.approx(0.01 * 0.05)
+    assert (cfg.model_name, cfg.lr, cfg.epochs, cfg.batch_size, cfg.patience) == ("rsf", 0.003, 50, 8, 10)
+    assert cfg.lr_at(0) == pytest.approx(0.003)
+    assert cfg.lr_at(25) == pytest.approx(0.003 * (0.05 + 0.95 * 0.5))
+    assert cfg.lr_at(50) == cfg.lr_at(80) == pytest.approx(0.003 * 0.05)
 
 
 def test_load_checkpoint_missing(tmp_path):

@@ -140,6 +140,19 @@ def test_scheduler_options_are_checked():
     assert (limits.jobs_keep_days, limits.jobs_keep_rows) == (7.5, 0)
 
 
+def test_retraining_trains_as_train_does_by_default():
+    from nucleograph.db.runs import DEFAULT_METHOD
+    from nucleograph.gnn.models import DEFAULT_MODEL
+    from nucleograph.gnn.train import TrainConfig
+
+    # the spec does not import torch, so its defaults are written out; they must stay train's
+    spec = RetrainSpec(cohort="c", min_new=1)
+    assert (spec.model, spec.epochs, spec.lr, spec.seed, spec.batch_size, spec.patience, spec.ensemble) == (
+        DEFAULT_MODEL, TrainConfig.epochs, TrainConfig.lr, TrainConfig.seed, TrainConfig.batch_size,
+        TrainConfig.patience, TrainConfig.ensemble)
+    assert spec.explain == DEFAULT_METHOD
+
+
 def test_a_bad_mpp_in_a_watched_manifest_fails_the_run_with_the_fix(offline_env, tmp_path, capsys):
     # the manifest is read as `nucleograph ingest` reads it: the scan stops at the bad row, not retried
     (tmp_path / "watch" / "manifest.csv").write_text("path,label,mpp\nInSitu/later.png,InSitu,fast\n")

@@ -184,6 +184,10 @@ class Tab:
         self.click(*json.loads(self.eval(f"{_SELECTBOX_JS}({json.dumps(label)})")))
         time.sleep(0.5)  # the list opens
         found = self.eval(f"{_OPTION_JS}({json.dumps(option)})")
+        if not found:  # a long list draws only its first options: type to filter it, as a user does
+            self.call("Input.insertText", text=option)
+            time.sleep(0.8)
+            found = self.eval(f"{_OPTION_JS}({json.dumps(option)})")
         if not found:
             return False
         self.click(*json.loads(found))

@@ -7,6 +7,7 @@ so it is tested without a server.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -214,6 +215,48 @@ def constant_output(run: dict[str, Any]) -> str | None:
 
 
 # --- image explorer ---------------------------------------------------------------------------------
+#: Issue 18's targets for a map of the class-defining structure: the structure ranked above the stroma
+#: with this AUROC at least, and deletion at this ratio to a random order at most (bench/RESULTS.md).
+STRUCTURE_AUROC_TARGET = 0.85
+DELETION_RATIO_TARGET = 0.5
+
+
+def map_trust(evaluation: str | dict[str, Any] | None, predicted: str) -> tuple[str, str] | None:
+    """What ``nucleograph evaluate`` measured for this explanation's maps of the images the run predicts as
+    ``predicted``, as ``(level, text)``; None when the explanation has no evaluation of that class.
+
+    ``level`` is ``"meets"`` when the deletion ratio is at most :data:`DELETION_RATIO_TARGET` and the
+    structure AUROC (with ``--truth`` only) at least :data:`STRUCTURE_AUROC_TARGET`; ``"poor"`` when the
+    structure ranks below the stroma (AUROC < 0.5) or the map's order removes the prediction no faster
+    than a random order (deletion ratio >= 0.9): such a map shows what the model reads, not where the
+    class's structure is; else ``"partial"``.
+
+    Parameters
+    ----------
+    evaluation : str or dict or None
+        The Explanation node's ``evaluation`` (JSON text) or its parsed summary.
+    predicted : str
+        The class the run predicts for the image shown (the class its map explains).
+    """
+    if not evaluation:
+        return None
+    summary = json.loads(evaluation) if isinstance(evaluation, str) else evaluation
+    group = (summary.get("by_class") or {}).get(predicted)
+    deletion = ((group or {}).get("deletion_ratio") or {}).get("mean")
+    if deletion is None:
+        return None
+    auroc = (group.get("structure_auroc") or {}).get("mean")
+    measured = f"deletion ratio {deletion:.2f} (a random order: 1; lower: more faithful)"
+    if auroc is not None:
+        measured += f", structure AUROC {auroc:.2f} (the class's structure above the stroma; chance: 0.5)"
+    text = f"`evaluate` on {group.get('images', 0)} images this run predicts {predicted}: {measured}."
+    if (auroc is not None and auroc < 0.5) or deletion >= 0.9:
+        return "poor", f"For images predicted {predicted}, this map does not show where the class's structure is. {text}"
+    if deletion <= DELETION_RATIO_TARGET and (auroc is None or auroc >= STRUCTURE_AUROC_TARGET):
+        return "meets", text
+    return "partial", text
+
+
 SCALINGS = {
     "relative": "relative (÷ 99th percentile of |score|, as `render`)",
     "log": "log (signed, for scores spanning orders of magnitude)",

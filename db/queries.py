@@ -534,7 +534,7 @@ DASH_EXPLANATIONS = (
     "MATCH (e:Explanation)-[:OF_RUN]->(r:ModelRun)-[:TRAINED_ON]->(:Cohort {name: $cohort}) "
     "RETURN e.key AS key, e.run_id AS run_id, r.model AS model, r.ensemble AS ensemble, e.method AS method, "
     "e.hops AS hops, " + EXPLANATION_OUTPUT + ", e.property AS property, COUNT { (e)-[:EXPLAINS]->() } AS images, "
-    "coalesce(e.stale_images, []) AS stale_images, toString(e.updated_at) AS updated_at "
+    "coalesce(e.stale_images, []) AS stale_images, toString(e.updated_at) AS updated_at, e.evaluation AS evaluation "
     "ORDER BY r.created_at DESC, e.method, e.hops, output"
 )
 DASH_RUN_PREDICTIONS = (

@@ -111,6 +111,9 @@ with right:
         ok = "(correct)" if pred["pred"] == meta["label"] else "(wrong)"
         st.metric(f"run {run_id} ({pred['split']})", f"{pred['pred']} {ok}", f"p = {pred['prob']:.3f}",
                   delta_color="off")
+        trust = stats.map_trust(expl.get("evaluation"), pred["pred"]) if expl else None
+        if trust is not None:
+            (st.warning if trust[0] == "poor" else st.caption)(trust[1])
         if pred["split"] == "test":
             st.caption("split **test**: held out, the model never trained on this image")
         else:

@@ -214,6 +214,17 @@ def test_models_page_shows_stored_evaluations(dash_cohort, test_environ, graphdb
     roles = {c.removeprefix("AUROC ") for c in table.columns if c.startswith("AUROC ")} - {"structure"}
     assert roles and roles == set(out["overall"]["role_auroc"])
 
+    # the explorer says what was measured for the map it shows: the class the run predicts for the image
+    evaluated = out["images"][0]
+    at = open_page("explorer", dash_cohort["name"], explorer_test_only=False, explorer_image=evaluated["image_id"])
+    at.selectbox(key="explorer_expl").set_value(out["key"]).run()
+    assert_clean(at)
+    assert at.session_state["explorer_image"] == evaluated["image_id"]
+    group = out["by_class"][evaluated["predicted"]]
+    shown = " ".join([c.value for c in at.caption] + [w.value for w in at.warning])
+    assert (f"`evaluate` on {group['images']} images this run predicts {evaluated['predicted']}: deletion ratio "
+            f"{group['deletion_ratio']['mean']:.2f}") in shown
+
 
 def test_models_page_flags_a_run_at_chance(chance_cohort, test_environ):
     st.cache_data.clear()  # the cohort list is cached for a minute; this cohort is new

@@ -167,3 +167,32 @@ def test_feature_table_rounds_numbers_and_keeps_words():
     assert dict(zip(table["feature"], table["value"], strict=True)) == {
         "area": "307", "circularity": "0.9123", "detector": "watershed", "hematoxylin_od_mean": "1.235e-05",
         "nid": "5", "type": "Tumor"}
+
+
+def _evaluation(deletion, auroc=None, images=10, cls="Gleason4") -> dict:
+    group = {"images": images, "deletion_ratio": {"mean": deletion, "n": images}}
+    if auroc is not None:
+        group["structure_auroc"] = {"mean": auroc, "n": images}
+    return {"by_class": {cls: group, "Gleason3": {"images": 3, "deletion_ratio": {"mean": 0.97, "n": 3},
+                                                  "structure_auroc": {"mean": 0.2, "n": 3}}}}
+
+
+def test_map_trust_reads_the_evaluation_of_the_predicted_class():
+    import json
+
+    level, text = ds.map_trust(json.dumps(_evaluation(0.31, 0.91)), "Gleason4")  # as stored on the node: JSON
+    assert level == "meets"
+    assert text.startswith("`evaluate` on 10 images this run predicts Gleason4: deletion ratio 0.31")
+    assert "structure AUROC 0.91" in text
+    assert ds.map_trust(_evaluation(0.31), "Gleason4")[0] == "meets"  # no --truth: deletion alone
+    assert "AUROC" not in ds.map_trust(_evaluation(0.31), "Gleason4")[1]
+    assert ds.map_trust(_evaluation(0.45, 0.80), "Gleason4")[0] == "partial"
+    assert ds.map_trust(_evaluation(0.55, 0.90), "Gleason4")[0] == "partial"
+    # the "absence" class of these models: the structure below the stroma, the order no better than random
+    level, text = ds.map_trust(_evaluation(0.31, 0.91), "Gleason3")
+    assert level == "poor" and text.startswith("For images predicted Gleason3, this map does not show where")
+    assert "structure AUROC 0.20" in text and "`evaluate` on 3 images" in text
+    assert ds.map_trust(_evaluation(0.92, 0.9), "Gleason4")[0] == "poor"
+    # nothing measured for this class, or no evaluation at all
+    assert ds.map_trust(_evaluation(0.31, 0.91), "Gleason5") is None
+    assert ds.map_trust(None, "Gleason4") is None and ds.map_trust("", "Gleason4") is None

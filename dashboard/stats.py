@@ -253,7 +253,9 @@ def map_trust(evaluation: str | dict[str, Any] | None, predicted: str) -> tuple[
     if (auroc is not None and auroc < 0.5) or deletion >= 0.9:
         return "poor", f"For images predicted {predicted}, this map does not show where the class's structure is. {text}"
     if deletion <= DELETION_RATIO_TARGET and (auroc is None or auroc >= STRUCTURE_AUROC_TARGET):
-        return "meets", text
+        targets = f"deletion ratio <= {DELETION_RATIO_TARGET}" + (
+            f", structure AUROC >= {STRUCTURE_AUROC_TARGET}" if auroc is not None else "")
+        return "meets", f"{text} This meets the targets for a faithful map ({targets})."
     return "partial", text
 
 

@@ -15,10 +15,10 @@ from nucleograph.errors import InputError
 METHODS = ("attention", "occlusion", "gradxinput", "ig", "gnnexplainer", "local", "contribution")
 #: What `explain`, `scores`, `render`, `evaluate` and the scheduler's retraining use when no method is
 #: given: local contribution, the method that ranks the class-defining structure above stroma (AUROC >= 0.85)
-#: with a faithful order (deletion <= 0.5x random order) for both in-situ and Gleason 4 on 8 of 9 RSF+Edge
-#: runs at lr 0.003, where local evidence did on 4 of 9 (bench/RESULTS.md, issue 18, stops 33-34); local
-#: evidence (`local`, about a ninth of the cost) and occlusion, the seed paper's method, stay one
-#: `--method` away.
+#: with a faithful order (deletion <= 0.5x random order) and no ties, for in-situ and Gleason 4, on 17 of 18
+#: runs at lr 0.003 (RSF+Edge on four cohorts, RSF and RSF+Attention on one), where local evidence did on 8
+#: of 18 (bench/RESULTS.md, issue 18, stops 33-34); local evidence (`local`, about a ninth of the cost) and
+#: occlusion, the seed paper's method, stay one `--method` away.
 DEFAULT_METHOD = "contribution"
 #: What a nucleus's score means, per method (help texts and pickers; README "Explanations").
 METHOD_NOTES = {

@@ -183,9 +183,11 @@ def test_map_trust_reads_the_evaluation_of_the_predicted_class():
     level, text = ds.map_trust(json.dumps(_evaluation(0.31, 0.91)), "Gleason4")  # as stored on the node: JSON
     assert level == "meets"
     assert text.startswith("`evaluate` on 10 images this run predicts Gleason4: deletion ratio 0.31")
-    assert "structure AUROC 0.91" in text
+    assert "structure AUROC 0.91" in text and text.endswith("(deletion ratio <= 0.5, structure AUROC >= 0.85).")
     assert ds.map_trust(_evaluation(0.31), "Gleason4")[0] == "meets"  # no --truth: deletion alone
+    assert ds.map_trust(_evaluation(0.31), "Gleason4")[1].endswith("faithful map (deletion ratio <= 0.5).")
     assert "AUROC" not in ds.map_trust(_evaluation(0.31), "Gleason4")[1]
+    assert "targets" not in ds.map_trust(_evaluation(0.45, 0.80), "Gleason4")[1]
     assert ds.map_trust(_evaluation(0.45, 0.80), "Gleason4")[0] == "partial"
     assert ds.map_trust(_evaluation(0.55, 0.90), "Gleason4")[0] == "partial"
     # the "absence" class of these models: the structure below the stroma, the order no better than random

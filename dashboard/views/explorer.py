@@ -52,6 +52,11 @@ test_only = c3.toggle("Test images only", key="explorer_test_only", disabled=not
 shown_ids = [i for i in ids if split_of.get(i) == "test"] if test_only and has_test else ids
 if st.session_state.get("explorer_image") not in shown_ids:
     st.session_state["explorer_image"] = wanted if wanted in shown_ids else shown_ids[0]
+if st.session_state.get("explorer_image_run") != run_id:
+    # The labels show each image's split in the run. Streamlit does not redraw a selectbox's shown label
+    # when only format_func's output changes (streamlit PR 13788); a value set from code is sent again.
+    st.session_state["explorer_image_run"] = run_id
+    st.session_state["explorer_image"] = st.session_state["explorer_image"]
 image_id = c1.selectbox(
     "Image", shown_ids, key="explorer_image",
     format_func=lambda i: (f"{by_id.at[i, 'label']} · {i} · {int(by_id.at[i, 'n_nuclei'] or 0)} nuclei"

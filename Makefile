@@ -1,5 +1,5 @@
 # nucleograph: two commands do all set-up on a fresh machine.
-#   make demo   start Neo4j, synthesize a cohort, ingest, train, explain, open the dashboard
+#   make demo   start Neo4j, synthesize a cohort, ingest, train, explain, evaluate the maps, open the dashboard
 #   make test   install everything, start Neo4j (the tests do), run the whole test suite
 PY      ?= python3
 VENV    := .venv
@@ -62,12 +62,16 @@ test: install test-data
 lint: install
 	$(BIN)/ruff check .
 
+# the run `make demo` trained (read when a recipe line runs, after training)
+DEMO_RUN = $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/run.json'))['run_id'])")
+
 demo: install
 	$(BIN)/nucleograph db start
 	$(BIN)/nucleograph synth $(TASK) --n $(N) --out $(DEMO)/$(TASK) --workers 2
 	$(BIN)/nucleograph ingest $(DEMO)/$(TASK) --cohort demo-$(TASK) --workers 2
 	$(BIN)/nucleograph train --cohort demo-$(TASK) --model $(MODEL) --lr $(LR) --json > $(DEMO)/run.json
-	$(BIN)/nucleograph explain --run $$($(BIN)/python -c "import json,sys; print(json.load(open('$(DEMO)/run.json'))['run_id'])") --cohort demo-$(TASK)
+	$(BIN)/nucleograph explain --run $(DEMO_RUN) --cohort demo-$(TASK)
+	$(BIN)/nucleograph evaluate --run $(DEMO_RUN) --per-class 10 --truth $(DEMO)/$(TASK)
 	$(BIN)/nucleograph dashboard
 
 clean-state:

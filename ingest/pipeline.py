@@ -24,6 +24,7 @@ from nucleograph.ingest.detect import (
     detect_slide,
     detect_slide_tile,
     merge_slide_tiles,
+    unet_version,
 )
 from nucleograph.ingest.features import FEATURE_COLUMNS, nucleus_features
 from nucleograph.ingest.graph import DEFAULT_THRESHOLD_PX, build_edges, threshold_pixels
@@ -70,9 +71,13 @@ class IngestParams:
             raise InputError(f"the edge threshold must be positive, got {self.threshold}")
 
     def key(self) -> str:
-        """A short stable hash of the parameters and the pipeline version."""
-        payload = json.dumps({**asdict(self), "version": PIPELINE_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """A short stable hash of the parameters and the pipeline version (with the U-Net, also of its
+        shipped weights and test-time augmentation: new ones detect other nuclei, so a re-ingest redoes
+        the images instead of keeping the old detector's graphs)."""
+        payload = {**asdict(self), "version": PIPELINE_VERSION}
+        if self.detector == "unet":
+            payload["unet"] = unet_version()
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

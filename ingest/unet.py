@@ -172,13 +172,39 @@ def _scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+#: Network pixels of one inference window by default: a 2048-pixel image tile (the ingest's and the
+#: slide reader's) at the shipped half resolution is 1,024 network pixels, one window with its overlap.
+DEFAULT_TILE = 1088
+
+#: The eight symmetries of the square (``(transpose, flipped axes)``, applied to a ``(C, H, W)`` tensor
+#: in that order), in the order test-time augmentation uses them: the identity, the two mirrorings and
+#: their product (a half turn) keep the image's shape; the rest transpose it.
+DIHEDRAL = (
+    (False, ()), (False, (-1,)), (False, (-2,)), (False, (-2, -1)),
+    (True, ()), (True, (-1,)), (True, (-2,)), (True, (-2, -1)),
+)
+
+
+def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    transpose, dims = DIHEDRAL[k]
+    x = x.transpose(-2, -1) if transpose else x
+    return torch.flip(x, dims) if dims else x
+
+
+def _undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    transpose, dims = DIHEDRAL[k]
+    x = torch.flip(x, dims) if dims else x
+    return x.transpose(-2, -1) if transpose else x
+
+
 @torch.inference_mode()
 def predict_maps(
     net: UNet,
     image: np.ndarray,
     *,
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     overlap: int = 64,
+    tta: int = 1,
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability and normalised distance maps of an RGB image, tile by tile.
@@ -197,6 +223,10 @@ def predict_maps(
         that fits is predicted in one window only as large as it needs.
     overlap : int, optional
         Context shared by neighbouring tiles, even, ``< tile``.
+    tta : {1, 2, 4, 8}, optional
+        Test-time augmentation: the maps are averaged over the network's predictions on the first
+        ``tta`` symmetries of :data:`DIHEDRAL` (2: the image and its mirror image; 4: also upside
+        down; 8: also transposed), each mapped back. Every one costs a network pass.
     device : str, optional
 
     Returns
@@ -211,9 +241,25 @@ def predict_maps(
         raise ValueError(f"tile must be a positive multiple of {mult} for this network; got {tile}")
     if overlap % 2 or not 0 <= overlap < tile:
         raise ValueError(f"overlap must be even and in [0, tile); got {overlap}")
+    if tta not in (1, 2, 4, 8):
+        raise ValueError(f"tta must be 1, 2, 4 or 8 (symmetries averaged); got {tta}")
     device_net = _inference_copy(net).to(device)
     full_h, full_w = image.shape[:2]
     x = _resize(_to_tensor(image).unsqueeze(0), _scaled_size(full_h, full_w, net.scale))[0]
+    out = _predict_tiles(device_net, x, tile=tile, overlap=overlap, device=device)
+    for k in range(1, tta):
+        out += _undo_dihedral(
+            _predict_tiles(device_net, _dihedral(x, k).contiguous(), tile=tile, overlap=overlap, device=device), k
+        )
+    if tta > 1:
+        out /= tta
+    maps = _resize(out[None], (full_h, full_w))[0].clamp_(0.0, 1.0).numpy()
+    return maps[0], maps[1]
+
+
+def _predict_tiles(net: UNet, x: torch.Tensor, *, tile: int, overlap: int, device: str) -> torch.Tensor:
+    """The sigmoid maps ``(2, h, w)`` of a network-resolution image ``x`` ``(3, h, w)``, window by window."""
+    mult = 2**net.depth
     _, h, w = x.shape
     m = overlap // 2
     # Per axis: one window just big enough, else windows of `tile` whose cores cover the image.
@@ -231,10 +277,9 @@ def predict_maps(
             window = (
                 x[:, y0 : y0 + th, x0 : x0 + tw].unsqueeze(0).to(device, memory_format=torch.channels_last)
             )
-            pred = torch.sigmoid(device_net(window))[0, :, m : m + core_h, m : m + core_w]
+            pred = torch.sigmoid(net(window))[0, :, m : m + core_h, m : m + core_w]
             out[:, y0 : y0 + core_h, x0 : x0 + core_w] = pred.cpu()
-    maps = _resize(out[None, :, :h, :w], (full_h, full_w))[0].clamp_(0.0, 1.0).numpy()
-    return maps[0], maps[1]
+    return out[:, :h, :w]
 
 
 # ----------------------------------------------------------------------------- training

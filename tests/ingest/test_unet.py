@@ -84,6 +84,25 @@ def test_tiles_do_not_show(net):
     assert np.mean((tiled > 0.5) == (whole > 0.5)) > 0.99
 
 
+@pytest.mark.parametrize("tta", [2, 4, 8])
+def test_test_time_augmentation_averages_the_symmetric_images(net, tta):
+    # Averaged over a group of symmetries (mirror; the mirrors and half turn; all eight), the maps of a
+    # transformed image are the transformed maps: the network itself is not symmetric, the average is.
+    img = np.random.default_rng(3).integers(0, 256, size=(96, 136, 3), dtype=np.uint8)
+    prob, dist = predict_maps(net, img, tta=tta)
+    mirror, _ = predict_maps(net, np.ascontiguousarray(img[:, ::-1]), tta=tta)
+    np.testing.assert_allclose(mirror[:, ::-1], prob, atol=1e-5)
+    if tta == 8:
+        transposed, _ = predict_maps(net, np.ascontiguousarray(img.transpose(1, 0, 2)), tta=tta)
+        np.testing.assert_allclose(transposed.T, prob, atol=1e-5)
+    # and it is the mean of the plain predictions on the transformed images, mapped back
+    plain = [predict_maps(net, img)[0], predict_maps(net, np.ascontiguousarray(img[:, ::-1]))[0][:, ::-1]]
+    if tta == 2:
+        np.testing.assert_allclose(prob, np.mean(plain, 0), atol=1e-5)
+    assert not np.allclose(prob, plain[0], atol=1e-3)  # the network alone is not mirror-symmetric
+    assert prob.shape == dist.shape == img.shape[:2]
+
+
 def test_predict_maps_arguments(net):
     img = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="multiple of 8"):
@@ -92,6 +111,8 @@ def test_predict_maps_arguments(net):
         predict_maps(net, img, tile=128, overlap=7)
     with pytest.raises(ValueError, match="uint8 RGB"):
         predict_maps(net, img.astype(np.float32))
+    with pytest.raises(ValueError, match="tta must be 1, 2, 4 or 8"):
+        predict_maps(net, img, tta=3)
 
 
 def test_unet_detects_synthetic_nuclei(net):
@@ -238,3 +259,30 @@ def test_stretch_augmentation_makes_round_nuclei_elongated(tmp_path):
     _write_pair(tmp_path / "img", tmp_path / "msk", "x1")
     with pytest.raises(ValueError, match="stretch must be >= 1"):
         train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "u.pt", patch=16, stretch=0.5)
+
+
+def test_ingest_key_follows_the_shipped_weights_and_tta(tmp_path, monkeypatch):
+    # New weights or another test-time augmentation detect other nuclei: an ingest with the U-Net must
+    # then redo its images, so both are in its parameter key; the watershed's key does not move.
+    from nucleograph.ingest import detect, unet
+    from nucleograph.ingest.pipeline import IngestParams
+
+    params, watershed = IngestParams(detector="unet"), IngestParams()
+    key, other = params.key(), watershed.key()
+    assert key != other and key == IngestParams(detector="unet").key()
+    changed = tmp_path / "unet_he.pt"
+    changed.write_bytes(DEFAULT_WEIGHTS.read_bytes() + b"\0")
+    monkeypatch.setattr(unet, "DEFAULT_WEIGHTS", changed)
+    detect.unet_version.cache_clear()
+    try:
+        assert params.key() != key and watershed.key() == other
+        monkeypatch.setattr(unet, "DEFAULT_WEIGHTS", DEFAULT_WEIGHTS)
+        detect.unet_version.cache_clear()
+        assert params.key() == key
+        monkeypatch.setattr(detect, "DEFAULT_TTA", 1)
+        detect.unet_version.cache_clear()
+        assert params.key() != key and watershed.key() == other
+    finally:
+        monkeypatch.undo()
+        detect.unet_version.cache_clear()
+    assert params.key() == key

@@ -165,6 +165,27 @@ def test_split_by_cores():
     assert split_by_cores(spindle, ripple, core=0.65, smooth=2.0).max() == 1
 
 
+def test_split_by_cores_grows_nuclei_into_a_wider_foreground():
+    # Two nuclei whose dark centres pass the threshold and whose pale rims only the wider mask holds, a
+    # pale blob touching neither, and a speck below min_seed: the nuclei take their rims, split between
+    # them along the distance; the blob and the speck's rim stay background.
+    rr, cc = np.ogrid[:60, :120]
+    d1, d2 = np.hypot(rr - 30, cc - 30), np.hypot(rr - 30, cc - 54)
+    core = (d1 < 8) | (d2 < 8)
+    rim = (d1 < 13) | (d2 < 13)
+    speck = (rr - 10) ** 2 + (cc - 100) ** 2 <= 4
+    pale = (rr - 48) ** 2 + (cc - 100) ** 2 <= 25
+    dist = np.maximum(np.clip(1 - d1 / 13, 0, 1), np.clip(1 - d2 / 13, 0, 1)).astype(np.float32)
+    plain = split_by_cores(core | speck, dist, core=0.4, smooth=0)
+    grown = split_by_cores(core | speck, dist, core=0.4, smooth=0, grow=rim | pale | (np.hypot(rr - 10, cc - 100) < 5),
+                           min_seed=30)
+    assert plain.max() == 3 and (plain > 0).sum() == (core | speck).sum()
+    assert grown.max() == 2  # the speck (13 px) seeds nothing
+    assert (grown > 0).sum() == rim.sum() and not grown[pale].any() and not grown[speck].any()
+    assert grown[30, 18] == grown[30, 30] != grown[30, 54] == grown[30, 66]  # each rim joins its own nucleus
+    assert (grown[core] > 0).all()
+
+
 def test_aggregated_jaccard_index_and_panoptic_quality():
     true = np.zeros((20, 40), np.int32)
     true[2:8, 2:8] = 1  # 36 px

@@ -186,14 +186,14 @@ def detect_nuclei(
 @functools.cache
 def unet_version() -> str:
     """What decides the default U-Net detector's nuclei beyond its arguments: a hash of the shipped
-    weights' bytes and :data:`DEFAULT_TTA` (part of an ingest's parameter key)."""
+    weights' bytes, :data:`DEFAULT_TTA` and the post-processing defaults (part of an ingest's parameter key)."""
     from .unet import DEFAULT_WEIGHTS
 
     try:
         digest = hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()[:12]
     except OSError:
         digest = "missing"  # load_unet() names the file and the fix when the detector runs
-    return f"{digest}:tta{DEFAULT_TTA}"
+    return f"{digest}:tta{DEFAULT_TTA}:smooth{DIST_SMOOTH:g}:grow{GROW}"
 
 
 def _watershed(image, *, min_distance, sigma, threshold, min_od) -> np.ndarray:

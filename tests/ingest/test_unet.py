@@ -7,7 +7,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from nucleograph.errors import InputError, ModelError
-from nucleograph.ingest.detect import detect_nuclei, match_centroids
+from nucleograph.ingest.detect import DEFAULT_TTA, detect_nuclei, match_centroids
 from nucleograph.ingest.features import nucleus_features
 from nucleograph.ingest.unet import (
     DEFAULT_WEIGHTS,
@@ -261,7 +261,7 @@ def test_stretch_augmentation_makes_round_nuclei_elongated(tmp_path):
         train_unet(tmp_path / "img", tmp_path / "msk", out=tmp_path / "u.pt", patch=16, stretch=0.5)
 
 
-def test_ingest_key_follows_the_shipped_weights_and_tta(tmp_path, monkeypatch):
+def test_ingest_key_follows_the_shipped_weights_tta_and_post_processing(tmp_path, monkeypatch):
     # New weights or another test-time augmentation detect other nuclei: an ingest with the U-Net must
     # then redo its images, so both are in its parameter key; the watershed's key does not move.
     from nucleograph.ingest import detect, unet
@@ -280,6 +280,10 @@ def test_ingest_key_follows_the_shipped_weights_and_tta(tmp_path, monkeypatch):
         detect.unet_version.cache_clear()
         assert params.key() == key
         monkeypatch.setattr(detect, "DEFAULT_TTA", 1)
+        detect.unet_version.cache_clear()
+        assert params.key() != key and watershed.key() == other
+        monkeypatch.setattr(detect, "DEFAULT_TTA", DEFAULT_TTA)
+        monkeypatch.setattr(detect, "GROW", None)
         detect.unet_version.cache_clear()
         assert params.key() != key and watershed.key() == other
     finally:

@@ -56,7 +56,7 @@ DEFAULT_TTA = 2
 #: probability each nucleus found above the threshold (0.5) is grown into. Chosen on real stroma that the
 #: networks choosing it never saw (two networks, each trained without one half of the stromal image's
 #: training rows); on the held-out rows it lifts stroma F1@6px 0.712 -> 0.725 and AJI 0.548 -> 0.595
-#: (bench/RESULTS.md, "Post-processing chosen on unseen stroma").
+#: (bench/choose_unet_postprocessing.py; bench/RESULTS.md, "Post-processing chosen on unseen stroma").
 DIST_SMOOTH = 3.0
 GROW = 0.4
 #: Pixels shared by neighbouring tiles of a slide: a nucleus up to half of it wide is measured whole.

@@ -133,8 +133,8 @@ def detect_nuclei(
         seed but splits elongated ones more.
     tile, overlap : int, optional
         Tiled inference window and overlap in network pixels (unet only; see
-        :func:`nucleograph.ingest.unet.predict_maps`; ``tile=None``: its default, one window for a
-        2048-pixel tile at the shipped half resolution).
+        :func:`nucleograph.ingest.unet.predict_maps`; ``tile=None``: ``unet.DEFAULT_TILE``, one window
+        for a 2048-pixel tile at the shipped half resolution).
     dist_smooth : float, optional
         Gaussian sigma applied to the U-Net's distance map, in pixels (unet only; see
         :func:`split_by_cores`).
@@ -170,11 +170,11 @@ def detect_nuclei(
     if method == "watershed":
         labels = _watershed(image, min_distance=min_distance, sigma=sigma, threshold=threshold, min_od=min_od)
     else:
-        from .unet import load_unet, predict_maps
+        from .unet import DEFAULT_TILE, load_unet, predict_maps
 
         net = load_unet() if model is None else model
-        tiling = {"overlap": overlap} if tile is None else {"tile": tile, "overlap": overlap}
-        prob, dist = predict_maps(net, image, tta=tta, device=device, **tiling)
+        tile = DEFAULT_TILE if tile is None else tile
+        prob, dist = predict_maps(net, image, tile=tile, overlap=overlap, tta=tta, device=device)
         threshold = 0.5 if threshold is None else threshold
         wider = None if grow is None or grow >= threshold else prob > grow
         labels = split_by_cores(

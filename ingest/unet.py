@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from nucleograph.errors import InputError, ModelError
 
 __all__ = [
+    "DEFAULT_TILE",
     "DEFAULT_WEIGHTS",
     "SYNTHETIC_WEIGHTS",
     "UNet",

@@ -23,18 +23,13 @@ rows (the network fits its training rows, where growth and lower thresholds over
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import itertools
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import shapely
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest" / "weights"))
@@ -43,8 +38,8 @@ import train_unet_he  # noqa: E402  (the shipped weights' recipe, beside them)
 from bench_detect_real import HOLDOUT_ROW, real_images, score  # noqa: E402
 
 from nucleograph.ingest import detect  # noqa: E402
-from nucleograph.ingest.detect import filter_labels, rasterize_polygons, split_by_cores  # noqa: E402
-from nucleograph.ingest.unet import load_unet, predict_maps, train_unet  # noqa: E402
+from nucleograph.ingest.detect import unet_instances  # noqa: E402
+from nucleograph.ingest.unet import load_unet, predict_maps  # noqa: E402
 
 #: (name, stroma rows trained on, stroma rows validated on)
 FOLDS = (("A", (500, HOLDOUT_ROW), (0, 500)), ("B", (0, 500), (500, HOLDOUT_ROW)))
@@ -52,27 +47,16 @@ GRID = {"threshold": (0.4, 0.5, 0.6), "sigma": (2.0, 3.0, 4.0), "core": (0.3, 0.
 
 
 def train_fold(out: Path, stage1: Path, rows: tuple[int, int]) -> None:
-    """Stage 2 of the recipe with only ``rows`` of the stromal image (the nest and synthetic tiles as there)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        train_unet_he.prepare(root, stroma=False)
-        dist = importlib.metadata.distribution("histolytics")
-        image = np.asarray(Image.open(dist.locate_file("histolytics/data/hgsc_stromal_he.jpg")).convert("RGB"))
-        cells = pd.read_parquet(dist.locate_file("histolytics/data/hgsc_stromal_cells.parquet"), columns=["geometry"])
-        mask = rasterize_polygons(shapely.from_wkb(cells["geometry"].to_numpy()), image.shape[:2])
-        lo, hi = rows
-        train_unet_he._write(root, "hgsc_stroma_part", image[lo:hi], mask[lo:hi])
-        train_unet(
-            root / "images", root / "masks", out=out, epochs=12, steps_per_epoch=100, patch=128, batch_size=8,
-            lr=1.5e-3, width=8, depth=3, scale=0.5, zoom=(0.7, 1.5), init=stage1, seed=0, progress=True,
-        )
+    """Stage 2 of the recipe (its README's command) with only ``rows`` of the stromal image."""
+    train_unet_he.main([
+        "--init", str(stage1), "--with-stroma", "--stroma-rows", str(rows[0]), str(rows[1]),
+        "--epochs", "12", "--lr", "1.5e-3", "--out", str(out),
+    ])
 
 
 def post(prob, dist, *, threshold, sigma, core, grow) -> np.ndarray:
     """``detect_nuclei``'s U-Net post-processing with these settings."""
-    wider = None if grow is None or grow >= threshold else prob > grow
-    labels = split_by_cores(prob > threshold, dist, core=core, smooth=sigma, grow=wider, min_seed=30)
-    return filter_labels(labels, min_area=30, max_area=5000)
+    return unet_instances(prob, dist, threshold=threshold, core=core, dist_smooth=sigma, grow=grow)
 
 
 def _scores(true, labels, image) -> dict:

@@ -39,6 +39,7 @@ __all__ = [
     "rasterize_polygons",
     "split_by_cores",
     "split_instances",
+    "unet_instances",
     "unet_version",
 ]
 
@@ -169,17 +170,27 @@ def detect_nuclei(
         return np.zeros(image.shape[:2], np.int32)
     if method == "watershed":
         labels = _watershed(image, min_distance=min_distance, sigma=sigma, threshold=threshold, min_od=min_od)
-    else:
-        from .unet import DEFAULT_TILE, load_unet, predict_maps
+        return filter_labels(labels, min_area=min_area, max_area=max_area)
+    from .unet import DEFAULT_TILE, load_unet, predict_maps
 
-        net = load_unet() if model is None else model
-        tile = DEFAULT_TILE if tile is None else tile
-        prob, dist = predict_maps(net, image, tile=tile, overlap=overlap, tta=tta, device=device)
-        threshold = 0.5 if threshold is None else threshold
-        wider = None if grow is None or grow >= threshold else prob > grow
-        labels = split_by_cores(
-            prob > threshold, dist, core=core, smooth=dist_smooth, grow=wider, min_seed=min_area
-        )
+    net = load_unet() if model is None else model
+    tile = DEFAULT_TILE if tile is None else tile
+    prob, dist = predict_maps(net, image, tile=tile, overlap=overlap, tta=tta, device=device)
+    return unet_instances(
+        prob, dist, threshold=0.5 if threshold is None else threshold, core=core, dist_smooth=dist_smooth,
+        grow=grow, min_area=min_area, max_area=max_area,
+    )
+
+
+def unet_instances(
+    prob: np.ndarray, dist: np.ndarray, *, threshold: float = 0.5, core: float = 0.4,
+    dist_smooth: float = DIST_SMOOTH, grow: float | None = GROW, min_area: int = 30, max_area: int | None = 5000,
+) -> np.ndarray:
+    """The U-Net detector's nuclei from its maps (:func:`detect_nuclei`'s post-processing, whose parameters
+    these are): :func:`split_by_cores` on ``prob > threshold``, grown into ``prob > grow``, then
+    :func:`filter_labels`."""
+    wider = None if grow is None or grow >= threshold else prob > grow
+    labels = split_by_cores(prob > threshold, dist, core=core, smooth=dist_smooth, grow=wider, min_seed=min_area)
     return filter_labels(labels, min_area=min_area, max_area=max_area)
 
 

@@ -72,8 +72,8 @@ class IngestParams:
 
     def key(self) -> str:
         """A short stable hash of the parameters and the pipeline version (with the U-Net, also of its
-        shipped weights and test-time augmentation: new ones detect other nuclei, so a re-ingest redoes
-        the images instead of keeping the old detector's graphs)."""
+        shipped weights, test-time augmentation and post-processing defaults, :func:`unet_version`: new ones
+        detect other nuclei, so a re-ingest redoes the images instead of keeping the old detector's graphs)."""
         payload = {**asdict(self), "version": PIPELINE_VERSION}
         if self.detector == "unet":
             payload["unet"] = unet_version()

@@ -54,8 +54,9 @@ def _write(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint16)).save(root / "masks" / f"{name}.png")
 
 
-def prepare(root: Path, *, stroma: bool = False) -> None:
-    """Write the training images and instance masks under ``root/images`` and ``root/masks``."""
+def prepare(root: Path, *, stroma: bool = False, stroma_rows: tuple[int, int] = (0, HOLDOUT_ROW)) -> None:
+    """Write the training images and instance masks under ``root/images`` and ``root/masks``
+    (with ``stroma``, the stromal image's ``stroma_rows``, within its training rows)."""
     dist = importlib.metadata.distribution("histolytics")
     image = np.asarray(Image.open(dist.locate_file("histolytics/data/hgsc_nest.jpg")).convert("RGB"))
     mask = np.load(dist.locate_file("histolytics/data/hgsc_nest_inst_mask.npz"))["nuc_raster"]
@@ -68,7 +69,10 @@ def prepare(root: Path, *, stroma: bool = False) -> None:
             dist.locate_file("histolytics/data/hgsc_stromal_cells.parquet"), columns=["geometry"]
         )
         mask = rasterize_polygons(shapely.from_wkb(cells["geometry"].to_numpy()), image.shape[:2])
-        _write(root, "hgsc_stroma_top", image[:HOLDOUT_ROW], mask[:HOLDOUT_ROW])
+        lo, hi = stroma_rows
+        if not 0 <= lo < hi <= HOLDOUT_ROW:
+            raise SystemExit(f"stroma rows {lo}-{hi}: choose them within the training rows 0-{HOLDOUT_ROW}")
+        _write(root, "hgsc_stroma_top", image[lo:hi], mask[lo:hi])
     for seed, task, label, size in (
         (101, "breast", "Invasive", (1024, 768)),
         (102, "prostate", "Gleason4", (768, 768)),
@@ -91,9 +95,13 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--with-stroma", action="store_true", help="also train on hgsc_stromal_he.jpg's rows y < 1000"
     )
+    ap.add_argument(
+        "--stroma-rows", type=int, nargs=2, default=(0, HOLDOUT_ROW), metavar=("FROM", "TO"),
+        help="with --with-stroma: only these of its training rows (bench/choose_unet_postprocessing.py)",
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(Path(tmp), stroma=args.with_stroma)
+        prepare(Path(tmp), stroma=args.with_stroma, stroma_rows=tuple(args.stroma_rows))
         history = train_unet(
             Path(tmp) / "images",
             Path(tmp) / "masks",

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from nucleograph.gnn.keys import CENTROID
 from nucleograph.gnn.models import RSFNet
@@ -33,7 +32,8 @@ from nucleograph.gnn.occlusion.pooling import (
     sum_afresh,
 )
 from nucleograph.gnn.occlusion.reference import pick_target, target_values
-from nucleograph.gnn.occlusion.rows import BatchRows, GraphIndex, take_rows
+from nucleograph.gnn.occlusion.rows import BatchRows, GraphIndex
+from nucleograph.gnn.occlusion.scripted import ScriptedModel, scripted
 from nucleograph.gnn.occlusion.windows import BLOCK_NUCLEI, WINDOW_NUCLEI, spatial_windows
 
 
@@ -80,6 +80,7 @@ def occlusion_rsf_windows(model: RSFNet, graph, *, hops: int, target: int | None
         # the model's own pass when the image is one window; a slide's from the cached float64 pooling sums
         logits = model(graph) if len(windows) == 1 else image_logits(model, image)
         first = index.for_centers(windows[0]) if first is None else first.result()
+    compiled = scripted(model)  # the per-batch steps, compiled once per model
     c = pick_target(torch.softmax(logits.double(), 1)[0].numpy(), target)
     v0 = target_values(logits, c, output)[0]
     for w in range(len(windows)):
@@ -89,7 +90,7 @@ def occlusion_rsf_windows(model: RSFNet, graph, *, hops: int, target: int | None
 
         def run(positions, scratch, local=local, scores=scores):
             batch = BatchRows.build(positions, local, scratch)
-            scores[positions] = v0 - _batch_values(model, image, batch, c, output, precision, scratch)
+            scores[positions] = v0 - _batch_values(model, compiled, image, batch, c, output, precision, scratch)
 
         # the largest balls first: the threads then end on small batches, at nearly the same time
         batches = [by_size[lo:lo + batch_size] for lo in range(0, by_size.size, batch_size)][::-1]
@@ -97,72 +98,28 @@ def occlusion_rsf_windows(model: RSFNet, graph, *, hops: int, target: int | None
         yield local.centers, scores
 
 
-def _batch_values(model: RSFNet, image: ImageCache, batch: BatchRows, target: int, output: str,
-                  precision: Precision, scratch: np.ndarray) -> np.ndarray:
+def _batch_values(model: RSFNet, compiled: ScriptedModel, image: ImageCache, batch: BatchRows, target: int,
+                  output: str, precision: Precision, scratch: np.ndarray) -> np.ndarray:
     """Class-``target`` log-odds or probabilities (``output``) of the occluded graphs of one batch."""
-    state = float32_sums(_batch_change(model, image, batch))
+    state = float32_sums(_batch_change(compiled, image, batch))
     heavy, afresh = precision.tiers(state)
     if heavy.any():  # rows and columns first: the fresh sums overwrite the entries they share
         redo_float64(state, heavy)
     if afresh.any():
         sum_afresh(state, afresh, scratch)
-    return class_values(model, state, target, output)
+    return class_values(model, state, target, output, head=compiled.head)
 
 
-def _conv_update(conv, pre: torch.Tensor, *, removed_in: torch.Tensor, delta: torch.Tensor | None,
-                 edges: torch.Tensor) -> torch.Tensor:
-    """An RSF convolution's pre-activation on the kept rows it changes, updated in place.
-
-    The convolution is linear, so after its input lost the removed rows and changed by ``delta`` on the
-    first kept rows its output changes by ``delta W_0 + sum_l A_l P_l``, ``P_l`` the change of ``V W_l``
-    (weights first: fewer rows change than are updated). A removed row's ``P_l = -V W_l`` is multiplied
-    from its ``V`` (``removed_in``; a table of them for every nucleus would cost a slide a gigabyte), and
-    its own output is never computed (it leaves the graph).
-
-    ``pre`` ``(n_out, O)`` the cached pre-activations of the rows to update, ``removed_in`` ``(n_removed, F)``,
-    ``delta`` ``(n_changed, F)`` or None, ``edges`` the layer's in-edges, channel ``l`` of input row ``i`` at
-    column ``i L + l`` and the removed rows' entries negated (:attr:`BatchRows.conv_edges`): the
-    projections of all ``L`` channels come from one product per part of the input, ``(n_in, L O)``.
-    """
-    w = conv.weight  # (L + 1, F, O)
-    n_rem, n_ch, n_out = removed_in.shape[0], 0 if delta is None else delta.shape[0], w.shape[2]
-    if pre.shape[0] == 0:  # the whole graph removed
-        return pre
-    w_edges = w[1:].transpose(0, 1).reshape(w.shape[1], -1)  # (F, L O): [W_1 | ... | W_L]
-    proj = pre.new_empty(n_rem + n_ch, w_edges.shape[1])
-    torch.matmul(removed_in, w_edges, out=proj[:n_rem])
-    if n_ch:
-        torch.matmul(delta, w_edges, out=proj[n_rem:])
-        pre[:n_ch].addmm_(delta, w[0])
-    return pre.addmm_(edges, proj.view(-1, n_out))
-
-
-def _batch_change(model: RSFNet, image: ImageCache, batch: BatchRows) -> BatchChange:
-    """The new node states of one batch's balls up to Pool1, each layer one hop further out.
-
-    The activations between the convolutions are those of :meth:`RSFNet.node_embeddings` (batch norm in
-    eval mode, ReLU, the attention gate), applied with the model's own modules.
-    """
-    node = torch.from_numpy(batch.node)
-    removed, n_rem = node[:batch.n_removed], batch.n_removed
-    rows1, rows2, rows3 = node[n_rem:batch.n_vconv1], node[n_rem:batch.n_vconv2], node[n_rem:]
-    pre1 = _conv_update(model.vconv1, take_rows(image.pre1, rows1), removed_in=take_rows(image.x, removed),
-                        delta=None, edges=batch.conv_edges[0])
-    dh1 = F.relu(model.bn1(pre1)) - take_rows(image.h1, rows1)
-    pre2 = _conv_update(model.vconv2, take_rows(image.pre2, rows2), removed_in=take_rows(image.h1, removed),
-                        delta=dh1, edges=batch.conv_edges[1])
-    h_new = F.relu(model.bn2(pre2))
-    if model.attention is not None:
-        h_new, _ = model.attention(None, h_new)
-    dh = h_new - take_rows(image.h2, rows2)
-    z_new = _conv_update(model.pool1.embed, take_rows(image.z, rows3), removed_in=take_rows(image.h2, removed),
-                         delta=dh, edges=batch.conv_edges[2])
-    # new softmax numerators in float32, as the model computes its softmax: their rounding is relative
-    # to the remaining mass, which no correction amplifies; their changes and the changes' sums per
-    # occlusion in one compiled pass (it was six torch calls)
-    e_kept = torch.exp(z_new - image.shift.to(z_new.dtype))
-    de, e_new, dsum, moved = softmax_changes(image.e.numpy(), batch.node, batch.occ, n_rem, batch.n_vconv2,
-                                             e_kept.numpy(), batch.b)
+def _batch_change(compiled: ScriptedModel, image: ImageCache, batch: BatchRows) -> BatchChange:
+    """The new node states of one batch's balls up to Pool1 (:class:`.scripted.NodeUpdate`: the
+    activations between the convolutions are those of :meth:`RSFNet.node_embeddings`, with the model's
+    own modules) and the changes of the softmax numerators."""
+    z_new, h_new, dh, e_kept = compiled.node_update(
+        image.x, image.pre1, image.h1, image.pre2, image.h2, image.z, image.shift, torch.from_numpy(batch.node),
+        batch.n_removed, batch.n_vconv1, batch.n_vconv2, *batch.conv_edges)
+    # their changes and the changes' sums per occlusion in one compiled pass (it was six torch calls)
+    de, e_new, dsum, moved = softmax_changes(image.e.numpy(), batch.node, batch.occ, batch.n_removed,
+                                             batch.n_vconv2, e_kept.numpy(), batch.b)
     return BatchChange(batch, image, z_new, h_new, dh, *map(torch.from_numpy, (de, e_new, dsum, moved)))
 
 

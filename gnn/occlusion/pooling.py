@@ -9,6 +9,7 @@ float64 and :func:`sum_afresh` sums the clusters that the removed nuclei held vi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,8 @@ from nucleograph.gnn.models import RSFNet
 from nucleograph.gnn.occlusion.balls import afresh_sums, corrected_sums, float64_rows
 from nucleograph.gnn.occlusion.cache import ImageCache, PoolingSums
 from nucleograph.gnn.occlusion.reference import empty_value, target_values
-from nucleograph.gnn.occlusion.rows import BatchRows, take_rows
+from nucleograph.gnn.occlusion.rows import BatchRows
+from nucleograph.gnn.occlusion.scripted import pool_products as scripted_products
 
 #: float32 over float64 rounding: how much further float64 corrections stay as exact as float32 ones
 EPS_RATIO = torch.finfo(torch.float32).eps / torch.finfo(torch.float64).eps
@@ -76,20 +78,16 @@ class Precision:
 
 def pool_products(change: BatchChange, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The corrections' products per occlusion in ``dtype``: ``dE^T [H | A E + A dE / 2]`` ``(b, K, F2 +
-    L K)`` and ``E'^T dH`` ``(b, K, F2)``.
+    L K)`` and ``E'^T dH`` ``(b, K, F2)``, over the batch's rows padded per occlusion (compiled:
+    :func:`.scripted.pool_products`).
 
     Callers add float32 products to float64 sums, which promotes them exactly.
     """
-    batch, table = change.batch, change.image.table(dtype)
-    de, e_new, dh = change.de.to(dtype), change.e_new.to(dtype), change.dh.to(dtype)
-    f2, k = change.image.h2.shape[1], de.shape[1]
-    rhs = take_rows(table, torch.from_numpy(batch.padded_node))  # (b M, F2 + L K)
-    for ch, a in enumerate(batch.padded_edges.matrices(dtype)):  # + A_l dE / 2, into the padded rows
-        rhs[:, f2 + ch * k:f2 + (ch + 1) * k].addmm_(a, de, alpha=0.5)
-    rhs = rhs.view(batch.b, -1, table.shape[1])  # (b, M, F2 + L K)
-    prod = torch.bmm(batch.layout.pad(de).transpose(1, 2), rhs)
-    extra = torch.bmm(batch.changed_layout.pad(e_new).transpose(1, 2), batch.changed_layout.pad(dh))
-    return prod, extra
+    batch = change.batch
+    return scripted_products(change.image.table(dtype), torch.from_numpy(batch.padded_node),
+                             batch.padded_edges.matrices(dtype), change.de, change.e_new, change.dh,
+                             batch.layout.flat, batch.layout.width, batch.changed_layout.flat,
+                             batch.changed_layout.width, batch.b)
 
 
 def float32_sums(change: BatchChange) -> PoolingState:
@@ -212,10 +210,12 @@ def image_logits(model: RSFNet, image: ImageCache) -> torch.Tensor:
     return model.head(v.unsqueeze(0).to(dtype), a.unsqueeze(0).to(dtype))
 
 
-def class_values(model: RSFNet, state: PoolingState, target: int, output: str) -> np.ndarray:
+def class_values(model: RSFNet, state: PoolingState, target: int, output: str,
+                 head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """``(b,)`` log-odds or probability (``output``, :func:`.reference.target_values`) of class ``target``
-    for each occluded graph: the pooled graph through the model's own head (batch norm in eval mode),
-    its logits to the value; the uniform prior's where the whole graph was removed."""
+    for each occluded graph: the pooled graph through the model's own head (batch norm in eval mode;
+    ``head``: it compiled, :attr:`.scripted.ScriptedModel.head`, default ``model.head``), its logits to
+    the value; the uniform prior's where the whole graph was removed."""
     batch, sums = state.change.batch, state.sums
     b, n_ch = batch.b, sums.adj.shape[2]
     adj = sums.adj
@@ -225,5 +225,5 @@ def class_values(model: RSFNet, state: PoolingState, target: int, output: str) -
     v = sums.num.div_(den.unsqueeze(2))
     a = adj.div_(den[:, :, None, None] * den[:, None, None, :]).permute(0, 2, 1, 3)
     dtype = model.feat_mean.dtype
-    values = target_values(model.head(v.to(dtype), a.to(dtype)), target, output)
+    values = target_values((model.head if head is None else head)(v.to(dtype), a.to(dtype)), target, output)
     return np.where(batch.emptied, empty_value(model.n_classes, output), values)

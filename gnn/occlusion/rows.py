@@ -26,13 +26,24 @@ from nucleograph.gnn.occlusion.balls import (
 )
 
 
+@torch.jit.script
 def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``t[index]`` for a 1-d index.
 
     ``index_select`` into an output allocated beforehand: several times faster than advanced indexing,
     and torch 2.2's ``index_select`` without ``out`` is 2-3x slower on large row gathers (measurements in
-    bench/RESULTS.md, "Explanations")."""
-    return torch.index_select(t, 0, index, out=t.new_empty((index.numel(),) + tuple(t.shape[1:])))
+    bench/RESULTS.md, "Explanations"). Compiled (TorchScript), like the steps that call it
+    (:mod:`.scripted`)."""
+    return torch.index_select(t, 0, index, out=t.new_empty([index.shape[0]] + t.shape[1:]))
+
+
+@torch.jit.script
+def pad_rows(t: torch.Tensor, flat: torch.Tensor, b: int, width: int) -> torch.Tensor:
+    """Rows ``t`` ``(rows, ...)`` into a zero-padded ``(b, width, ...)`` tensor, row ``i`` at ``flat[i]``
+    (:class:`PaddedLayout`)."""
+    out = t.new_zeros([b * width] + t.shape[1:])
+    out.index_copy_(0, flat, t)
+    return out.view([b, width] + t.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -77,12 +88,6 @@ class PaddedLayout:
         pos[idx] = np.arange(occ.size) - np.repeat(np.cumsum(counts) - counts, counts)
         width = int(counts.max()) if occ.size else 0
         return cls(b, torch.from_numpy(occ * width + pos), width)
-
-    def pad(self, t: torch.Tensor) -> torch.Tensor:
-        """Rows ``t`` ``(rows, ...)`` into a zero-padded ``(b, width, ...)`` tensor."""
-        out = t.new_zeros((self.b * self.width,) + tuple(t.shape[1:]))
-        out.index_copy_(0, self.flat, t)
-        return out.view((self.b, self.width) + tuple(t.shape[1:]))
 
 
 @dataclass(frozen=True)

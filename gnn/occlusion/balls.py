@@ -760,7 +760,7 @@ def float64_rows(sel, clusters, n_marked, b, occ, node, de, pptr, pcols, pvals, 
     num = np.zeros((n, s_max, f2))
     adj = np.zeros((n, s_max, n_ch, k_all))
     start, order = _rows_of_occlusions(occ, b)
-    row = np.empty(tab.shape[1])
+    row, col = np.empty(tab.shape[1]), np.empty((n_ch, k_all))
     for i in range(n):
         o = sel[i]
         rows = order[start[o]:start[o + 1]]
@@ -779,12 +779,16 @@ def float64_rows(sel, clusters, n_marked, b, occ, node, de, pptr, pcols, pvals, 
                         ade[q, ch] += np.float64(pvals[ch, ed]) * de[pcols[ed], k]
             for f in range(f2):
                 num[i, j, f] = num0[k, f] + row[f] + np.float64(extra[o, k, f])
+            col[:] = 0.0  # ((A_l E_k + A_l dE_k)^T dE)_c, a pass over the rows for all l and c at once
+            for q in range(rows.size):
+                r = rows[q]
+                for ch in range(n_ch):
+                    w = tab[node[r], f2 + ch * k_all + k] + ade[q, ch]
+                    for c in range(k_all):
+                        col[ch, c] += de[r, c] * w
             for ch in range(n_ch):
                 for c in range(k_all):
-                    col = 0.0  # ((A_l E_k + A_l dE_k)^T dE)_c
-                    for q in range(rows.size):
-                        col += de[rows[q], c] * (tab[node[rows[q]], f2 + ch * k_all + k] + ade[q, ch])
-                    adj[i, j, ch, c] = adj0[k, ch, c] + row[f2 + ch * k_all + c] + col
+                    adj[i, j, ch, c] = adj0[k, ch, c] + row[f2 + ch * k_all + c] + col[ch, c]
         for j in range(n_marked[i], s_max):
             num[i, j] = num[i, 0]
             adj[i, j] = adj[i, 0]

@@ -1,3 +1,6 @@
+import gc
+import weakref
+
 import dgl
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from nucleograph.gnn.models import MODEL_NAMES, build_model
 from nucleograph.gnn.occlusion.cache import PoolingSums
 from nucleograph.gnn.occlusion.pooling import pool_products, redo_float64
 from nucleograph.gnn.occlusion.reference import hop_ball
+from nucleograph.gnn.occlusion.scripted import scripted
 
 OUTPUTS = ["logodds", "prob"]
 
@@ -251,6 +255,34 @@ def test_fast_occlusion_on_several_threads_equals_one_thread(name, rng):
     np.testing.assert_allclose(several, one, rtol=0, atol=1e-7)  # float32 rounding of other thread counts
     with pytest.raises(InputError, match="threads"):
         occlusion(m, g, threads=0)
+
+
+@pytest.mark.parametrize("name", ["rsf", "rsf-attention", "rsf-edge"])
+def test_compiled_steps_follow_the_model_they_were_built_for(name, rng):
+    """The fast path's compiled steps (TorchScript, made once per model) share the model's tensors: an
+    in-place update (an optimizer's step) is seen, a replaced tensor or another mode gets new steps, and
+    they do not keep the model alive."""
+    m = _model(name, rng)
+    g = make_graph(40, clustered=True, rng=rng)
+    first = scripted(m)
+    assert scripted(m) is first
+    np.testing.assert_allclose(occlusion(m, g), occlusion_naive(m, g), rtol=0, atol=_tolerance(m, g, "logodds"))
+    with torch.no_grad():  # in place: the same steps see it
+        m.vconv2.weight.mul_(1.5)
+        m.fc1.weight.add_(0.1)
+    assert scripted(m) is first
+    np.testing.assert_allclose(occlusion(m, g), occlusion_naive(m, g), rtol=0, atol=_tolerance(m, g, "logodds"))
+    m.bn3.running_mean = m.bn3.running_mean + 0.5  # replaced: new steps
+    assert scripted(m) is not first
+    np.testing.assert_allclose(occlusion(m, g), occlusion_naive(m, g), rtol=0, atol=_tolerance(m, g, "logodds"))
+    in_eval = scripted(m)
+    m.train()  # the head is traced in the model's mode: another mode, other steps
+    in_training = scripted(m)
+    assert in_training is not in_eval and scripted(m.eval()) is not in_training
+    ref = weakref.ref(m)
+    del m, first
+    gc.collect()
+    assert ref() is None
 
 
 @pytest.mark.parametrize("output", OUTPUTS)

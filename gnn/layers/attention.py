@@ -37,5 +37,11 @@ class NodeAttention(nn.Module):
         return f"in_feats={self.in_feats}, gate=sigmoid"
 
     def forward(self, graph, feat: torch.Tensor):
+        return self.gated(feat)
+
+    @torch.jit.export
+    def gated(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gated features and the scores, without the graph (TorchScript callers: the fast occlusion
+        path's compiled node update)."""
         scores = torch.sigmoid(self.score(feat)).squeeze(-1)
         return feat * scores.unsqueeze(-1), scores

@@ -69,10 +69,7 @@ class NodeUpdate(nn.Module):
     def __init__(self, model: RSFNet):
         super().__init__()
         self.w1, self.w2, self.w3 = model.vconv1.weight, model.vconv2.weight, model.pool1.embed.weight
-        self.bn1, self.bn2 = model.bn1, model.bn2
-        self.gated = model.attention is not None
-        # TorchScript needs a module here either way; without a gate it is never called
-        self.gate = model.attention.score if model.attention is not None else nn.Identity()
+        self.bn1, self.bn2, self.attention = model.bn1, model.bn2, model.attention
 
     def forward(self, x: Tensor, pre1: Tensor, h1: Tensor, pre2: Tensor, h2: Tensor, z: Tensor, shift: Tensor,
                 node: Tensor, n_removed: int, n_vconv1: int, n_vconv2: int, edges1: Tensor, edges2: Tensor,
@@ -83,8 +80,8 @@ class NodeUpdate(nn.Module):
         dh1 = F.relu(self.bn1(p1)) - take_rows(h1, rows1)
         p2 = conv_update(self.w2, take_rows(pre2, rows2), take_rows(h1, removed), dh1, edges2)
         h_new = F.relu(self.bn2(p2))
-        if self.gated:  # NodeAttention: h * sigmoid(w^T h + b)
-            h_new = h_new * torch.sigmoid(self.gate(h_new)).squeeze(-1).unsqueeze(-1)
+        if self.attention is not None:
+            h_new, _ = self.attention.gated(h_new)
         dh = h_new - take_rows(h2, rows2)
         z_new = conv_update(self.w3, take_rows(z, rows3), take_rows(h2, removed), dh, edges3)
         # new softmax numerators in float32, as the model computes its softmax: their rounding is relative
